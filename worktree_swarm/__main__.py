@@ -1,0 +1,3 @@
+from worktree_swarm.cli.main import main
+
+main()

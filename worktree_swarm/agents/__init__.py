@@ -1,0 +1,1 @@
+"""Agents: what edits files in a task's worktree."""

@@ -1,0 +1,54 @@
+"""The interface every agent backend implements."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worktree_swarm.plan import Task
+from worktree_swarm.types import RunId, Sha
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    """One attempt at one task, with every file the agent may read about it."""
+
+    run_id: RunId
+    task: Task
+    attempt: int
+    worktree: Path
+    base: Sha
+    prompt_path: Path
+    task_json_path: Path
+    feedback_path: Path | None
+    log_path: Path
+    timeout: float
+    env: dict[str, str] = field(default_factory=dict)   # extra variables (e.g. WSWARM_PORT)
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    ok: bool
+    summary: str = ""
+    error: str | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Agent(ABC):
+    """Edits files in request.worktree; never touches anything outside it."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, request: AgentRequest, *, cancel: threading.Event) -> AgentResult:
+        """Carry out one attempt; return when done, failed, timed out or cancelled."""
+
+    def check_available(self) -> None:
+        """Raise a UsageError before any worktree is made if this agent cannot run here."""

@@ -1,0 +1,93 @@
+"""The command agent: any command line, told about its task through environment and files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import threading
+
+from worktree_swarm import proc
+from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
+from worktree_swarm.errors import UsageError
+
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# Shell keywords and builtins are not on PATH but run fine under /bin/sh.
+_SHELL_WORDS = frozenset({"exec", "cd", "test", "[", "true", "false", "echo", "printf", "exit", ".",
+                          "set", "export", "if", "for", "while", "case", "{", "("})
+
+
+class CommandAgent(Agent):
+    """Runs a user's configured command string through /bin/sh in the task's worktree.
+
+    The string is the user's own (wswarm.toml, --agent-cmd, or a plan they wrote). Task text
+    never enters it: it reaches the command through WSWARM_* variables and files.
+    """
+
+    def __init__(self, command: str, *, name: str = "command") -> None:
+        self.command = command
+        self.name = name
+
+    def check_available(self) -> None:
+        try:
+            words = shlex.split(self.command)
+        except ValueError as exc:
+            raise UsageError(f"agent command {self.command!r} cannot be parsed: {exc}") from None
+        if not words:
+            raise UsageError("the agent command is empty", hint="set [agents] command or pass --agent-cmd")
+        # The first word that is not a VAR=value assignment is the program.
+        program = next((w for w in words if not _ASSIGNMENT.match(w)), "")
+        if program and "/" not in program and program not in _SHELL_WORDS and shutil.which(program) is None:
+            raise UsageError(f"agent program {program!r} is not installed (not found on PATH)",
+                             hint="install it, or point [agents] command / --agent-cmd at one that is")
+
+    def run(self, request: AgentRequest, *, cancel: threading.Event) -> AgentResult:
+        env = proc.clean_env(agent_env(request))
+        result = proc.run_in_group(proc.shell_argv(self.command), cwd=request.worktree, env=env,
+                                   output=request.log_path, timeout=request.timeout, cancel=cancel)
+        summary = last_lines(request.log_path, 5)
+        if result.timed_out:
+            return AgentResult(ok=False, timed_out=True, summary=summary,
+                               error=f"the agent passed its timeout of {request.timeout:g}s and was killed")
+        if result.cancelled:
+            return AgentResult(ok=False, cancelled=True, summary=summary, error="interrupted")
+        if result.returncode != 0:
+            return AgentResult(ok=False, exit_code=result.returncode, summary=summary,
+                               error=f"the agent exited with status {result.returncode}")
+        return AgentResult(ok=True, exit_code=0, summary=summary)
+
+
+def agent_env(request: AgentRequest) -> dict[str, str]:
+    """The WSWARM_* contract of SPEC §5."""
+    env = {
+        "WSWARM_RUN_ID": request.run_id,
+        "WSWARM_TASK_ID": request.task.id,
+        "WSWARM_TASK_TYPE": request.task.type,
+        "WSWARM_TASK_DESCRIPTION": request.task.description,
+        "WSWARM_ATTEMPT": str(request.attempt),
+        "WSWARM_BASE": request.base,
+        "WSWARM_PROMPT": str(request.prompt_path),
+        "WSWARM_TASK_JSON": str(request.task_json_path),
+        "WSWARM_WORKTREE": str(request.worktree),
+    }
+    if request.feedback_path is not None:
+        env["WSWARM_FEEDBACK"] = str(request.feedback_path)
+    env.update(request.env)
+    # An agent's own git calls must land in its worktree, never in the user's checkout.
+    env["PWD"] = str(request.worktree)
+    return env
+
+
+def last_lines(path: os.PathLike[str], count: int, *, max_bytes: int = 16_384) -> str:
+    """The last COUNT non-empty lines of a log, read from its tail only."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.rstrip() for line in data.splitlines() if line.strip()]
+    return "\n".join(lines[-count:])

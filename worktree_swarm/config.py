@@ -1,0 +1,238 @@
+"""wswarm.toml (or [tool.wswarm] in pyproject.toml): read, checked key by key, typed."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worktree_swarm.errors import ConfigError
+
+CHECK_KINDS = ("tests", "types", "security", "lint", "custom")
+AGENT_KINDS = ("command",)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    name: str
+    run: str
+    kind: str = "custom"
+    timeout: float = 600.0
+    affected: bool = False
+    glob: str | None = None
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    checks: tuple[CheckConfig, ...] = ()
+    builtin: bool = True
+    max_binary_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class WorktreeConfig:
+    setup: str | None = None
+    setup_inputs: tuple[str, ...] = ()
+    keep_ignored: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    kind: str = "command"
+    command: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    default: str = "command"
+    command: str | None = None
+    concurrency: int = 2
+    timeout: float = 1800.0
+    max_attempts: int = 3
+    named: dict[str, AgentConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    system: str | None = None
+    agent: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    model: str | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    gate: GateConfig = GateConfig()
+    worktree: WorktreeConfig = WorktreeConfig()
+    agents: AgentsConfig = AgentsConfig()
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+    planner: PlannerConfig = PlannerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    source: Path | None = None
+
+
+def load_config(root: Path) -> Config:
+    """wswarm.toml at ROOT, else [tool.wswarm] in ROOT/pyproject.toml, else the defaults."""
+    path = root / "wswarm.toml"
+    if path.is_file():
+        return parse_config(_read_toml(path), source=path)
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        section = _read_toml(pyproject).get("tool", {}).get("wswarm")
+        if section is not None:
+            return parse_config(section, source=pyproject, prefix="tool.wswarm.")
+    return Config()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
+class _Section:
+    """Typed reads from one TOML table that remember which keys were used."""
+
+    def __init__(self, data: object, where: str, source: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: [{where.rstrip('.')}] must be a table")
+        self.data: dict[str, Any] = data
+        self.where = where
+        self.source = source
+
+    def _get(self, key: str, types: tuple[type, ...], what: str) -> Any:
+        value = self.data.get(key)
+        # bool is an int in Python; a flag given as a number (or the reverse) is still a mistake.
+        if value is not None and (not isinstance(value, types) or
+                                  (isinstance(value, bool) and bool not in types)):
+            raise ConfigError(f"{self.source}: {self.where}{key} must be {what}, not {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self._get(key, (str,), "a string")
+        return default if value is None else value
+
+    def number(self, key: str, default: float | None, *, minimum: float = 0) -> float | None:
+        value = self._get(key, (int, float), "a number")
+        if value is not None and value <= minimum:
+            raise ConfigError(f"{self.source}: {self.where}{key} must be greater than {minimum}")
+        return default if value is None else float(value)
+
+    def whole(self, key: str, default: int) -> int:
+        value = self._get(key, (int,), "a whole number")
+        if value is not None and value < 1:
+            raise ConfigError(f"{self.source}: {self.where}{key} must be at least 1")
+        return default if value is None else value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, (bool,), "true or false")
+        return default if value is None else value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, (list,), "a list of strings") or []
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.source}: {self.where}{key} must be a list of strings")
+        return tuple(value)
+
+    def only(self, *allowed: str) -> None:
+        unknown = sorted(set(self.data) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{self.source}: unknown key{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(self.where + k for k in unknown)}",
+                              hint=f"allowed in [{self.where.rstrip('.') or 'top level'}]: {', '.join(allowed)}")
+
+
+def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Config:
+    top = _Section(data, prefix, source)
+    top.only("gate", "worktree", "agents", "roles", "planner", "limits")
+    return Config(
+        gate=_gate(_Section(data.get("gate", {}), f"{prefix}gate.", source)),
+        worktree=_worktree(_Section(data.get("worktree", {}), f"{prefix}worktree.", source)),
+        agents=_agents(_Section(data.get("agents", {}), f"{prefix}agents.", source)),
+        roles={name: _role(_Section(table, f"{prefix}roles.{name}.", source))
+               for name, table in _Section(data.get("roles", {}), f"{prefix}roles.", source).data.items()},
+        planner=_planner(_Section(data.get("planner", {}), f"{prefix}planner.", source)),
+        limits=_limits(_Section(data.get("limits", {}), f"{prefix}limits.", source)),
+        source=source,
+    )
+
+
+def _gate(s: _Section) -> GateConfig:
+    s.only("checks", "builtin", "max_binary_bytes")
+    raw = s._get("checks", (list,), "an array of tables ([[gate.checks]])") or []
+    checks: list[CheckConfig] = []
+    for i, table in enumerate(raw):
+        c = _Section(table, f"{s.where}checks[{i}].", s.source)
+        c.only("name", "kind", "run", "timeout", "affected", "glob")
+        name, run = c.text("name"), c.text("run")
+        if not name or not run:
+            raise ConfigError(f"{s.source}: {c.where.rstrip('.')} needs both `name` and `run`")
+        kind = c.text("kind", "custom") or "custom"
+        if kind not in CHECK_KINDS:
+            raise ConfigError(f"{s.source}: {c.where}kind is {kind!r}; use one of {', '.join(CHECK_KINDS)}")
+        if name in {existing.name for existing in checks}:
+            raise ConfigError(f"{s.source}: two gate checks are named {name!r}")
+        checks.append(CheckConfig(name=name, run=run, kind=kind, timeout=c.number("timeout", 600.0) or 600.0,
+                                  affected=c.flag("affected", False), glob=c.text("glob")))
+    return GateConfig(checks=tuple(checks), builtin=s.flag("builtin", True),
+                      max_binary_bytes=s.whole("max_binary_bytes", 1_000_000))
+
+
+def _worktree(s: _Section) -> WorktreeConfig:
+    s.only("setup", "setup_inputs", "keep_ignored")
+    return WorktreeConfig(setup=s.text("setup"), setup_inputs=s.texts("setup_inputs"),
+                          keep_ignored=s.flag("keep_ignored", True))
+
+
+def _agents(s: _Section) -> AgentsConfig:
+    scalars = ("default", "command", "concurrency", "timeout", "max_attempts")
+    named: dict[str, AgentConfig] = {}
+    for key, value in s.data.items():
+        if key in scalars:
+            continue
+        if not isinstance(value, dict):
+            s.only(*scalars)  # raises: an unknown scalar key
+        a = _Section(value, f"{s.where}{key}.", s.source)
+        a.only("kind", "command", "timeout")
+        kind = a.text("kind", "command") or "command"
+        if kind not in AGENT_KINDS:
+            raise ConfigError(f"{s.source}: {a.where}kind is {kind!r}; this version runs: {', '.join(AGENT_KINDS)}")
+        named[key] = AgentConfig(name=key, kind=kind, command=a.text("command"), timeout=a.number("timeout", None))
+    default = s.text("default", "command") or "command"
+    if default != "command" and default not in named:
+        raise ConfigError(f"{s.source}: {s.where}default names agent {default!r}, which is not configured",
+                          hint=f"define it as [{s.where}{default}] or use \"command\"")
+    return AgentsConfig(default=default, command=s.text("command"), concurrency=s.whole("concurrency", 2),
+                        timeout=s.number("timeout", 1800.0) or 1800.0, max_attempts=s.whole("max_attempts", 3),
+                        named=named)
+
+
+def _role(s: _Section) -> RoleConfig:
+    s.only("system", "agent", "model")
+    return RoleConfig(system=s.text("system"), agent=s.text("agent"), model=s.text("model"))
+
+
+def _planner(s: _Section) -> PlannerConfig:
+    s.only("model", "max_tokens")
+    return PlannerConfig(model=s.text("model"), max_tokens=s.whole("max_tokens", 0) or None)
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    s.only("max_cost_usd")
+    return LimitsConfig(max_cost_usd=s.number("max_cost_usd", None))

@@ -1,0 +1,56 @@
+"""Expected failures: one clear line, a hint, and a documented exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_TASKS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class WswarmError(Exception):
+    """An expected failure shown to the user as one line plus an optional hint."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(WswarmError):
+    """Bad input: a plan, a flag, a config key. Nothing was created."""
+
+
+class PlanError(UsageError):
+    """The plan file is not a valid plan."""
+
+
+class ConfigError(UsageError):
+    """wswarm.toml or [tool.wswarm] is not valid."""
+
+
+class NotARepositoryError(UsageError):
+    """The command must run inside a git repository with at least one commit."""
+
+
+class RunNotFoundError(UsageError):
+    """No run matches what the user asked for."""
+
+
+class CommandError(WswarmError):
+    """A subprocess failed; carries its argv, exit code and output."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+        shown = " ".join(argv)
+        tail = output.strip().splitlines()[-5:]
+        detail = ("\n" + "\n".join(tail)) if tail else ""
+        super().__init__(f"command failed (exit {returncode}): {shown}{detail}")
+        self.argv = argv
+        self.returncode = returncode
+        self.output = output
+
+
+class RefMovedError(WswarmError):
+    """A compare-and-swap ref update found the ref somewhere else: someone moved it."""

@@ -1,0 +1,1 @@
+"""The quality gate: configured checks plus built-in diff checks."""

@@ -1,0 +1,289 @@
+"""Built-in gate checks that need no tools: they read a branch's diff and nothing else.
+
+The input is the text of ``git diff --no-color --no-ext-diff -M BASE HEAD`` (default ``a/`` and
+``b/`` prefixes). Everything here is pure: no git calls, no file reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from unidiff import PatchedFile, PatchSet
+
+Severity = Literal["fail", "warn"]
+
+CHECK_NAMES = ("conflict-markers", "secrets", "binaries", "declared-files")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str  # one of CHECK_NAMES
+    path: str
+    line: int | None  # line number in the new file, when there is one
+    message: str  # one line; never holds a secret's value
+    severity: Severity
+
+
+def scan_diff(
+    diff_text: str,
+    *,
+    declared_files: Sequence[str],
+    blob_size: Callable[[str], int | None],
+    max_binary_bytes: int = 1_000_000,
+) -> list[Finding]:
+    """Run every built-in check over a git diff and return the findings in diff order.
+
+    ``blob_size(path)`` gives the new size of a changed binary, or None when unknown.
+    Raises ``unidiff.UnidiffParseError`` when the text is not a diff.
+    """
+    findings: list[Finding] = []
+    changed: dict[str, None] = {}  # ordered set
+    for old, new, patched in _file_patches(diff_text):
+        if new is not None:
+            changed[new] = None
+            added = [(ln.target_line_no, _strip_eol(ln.value)) for hunk in patched
+                     for ln in hunk if ln.is_added]
+            findings += _conflict_markers(new, added)
+            findings += _secrets(new, added)
+            if patched.is_binary_file:
+                findings += _binary(new, blob_size(new), max_binary_bytes)
+        if old is not None:
+            changed[old] = None
+    if declared_files:
+        matchers = [_glob_regex(p) for p in declared_files]
+        findings += [
+            Finding("declared-files", path, None,
+                    "changed outside the task's declared files", "warn")
+            for path in changed if not any(m.fullmatch(path) for m in matchers)
+        ]
+    return findings
+
+
+# --- conflict markers -------------------------------------------------------------------------
+
+_MARKERS = ("<<<<<<<", ">>>>>>>", "|||||||")
+
+
+def _conflict_markers(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
+    def is_marker(text: str) -> bool:
+        return any(text == m or text.startswith(m + " ") for m in _MARKERS)
+
+    # "=======" alone is a heading underline in RST and markdown; it is a marker only beside others.
+    has_sides = any(is_marker(text) and not text.startswith("|") for _, text in added)
+    return [
+        Finding("conflict-markers", path, line_no, f"merge conflict marker {text[:7]!r}", "fail")
+        for line_no, text in added
+        if is_marker(text) or (has_sides and text == "=======")
+    ]
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+# (kind, pattern); the group "secret" is the variable part that the placeholder rule looks at.
+# Order matters: a span already reported (sk-ant-...) is not reported again under a later kind.
+_SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [(kind, re.compile(rx)) for kind, rx in [
+    ("PEM private key", r"-----BEGIN (?P<secret>(?:(?:RSA|EC|DSA|OPENSSH|PGP|ENCRYPTED) )?"
+                        r"PRIVATE KEY(?: BLOCK)?)-----"),
+    ("AWS access key id", r"(?<![A-Z0-9])(?:AKIA|ASIA)(?P<secret>[A-Z0-9]{16})(?![A-Z0-9])"),
+    ("AWS secret access key", r"(?i:aws_secret_access_key)[\"']?\s*[:=]\s*[\"']?"
+                              r"(?P<secret>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
+    ("GitHub token", r"\bgh[pousr]_(?P<secret>[A-Za-z0-9]{36})\b"),
+    ("GitHub token", r"\bgithub_pat_(?P<secret>[A-Za-z0-9_]{82})\b"),
+    ("Anthropic API key", r"\bsk-ant-(?P<secret>[A-Za-z0-9_-]{20,})"),
+    ("OpenAI API key", r"\bsk-(?:proj|svcacct|admin)-(?P<secret>[A-Za-z0-9_-]{20,})"),
+    ("OpenAI API key", r"\bsk-(?P<secret>[A-Za-z0-9]{20,})\b"),
+    ("Slack token", r"\bxox[abposr]-(?P<secret>[A-Za-z0-9-]{10,})"),
+    ("Google API key", r"\bAIza(?P<secret>[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
+    ("Stripe live key", r"\b[sr]k_live_(?P<secret>[A-Za-z0-9]{20,})\b"),
+]]
+
+# Documentation and templates are full of fake keys: AWS's own AKIAIOSFODNN7EXAMPLE, "ghp_xxxx…",
+# "sk-<your key>", "${TOKEN}". A secret part made of one repeated character or holding one of these
+# is a placeholder, not a leak. (Most patterns cannot contain "<" or "${"; the check is cheap.)
+_PLACEHOLDER_HINTS = ("EXAMPLE", "example", "xxxx", "XXXX", "<", ">", "${")
+
+
+def _is_placeholder(secret: str) -> bool:
+    return len(set(secret)) <= 1 or any(h in secret for h in _PLACEHOLDER_HINTS)
+
+
+def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
+    findings = []
+    for line_no, text in added:
+        taken: list[tuple[int, int]] = []
+        for kind, pattern in _SECRET_PATTERNS:
+            for match in pattern.finditer(text):
+                start, end = match.span()
+                if any(start < e and s < end for s, e in taken):
+                    continue
+                if kind != "PEM private key" and _is_placeholder(match.group("secret")):
+                    continue
+                taken.append((start, end))
+                # the assignment's key name says nothing; preview the value's start instead
+                shown = match.group("secret") if kind.startswith("AWS secret") else match.group()
+                findings.append(Finding("secrets", path, line_no,
+                                        f"possible {kind}: {_redact(shown)}", "fail"))
+    return findings
+
+
+def _redact(value: str) -> str:
+    """At most the first four characters, so a reader can find the line but not use the key."""
+    return value[:4] + "…"
+
+
+# --- binaries ---------------------------------------------------------------------------------
+
+def _binary(path: str, size: int | None, limit: int) -> list[Finding]:
+    if size is None or size <= limit:
+        return []
+    return [Finding("binaries", path, None,
+                    f"binary file of {_human(size)} is over the {_human(limit)} limit", "fail")]
+
+
+def _human(size: int) -> str:
+    """Decimal units, like the decimal default limit (1 MB = 1,000,000 bytes)."""
+    if size < 1000:
+        return f"{size} B"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+# --- declared files ---------------------------------------------------------------------------
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a repo-relative glob: ``*`` and ``?`` stay within one directory, ``**`` crosses
+    directories, ``[...]`` is a class; ``dir/`` or a literal ``dir`` matches everything under it."""
+    pattern = pattern.removeprefix("./").lstrip("/")
+    is_dir = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and (end := _class_end(pattern, i)) > 0:
+            body = pattern[i + 1:end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            body = re.sub(r"([\\\[\]])", r"\\\1", body)
+            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    literal = not any(ch in pattern for ch in "*?[")
+    suffix = "/.*" if is_dir else "(?:/.*)?" if literal else ""
+    return re.compile("".join(out) + suffix)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Index of the "]" closing the class opened at ``start``, or -1 (then "[" is literal)."""
+    i = start + 1
+    if pattern[i:i + 1] in ("!", "^"):
+        i += 1
+    if pattern[i:i + 1] == "]":  # a leading "]" is a member, as in fnmatch
+        i += 1
+    end = pattern.find("]", i)
+    return end
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+_GIT_HEADER = re.compile(r"^diff --git .*$", re.MULTILINE)
+_FIRST_HUNK = re.compile(r"^@@ ", re.MULTILINE)
+_OLD_NAME = re.compile(r"^--- (?!/dev/null$).*$", re.MULTILINE)
+_NEW_NAME = re.compile(r"^\+\+\+ (?!/dev/null$).*$", re.MULTILINE)
+
+
+def _file_patches(diff_text: str) -> Iterator[tuple[str | None, str | None, PatchedFile]]:
+    """Each changed file as (old path, new path, patch). The old path is None unless the file was
+    deleted or renamed away (a copy's source is untouched); the new path is None when deleted."""
+    starts = [m.start() for m in _GIT_HEADER.finditer(diff_text)]
+    if not starts:  # not git's format: trust unidiff's names
+        for patched in PatchSet(diff_text):
+            old = _strip_prefix(_unquote(patched.source_file))
+            new = _strip_prefix(_unquote(patched.target_file))
+            yield (old, None, patched) if patched.is_removed_file else (None, new, patched)
+        return
+    for start, end in zip(starts, starts[1:] + [len(diff_text)]):
+        header, _, body = diff_text[start:end].partition("\n")
+        cut = m.start() if (m := _FIRST_HUNK.search(body)) else len(body)
+        # unidiff splits an unquoted "diff --git a/x b/y b/x b/y" at the last " b/" and then rejects
+        # the "+++ b/x b/y" line, so it gets neutral names; the real ones come from git's header.
+        extended = _NEW_NAME.sub("+++ b/f", _OLD_NAME.sub("--- a/f", body[:cut]))
+        names = {key: _unquote(line.removeprefix(key)) for line in extended.split("\n")
+                 for key in ("rename from ", "rename to ", "copy to ") if line.startswith(key)}
+        for patched in PatchSet("diff --git a/f b/f\n" + extended + body[cut:]):
+            if "rename to " in names:
+                yield names.get("rename from "), names["rename to "], patched
+            elif "copy to " in names:
+                yield None, names["copy to "], patched
+            else:
+                old, new = _header_paths(header)
+                yield (old, None, patched) if patched.is_removed_file else (None, new, patched)
+
+
+def _header_paths(header: str) -> tuple[str, str]:
+    """Both names of a ``diff --git`` header line, unquoted and without their a/ b/ prefixes."""
+    rest = header.removeprefix("diff --git ")
+    if rest.startswith('"'):
+        first, tail = _split_quoted(rest)
+        return _strip_prefix(first), _strip_prefix(_unquote(tail.lstrip(" ")))
+    # Without a rename both names are equal, so an unquoted header holding spaces splits in the
+    # middle (git apply reads it the same way).
+    half = len(rest) // 2
+    return _strip_prefix(rest[:half]), _strip_prefix(rest[half + 1:])
+
+
+_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def _split_quoted(text: str) -> tuple[str, str]:
+    """Decode the C-style quoted name that ``text`` starts with; return it and what follows."""
+    out = bytearray()
+    i = 1
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\" and i + 1 < len(text):
+            if text[i + 1] in "01234567":
+                out.append(int(text[i + 1:i + 4], 8))
+                i += 4
+                continue
+            if text[i + 1] in _ESCAPES:
+                out.append(_ESCAPES[text[i + 1]])
+            else:
+                out += text[i + 1].encode("utf-8", "surrogateescape")
+            i += 2
+        else:
+            out += text[i].encode("utf-8", "surrogateescape")
+            i += 1
+    # git quotes raw path bytes; surrogateescape keeps a non-UTF-8 name round-trippable.
+    return out.decode("utf-8", "surrogateescape"), text[i + 1:]
+
+
+def _unquote(name: str) -> str:
+    return _split_quoted(name)[0] if name.startswith('"') else name
+
+
+def _strip_prefix(name: str) -> str:
+    return name[2:] if name[:2] in ("a/", "b/") else name
+
+
+def _strip_eol(value: str) -> str:
+    return value.removesuffix("\n").removesuffix("\r")
+

@@ -1,0 +1,95 @@
+"""Running the gate on one branch: built-in diff checks, then the configured checks."""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pygit2
+
+from worktree_swarm import proc
+from worktree_swarm.config import CheckConfig, GateConfig
+from worktree_swarm.gate.builtin import CHECK_NAMES, Finding, scan_diff
+from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tail
+from worktree_swarm.git.diff import changed_files, diff_text
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.types import Sha
+
+# sh's "command not found": the check could not run at all, which is never a pass.
+_NOT_FOUND = 127
+
+
+def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateConfig,
+             declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
+             cancel: threading.Event | None = None) -> GateReport:
+    """Judge HEAD (checked out in WORKTREE) against BASE; never raises for a failing check."""
+    results: list[CheckResult] = []
+    if config.builtin:
+        results += builtin_results(repo, base, head, declared_files, config.max_binary_bytes)
+    changed = [c.path for c in changed_files(repo, base, head) if (worktree / c.path).exists()]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for check in config.checks:
+        results.append(run_check(check, worktree=worktree, changed=changed, env=env,
+                                 log=log_dir / f"gate-{_safe(check.name)}.log", cancel=cancel))
+    return GateReport(tuple(results))
+
+
+def builtin_results(repo: Repo, base: Sha, head: Sha, declared_files: Sequence[str],
+                    max_binary_bytes: int) -> list[CheckResult]:
+    started = time.monotonic()
+    head_tree = repo.pygit[head].peel(pygit2.Tree)
+
+    def blob_size(path: str) -> int | None:
+        try:
+            obj = head_tree[path]
+        except KeyError:
+            return None
+        return obj.size if isinstance(obj, pygit2.Blob) else None
+
+    findings = scan_diff(diff_text(repo, base, head), declared_files=declared_files,
+                         blob_size=blob_size, max_binary_bytes=max_binary_bytes)
+    seconds = time.monotonic() - started
+    return [_builtin_result(name, [f for f in findings if f.check == name], seconds / len(CHECK_NAMES))
+            for name in CHECK_NAMES]
+
+
+def _builtin_result(name: str, findings: list[Finding], seconds: float) -> CheckResult:
+    if not findings:
+        return CheckResult(name, "builtin", "pass", seconds)
+    status: CheckStatus = "fail" if any(f.severity == "fail" for f in findings) else "warn"
+    lines = [f"{f.path}:{f.line}: {f.message}" if f.line else f"{f.path}: {f.message}" for f in findings]
+    return CheckResult(name, "builtin", status, seconds, output=tail("\n".join(lines)),
+                       note=f"{len(findings)} finding{'s' if len(findings) != 1 else ''}")
+
+
+def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env: Mapping[str, str],
+              log: Path, cancel: threading.Event | None = None) -> CheckResult:
+    """Run one configured check through the shell in WORKTREE."""
+    argv = proc.shell_argv(check.run)
+    if check.affected:
+        files = [p for p in changed if check.glob is None or fnmatch.fnmatch(p, check.glob)]
+        if not files:
+            return CheckResult(check.name, check.kind, "skipped", 0.0,
+                               note=f"no changed file matches {check.glob or 'any'}")
+        # Changed paths come from an agent's work: they are arguments, never part of the script.
+        argv = ["/bin/sh", "-c", check.run + ' "$@"', "wswarm-gate", *files]
+    log.write_bytes(b"")
+    res = proc.run_in_group(argv, cwd=worktree, env=proc.clean_env(env), output=log,
+                            timeout=check.timeout, cancel=cancel)
+    output = log.read_text(encoding="utf-8", errors="replace")
+    if res.timed_out:
+        return CheckResult(check.name, check.kind, "fail", res.seconds, tail(output),
+                           note=f"timed out after {check.timeout:g}s")
+    if res.cancelled:
+        return CheckResult(check.name, check.kind, "not-run", res.seconds, note="interrupted")
+    if res.returncode == 0:
+        return CheckResult(check.name, check.kind, "pass", res.seconds)
+    note = "command not found (exit 127)" if res.returncode == _NOT_FOUND else f"exit {res.returncode}"
+    return CheckResult(check.name, check.kind, "fail", res.seconds, tail(output), note=note)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,124 @@
+"""A repository: where it lives, reading refs with pygit2, writing them with compare-and-swap."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pygit2
+
+from worktree_swarm import proc
+from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
+from worktree_swarm.types import Sha
+
+ZERO_SHA = Sha("0" * 40)
+
+
+class Repo:
+    """A non-bare repository with at least one commit, seen from one of its checkouts."""
+
+    def __init__(self, *, root: Path, common_dir: Path) -> None:
+        self.root = root
+        self.common_dir = common_dir
+        # pygit2 objects must not be shared between threads; each thread opens its own.
+        self._local = threading.local()
+
+    @classmethod
+    def discover(cls, cwd: Path) -> Repo:
+        """Find the repository containing cwd; refuse bare repositories and empty ones."""
+        res = proc.git("rev-parse", "--is-bare-repository", "--show-toplevel", "--git-common-dir",
+                       cwd=cwd, check=False)
+        if res.returncode != 0:
+            raise NotARepositoryError(f"{cwd} is not inside a git repository",
+                                      hint="run wswarm from a checkout of the repository the agents should work on")
+        lines = res.stdout.splitlines()
+        if lines[0] == "true" or len(lines) < 3:
+            raise NotARepositoryError(f"{cwd} is a bare repository or a git directory",
+                                      hint="run wswarm from a checkout (a working tree) of the repository")
+        root = Path(lines[1])
+        common = Path(lines[2])
+        if not common.is_absolute():
+            common = (cwd / common).resolve()
+        repo = cls(root=root, common_dir=common)
+        if repo.ref_sha("HEAD") is None:
+            raise NotARepositoryError(f"the repository at {root} has no commits yet",
+                                      hint="commit something first: tasks start from a commit")
+        return repo
+
+    @property
+    def pygit(self) -> pygit2.Repository:
+        repo = getattr(self._local, "repo", None)
+        if repo is None:
+            repo = pygit2.Repository(str(self.root))
+            self._local.repo = repo
+        return repo
+
+    @property
+    def state_dir(self) -> Path:
+        """Everything wswarm writes lives here, never in the working tree."""
+        return self.common_dir / "wswarm"
+
+    def git(self, *args: str | Path, cwd: Path | None = None, check: bool = True) -> proc.Result:
+        return proc.git(*args, cwd=cwd or self.root, check=check)
+
+    def ref_sha(self, ref: str) -> Sha | None:
+        """The commit a ref or revision points at, or None when it does not resolve."""
+        try:
+            obj = self.pygit.revparse_single(ref)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+        commit = obj.peel(pygit2.Commit)
+        return Sha(str(commit.id))
+
+    def resolve_commit(self, ref: str) -> Sha:
+        sha = self.ref_sha(ref)
+        if sha is None:
+            raise UsageError(f"'{ref}' does not name a commit in {self.root}",
+                             hint="pass --base with a branch, tag or commit id that exists")
+        return sha
+
+    def branch_sha(self, branch: str) -> Sha | None:
+        """The tip of refs/heads/BRANCH, read fresh (pygit2 does not cache refs)."""
+        try:
+            ref = self.pygit.references.get(f"refs/heads/{branch}")
+        except (ValueError, pygit2.GitError):
+            return None
+        return Sha(str(ref.target)) if ref is not None else None
+
+    def is_ancestor(self, ancestor: Sha, descendant: Sha) -> bool:
+        if ancestor == descendant:
+            return True
+        return bool(self.pygit.descendant_of(descendant, ancestor))
+
+    def is_dirty(self) -> bool:
+        """Uncommitted changes to tracked files or untracked files in the user's checkout."""
+        out = self.git("status", "--porcelain", "--untracked-files=normal").stdout
+        return bool(out.strip())
+
+    def check_identity(self) -> None:
+        """Commits are made with the user's identity: make sure git has one."""
+        res = self.git("var", "GIT_COMMITTER_IDENT", check=False)
+        if res.returncode != 0:
+            raise UsageError("git has no identity to commit with (user.name / user.email are not set)",
+                             hint='run: git config --global user.name "Your Name" && '
+                                  'git config --global user.email you@example.com')
+
+    def update_ref(self, branch: str, new: Sha, old: Sha | None, *, reason: str) -> None:
+        """Move refs/heads/BRANCH from old (None: must not exist) to new, or raise RefMovedError."""
+        ref = f"refs/heads/{branch}"
+        try:
+            self.git("update-ref", "-m", reason, ref, new, old or ZERO_SHA)
+        except CommandError as exc:
+            now = self.branch_sha(branch)
+            raise RefMovedError(f"{ref} moved under wswarm (expected {old or 'nothing'}, found {now or 'nothing'})",
+                                hint="another process changed the branch; nothing was overwritten") from exc
+
+    def delete_branch(self, branch: str) -> None:
+        sha = self.branch_sha(branch)
+        if sha is not None:
+            self.git("update-ref", "-d", f"refs/heads/{branch}", sha)
+
+    def branches(self, prefix: str) -> list[str]:
+        """Branch names under refs/heads/PREFIX."""
+        out = self.git("for-each-ref", "--format=%(refname)", f"refs/heads/{prefix}").stdout
+        return [line.removeprefix("refs/heads/") for line in out.splitlines() if line]

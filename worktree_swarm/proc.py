@@ -1,0 +1,136 @@
+"""The one way wswarm runs a process: argv lists, explicit cwd, a clean git environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.errors import CommandError
+
+# git exports these while hooks run; inherited, they would point our git calls at the wrong repository.
+_GIT_LEAKS = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_COMMON_DIR",
+              "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment without git's per-invocation variables, never prompting."""
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LEAKS}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    *argv: str | Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    input: str | None = None,
+) -> Result:
+    """Run argv (never through a shell) and return its output; raise CommandError on failure."""
+    args = [str(a) for a in argv]
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else clean_env(),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )
+    result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stdout + proc.stderr)
+    return result
+
+
+def git(*args: str | Path, cwd: Path, check: bool = True, env: Mapping[str, str] | None = None,
+        input: str | None = None) -> Result:
+    """Run git with a clean environment."""
+    return run("git", *args, cwd=cwd, check=check, env=clean_env(env), input=input)
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    returncode: int | None      # None when killed for a timeout or a cancel
+    timed_out: bool
+    cancelled: bool
+    seconds: float
+
+
+def run_in_group(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    output: Path,
+    timeout: float,
+    cancel: threading.Event | None = None,
+) -> GroupResult:
+    """Run argv in its own process group, stdin closed, stdout+stderr appended to OUTPUT.
+
+    On timeout or cancel the whole group is killed (TERM, then KILL): agents and test runners
+    start children that would otherwise outlive them.
+    """
+    started = time.monotonic()
+    with open(output, "ab") as out:
+        child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = cancelled = False
+        while True:
+            try:
+                child.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - started > timeout:
+                timed_out = True
+            elif cancel is not None and cancel.is_set():
+                cancelled = True
+            else:
+                continue
+            _kill_group(child)
+            break
+    returncode = None if (timed_out or cancelled) else child.returncode
+    return GroupResult(returncode, timed_out, cancelled, time.monotonic() - started)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            child.wait(timeout=grace)
+            # The leader is gone; take down whatever it left in its group too.
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def shell_argv(command: str) -> list[str]:
+    """argv running a user's configured command string; task text never enters it."""
+    return ["/bin/sh", "-c", command]
