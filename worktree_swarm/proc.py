@@ -62,6 +62,15 @@ def run(
     return result
 
 
+def git_bytes(*args: str | Path, cwd: Path) -> bytes:
+    """git's stdout as raw bytes: text mode would turn a lone CR into a line break."""
+    argv = ["git", *(str(a) for a in args)]
+    proc = subprocess.run(argv, cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
+    return proc.stdout
+
+
 def git(*args: str | Path, cwd: Path, check: bool = True, env: Mapping[str, str] | None = None,
         input: str | None = None) -> Result:
     """Run git with a clean environment."""

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +104,7 @@ class RunStore:
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- creation and lookup -------------------------------------------------------------------
 
@@ -261,6 +262,8 @@ class RunStore:
         with self._lock:
             self._events.write(line + "\n")
             self._events.flush()
+        for listener in self.listeners:
+            listener(record)
         return record
 
     def events(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from unidiff import PatchedFile, PatchSet
+from unidiff.patch import PatchedFile, PatchSet
 
 Severity = Literal["fail", "warn"]
 
@@ -34,7 +34,8 @@ def scan_diff(
     blob_size: Callable[[str], int | None],
     max_binary_bytes: int = 1_000_000,
 ) -> list[Finding]:
-    """Run every built-in check over a git diff and return the findings in diff order.
+    """Run every built-in check over a git diff: findings file by file in diff order, then the
+    declared-files warnings.
 
     ``blob_size(path)`` gives the new size of a changed binary, or None when unknown.
     Raises ``unidiff.UnidiffParseError`` when the text is not a diff.
@@ -114,6 +115,7 @@ def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
     findings = []
     for line_no, text in added:
         taken: list[tuple[int, int]] = []
+        on_line: list[tuple[int, Finding]] = []
         for kind, pattern in _SECRET_PATTERNS:
             for match in pattern.finditer(text):
                 start, end = match.span()
@@ -124,8 +126,9 @@ def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
                 taken.append((start, end))
                 # the assignment's key name says nothing; preview the value's start instead
                 shown = match.group("secret") if kind.startswith("AWS secret") else match.group()
-                findings.append(Finding("secrets", path, line_no,
-                                        f"possible {kind}: {_redact(shown)}", "fail"))
+                on_line.append((start, Finding("secrets", path, line_no,
+                                               f"possible {kind}: {_redact(shown)}", "fail")))
+        findings += [finding for _, finding in sorted(on_line, key=lambda pair: pair[0])]
     return findings
 
 
@@ -199,8 +202,7 @@ def _class_end(pattern: str, start: int) -> int:
         i += 1
     if pattern[i:i + 1] == "]":  # a leading "]" is a member, as in fnmatch
         i += 1
-    end = pattern.find("]", i)
-    return end
+    return pattern.find("]", i)
 
 
 # --- paths ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worktree_swarm import proc
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.types import Sha
 
@@ -17,7 +18,13 @@ class FileChange:
 
 
 def diff_text(repo: Repo, base: Sha, head: Sha) -> str:
-    return repo.git("diff", "--no-color", "--no-ext-diff", "-M", base, head).stdout
+    """The unified diff, decoded without newline translation (a lone CR stays inside its line).
+
+    Prefixes are forced: a user's diff.noprefix would otherwise eat real top-level `a/` folders.
+    """
+    raw = proc.git_bytes("diff", "--no-color", "--no-ext-diff", "-M", "--src-prefix=a/", "--dst-prefix=b/",
+                         base, head, cwd=repo.root)
+    return raw.decode("utf-8", errors="surrogateescape")
 
 
 def changed_files(repo: Repo, base: Sha, head: Sha) -> list[FileChange]:

@@ -1,0 +1,1 @@
+"""typer commands only: parse options, call one core function, map errors to exit codes."""

@@ -1,0 +1,263 @@
+"""The `wswarm` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from worktree_swarm import __version__
+from worktree_swarm.errors import WswarmError
+from worktree_swarm.ui.live import watch
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run many coding agents on one repository: a task DAG, a worktree per task, "
+                       "a quality gate, an in-memory merge train, one combined PR.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+EXIT_INTERNAL = 3
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """Run a core function; expected errors become one line, a hint and their exit code."""
+    try:
+        return fn()
+    except WswarmError as exc:
+        err.print(f"wswarm: {exc.message}", markup=False)
+        if exc.hint:
+            err.print(f"hint: {exc.hint}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("wswarm: interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: keep the whole traceback, show one line
+        log = Path(tempfile.gettempdir()) / f"wswarm-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        err.print(f"wswarm: internal error: {type(exc).__name__}: {exc}", markup=False)
+        err.print(f"hint: the traceback is in {log}; please report it", markup=False)
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _notify(message: str) -> None:
+    err.print(message, markup=False)
+
+
+@app.command()
+def start(
+    goal: Annotated[str | None, typer.Argument(help="What the swarm should achieve (needs the planner).")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", "-p", help="A plan file (JSON or TOML) to run.")] = None,
+    base: Annotated[str, typer.Option(help="The commit tasks start from.")] = "HEAD",
+    agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(min=1, max=20, help="Attempts per task.")] = None,
+    agent_cmd: Annotated[str | None, typer.Option(help="Command line run as each task's agent.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds an attempt may take.")] = None,
+) -> None:
+    """Run a plan: one worktree per task, the gate on each branch, one integration branch."""
+    from worktree_swarm import run
+
+    if plan is None:
+        _call(lambda: _no_planner(goal))
+        return
+    options = run.StartOptions(plan_path=plan, base=base, agents=agents, max_attempts=max_attempts,
+                               agent_cmd=agent_cmd, timeout=timeout, title=goal)
+    result = _call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
+                                     view=lambda store: watch(store, err)))
+    _finish(result)
+
+
+def _no_planner(goal: str | None) -> None:
+    from worktree_swarm.errors import UsageError
+
+    raise UsageError("this version runs plan files only: pass --plan plan.json"
+                     + (f" (got the goal {goal!r} without a plan)" if goal else ""),
+                     hint="write the tasks as in docs/plan-format.md, then: wswarm start --plan plan.json")
+
+
+def _finish(result: object) -> None:
+    from worktree_swarm.run import RunResult
+
+    assert isinstance(result, RunResult)
+    verdict = "every task merged" if result.all_merged else "finished with failed or blocked tasks"
+    err.print(f"run {result.run_id}: {verdict}", markup=False)
+    err.print(f"integration branch: {result.integration_branch}", markup=False)
+    out.print(str(result.pr_path), markup=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+           ) -> None:
+    """Continue an interrupted run; finished work is kept."""
+    from worktree_swarm import run
+
+    result = _call(lambda: run.resume(cwd=Path.cwd(), run=run_id, notify=_notify,
+                                      view=lambda store: watch(store, err)))
+    _finish(result)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object (SPEC §8).")] = False,
+    all_runs: Annotated[bool, typer.Option("--all", help="List every run.")] = False,
+) -> None:
+    """Runs and their tasks; safe to use from another terminal during a run."""
+    from worktree_swarm.git.repo import Repo
+    from worktree_swarm.state import RunStore, find_run, list_runs
+    from worktree_swarm.status import status_data
+    from worktree_swarm.ui.live import board
+
+    def load() -> list[dict[str, object]] | RunStore:
+        repo = Repo.discover(Path.cwd())
+        if all_runs:
+            rows = []
+            for folder in list_runs(repo.state_dir):
+                store = RunStore.open(folder)
+                try:
+                    rows.append(status_data(store))
+                finally:
+                    store.close()
+            return rows
+        return RunStore.open(find_run(repo.state_dir, run_id))
+
+    loaded = _call(load)
+    if isinstance(loaded, list):
+        if as_json:
+            out.print(json.dumps(loaded, indent=2), markup=False)
+        for row in [] if as_json else loaded:
+            tasks = row["tasks"]
+            assert isinstance(tasks, list)
+            merged = sum(t["status"] == "merged" for t in tasks)
+            out.print(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  "
+                      f"{row['integration_branch']}", markup=False)
+        return
+    try:
+        if as_json:
+            out.print(json.dumps(status_data(loaded), indent=2), markup=False)
+        else:
+            out.print(board(loaded))
+    finally:
+        loaded.close()
+
+
+@app.command()
+def pr(
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    push: Annotated[str | None, typer.Option(metavar="REMOTE", help="Push the integration branch.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open the PR with gh (needs --push).")] = False,
+) -> None:
+    """Print the combined PR body; optionally push the branch and open the PR."""
+    from worktree_swarm import pr as prmod
+    from worktree_swarm.errors import UsageError
+    from worktree_swarm.git.repo import Repo
+    from worktree_swarm.state import RunStore, find_run
+
+    def go() -> str:
+        repo = Repo.discover(Path.cwd())
+        store = RunStore.open(find_run(repo.state_dir, run_id))
+        try:
+            row, tasks = store.run(), store.tasks()
+            body = prmod.render_pr(row, tasks, store.attempts())
+        finally:
+            store.close()
+        if open_ and not push:
+            raise UsageError("--open needs --push REMOTE: the branch must be on the remote first")
+        if push:
+            prmod.push(repo, remote=push, branch=row.integration_branch)
+            _notify(f"pushed {row.integration_branch} to {push}")
+        if open_:
+            path = store.dir / "pr.md"
+            path.write_text(body, encoding="utf-8")
+            _notify(prmod.open_pr(repo, title=prmod.pr_title(row, tasks), body=path, base=row.base_ref,
+                                  branch=row.integration_branch))
+        return body
+
+    out.print(_call(go), markup=False)
+
+
+@app.command()
+def clean(
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Every run of this repository.")] = False,
+    integration: Annotated[bool, typer.Option("--integration", help="Delete the integration branch too.")] = False,
+    forget: Annotated[bool, typer.Option("--forget", help="Delete the run's state and logs too.")] = False,
+) -> None:
+    """Remove a run's worktrees and task branches (the integration branch stays unless asked)."""
+    from worktree_swarm.clean import clean as do_clean
+
+    done = _call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
+                                  forget=forget))
+    out.print(f"cleaned {', '.join(done.runs)}: {done.worktrees} worktrees, {done.branches} branches removed",
+              markup=False)
+
+
+@app.command()
+def logs(
+    task: Annotated[str, typer.Argument(help="The task id.")],
+    run_id: Annotated[str | None, typer.Option("--run", metavar="RUN", help="Default: the newest run.")] = None,
+) -> None:
+    """Print a task's attempt logs (agent output, setup and gate checks)."""
+    from worktree_swarm.git.refs import encode
+    from worktree_swarm.git.repo import Repo
+    from worktree_swarm.state import RunStore, find_run
+
+    def go() -> list[tuple[str, str]]:
+        store = RunStore.open(find_run(Repo.discover(Path.cwd()).state_dir, run_id))
+        try:
+            store.task(task)
+            root = store.dir / "attempts" / encode(task)
+        finally:
+            store.close()
+        found = []
+        for attempt in sorted(root.iterdir() if root.is_dir() else [], key=lambda p: int(p.name)):
+            for log in sorted(attempt.glob("*.log")):
+                found.append((f"attempt {attempt.name}: {log.name}", log.read_text(encoding="utf-8", errors="replace")))
+        return found
+
+    for title, text in _call(go):
+        out.print(f"==> {title} <==", markup=False)
+        out.print(text.rstrip(), markup=False)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the sample repository.")] = None,
+) -> None:
+    """A complete swarm on a throwaway sample repository with scripted agents; no API key."""
+    from worktree_swarm import demo as demomod
+
+    result = _call(lambda: demomod.run_demo(directory=directory, notify=_notify,
+                                            view=lambda store: watch(store, err)))
+    out.print(result.pr_body, markup=False)
+    err.print(f"sample repository: {result.repo}", markup=False)
+    err.print(f"integration branch: {result.integration_branch} "
+              f"(try: git -C {result.repo} log --oneline --graph {result.integration_branch})", markup=False)
+    raise typer.Exit(result.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"wswarm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version.")] = False) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,180 @@
+"""A run from start to finish: validate everything, create state and branch, drive the swarm, deliver."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.agents.base import Agent
+from worktree_swarm.agents.command import CommandAgent
+from worktree_swarm.config import Config, load_config
+from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
+from worktree_swarm.git.refs import integration_branch
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.worktrees import FreshWorktrees
+from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
+from worktree_swarm.pr import render_pr
+from worktree_swarm.state import RunStore, find_run, runs_dir
+from worktree_swarm.swarm import Swarm, SwarmOptions
+from worktree_swarm.types import RunId
+
+Notify = Callable[[str], None]
+View = Callable[[RunStore], AbstractContextManager[object]]
+
+
+class Interrupted(WswarmError):
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    plan_path: Path
+    base: str = "HEAD"
+    agents: int | None = None
+    max_attempts: int | None = None
+    agent_cmd: str | None = None
+    timeout: float | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: RunId
+    integration_branch: str
+    pr_path: Path
+    all_merged: bool
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.all_merged else 1
+
+
+def worktrees_dir(repo: Repo) -> Path:
+    return repo.state_dir / "worktrees"
+
+
+def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
+    """Validate the plan, config, base and agents; only then create the run and drive it."""
+    repo = Repo.discover(cwd)
+    config = load_config(repo.root)
+    plan = load_plan(options.plan_path)
+    base = repo.resolve_commit(options.base)
+    repo.check_identity()
+    swarm_options = SwarmOptions(
+        agents=options.agents or config.agents.concurrency,
+        max_attempts=options.max_attempts or config.agents.max_attempts,
+        agent_timeout=options.timeout or config.agents.timeout,
+    )
+    agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
+    if repo.is_dirty():
+        notify(f"warning: {repo.root} has uncommitted changes; they are not included "
+               f"(tasks start from {options.base} = {base[:12]})")
+
+    run_id = RunId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2))
+    branch = integration_branch(run_id)
+    run_dir = runs_dir(repo.state_dir) / run_id
+    opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
+            "agent_timeout": swarm_options.agent_timeout, "agent_cmd": options.agent_cmd,
+            "title": options.title or options.plan_path.stem, "plan_path": str(options.plan_path)}
+    store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
+                            plan_json=plan.to_json(), task_ids=[str(t) for t in plan.ids()], options=opts)
+    try:
+        store.acquire_lock()
+        repo.update_ref(branch, base, None, reason=f"wswarm: start run {run_id}")
+    except BaseException:
+        store.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan))
+    notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents, integration branch {branch}")
+    return _drive(repo, config, plan, store, swarm_options, agent_for, view)
+
+
+def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = None) -> RunResult:
+    """Continue an interrupted run: merged work is kept (after checking it), the rest starts again."""
+    repo = Repo.discover(cwd)
+    store = RunStore.open(find_run(repo.state_dir, run))
+    try:
+        row = store.run()
+        if not store.acquire_lock():
+            raise UsageError(f"run {row.id} is being driven by another wswarm process right now",
+                             hint="watch it with: wswarm status --watch")
+        if row.state == "finished":
+            raise UsageError(f"run {row.id} has already finished; there is nothing to resume",
+                             hint="start a new run, or see it with: wswarm status")
+        if repo.branch_sha(row.integration_branch) is None:
+            raise UsageError(f"the integration branch {row.integration_branch} of run {row.id} is gone",
+                             hint="it cannot be resumed; start a new run")
+        config = load_config(repo.root)
+        plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
+        o = row.options
+        swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
+                                     agent_timeout=float(o["agent_timeout"]))
+        agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))
+    except BaseException:
+        store.close()
+        raise
+    store.set_run(state="running")
+    store.event("run-resumed", run=row.id)
+    notify(f"resuming run {row.id}")
+    return _drive(repo, config, plan, store, swarm_options, agent_for, view)
+
+
+def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: SwarmOptions,
+           agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
+    row = store.run()
+    try:
+        swarm = Swarm(repo=repo, config=config, plan=plan, store=store,
+                      pool=FreshWorktrees(repo, worktrees_dir(repo)), agent_for=agent_for, options=options)
+        with (view(store) if view else nullcontext()):
+            try:
+                all_merged = swarm.run()
+            except KeyboardInterrupt:
+                store.set_run(state="interrupted")
+                store.event("run-interrupted", run=row.id)
+                raise Interrupted(f"interrupted: run {row.id} saved",
+                                  hint=f"continue with: wswarm resume {row.id}") from None
+        pr_path = store.dir / "pr.md"
+        pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts()), encoding="utf-8")
+        store.set_run(state="finished", finished=time.time())
+        store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
+        return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
+    finally:
+        store.close()
+
+
+def agent_resolver(config: Config, plan: Plan, *, agent_cmd: str | None) -> Callable[[Task], Agent]:
+    """Which agent runs each task; every one is checked before anything is created."""
+    agents: dict[str, Agent] = {}
+    for task in plan:
+        agents[task.id] = _agent_for_task(config, task, agent_cmd)
+    for agent in {id(a): a for a in agents.values()}.values():
+        agent.check_available()
+    return lambda task: agents[task.id]
+
+
+def _agent_for_task(config: Config, task: Task, agent_cmd: str | None) -> Agent:
+    if task.command:
+        return CommandAgent(task.command, name=f"command ({task.id})")
+    role = config.roles.get(task.type)
+    name = task.agent or (role.agent if role else None) or config.agents.default
+    named = config.agents.named.get(name)
+    if named is not None:
+        if not named.command:
+            raise UsageError(f"agent {name!r} has no command", hint=f"set command in [agents.{name}]")
+        return CommandAgent(named.command, name=name)
+    if name != "command":
+        raise UsageError(f"task {task.id!r} asks for agent {name!r}, which is not configured",
+                         hint=f"define [agents.{name}] in wswarm.toml")
+    command = agent_cmd or config.agents.command
+    if not command:
+        raise UsageError(f"no agent is configured to run task {task.id!r}",
+                         hint="pass --agent-cmd 'COMMAND', set [agents] command in wswarm.toml, "
+                              "or give the task a `command` in the plan")
+    return CommandAgent(command)

@@ -1,0 +1,45 @@
+"""What `wswarm status` reports: the run and its tasks, as data (SPEC §8)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from worktree_swarm.git.refs import encode
+from worktree_swarm.state import ACTIVE_STATUSES, RunStore
+
+
+def status_data(store: RunStore) -> dict[str, Any]:
+    """The SPEC §8 object. Tasks of a run nobody drives any more never claim to be running."""
+    run = store.run()
+    state = store.effective_state()
+    tasks = []
+    for t in store.tasks():
+        status, reason = t.status, t.reason
+        if state == "interrupted" and status in ACTIVE_STATUSES:
+            status, reason = "pending", f"interrupted while {t.status} (attempt {t.attempts}); wswarm resume continues"
+        tasks.append({"id": t.id, "status": status, "attempts": t.attempts, "branch": t.branch,
+                      "reason": reason, "merge_commit": t.merge_commit, "worktree": t.worktree,
+                      "cost_usd": round(t.cost_usd, 6)})
+    return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
+            "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "created": run.created, "finished": run.finished,
+            "pr": str(store.dir / "pr.md") if (store.dir / "pr.md").exists() else None}
+
+
+def activity(store: RunStore, task_id: str, attempt: int) -> str:
+    """The last line the task's current attempt wrote to its log."""
+    from worktree_swarm.agents.command import last_lines
+
+    if attempt < 1:
+        return ""
+    log = store.dir / "attempts" / encode(task_id) / str(attempt) / "agent.log"
+    return last_lines(log, 1) if log.exists() else ""
+
+
+def elapsed(store: RunStore) -> dict[str, float]:
+    """Seconds each task's latest attempt has been running (or ran)."""
+    now = time.time()
+    out: dict[str, float] = {}
+    for a in store.attempts():
+        out[a.task_id] = (a.finished or now) - a.started
+    return out

@@ -1,0 +1,390 @@
+"""The scheduler: ready tasks -> agents in worktrees -> gate -> merge train -> re-queue or done.
+
+One orchestrator thread owns every decision and every move of the integration branch; worker
+threads only run an attempt (agent, commit, gate) and hand back its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worktree_swarm import proc
+from worktree_swarm.agents.base import Agent, AgentRequest
+from worktree_swarm.agents.prompt import build_prompt, role_prompt
+from worktree_swarm.config import Config
+from worktree_swarm.errors import CommandError, WswarmError
+from worktree_swarm.gate.report import GateReport, tail
+from worktree_swarm.gate.runner import run_gate
+from worktree_swarm.git.diff import changed_files, diff_text
+from worktree_swarm.git.refs import encode, task_branch
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.worktrees import WorktreePool
+from worktree_swarm.merge import merge_branch, merge_message
+from worktree_swarm.plan import Plan, Task
+from worktree_swarm.state import ACTIVE_STATUSES, RunStore
+from worktree_swarm.types import BranchName, RunId, Sha
+
+FEEDBACK_DIFF_LINES = 200
+NEXT_FEEDBACK = "feedback-for-next-attempt.txt"
+
+
+@dataclass(frozen=True)
+class SwarmOptions:
+    agents: int
+    max_attempts: int
+    agent_timeout: float
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to, before the orchestrator decides what follows."""
+
+    task: Task
+    n: int
+    kind: str                 # gated | gate-failed | agent-failed | timeout | no-op | interrupted | error
+    branch: BranchName
+    start: Sha
+    worktree: Path
+    head: Sha | None = None
+    reason: str = ""
+    feedback: str = ""
+    summary: str = ""
+    report: GateReport | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass
+class _TaskState:
+    status: str = "pending"
+    started: int = 0            # attempts started (numbers the branches)
+    charged: int = 0            # attempts that count against --max-attempts
+    feedback: str | None = None
+    summary: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+class Swarm:
+    def __init__(self, *, repo: Repo, config: Config, plan: Plan, store: RunStore, pool: WorktreePool,
+                 agent_for: Callable[[Task], Agent], options: SwarmOptions) -> None:
+        self.repo = repo
+        self.config = config
+        self.plan = plan
+        self.store = store
+        self.pool = pool
+        self.agent_for = agent_for
+        self.options = options
+        run = store.run()
+        self.run_id = RunId(run.id)
+        self.integration = BranchName(run.integration_branch)
+        self.cancel = threading.Event()
+        self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
+        self.state: dict[str, _TaskState] = {}
+        self._load_state()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        """Rebuild the in-memory picture from the store; trust nothing that git does not confirm."""
+        head = self.repo.branch_sha(self.integration)
+        attempts = self.store.attempts()
+        for row in self.store.tasks():
+            st = _TaskState(status=row.status, summary=row.summary or "")
+            mine = [a for a in attempts if a.task_id == row.id]
+            st.started = max((a.n for a in mine), default=0)
+            st.charged = sum(1 for a in mine if a.outcome != "interrupted")
+            if row.status == "merged" and row.merge_commit:
+                if head is None or not self.repo.is_ancestor(Sha(row.merge_commit), head):
+                    st.status = "pending"
+                    self.store.set_task(row.id, status="pending", merge_commit=None,
+                                        reason="its merge is no longer on the integration branch")
+            if row.status in ACTIVE_STATUSES:
+                st.status = "pending"
+                self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
+            if st.status == "merged" and mine:
+                st.files = json.loads(mine[-1].files or "[]")
+            if st.status == "pending" and mine:
+                saved = self.store.attempt_dir(row.id, mine[-1].n) / NEXT_FEEDBACK
+                st.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
+            self.state[row.id] = st
+
+    def _set(self, task_id: str, status: str, **fields: Any) -> None:
+        self.state[task_id].status = status
+        self.store.set_task(task_id, status=status, **fields)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Drive every task to merged, failed or blocked. True when all merged."""
+        running: dict[Future[Outcome], str] = {}
+        with ThreadPoolExecutor(max_workers=self.options.agents, thread_name_prefix="wswarm-agent") as pool:
+            try:
+                while True:
+                    self._block_dependents()
+                    for task_id in self._ready(exclude=set(running.values())):
+                        if len(running) >= self.options.agents:
+                            break
+                        running[self._launch(pool, task_id)] = task_id
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        del running[future]
+                        self._settle(future.result())
+            except BaseException:
+                self.cancel.set()
+                for future in running:
+                    try:
+                        self._settle(future.result())
+                    except Exception:  # noqa: BLE001 — the first error is the one being raised
+                        pass
+                raise
+        return all(st.status == "merged" for st in self.state.values())
+
+    def _ready(self, *, exclude: set[str]) -> list[str]:
+        ready = [t.id for t in self.plan if self.state[t.id].status == "pending" and t.id not in exclude
+                 and all(self.state[d].status == "merged" for d in t.dependencies)]
+        # Longest chain of dependents first; file order breaks ties.
+        return sorted(ready, key=lambda tid: -self.priority[tid])
+
+    def _block_dependents(self) -> None:
+        for task in self.plan:
+            if self.state[task.id].status != "pending":
+                continue
+            bad = [d for d in task.dependencies if self.state[d].status in ("failed", "blocked")]
+            if bad:
+                reason = f"depends on '{bad[0]}', which {self.state[bad[0]].status}"
+                self._set(task.id, "blocked", reason=reason)
+                self.store.event("blocked", task.id, reason=reason)
+
+    def _launch(self, pool: ThreadPoolExecutor, task_id: str) -> Future[Outcome]:
+        st = self.state[task_id]
+        st.started += 1
+        n = st.started
+        start = self.repo.branch_sha(self.integration)
+        assert start is not None, "the integration branch vanished"
+        branch = task_branch(self.run_id, task_id, n)
+        self._set(task_id, "running", attempts=n, branch=branch, reason=None)
+        self.store.start_attempt(task_id, n, branch=branch, start=start)
+        self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start)
+        return pool.submit(self._attempt, self.plan[task_id], n, branch, start, st.feedback)
+
+    # -- one attempt (worker thread) -----------------------------------------------------------
+
+    def _attempt(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None) -> Outcome:
+        adir = self.store.attempt_dir(task.id, n)
+        worktree = self.pool.acquire(name=f"{self.run_id}--{encode(task.id)}--{n}", branch=branch, start=start)
+        self.store.set_task(task.id, worktree=str(worktree))
+        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start, worktree=worktree)
+        try:
+            return self._attempt_in(out, adir, feedback)
+        except (WswarmError, OSError) as exc:
+            out.kind, out.reason = "error", str(exc).splitlines()[0]
+            out.feedback = str(exc)
+            return out
+
+    def _attempt_in(self, out: Outcome, adir: Path, feedback: str | None) -> Outcome:
+        task, worktree = out.task, out.worktree
+        agent = self.agent_for(task)
+        request = self._request(out, adir, feedback)
+        if self.config.worktree.setup and not self._setup(out, adir):
+            return out
+        self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
+        result = agent.run(request, cancel=self.cancel)
+        out.summary, out.cost_usd = result.summary, result.cost_usd
+        self.store.event("agent-finished", task.id, attempt=out.n, ok=result.ok, exit_code=result.exit_code,
+                         error=result.error, cost_usd=result.cost_usd)
+        if result.cancelled:
+            out.kind, out.reason = "interrupted", "interrupted"
+            return out
+        wrong_branch = self._left_branch(worktree, out.branch)
+        if wrong_branch:
+            out.kind, out.reason = "agent-failed", wrong_branch
+            out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
+            return out
+        self._commit_leftovers(task, worktree)
+        out.head = self.repo.branch_sha(out.branch)
+        if not result.ok:
+            out.kind = "timeout" if result.timed_out else "agent-failed"
+            out.reason = result.error or "the agent failed"
+            out.feedback = f"{out.reason}\n\nThe end of its output:\n{tail(result.summary, 20)}"
+            return out
+        if out.head is None or not self.repo.is_ancestor(out.start, out.head):
+            out.kind, out.reason = "agent-failed", "the task branch no longer contains its starting commit"
+            out.feedback = out.reason + ": do not reset or rewrite the branch's history."
+            return out
+        if out.head == out.start:
+            out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
+            out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
+            return out
+        self._set(task.id, "gating")
+        self.store.event("gate-started", task.id, attempt=out.n)
+        report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
+                          config=self.config.gate, declared_files=task.files,
+                          env=self._task_env(task, out.n), log_dir=adir, cancel=self.cancel)
+        (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
+        out.report = report
+        if self.cancel.is_set() and not report.passed:
+            out.kind, out.reason = "interrupted", "interrupted during the gate"
+        elif report.passed:
+            out.kind = "gated"
+        else:
+            out.kind, out.reason = "gate-failed", report.summary()
+            out.feedback = report.render()
+        return out
+
+    def _request(self, out: Outcome, adir: Path, feedback: str | None) -> AgentRequest:
+        task = out.task
+        deps = self._dependency_summaries(task)
+        roles = {name: role.system for name, role in self.config.roles.items()}
+        prompt = build_prompt(task, role=role_prompt(task.type, roles), dependencies=deps, feedback=feedback)
+        (adir / "prompt.md").write_text(prompt, encoding="utf-8")
+        doc = {"run": self.run_id, "task": task.to_dict(), "attempt": out.n, "base": out.start,
+               "branch": out.branch, "dependencies": deps}
+        (adir / "task.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        feedback_path = None
+        if feedback:
+            feedback_path = adir / "feedback.txt"
+            feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
+        return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=out.worktree, base=out.start,
+                            prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
+                            feedback_path=feedback_path, log_path=adir / "agent.log",
+                            timeout=self._timeout(task), env=self._task_env(task, out.n))
+
+    def _task_env(self, task: Task, n: int) -> dict[str, str]:
+        return {"WSWARM_RUN_ID": self.run_id, "WSWARM_TASK_ID": task.id, "WSWARM_ATTEMPT": str(n)}
+
+    def _timeout(self, task: Task) -> float:
+        named = self.config.agents.named.get(task.agent or self.config.agents.default)
+        if named is not None and named.timeout:
+            return named.timeout
+        return self.options.agent_timeout
+
+    def _dependency_summaries(self, task: Task) -> list[dict[str, Any]]:
+        """What every task this one depends on (directly or not) did, oldest first."""
+        ancestors = set()
+        stack = list(task.dependencies)
+        while stack:
+            dep = stack.pop()
+            if dep not in ancestors:
+                ancestors.add(dep)
+                stack.extend(self.plan[dep].dependencies)
+        return [{"id": tid, "description": self.plan[tid].description, "summary": self.state[tid].summary,
+                 "files": self.state[tid].files}
+                for tid in self.plan.topological_order() if tid in ancestors]
+
+    def _setup(self, out: Outcome, adir: Path) -> bool:
+        setup = self.config.worktree.setup
+        assert setup is not None
+        res = proc.run_in_group(proc.shell_argv(setup), cwd=out.worktree,
+                                env=proc.clean_env(self._task_env(out.task, out.n)),
+                                output=adir / "setup.log", timeout=self.options.agent_timeout, cancel=self.cancel)
+        if res.returncode == 0:
+            return True
+        log = (adir / "setup.log").read_text(encoding="utf-8", errors="replace")
+        out.kind = "interrupted" if res.cancelled else "error"
+        out.reason = "the worktree setup step failed" + ("" if res.returncode is None else f" (exit {res.returncode})")
+        out.feedback = f"{out.reason}:\n{tail(log)}"
+        return False
+
+    def _left_branch(self, worktree: Path, branch: BranchName) -> str | None:
+        res = self.repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False)
+        if not worktree.is_dir():
+            return "the agent deleted its worktree"
+        head = res.stdout.strip()
+        if head != f"refs/heads/{branch}":
+            return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
+        return None
+
+    def _commit_leftovers(self, task: Task, worktree: Path) -> None:
+        """Commit what the agent left uncommitted, with the user's identity."""
+        self.repo.git("add", "-A", cwd=worktree)
+        if self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
+            return
+        # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
+        proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
+                 input=f"{task.id}: {task.description}\n")
+
+    # -- deciding what follows (orchestrator thread) -------------------------------------------
+
+    def _settle(self, out: Outcome) -> None:
+        task_id = out.task.id
+        if out.kind == "interrupted":
+            self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason)
+            self._set(task_id, "pending", reason="interrupted; will start again")
+            self.pool.release(out.worktree, keep=False)
+            return
+        self.state[task_id].charged += 1
+        if out.cost_usd:
+            self.store.add_cost(task_id, out.cost_usd)
+        stats = self._stats(out)
+        report_json = out.report.to_json() if out.report else None
+        if out.kind != "gated":
+            self.store.finish_attempt(task_id, out.n, outcome=out.kind, head=out.head, reason=out.reason,
+                                      gate=report_json, **stats)
+            self.store.event(out.kind, task_id, attempt=out.n, reason=out.reason)
+            self._retry_or_fail(out, out.feedback)
+            return
+        self._set(task_id, "merging")
+        assert out.head is not None and out.report is not None
+        body = f"Task {task_id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
+        try:
+            merged = merge_branch(self.repo, integration=self.integration, theirs=out.head,
+                                  message=merge_message(task_id, out.task.description, body))
+        except CommandError as exc:
+            self.store.finish_attempt(task_id, out.n, outcome="error", head=out.head, reason=str(exc), **stats)
+            raise
+        if merged.merge_commit is None:
+            out.reason = reason = "merge conflict in " + ", ".join(merged.conflicts)
+            self.store.finish_attempt(task_id, out.n, outcome="conflict", head=out.head, reason=reason,
+                                      gate=report_json, **stats)
+            self.store.event("conflict", task_id, attempt=out.n, files=merged.conflicts,
+                             messages=merged.messages)
+            self._retry_or_fail(out, self._conflict_feedback(out, merged.conflicts, merged.messages))
+            return
+        st = self.state[task_id]
+        st.summary, st.files = out.summary, [f[0] for f in json.loads(stats["files"])]
+        self.store.finish_attempt(task_id, out.n, outcome="merged", head=out.head, gate=report_json, **stats)
+        self._set(task_id, "merged", merge_commit=merged.merge_commit, summary=out.summary, reason=None,
+                  worktree=None)
+        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files)
+        self.pool.release(out.worktree, keep=False)
+
+    def _stats(self, out: Outcome) -> dict[str, Any]:
+        if out.head is None or out.head == out.start:
+            return {"files": "[]", "added": 0, "removed": 0}
+        changes = changed_files(self.repo, out.start, out.head)
+        return {"files": json.dumps([[c.path, c.added, c.removed] for c in changes]),
+                "added": sum(c.added or 0 for c in changes), "removed": sum(c.removed or 0 for c in changes)}
+
+    def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
+        assert out.head is not None
+        diff = diff_text(self.repo, out.start, out.head).splitlines()
+        shown = "\n".join(diff[:FEEDBACK_DIFF_LINES])
+        if len(diff) > FEEDBACK_DIFF_LINES:
+            shown += f"\n[… {len(diff) - FEEDBACK_DIFF_LINES} more lines]"
+        return ("Your previous attempt conflicted with work merged meanwhile by other tasks.\n"
+                f"Conflicting files: {', '.join(files)}\n" + "".join(f"  {m}\n" for m in messages) +
+                "This attempt starts from the current integration head, which contains their work. "
+                "Redo your change on top of it.\n\nYour previous diff:\n" + shown)
+
+    def _retry_or_fail(self, out: Outcome, feedback: str) -> None:
+        st = self.state[out.task.id]
+        if st.charged >= self.options.max_attempts:
+            reason = f"{out.reason} (after {st.charged} attempt{'s' if st.charged != 1 else ''})"
+            self._set(out.task.id, "failed", reason=reason)
+            self.store.event("failed", out.task.id, attempt=out.n, reason=reason)
+            # The last attempt's worktree stays for inspection until `wswarm clean`.
+            self.pool.release(out.worktree, keep=True)
+            return
+        st.feedback = feedback
+        (self.store.attempt_dir(out.task.id, out.n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8",
+                                                                                errors="replace")
+        self._set(out.task.id, "pending", reason=f"re-queued: {out.reason}", worktree=None)
+        self.store.event("requeued", out.task.id, attempt=out.n, reason=out.reason)
+        self.pool.release(out.worktree, keep=False)

@@ -1,0 +1,1 @@
+"""The only owners of a rich Console."""
