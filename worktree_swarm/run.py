@@ -132,6 +132,8 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
     try:
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store,
                       pool=FreshWorktrees(repo, worktrees_dir(repo)), agent_for=agent_for, options=options)
+        pr_path = store.dir / "pr.md"
+        # The view closes after the state is final, so its last frame tells the truth.
         with (view(store) if view else nullcontext()):
             try:
                 all_merged = swarm.run()
@@ -140,10 +142,9 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
                 store.event("run-interrupted", run=row.id)
                 raise Interrupted(f"interrupted: run {row.id} saved",
                                   hint=f"continue with: wswarm resume {row.id}") from None
-        pr_path = store.dir / "pr.md"
-        pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts()), encoding="utf-8")
-        store.set_run(state="finished", finished=time.time())
-        store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
+            pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts()), encoding="utf-8")
+            store.set_run(state="finished", finished=time.time())
+            store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
         store.close()
