@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -133,6 +135,7 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store,
                       pool=FreshWorktrees(repo, worktrees_dir(repo)), agent_for=agent_for, options=options)
         pr_path = store.dir / "pr.md"
+        _stop_on_hangup()
         # The view closes after the state is final, so its last frame tells the truth.
         with (view(store) if view else nullcontext()):
             try:
@@ -148,6 +151,19 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
         store.close()
+
+
+def _stop_on_hangup() -> None:
+    """SIGTERM and SIGHUP stop a run like Ctrl-C: agents run in sessions of their own and would
+    otherwise outlive the orchestrator."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 def agent_resolver(config: Config, plan: Plan, *, agent_cmd: str | None) -> Callable[[Task], Agent]:

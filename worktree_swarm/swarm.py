@@ -92,18 +92,26 @@ class Swarm:
     def _load_state(self) -> None:
         """Rebuild the in-memory picture from the store; trust nothing that git does not confirm."""
         head = self.repo.branch_sha(self.integration)
+        merges = self._train_merges(head)
         attempts = self.store.attempts()
         for row in self.store.tasks():
             st = _TaskState(status=row.status, summary=row.summary or "")
             mine = [a for a in attempts if a.task_id == row.id]
             st.started = max((a.n for a in mine), default=0)
             st.charged = sum(1 for a in mine if a.outcome != "interrupted")
-            if row.status == "merged" and row.merge_commit:
-                if head is None or not self.repo.is_ancestor(Sha(row.merge_commit), head):
-                    st.status = "pending"
-                    self.store.set_task(row.id, status="pending", merge_commit=None,
-                                        reason="its merge is no longer on the integration branch")
-            if row.status in ACTIVE_STATUSES:
+            landed = next((a for a in reversed(mine) if a.head in merges), None)
+            if row.status == "merged" and landed is None:
+                st.status = "pending"
+                self.store.set_task(row.id, status="pending", merge_commit=None,
+                                    reason="its merge is no longer on the integration branch")
+            elif row.status != "merged" and landed is not None:
+                # Merged, then the process died before it could record that: git is the truth.
+                st.status = "merged"
+                self.store.finish_attempt(row.id, landed.n, outcome="merged", finished=landed.finished)
+                self.store.set_task(row.id, status="merged", merge_commit=merges[str(landed.head)], reason=None)
+                self.store.event("merged", row.id, attempt=landed.n, commit=merges[str(landed.head)],
+                                 recovered=True)
+            if st.status in ACTIVE_STATUSES:
                 st.status = "pending"
                 self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
             if st.status == "merged" and mine:
@@ -112,6 +120,18 @@ class Swarm:
                 saved = self.store.attempt_dir(row.id, mine[-1].n) / NEXT_FEEDBACK
                 st.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
             self.state[row.id] = st
+
+    def _train_merges(self, head: Sha | None) -> dict[str, str]:
+        """{merged branch head: merge commit} along the integration branch's first-parent chain."""
+        merges: dict[str, str] = {}
+        if head is None:
+            return merges
+        run = self.store.run()
+        for line in self.repo.git("rev-list", "--first-parent", "--merges", "--parents",
+                                  f"{run.base}..{head}").stdout.splitlines():
+            commit, _first, second, *_ = line.split()
+            merges[second] = commit
+        return merges
 
     def _set(self, task_id: str, status: str, **fields: Any) -> None:
         self.state[task_id].status = status
@@ -178,10 +198,11 @@ class Swarm:
 
     def _attempt(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None) -> Outcome:
         adir = self.store.attempt_dir(task.id, n)
-        worktree = self.pool.acquire(name=f"{self.run_id}--{encode(task.id)}--{n}", branch=branch, start=start)
-        self.store.set_task(task.id, worktree=str(worktree))
-        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start, worktree=worktree)
+        name = f"{self.run_id}--{encode(task.id)}--{n}"
+        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start, worktree=Path(name))
         try:
+            out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
+            self.store.set_task(task.id, worktree=str(out.worktree))
             return self._attempt_in(out, adir, feedback)
         except (WswarmError, OSError) as exc:
             out.kind, out.reason = "error", str(exc).splitlines()[0]
@@ -330,6 +351,8 @@ class Swarm:
             self.store.event(out.kind, task_id, attempt=out.n, reason=out.reason)
             self._retry_or_fail(out, out.feedback)
             return
+        # The head is on record before the ref moves, so a crash in between is recoverable.
+        self.store.finish_attempt(task_id, out.n, outcome="gated", head=out.head, gate=report_json, **stats)
         self._set(task_id, "merging")
         assert out.head is not None and out.report is not None
         body = f"Task {task_id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
