@@ -22,6 +22,11 @@ def clean_run_ratio(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) ->
     return len(first), len(tasks)
 
 
+def base_name(run: RunRow) -> str:
+    """The branch (or ref) the run started from, as the PR's base."""
+    return str(run.options.get("base_branch") or run.base_ref)
+
+
 def pr_title(run: RunRow, tasks: Sequence[TaskRow]) -> str:
     merged = sum(t.status == "merged" for t in tasks)
     goal = str(run.options.get("title") or run.id)
@@ -36,7 +41,7 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
     merged = [t for t in tasks if t.status == "merged"]
     clean, total = clean_run_ratio(tasks, attempts)
     lines = [f"# {pr_title(run, tasks)}", ""]
-    lines.append(f"Integration branch `{run.integration_branch}`, based on `{run.base_ref}` "
+    lines.append(f"Integration branch `{run.integration_branch}`, based on `{base_name(run)}` "
                  f"(`{run.base[:12]}`). {len(merged)} of {len(tasks)} tasks merged; clean-run ratio "
                  f"**{clean}/{total}** ({_pct(clean, total)}) merged on their first attempt.")
     if run.cost_usd:

@@ -83,7 +83,9 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     run_dir = runs_dir(repo.state_dir) / run_id
     opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
             "agent_timeout": swarm_options.agent_timeout, "agent_cmd": options.agent_cmd,
-            "title": options.title or options.plan_path.stem, "plan_path": str(options.plan_path)}
+            "title": options.title or options.plan_path.stem, "plan_path": str(options.plan_path),
+            # The PR's base must be a branch: HEAD means the branch checked out right now.
+            "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
     store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
                             plan_json=plan.to_json(), task_ids=[str(t) for t in plan.ids()], options=opts)
     try:

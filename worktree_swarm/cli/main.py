@@ -177,7 +177,7 @@ def pr(
         if open_:
             path = store.dir / "pr.md"
             path.write_text(body, encoding="utf-8")
-            _notify(prmod.open_pr(repo, title=prmod.pr_title(row, tasks), body=path, base=row.base_ref,
+            _notify(prmod.open_pr(repo, title=prmod.pr_title(row, tasks), body=path, base=prmod.base_name(row),
                                   branch=row.integration_branch))
         return body
 

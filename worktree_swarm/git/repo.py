@@ -85,6 +85,12 @@ class Repo:
             return None
         return Sha(str(ref.target)) if ref is not None else None
 
+    def current_branch(self) -> str | None:
+        """The branch checked out where wswarm runs, or None on a detached HEAD."""
+        if self.pygit.head_is_detached:
+            return None
+        return str(self.pygit.head.shorthand)
+
     def is_ancestor(self, ancestor: Sha, descendant: Sha) -> bool:
         if ancestor == descendant:
             return True
