@@ -21,7 +21,7 @@ from worktree_swarm.config import Config
 from worktree_swarm.errors import CommandError, WswarmError
 from worktree_swarm.gate.report import GateReport, tail
 from worktree_swarm.gate.runner import run_gate
-from worktree_swarm.git.diff import changed_files, diff_text
+from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.refs import encode, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
@@ -57,6 +57,13 @@ class Outcome:
     summary: str = ""
     report: GateReport | None = None
     cost_usd: float = 0.0
+    changes: list[FileChange] = field(default_factory=list)
+
+    def stats(self) -> dict[str, Any]:
+        """The attempt's changed files and line counts, as stored in the attempts table."""
+        return {"files": json.dumps([[c.path, c.added, c.removed] for c in self.changes]),
+                "added": sum(c.added or 0 for c in self.changes),
+                "removed": sum(c.removed or 0 for c in self.changes)}
 
 
 @dataclass
@@ -243,10 +250,11 @@ class Swarm:
             out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
+        out.changes = changed_files(self.repo, out.start, out.head)
         self._set(task.id, "gating")
         self.store.event("gate-started", task.id, attempt=out.n)
         report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
-                          config=self.config.gate, declared_files=task.files,
+                          config=self.config.gate, declared_files=task.files, changes=out.changes,
                           env=self._task_env(task, out.n), log_dir=adir, cancel=self.cancel)
         (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
         out.report = report
@@ -343,7 +351,7 @@ class Swarm:
         self.state[task_id].charged += 1
         if out.cost_usd:
             self.store.add_cost(task_id, out.cost_usd)
-        stats = self._stats(out)
+        stats = out.stats()
         report_json = out.report.to_json() if out.report else None
         if out.kind != "gated":
             self.store.finish_attempt(task_id, out.n, outcome=out.kind, head=out.head, reason=out.reason,
@@ -377,13 +385,6 @@ class Swarm:
                   worktree=None)
         self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files)
         self.pool.release(out.worktree, keep=False)
-
-    def _stats(self, out: Outcome) -> dict[str, Any]:
-        if out.head is None or out.head == out.start:
-            return {"files": "[]", "added": 0, "removed": 0}
-        changes = changed_files(self.repo, out.start, out.head)
-        return {"files": json.dumps([[c.path, c.added, c.removed] for c in changes]),
-                "added": sum(c.added or 0 for c in changes), "removed": sum(c.removed or 0 for c in changes)}
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
         assert out.head is not None

@@ -14,7 +14,7 @@ from worktree_swarm import proc
 from worktree_swarm.config import CheckConfig, GateConfig
 from worktree_swarm.gate.builtin import CHECK_NAMES, Finding, scan_diff
 from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tail
-from worktree_swarm.git.diff import changed_files, diff_text
+from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.types import Sha
 
@@ -24,12 +24,14 @@ _NOT_FOUND = 127
 
 def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateConfig,
              declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
-             cancel: threading.Event | None = None) -> GateReport:
+             cancel: threading.Event | None = None, changes: Sequence[FileChange] | None = None) -> GateReport:
     """Judge HEAD (checked out in WORKTREE) against BASE; never raises for a failing check."""
     results: list[CheckResult] = []
     if config.builtin:
         results += builtin_results(repo, base, head, declared_files, config.max_binary_bytes)
-    changed = [c.path for c in changed_files(repo, base, head) if (worktree / c.path).exists()]
+    if changes is None:
+        changes = changed_files(repo, base, head)
+    changed = [c.path for c in changes if (worktree / c.path).exists()]
     log_dir.mkdir(parents=True, exist_ok=True)
     for check in config.checks:
         results.append(run_check(check, worktree=worktree, changed=changed, env=env,
