@@ -103,7 +103,14 @@ class RunStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
-        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        events = run_dir / "events.jsonl"
+        self._events = open(events, "a", encoding="utf-8")
+        # A crash can cut the last line short; end it so the next event starts a line of its own.
+        if events.stat().st_size:
+            with open(events, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._events.write("\n")
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- creation and lookup -------------------------------------------------------------------

@@ -6,12 +6,15 @@ slower on 38k-file trees and uses libgit2's first merge base, so git's own merge
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from worktree_swarm import proc
 from worktree_swarm.errors import CommandError
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.types import Sha
+
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,11 @@ def merge_tree(repo: Repo, ours: Sha, theirs: Sha) -> MergeTree:
     """Merge two commits without touching any working tree or index."""
     res = repo.git("merge-tree", "--write-tree", "-z", "--name-only", "--messages", ours, theirs,
                    check=False)
-    # exit 0 = clean, 1 = conflicts; anything else is an error, never "no conflicts".
-    if res.returncode not in (0, 1):
-        raise CommandError(res.argv, res.returncode, res.stdout + res.stderr)
     records = res.stdout.split("\0")
+    # exit 0 = clean, 1 = conflicts; anything else is an error, never "no conflicts". git also
+    # exits 1 for "not something we can merge": a conflict always comes with a tree id.
+    if res.returncode not in (0, 1) or not _OID.fullmatch(records[0]):
+        raise CommandError(res.argv, res.returncode, res.stdout + res.stderr)
     paths: list[str] = []
     i = 1
     while i < len(records) and records[i] != "":

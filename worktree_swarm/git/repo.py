@@ -26,17 +26,17 @@ class Repo:
     @classmethod
     def discover(cls, cwd: Path) -> Repo:
         """Find the repository containing cwd; refuse bare repositories and empty ones."""
-        res = proc.git("rev-parse", "--is-bare-repository", "--show-toplevel", "--git-common-dir",
-                       cwd=cwd, check=False)
+        # Asked on its own: in a bare repository --show-toplevel fails the whole call.
+        res = proc.git("rev-parse", "--is-bare-repository", "--is-inside-work-tree", cwd=cwd, check=False)
         if res.returncode != 0:
             raise NotARepositoryError(f"{cwd} is not inside a git repository",
                                       hint="run wswarm from a checkout of the repository the agents should work on")
-        lines = res.stdout.splitlines()
-        if lines[0] == "true" or len(lines) < 3:
-            raise NotARepositoryError(f"{cwd} is a bare repository or a git directory",
+        if res.stdout.split() != ["false", "true"]:
+            raise NotARepositoryError(f"{cwd} is a bare repository or inside a .git folder, not a checkout",
                                       hint="run wswarm from a checkout (a working tree) of the repository")
-        root = Path(lines[1])
-        common = Path(lines[2])
+        root_s, common_s = proc.git("rev-parse", "--show-toplevel", "--git-common-dir", cwd=cwd).stdout.splitlines()
+        root = Path(root_s)
+        common = Path(common_s)
         if not common.is_absolute():
             common = (cwd / common).resolve()
         repo = cls(root=root, common_dir=common)
