@@ -198,14 +198,15 @@ def test_merge_tree_errors_raise_instead_of_looking_like_a_conflict(repo: Repo) 
     assert "refusing to merge unrelated histories" in info.value.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: git merge-tree exits 1 (not 128) for 'not something we can merge'; "
-                                       "merge_tree reads that as a conflict with no paths instead of an error")
+# Found here: git exits 1 (as for a conflict) for "not something we can merge"; merge_tree read
+# that as a conflict with no paths.
 @pytest.mark.parametrize("bad", ["0123456789abcdef0123456789abcdef01234567", "no-such-branch"])
 def test_merge_tree_with_an_unknown_commit_raises(repo: Repo, bad: str) -> None:
     head = sha(repo, "HEAD")
     with pytest.raises(CommandError) as info:
         merge_tree(gitrepo(repo), head, Sha(bad))
     assert "not something we can merge" in info.value.output
+    assert info.value.argv[-2:] == [head, bad]
 
 
 # -- the merge train's one step -------------------------------------------------------------------
@@ -339,6 +340,12 @@ def test_discover_refuses_bare_empty_and_plain_folders(tmp_path: Path) -> None:
     with pytest.raises(NotARepositoryError) as info:
         GitRepo.discover(empty)
     assert info.value.message == f"the repository at {empty} has no commits yet"
+    with pytest.raises(NotARepositoryError) as info:
+        GitRepo.discover(bare)
+    assert info.value.message.startswith(f"{bare} is a bare repository")
+    with pytest.raises(NotARepositoryError) as info:
+        GitRepo.discover(plain)
+    assert info.value.message == f"{plain} is not inside a git repository"
 
 
 def test_resolve_and_refs(repo: Repo) -> None:
@@ -406,7 +413,7 @@ def test_diff_text_keeps_a_lone_cr_and_ignores_noprefix(repo: Repo) -> None:
     assert "--- /dev/null" in lines and "+++ b/a/file.txt" in lines and "+++ b/cr.txt" in lines
     assert "\x1b[" not in text
     plain = subprocess.run(["git", "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false", "-c",
-                            "color.ui=never", "diff", "--no-ext-diff", "-M", base, head], cwd=repo.path, capture_output=True,
+                            "color.ui=never", "diff", "--no-color", "--no-ext-diff", "-M", base, head], cwd=repo.path, capture_output=True,
                            check=True).stdout
     assert text.encode("utf-8", "surrogateescape") == plain
 
@@ -619,9 +626,7 @@ def test_events_skip_a_torn_last_line(tmp_path: Path) -> None:
         reopened.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RunStore.event appends after a torn last line without first "
-                                       "ending it, so the first event after a crash is glued to the fragment "
-                                       "and lost")
+# Found here: the first event after a crash was appended to the torn fragment and lost with it.
 def test_events_after_a_torn_last_line_are_kept(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     store.event("run-started", run=RUN)
