@@ -90,5 +90,5 @@ def test_open_calls_gh_with_the_body_file(repo: Repo, agent_script: object, tmp_
     run_dir = next((repo.state_dir / "runs").iterdir())
     body = (tmp_path / "body").read_text()
     assert body.startswith("# wswarm: plan (2/2 tasks)\n") and "| `two` |" in body
-    assert res.stdout == body + "\n"
+    assert res.stdout == body
     assert "based on `main`" in (run_dir / "pr.md").read_text()

@@ -19,8 +19,10 @@ _GIT_LEAKS = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_C
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment without git's per-invocation variables, never prompting."""
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_LEAKS}
+    """The current environment without git's per-invocation variables or an outer run's
+    WSWARM_* variables, never prompting."""
+    # WSWARM_* of an enclosing run (wswarm started from an agent or a gate check) are not ours.
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LEAKS and not k.startswith("WSWARM_")}
     env["GIT_TERMINAL_PROMPT"] = "0"
     if extra:
         env.update(extra)

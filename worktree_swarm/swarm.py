@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pygit2
+
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt
@@ -246,7 +248,8 @@ class Swarm:
             out.kind, out.reason = "agent-failed", "the task branch no longer contains its starting commit"
             out.feedback = out.reason + ": do not reset or rewrite the branch's history."
             return out
-        if out.head == out.start:
+        # Empty commits change nothing either: compare trees, not commit ids.
+        if self.repo.pygit[out.head].peel(pygit2.Commit).tree_id == self.repo.pygit[out.start].peel(pygit2.Commit).tree_id:
             out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
@@ -322,10 +325,9 @@ class Swarm:
         return False
 
     def _left_branch(self, worktree: Path, branch: BranchName) -> str | None:
-        res = self.repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False)
         if not worktree.is_dir():
             return "the agent deleted its worktree"
-        head = res.stdout.strip()
+        head = self.repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False).stdout.strip()
         if head != f"refs/heads/{branch}":
             return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
         return None

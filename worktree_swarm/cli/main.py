@@ -47,6 +47,12 @@ def _call(fn: Callable[[], T]) -> T:
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
+def _emit(text: str) -> None:
+    """Data (a PR body, a log, JSON) goes to stdout byte for byte: no markup, emoji codes or tab expansion."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
 def _notify(message: str) -> None:
     err.print(message, markup=False)
 
@@ -89,7 +95,7 @@ def _finish(result: object) -> None:
     verdict = "every task merged" if result.all_merged else "finished with failed or blocked tasks"
     err.print(f"run {result.run_id}: {verdict}", markup=False)
     err.print(f"integration branch: {result.integration_branch}", markup=False)
-    out.print(str(result.pr_path), markup=False)
+    _emit(str(result.pr_path))
     raise typer.Exit(result.exit_code)
 
 
@@ -132,17 +138,16 @@ def status(
     loaded = _call(load)
     if isinstance(loaded, list):
         if as_json:
-            out.print(json.dumps(loaded, indent=2), markup=False)
+            _emit(json.dumps(loaded, indent=2))
         for row in [] if as_json else loaded:
             tasks = row["tasks"]
             assert isinstance(tasks, list)
             merged = sum(t["status"] == "merged" for t in tasks)
-            out.print(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  "
-                      f"{row['integration_branch']}", markup=False)
+            _emit(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  {row['integration_branch']}")
         return
     try:
         if as_json:
-            out.print(json.dumps(status_data(loaded), indent=2), markup=False)
+            _emit(json.dumps(status_data(loaded), indent=2))
         else:
             out.print(board(loaded))
     finally:
@@ -181,7 +186,7 @@ def pr(
                                   branch=row.integration_branch))
         return body
 
-    out.print(_call(go), markup=False)
+    _emit(_call(go))
 
 
 @app.command()
@@ -196,8 +201,7 @@ def clean(
 
     done = _call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
                                   forget=forget))
-    out.print(f"cleaned {', '.join(done.runs)}: {done.worktrees} worktrees, {done.branches} branches removed",
-              markup=False)
+    _emit(f"cleaned {', '.join(done.runs)}: {done.worktrees} worktrees, {done.branches} branches removed")
 
 
 @app.command()
@@ -224,8 +228,9 @@ def logs(
         return found
 
     for title, text in _call(go):
-        out.print(f"==> {title} <==", markup=False)
-        out.print(text.rstrip(), markup=False)
+        _emit(f"==> {title} <==")
+        if text:
+            _emit(text)
 
 
 @app.command()
@@ -237,7 +242,7 @@ def demo(
 
     result = _call(lambda: demomod.run_demo(directory=directory, notify=_notify,
                                             view=lambda store: watch(store, err)))
-    out.print(result.pr_body, markup=False)
+    _emit(result.pr_body)
     err.print(f"sample repository: {result.repo}", markup=False)
     err.print(f"integration branch: {result.integration_branch} "
               f"(try: git -C {result.repo} log --oneline --graph {result.integration_branch})", markup=False)
@@ -246,7 +251,7 @@ def demo(
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"wswarm {__version__}")
+        _emit(f"wswarm {__version__}")
         raise typer.Exit()
 
 

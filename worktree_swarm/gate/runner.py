@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def builtin_results(repo: Repo, base: Sha, head: Sha, declared_files: Sequence[s
 
     findings = scan_diff(diff_text(repo, base, head), declared_files=declared_files,
                          blob_size=blob_size, max_binary_bytes=max_binary_bytes)
+    findings += _secrets_in_history(repo, base, head, {(f.path, f.message) for f in findings})
     seconds = time.monotonic() - started
     return [_builtin_result(name, [f for f in findings if f.check == name], seconds / len(CHECK_NAMES))
             for name in CHECK_NAMES]
@@ -65,6 +67,26 @@ def _builtin_result(name: str, findings: list[Finding], seconds: float) -> Check
     lines = [f"{f.path}:{f.line}: {f.message}" if f.line else f"{f.path}: {f.message}" for f in findings]
     return CheckResult(name, "builtin", status, seconds, output=tail("\n".join(lines)),
                        note=f"{len(findings)} finding{'s' if len(findings) != 1 else ''}")
+
+
+def _secrets_in_history(repo: Repo, base: Sha, head: Sha, seen: set[tuple[str, str]]) -> list[Finding]:
+    """Secrets added by one of the branch's commits and removed by a later one.
+
+    The merge keeps the agent's commits, so a key that is gone from the net diff would still
+    reach the integration branch's history.
+    """
+    if int(repo.git("rev-list", "--count", "--no-merges", f"{base}..{head}").stdout) < 2:
+        return []
+    raw = proc.git_bytes("log", "-p", "--reverse", "--no-merges", "--no-color", "--no-ext-diff", "-M",
+                         "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", f"{base}..{head}", cwd=repo.root)
+    found: list[Finding] = []
+    for chunk in raw.decode("utf-8", errors="surrogateescape").split("\0")[1:]:
+        commit, _, patch = chunk.partition("\n")
+        for f in scan_diff(patch.lstrip("\n"), declared_files=(), blob_size=lambda _: None):
+            if f.check == "secrets" and (f.path, f.message) not in seen:
+                seen.add((f.path, f.message))
+                found.append(replace(f, message=f"{f.message} (in commit {commit}, still in the branch's history)"))
+    return found
 
 
 def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env: Mapping[str, str],

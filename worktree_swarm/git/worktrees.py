@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +40,21 @@ class FreshWorktrees(WorktreePool):
     def __init__(self, repo: Repo, root: Path) -> None:
         self.repo = repo
         self.root = root
+        # Concurrent `git worktree add`s race: one reads another's half-written
+        # .git/worktrees/*/commondir and fails (seen with 64 at once). Adds and removes take turns.
+        self._admin = threading.Lock()
 
     def acquire(self, *, name: str, branch: BranchName, start: Sha) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
-        self.repo.git("worktree", "add", "--quiet", "-b", branch, path, start)
+        with self._admin:
+            self.repo.git("worktree", "add", "--quiet", "-b", branch, path, start)
         return path
 
     def release(self, path: Path, *, keep: bool) -> None:
         if not keep:
-            remove_worktree(self.repo, path)
+            with self._admin:
+                remove_worktree(self.repo, path)
 
 
 def remove_worktree(repo: Repo, path: Path) -> None:
