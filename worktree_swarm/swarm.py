@@ -7,6 +7,7 @@ threads only run an attempt (agent, commit, gate) and hand back its outcome.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,6 +22,7 @@ from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt
 from worktree_swarm.config import Config
 from worktree_swarm.errors import CommandError, WswarmError
+from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
 from worktree_swarm.gate.report import GateReport, tail
 from worktree_swarm.gate.runner import run_gate
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
@@ -52,7 +54,7 @@ class Outcome:
     kind: str                 # gated | gate-failed | agent-failed | timeout | no-op | interrupted | error
     branch: BranchName
     start: Sha
-    worktree: Path
+    worktree: Path | None = None     # None until the pool handed one out
     head: Sha | None = None
     reason: str = ""
     feedback: str = ""
@@ -94,6 +96,7 @@ class Swarm:
         self.cancel = threading.Event()
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
+        self._secret_values = secret_env_values(os.environ)
         self._load_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -208,25 +211,29 @@ class Swarm:
     def _attempt(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None) -> Outcome:
         adir = self.store.attempt_dir(task.id, n)
         name = f"{self.run_id}--{encode(task.id)}--{n}"
-        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start, worktree=Path(name))
+        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start)
         try:
             out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
             self.store.set_task(task.id, worktree=str(out.worktree))
-            return self._attempt_in(out, adir, feedback)
+            return self._attempt_in(out, out.worktree, adir, feedback)
         except (WswarmError, OSError) as exc:
             out.kind, out.reason = "error", str(exc).splitlines()[0]
             out.feedback = str(exc)
+            # The whole message (git's own words) stays with the attempt, not just its first line.
+            (adir / "error.log").write_text(str(exc) + "\n", encoding="utf-8", errors="replace")
             return out
 
-    def _attempt_in(self, out: Outcome, adir: Path, feedback: str | None) -> Outcome:
-        task, worktree = out.task, out.worktree
+    def _attempt_in(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None) -> Outcome:
+        task = out.task
         agent = self.agent_for(task)
-        request = self._request(out, adir, feedback)
-        if self.config.worktree.setup and not self._setup(out, adir):
+        request = self._request(out, worktree, adir, feedback)
+        if self.config.worktree.setup and not self._setup(out, worktree, adir):
             return out
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         result = agent.run(request, cancel=self.cancel)
-        out.summary, out.cost_usd = result.summary, result.cost_usd
+        # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
+        out.summary = redact_secrets(result.summary, known=self._secret_values)
+        out.cost_usd = result.cost_usd
         self.store.event("agent-finished", task.id, attempt=out.n, ok=result.ok, exit_code=result.exit_code,
                          error=result.error, cost_usd=result.cost_usd)
         if result.cancelled:
@@ -270,7 +277,7 @@ class Swarm:
             out.feedback = report.render()
         return out
 
-    def _request(self, out: Outcome, adir: Path, feedback: str | None) -> AgentRequest:
+    def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None) -> AgentRequest:
         task = out.task
         deps = self._dependency_summaries(task)
         roles = {name: role.system for name, role in self.config.roles.items()}
@@ -283,7 +290,7 @@ class Swarm:
         if feedback:
             feedback_path = adir / "feedback.txt"
             feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
-        return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=out.worktree, base=out.start,
+        return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
                             feedback_path=feedback_path, log_path=adir / "agent.log",
                             timeout=self._timeout(task), env=self._task_env(task, out.n))
@@ -310,10 +317,10 @@ class Swarm:
                  "files": self.state[tid].files}
                 for tid in self.plan.topological_order() if tid in ancestors]
 
-    def _setup(self, out: Outcome, adir: Path) -> bool:
+    def _setup(self, out: Outcome, worktree: Path, adir: Path) -> bool:
         setup = self.config.worktree.setup
         assert setup is not None
-        res = proc.run_in_group(proc.shell_argv(setup), cwd=out.worktree,
+        res = proc.run_in_group(proc.shell_argv(setup), cwd=worktree,
                                 env=proc.clean_env(self._task_env(out.task, out.n)),
                                 output=adir / "setup.log", timeout=self.options.agent_timeout, cancel=self.cancel)
         if res.returncode == 0:
@@ -348,7 +355,7 @@ class Swarm:
         if out.kind == "interrupted":
             self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason)
             self._set(task_id, "pending", reason="interrupted; will start again")
-            self.pool.release(out.worktree, keep=False)
+            self._release(out, keep=False)
             return
         self.state[task_id].charged += 1
         if out.cost_usd:
@@ -386,7 +393,7 @@ class Swarm:
         self._set(task_id, "merged", merge_commit=merged.merge_commit, summary=out.summary, reason=None,
                   worktree=None)
         self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files)
-        self.pool.release(out.worktree, keep=False)
+        self._release(out, keep=False)
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
         assert out.head is not None
@@ -406,11 +413,15 @@ class Swarm:
             self._set(out.task.id, "failed", reason=reason)
             self.store.event("failed", out.task.id, attempt=out.n, reason=reason)
             # The last attempt's worktree stays for inspection until `wswarm clean`.
-            self.pool.release(out.worktree, keep=True)
+            self._release(out, keep=True)
             return
         st.feedback = feedback
         (self.store.attempt_dir(out.task.id, out.n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8",
                                                                                 errors="replace")
         self._set(out.task.id, "pending", reason=f"re-queued: {out.reason}", worktree=None)
         self.store.event("requeued", out.task.id, attempt=out.n, reason=out.reason)
-        self.pool.release(out.worktree, keep=False)
+        self._release(out, keep=False)
+
+    def _release(self, out: Outcome, *, keep: bool) -> None:
+        if out.worktree is not None:
+            self.pool.release(out.worktree, keep=keep)

@@ -7,7 +7,7 @@ The input is the text of ``git diff --no-color --no-ext-diff -M BASE HEAD`` (def
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -130,6 +130,24 @@ def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
                                                f"possible {kind}: {_redact(shown)}", "fail")))
         findings += [finding for _, finding in sorted(on_line, key=lambda pair: pair[0])]
     return findings
+
+
+_SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def secret_env_values(environ: Mapping[str, str]) -> list[str]:
+    """Values of environment variables whose names say they are secrets (long enough to matter)."""
+    return [v for k, v in environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 8]
+
+
+def redact_secrets(text: str, *, known: Iterable[str] = ()) -> str:
+    """TEXT with every secret the secrets check would flag, and every KNOWN value, cut to a preview."""
+    for value in sorted(set(known), key=len, reverse=True):
+        text = text.replace(value, "[redacted]")
+    for kind, pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group() if kind != "PEM private key" and
+                           _is_placeholder(m.group("secret")) else _redact(m.group()) + "[redacted]", text)
+    return text
 
 
 def _redact(value: str) -> str:
