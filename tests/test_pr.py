@@ -21,7 +21,8 @@ PASSED = GateReport((CheckResult("tests", "tests", "pass", 1.5), CheckResult("se
 def run_row(cost: float = 0.0) -> RunRow:
     return RunRow(id=RunId("20260101-000000-abcd"), state="finished", base="f" * 40, base_ref="main",
                   integration_branch="wswarm/20260101-000000-abcd/integration", plan=json.dumps(PLAN),
-                  options={"title": "ship the API"}, created=0.0, updated=0.0, finished=1.0, cost_usd=cost)
+                  options={"title": "ship the API"}, created=0.0, updated=0.0, finished=1.0, cost_usd=cost,
+                  merge_gate=None)
 
 
 def task(id: str, status: str, attempts: int, reason: str | None = None, summary: str | None = None) -> TaskRow:

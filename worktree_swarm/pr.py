@@ -55,6 +55,11 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
         removed = final.removed if final and final.removed is not None else 0
         lines.append(f"| `{t.id}` | {plan.get(t.id, {}).get('type', '')} | {_MARK.get(t.status, t.status)} | "
                      f"{t.attempts} | {len(files)} | +{added} −{removed} |")
+    if run.merge_gate:
+        verdict = GateReport.from_json(run.merge_gate)
+        lines += ["", "## Merge-result gate", "", f"On the integration head: {verdict.summary()}"]
+        if not verdict.passed:
+            lines += ["", "```", verdict.render()[:4000], "```"]
     gates = [(t, _final(by_task.get(t.id, []), t)) for t in merged]
     if gates:
         lines += ["", "## Gate", ""]

@@ -134,8 +134,8 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
            agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
     row = store.run()
     try:
-        swarm = Swarm(repo=repo, config=config, plan=plan, store=store,
-                      pool=FreshWorktrees(repo, worktrees_dir(repo)), agent_for=agent_for, options=options)
+        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=FreshWorktrees(repo, worktrees_dir(repo)),
+                      agent_for=agent_for, options=options, pool_root=worktrees_dir(repo))
         pr_path = store.dir / "pr.md"
         _stop_on_hangup()
         # The view closes after the state is final, so its last frame tells the truth.

@@ -32,7 +32,8 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE run (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, base TEXT NOT NULL, base_ref TEXT NOT NULL,
     integration_branch TEXT NOT NULL, plan TEXT NOT NULL, options TEXT NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL, finished REAL, cost_usd REAL NOT NULL DEFAULT 0);
+    created REAL NOT NULL, updated REAL NOT NULL, finished REAL, cost_usd REAL NOT NULL DEFAULT 0,
+    merge_gate TEXT);
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, branch TEXT, reason TEXT, summary TEXT,
@@ -58,6 +59,7 @@ class RunRow:
     updated: float
     finished: float | None
     cost_usd: float
+    merge_gate: str | None      # the merge-result gate's report as JSON, once it ran
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class TaskRow:
 class AttemptRow:
     task_id: str
     n: int
-    outcome: str         # running | gated | merged | conflict | gate-failed | agent-failed | timeout | no-op | interrupted
+    outcome: str         # running | gated | merged | ejected | conflict | gate-failed | agent-failed | timeout | no-op | interrupted
     branch: str
     start: str
     head: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -21,8 +22,12 @@ def status_data(store: RunStore) -> dict[str, Any]:
         tasks.append({"id": t.id, "status": status, "attempts": t.attempts, "branch": t.branch,
                       "reason": reason, "merge_commit": t.merge_commit, "worktree": t.worktree,
                       "cost_usd": round(t.cost_usd, 6)})
+    merge_gate = None
+    if run.merge_gate:
+        merge_gate = "passed" if json.loads(run.merge_gate)["passed"] else "failed"
     return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
-            "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "created": run.created, "finished": run.finished,
+            "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
+            "created": run.created, "finished": run.finished,
             "pr": str(store.dir / "pr.md") if (store.dir / "pr.md").exists() else None}
 
 

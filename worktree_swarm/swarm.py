@@ -30,6 +30,7 @@ from worktree_swarm.git.refs import encode, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.merge import merge_branch, merge_message
+from worktree_swarm.merge_gate import Prober, judge
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.state import ACTIVE_STATUSES, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
@@ -82,7 +83,7 @@ class _TaskState:
 
 class Swarm:
     def __init__(self, *, repo: Repo, config: Config, plan: Plan, store: RunStore, pool: WorktreePool,
-                 agent_for: Callable[[Task], Agent], options: SwarmOptions) -> None:
+                 agent_for: Callable[[Task], Agent], options: SwarmOptions, pool_root: Path) -> None:
         self.repo = repo
         self.config = config
         self.plan = plan
@@ -94,6 +95,8 @@ class Swarm:
         self.run_id = RunId(run.id)
         self.integration = BranchName(run.integration_branch)
         self.cancel = threading.Event()
+        self.pool_root = pool_root
+        self.merge_gate: str | None = None     # passed | failed, once the merge result was judged
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
         self._secret_values = secret_env_values(os.environ)
@@ -152,7 +155,17 @@ class Swarm:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> bool:
-        """Drive every task to merged, failed or blocked. True when all merged."""
+        """Drive every task to merged, failed or blocked, until the merge result passes the gate.
+
+        True when every task merged and the merge result did not fail.
+        """
+        while True:
+            self._drive()
+            if not self._judge_merge_result():
+                break
+        return self.merge_gate != "failed" and all(st.status == "merged" for st in self.state.values())
+
+    def _drive(self) -> None:
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(max_workers=self.options.agents, thread_name_prefix="wswarm-agent") as pool:
             try:
@@ -176,7 +189,49 @@ class Swarm:
                     except Exception:  # noqa: BLE001 — the first error is the one being raised
                         pass
                 raise
-        return all(st.status == "merged" for st in self.state.values())
+
+    def _judge_merge_result(self) -> bool:
+        """Run the configured checks on the integration head; eject the merge that broke it.
+
+        True when tasks were re-queued and the scheduler has work again.
+        """
+        head = self.repo.branch_sha(self.integration)
+        base = Sha(self.store.run().base)
+        if head is None or head == base or not any(not c.affected for c in self.config.gate.checks):
+            return False
+        self.store.event("merge-gate-started", commit=head)
+        prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
+                        env={"WSWARM_RUN_ID": self.run_id}, log_dir=self.store.dir / "merge-gate", cancel=self.cancel)
+        try:
+            verdict = judge(self.repo, prober, base=base, integration=self.integration)
+        finally:
+            prober.close()
+        self.merge_gate = "passed" if verdict.report.passed else "failed"
+        self.store.set_run(merge_gate=verdict.report.to_json())
+        if verdict.guilty is None or verdict.rebuilt is None:
+            reason = "" if verdict.report.passed else "the base fails these checks too; nothing to blame"
+            self.store.event(f"merge-gate-{self.merge_gate}", commit=head, reason=reason or None)
+            return False
+        self.repo.update_ref(self.integration, verdict.rebuilt.head, head, reason="wswarm: eject a merge")
+        by_head = {a.head: a for a in self.store.attempts() if a.outcome == "merged"}
+        guilty = by_head[verdict.guilty.theirs]
+        self.store.event("merge-gate-failed", commit=head, guilty=guilty.task_id, new_head=verdict.rebuilt.head)
+        for drop in verdict.rebuilt.dropped:
+            a = by_head[drop.merge.theirs]
+            culprit = drop.why == "guilty"
+            reason = {"guilty": "ejected: the merge result failed the gate after this merge",
+                      "built-on": f"ejected: this attempt started on top of '{guilty.task_id}', which was ejected",
+                      "conflicts": f"ejected: does not merge cleanly without '{guilty.task_id}', which was ejected",
+                      }[drop.why]
+            self.store.finish_attempt(a.task_id, a.n, outcome="ejected", reason=reason, finished=a.finished)
+            self.store.set_task(a.task_id, merge_commit=None)
+            self.store.event("ejected", a.task_id, attempt=a.n, reason=reason)
+            feedback = (f"{reason}.\nThe merged result of all tasks failed these checks:\n\n{verdict.report.render()}"
+                        if culprit else reason + ". Redo the work on top of the current integration head.")
+            if culprit:
+                self.state[a.task_id].charged += 1
+            self._requeue(a.task_id, a.n, reason, feedback, charged=culprit)
+        return True
 
     def _ready(self, *, exclude: set[str]) -> list[str]:
         ready = [t.id for t in self.plan if self.state[t.id].status == "pending" and t.id not in exclude
@@ -407,20 +462,22 @@ class Swarm:
                 "Redo your change on top of it.\n\nYour previous diff:\n" + shown)
 
     def _retry_or_fail(self, out: Outcome, feedback: str) -> None:
-        st = self.state[out.task.id]
-        if st.charged >= self.options.max_attempts:
-            reason = f"{out.reason} (after {st.charged} attempt{'s' if st.charged != 1 else ''})"
-            self._set(out.task.id, "failed", reason=reason)
-            self.store.event("failed", out.task.id, attempt=out.n, reason=reason)
-            # The last attempt's worktree stays for inspection until `wswarm clean`.
-            self._release(out, keep=True)
+        self._requeue(out.task.id, out.n, out.reason, feedback, charged=True)
+        # A failed task's last worktree stays for inspection until `wswarm clean`.
+        self._release(out, keep=self.state[out.task.id].status == "failed")
+
+    def _requeue(self, task_id: str, n: int, reason: str, feedback: str, *, charged: bool) -> None:
+        """Back to pending with FEEDBACK for the next attempt, or failed once attempts are spent."""
+        st = self.state[task_id]
+        if charged and st.charged >= self.options.max_attempts:
+            reason = f"{reason} (after {st.charged} attempt{'s' if st.charged != 1 else ''})"
+            self._set(task_id, "failed", reason=reason)
+            self.store.event("failed", task_id, attempt=n, reason=reason)
             return
         st.feedback = feedback
-        (self.store.attempt_dir(out.task.id, out.n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8",
-                                                                                errors="replace")
-        self._set(out.task.id, "pending", reason=f"re-queued: {out.reason}", worktree=None)
-        self.store.event("requeued", out.task.id, attempt=out.n, reason=out.reason)
-        self._release(out, keep=False)
+        (self.store.attempt_dir(task_id, n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
+        self._set(task_id, "pending", reason=f"re-queued: {reason}", worktree=None)
+        self.store.event("requeued", task_id, attempt=n, reason=reason)
 
     def _release(self, out: Outcome, *, keep: bool) -> None:
         if out.worktree is not None:
