@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -97,6 +98,7 @@ class Swarm:
         self.cancel = threading.Event()
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed, once the merge result was judged
+        self._ports: dict[tuple[str, int], int] = {}
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
         self._secret_values = secret_env_values(os.environ)
@@ -258,7 +260,9 @@ class Swarm:
         branch = task_branch(self.run_id, task_id, n)
         self._set(task_id, "running", attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
-        self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start)
+        self._ports[(task_id, n)] = self._free_port()
+        self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
+                         port=self._ports[(task_id, n)])
         return pool.submit(self._attempt, self.plan[task_id], n, branch, start, st.feedback)
 
     # -- one attempt (worker thread) -----------------------------------------------------------
@@ -351,7 +355,19 @@ class Swarm:
                             timeout=self._timeout(task), env=self._task_env(task, out.n))
 
     def _task_env(self, task: Task, n: int) -> dict[str, str]:
-        return {"WSWARM_RUN_ID": self.run_id, "WSWARM_TASK_ID": task.id, "WSWARM_ATTEMPT": str(n)}
+        return {"WSWARM_RUN_ID": self.run_id, "WSWARM_TASK_ID": task.id, "WSWARM_ATTEMPT": str(n),
+                "WSWARM_PORT": str(self._ports[(task.id, n)])}
+
+    def _free_port(self) -> int:
+        """A port free right now and not handed to another running attempt, so the dev servers
+        and test servers of parallel tasks never collide."""
+        taken = set(self._ports.values())
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in taken:
+                return port
 
     def _timeout(self, task: Task) -> float:
         named = self.config.agents.named.get(task.agent or self.config.agents.default)
@@ -407,6 +423,7 @@ class Swarm:
 
     def _settle(self, out: Outcome) -> None:
         task_id = out.task.id
+        self._ports.pop((task_id, out.n), None)
         if out.kind == "interrupted":
             self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason)
             self._set(task_id, "pending", reason="interrupted; will start again")
