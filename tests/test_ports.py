@@ -39,7 +39,11 @@ def test_parallel_attempts_get_distinct_ports_shared_with_their_gate(repo: Repo,
     assert res.returncode == 0, res.stderr
     agent_ports = {t: int((marks / t).read_text()) for t in ("a", "b")}
     assert agent_ports["a"] != agent_ports["b"]
-    gate_ports = dict(line.split() for line in seen.read_text().splitlines())
+    lines = [line.split() for line in seen.read_text().splitlines()]
+    # Task branches report "<task> <port>"; the merge-result gate has a port but no task.
+    gate_ports = dict(words for words in lines if len(words) == 2)
+    assert [words for words in lines if len(words) != 2] == [[words[0]] for words in lines if len(words) == 1]
+    assert len([words for words in lines if len(words) == 1]) == 1
     assert {t: int(p) for t, p in gate_ports.items()} == agent_ports
     run_dir = next((repo.state_dir / "runs").iterdir())
     started = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()

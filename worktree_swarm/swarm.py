@@ -203,7 +203,8 @@ class Swarm:
             return False
         self.store.event("merge-gate-started", commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
-                        env={"WSWARM_RUN_ID": self.run_id}, log_dir=self.store.dir / "merge-gate", cancel=self.cancel)
+                        env={"WSWARM_RUN_ID": self.run_id, "WSWARM_PORT": str(self._free_port())},
+                        log_dir=self.store.dir / "merge-gate", cancel=self.cancel)
         try:
             verdict = judge(self.repo, prober, base=base, integration=self.integration)
         finally:
