@@ -7,20 +7,13 @@ the first merge after which the configured checks fail.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import pygit2
-
-from worktree_swarm import proc
-from worktree_swarm.config import Config
-from worktree_swarm.gate.report import CheckResult, GateReport
-from worktree_swarm.gate.runner import run_check
+from worktree_swarm.gate.probe import Prober
+from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.merge import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import remove_worktree
 from worktree_swarm.types import BranchName, Sha
 
 
@@ -89,51 +82,6 @@ def rebuild_without(repo: Repo, merges: Sequence[TrainMerge], guilty: int) -> Re
             continue
         head = commit_tree(repo, result.tree, [head, m.theirs], m.message)
     return Rebuilt(head, dropped)
-
-
-class Prober:
-    """Runs the configured checks on any commit in one detached worktree, caching by tree id."""
-
-    def __init__(self, repo: Repo, config: Config, path: Path, env: dict[str, str], log_dir: Path,
-                 cancel: threading.Event) -> None:
-        self.repo = repo
-        self.config = config
-        self.path = path
-        self.env = env
-        self.log_dir = log_dir
-        self.cancel = cancel
-        self._made = False
-        self._cache: dict[str, GateReport] = {}
-
-    def report(self, commit: Sha) -> GateReport:
-        tree = str(self.repo.pygit[commit].peel(pygit2.Commit).tree_id)
-        if tree not in self._cache:
-            self._checkout(commit)
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            results: list[CheckResult] = [
-                run_check(check, worktree=self.path, changed=[], env=self.env,
-                          log=self.log_dir / f"merge-gate-{commit[:12]}-{i}.log", cancel=self.cancel)
-                for i, check in enumerate(self.config.gate.checks) if not check.affected]
-            self._cache[tree] = GateReport(tuple(results))
-        return self._cache[tree]
-
-    def _checkout(self, commit: Sha) -> None:
-        if not self._made:
-            self.repo.git("worktree", "add", "--quiet", "--detach", self.path, commit)
-            self._made = True
-            if self.config.worktree.setup:
-                proc.run_in_group(proc.shell_argv(self.config.worktree.setup), cwd=self.path,
-                                  env=proc.clean_env(self.env), output=self.log_dir / "merge-gate-setup.log",
-                                  timeout=3600, cancel=self.cancel)
-            return
-        # Switching an existing checkout touches only the files that differ.
-        self.repo.git("checkout", "--quiet", "--force", "--detach", commit, cwd=self.path)
-        self.repo.git("clean", "-fdq", cwd=self.path)
-
-    def close(self) -> None:
-        if self._made:
-            remove_worktree(self.repo, self.path)
-            self._made = False
 
 
 @dataclass(frozen=True)

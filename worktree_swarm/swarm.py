@@ -31,7 +31,9 @@ from worktree_swarm.git.refs import encode, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.merge import merge_branch, merge_message
-from worktree_swarm.merge_gate import Prober, judge
+from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.gate.probe import Prober
+from worktree_swarm.merge_gate import judge
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.state import ACTIVE_STATUSES, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
@@ -99,6 +101,7 @@ class Swarm:
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed, once the merge result was judged
         self._ports: dict[tuple[str, int], int] = {}
+        self.cache = GateCache(repo.state_dir / "gate-cache.db")
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
         self._secret_values = secret_env_values(os.environ)
@@ -204,7 +207,7 @@ class Swarm:
         self.store.event("merge-gate-started", commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
                         env={"WSWARM_RUN_ID": self.run_id, "WSWARM_PORT": str(self._free_port())},
-                        log_dir=self.store.dir / "merge-gate", cancel=self.cancel)
+                        log_dir=self.store.dir / "merge-gate", cache=self.cache, cancel=self.cancel)
         try:
             verdict = judge(self.repo, prober, base=base, integration=self.integration)
         finally:
