@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -247,6 +248,69 @@ def demo(
     err.print(f"integration branch: {result.integration_branch} "
               f"(try: git -C {result.repo} log --oneline --graph {result.integration_branch})", markup=False)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def gate(
+    ref: Annotated[str | None, typer.Option("--ref", metavar="REF",
+                                            help="Judge this commit, checked out in a temporary worktree.")] = None,
+    staged: Annotated[bool, typer.Option("--staged", help="Judge the index: what the next commit records.")] = False,
+    base: Annotated[str | None, typer.Option("--base", metavar="REF", help=(
+        "Judge against this commit (its merge-base when it is not an ancestor). Default: HEAD for the "
+        "index and the working tree; for --ref, its merge-base with origin/HEAD, main or master."))] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
+) -> None:
+    """Run the gate on a ref, on the index (--staged), or by default on the working tree.
+
+    Exit 0 when it passes, 1 when a check fails, 2 for bad input.
+    """
+    from worktree_swarm.gate.on_demand import gate as run_gate
+
+    # Inside git's hooks GIT_INDEX_FILE names the index being committed (relative to the cwd git gave us).
+    index = os.environ.get("GIT_INDEX_FILE") if staged else None
+    outcome = _call(lambda: run_gate(cwd=Path.cwd(), ref=ref, staged=staged, base=base,
+                                     index_file=Path.cwd() / index if index else None))
+    if as_json:
+        _notify(outcome.headline)
+        _emit(outcome.report.to_json())
+    else:
+        _emit(f"{outcome.headline}\n{outcome.report.render()}")
+    raise typer.Exit(0 if outcome.report.passed else 1)
+
+
+hook_app = typer.Typer(no_args_is_help=True, help="git's pre-merge-commit hook: the gate before every merge commit.")
+app.add_typer(hook_app, name="hook")
+
+
+@hook_app.command("install")
+def hook_install() -> None:
+    """Install the pre-merge-commit hook for every worktree of this repository (an existing hook is chained)."""
+    from worktree_swarm import hooks
+
+    done = _call(lambda: hooks.install(cwd=Path.cwd(), python=sys.executable))
+    where = done.location
+    _notify(f"{'reinstalled' if done.reinstalled else 'installed'} the pre-merge-commit hook at {where.path}")
+    if where.hooks_path is not None:
+        _notify(f"core.hooksPath is set to {where.hooks_path}: installed there, where git looks for hooks")
+        if not Path(where.hooks_path).expanduser().is_absolute():
+            _notify("note: a relative core.hooksPath is resolved in each worktree's root, so other worktrees "
+                    "look in their own folder")
+    if done.chained is not None:
+        _notify(f"your previous hook is kept as {done.chained} and runs first; its failure blocks the merge too")
+
+
+@hook_app.command("uninstall")
+def hook_uninstall() -> None:
+    """Remove wswarm's pre-merge-commit hook and restore the hook it replaced."""
+    from worktree_swarm import hooks
+
+    done = _call(lambda: hooks.uninstall(cwd=Path.cwd()))
+    if done.removed:
+        _notify(f"removed the pre-merge-commit hook at {done.location.path}")
+    else:
+        _notify(f"wswarm: {done.reason}")
+    if done.restored:
+        _notify(f"restored your previous hook at {done.location.path}")
 
 
 def _version(value: bool) -> None:

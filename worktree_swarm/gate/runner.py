@@ -6,7 +6,7 @@ import fnmatch
 import threading
 import time
 from dataclasses import replace
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pygit2
@@ -27,37 +27,68 @@ def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateCo
              declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
              cancel: threading.Event | None = None, changes: Sequence[FileChange] | None = None) -> GateReport:
     """Judge HEAD (checked out in WORKTREE) against BASE; never raises for a failing check."""
-    results: list[CheckResult] = []
-    if config.builtin:
-        results += builtin_results(repo, base, head, declared_files, config.max_binary_bytes)
     if changes is None:
         changes = changed_files(repo, base, head)
-    changed = [c.path for c in changes if (worktree / c.path).exists()]
+    return run_gate_on_diff(repo=repo, worktree=worktree, diff=diff_text(repo, base, head) if config.builtin else "",
+                            blob_size=tree_blob_size(repo, head), history=(base, head),
+                            changed=[c.path for c in changes], config=config, declared_files=declared_files,
+                            env=env, log_dir=log_dir, cancel=cancel)
+
+
+def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callable[[str], int | None],
+                     history: tuple[Sha | None, Sha] | None, changed: Sequence[str], config: GateConfig,
+                     declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
+                     cancel: threading.Event | None = None) -> GateReport:
+    """Judge DIFF, whose result is checked out in WORKTREE; never raises for a failing check.
+
+    The built-in checks read DIFF (and, with HISTORY = (base or None for "from the root", head),
+    each commit of that range for secrets added then removed); the configured checks run in
+    WORKTREE with the CHANGED paths that exist there.
+    """
+    results: list[CheckResult] = []
+    if config.builtin:
+        results += diff_results(repo, diff, blob_size=blob_size, history=history, declared_files=declared_files,
+                                max_binary_bytes=config.max_binary_bytes)
+    existing = [path for path in changed if (worktree / path).exists()]
     log_dir.mkdir(parents=True, exist_ok=True)
     for check in config.checks:
-        results.append(run_check(check, worktree=worktree, changed=changed, env=env,
+        results.append(run_check(check, worktree=worktree, changed=existing, env=env,
                                  log=log_dir / f"gate-{_safe(check.name)}.log", cancel=cancel))
     return GateReport(tuple(results))
 
 
 def builtin_results(repo: Repo, base: Sha, head: Sha, declared_files: Sequence[str],
                     max_binary_bytes: int) -> list[CheckResult]:
+    """The built-in checks on the diff from BASE to HEAD and on the commits between them."""
+    return diff_results(repo, diff_text(repo, base, head), blob_size=tree_blob_size(repo, head),
+                        history=(base, head), declared_files=declared_files, max_binary_bytes=max_binary_bytes)
+
+
+def diff_results(repo: Repo, diff: str, *, blob_size: Callable[[str], int | None],
+                 history: tuple[Sha | None, Sha] | None, declared_files: Sequence[str],
+                 max_binary_bytes: int) -> list[CheckResult]:
+    """One result per built-in check over DIFF (and over HISTORY's commits, for secrets)."""
     started = time.monotonic()
-    head_tree = repo.pygit[head].peel(pygit2.Tree)
+    findings = scan_diff(diff, declared_files=declared_files, blob_size=blob_size, max_binary_bytes=max_binary_bytes)
+    if history is not None:
+        findings += _secrets_in_history(repo, *history, {(f.path, f.message) for f in findings})
+    seconds = time.monotonic() - started
+    return [_builtin_result(name, [f for f in findings if f.check == name], seconds / len(CHECK_NAMES))
+            for name in CHECK_NAMES]
+
+
+def tree_blob_size(repo: Repo, commit: Sha) -> Callable[[str], int | None]:
+    """The size of a file in COMMIT's tree, or None when it is not a file there."""
+    tree = repo.pygit[commit].peel(pygit2.Tree)
 
     def blob_size(path: str) -> int | None:
         try:
-            obj = head_tree[path]
+            obj = tree[path]
         except KeyError:
             return None
         return obj.size if isinstance(obj, pygit2.Blob) else None
 
-    findings = scan_diff(diff_text(repo, base, head), declared_files=declared_files,
-                         blob_size=blob_size, max_binary_bytes=max_binary_bytes)
-    findings += _secrets_in_history(repo, base, head, {(f.path, f.message) for f in findings})
-    seconds = time.monotonic() - started
-    return [_builtin_result(name, [f for f in findings if f.check == name], seconds / len(CHECK_NAMES))
-            for name in CHECK_NAMES]
+    return blob_size
 
 
 def _builtin_result(name: str, findings: list[Finding], seconds: float) -> CheckResult:
@@ -69,16 +100,17 @@ def _builtin_result(name: str, findings: list[Finding], seconds: float) -> Check
                        note=f"{len(findings)} finding{'s' if len(findings) != 1 else ''}")
 
 
-def _secrets_in_history(repo: Repo, base: Sha, head: Sha, seen: set[tuple[str, str]]) -> list[Finding]:
-    """Secrets added by one of the branch's commits and removed by a later one.
+def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple[str, str]]) -> list[Finding]:
+    """Secrets added by one of the branch's commits and removed by a later one (BASE None: from the root).
 
     The merge keeps the agent's commits, so a key that is gone from the net diff would still
     reach the integration branch's history.
     """
-    if int(repo.git("rev-list", "--count", "--no-merges", f"{base}..{head}").stdout) < 2:
+    revs = f"{base}..{head}" if base is not None else head
+    if int(repo.git("rev-list", "--count", "--no-merges", revs).stdout) < 2:
         return []
     raw = proc.git_bytes("log", "-p", "--reverse", "--no-merges", "--no-color", "--no-ext-diff", "-M",
-                         "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", f"{base}..{head}", cwd=repo.root)
+                         "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", revs, cwd=repo.root)
     found: list[Finding] = []
     for chunk in raw.decode("utf-8", errors="surrogateescape").split("\0")[1:]:
         commit, _, patch = chunk.partition("\n")
