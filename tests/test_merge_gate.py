@@ -36,10 +36,11 @@ print(tid, "attempt", os.environ["WSWARM_ATTEMPT"], "feedback" if feedback else 
 """
 
 
-def setup(repo: Repo, check: str, tasks: list[dict[str, object]]) -> None:
+def setup(repo: Repo, check: str, tasks: list[dict[str, object]], *, cache: bool = True) -> None:
     repo.write("app/lib.py", "def f():\n    return 1\n")
     repo.write("check.py", textwrap.dedent(CHECK))
-    repo.write("wswarm.toml", f'[[gate.checks]]\nname = "integration"\nkind = "tests"\nrun = {json.dumps(check)}\n')
+    repo.write("wswarm.toml", f"[gate]\ncache = {str(cache).lower()}\n"
+               f'[[gate.checks]]\nname = "integration"\nkind = "tests"\nrun = {json.dumps(check)}\n')
     repo.commit_all("package with a check")
     write_plan(repo.path / "plan.json", tasks)
 
@@ -93,7 +94,8 @@ def test_a_base_that_already_fails_blames_nobody(repo: Repo, agent_script: objec
     setup(repo, "exit 1", [{"id": "one", "description": "one"}, {"id": "two", "description": "two"}])
     # Per-branch checks would fail too; only the merge result is judged here, so the branch check is
     # told apart by WSWARM_TASK_ID (set for task branches, not for the merge result).
-    repo.write("wswarm.toml", '[[gate.checks]]\nname = "integration"\nrun = "test -n \\"$WSWARM_TASK_ID\\""\n')
+    repo.write("wswarm.toml", '[gate]\ncache = false\n[[gate.checks]]\nname = "integration"\n'
+               'run = "test -n \\"$WSWARM_TASK_ID\\""\n')
     repo.commit_all("only the merge result fails")
     res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT))  # type: ignore[operator]
     assert res.returncode == 1, res.stderr
@@ -109,7 +111,8 @@ def test_a_base_that_already_fails_blames_nobody(repo: Repo, agent_script: objec
 
 def test_a_guilty_task_takes_its_merged_dependents_with_it(repo: Repo, agent_script: object) -> None:
     # A check that only the merge result runs (no WSWARM_TASK_ID) and that fails while bad.txt is in
-    # the tree: "bad" is guilty; "after-bad" depends on it and must be rebuilt too; "good" stays.
+    # the tree: "bad" is guilty; "after-bad" depends on it and must be rebuilt too. The check reads
+    # more than the tree, so results must not be remembered by tree: `[gate] cache = false`.
     check = 'test -n "$WSWARM_TASK_ID" || ! test -f bad.txt'
     agent = """
 tid = os.environ["WSWARM_TASK_ID"]
@@ -119,7 +122,7 @@ else:
     Path(tid + ".txt").write_text(tid + "\\n")
 """
     setup(repo, check, [{"id": "good", "description": "good"}, {"id": "bad", "description": "bad"},
-                        {"id": "after-bad", "description": "after", "dependencies": ["bad"]}])
+                        {"id": "after-bad", "description": "after", "dependencies": ["bad"]}], cache=False)
     res = wswarm(repo.path, "start", "--plan", "plan.json", "--agents", "1",
                  "--agent-cmd", agent_script(agent))  # type: ignore[operator]
     assert res.returncode == 0, res.stderr

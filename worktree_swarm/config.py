@@ -28,6 +28,8 @@ class GateConfig:
     checks: tuple[CheckConfig, ...] = ()
     builtin: bool = True
     max_binary_bytes: int = 1_000_000
+    not_installed: tuple[tuple[str, str, str], ...] = ()   # detected but missing: (name, kind, what)
+    cache: bool = True          # remember results by tree: right for checks that read only the tree
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Con
 
 
 def _gate(s: _Section) -> GateConfig:
-    s.only("checks", "builtin", "max_binary_bytes")
+    s.only("checks", "builtin", "max_binary_bytes", "cache")
     raw = s._get("checks", (list,), "an array of tables ([[gate.checks]])") or []
     checks: list[CheckConfig] = []
     for i, table in enumerate(raw):
@@ -191,7 +193,7 @@ def _gate(s: _Section) -> GateConfig:
         checks.append(CheckConfig(name=name, run=run, kind=kind, timeout=c.number("timeout", 600.0) or 600.0,
                                   affected=c.flag("affected", False), glob=c.text("glob")))
     return GateConfig(checks=tuple(checks), builtin=s.flag("builtin", True),
-                      max_binary_bytes=s.whole("max_binary_bytes", 1_000_000))
+                      max_binary_bytes=s.whole("max_binary_bytes", 1_000_000), cache=s.flag("cache", True))
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

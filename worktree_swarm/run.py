@@ -17,6 +17,7 @@ from worktree_swarm.agents.base import Agent
 from worktree_swarm.agents.command import CommandAgent
 from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
+from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import FreshWorktrees
@@ -64,7 +65,7 @@ def worktrees_dir(repo: Repo) -> Path:
 def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
     """Validate the plan, config, base and agents; only then create the run and drive it."""
     repo = Repo.discover(cwd)
-    config = load_config(repo.root)
+    config, detected = with_detected_checks(load_config(repo.root), repo.root)
     plan = load_plan(options.plan_path)
     base = repo.resolve_commit(options.base)
     repo.check_identity()
@@ -95,8 +96,10 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         store.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan))
+    store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
     notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents, integration branch {branch}")
+    if detected:
+        notify(detected)
     return _drive(repo, config, plan, store, swarm_options, agent_for, view)
 
 
@@ -115,7 +118,7 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
         if repo.branch_sha(row.integration_branch) is None:
             raise UsageError(f"the integration branch {row.integration_branch} of run {row.id} is gone",
                              hint="it cannot be resumed; start a new run")
-        config = load_config(repo.root)
+        config, detected = with_detected_checks(load_config(repo.root), repo.root)
         plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
         o = row.options
         swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
@@ -127,6 +130,8 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
     store.set_run(state="running")
     store.event("run-resumed", run=row.id)
     notify(f"resuming run {row.id}")
+    if detected:
+        notify(detected)
     return _drive(repo, config, plan, store, swarm_options, agent_for, view)
 
 

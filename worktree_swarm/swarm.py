@@ -25,7 +25,7 @@ from worktree_swarm.config import Config
 from worktree_swarm.errors import CommandError, WswarmError
 from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
 from worktree_swarm.gate.report import GateReport, tail
-from worktree_swarm.gate.runner import run_gate
+from worktree_swarm.gate.runner import Memory, run_gate
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.refs import encode, task_branch
 from worktree_swarm.git.repo import Repo
@@ -101,7 +101,7 @@ class Swarm:
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed, once the merge result was judged
         self._ports: dict[tuple[str, int], int] = {}
-        self.cache = GateCache(repo.state_dir / "gate-cache.db")
+        self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
         self._secret_values = secret_env_values(os.environ)
@@ -319,16 +319,25 @@ class Swarm:
             out.feedback = out.reason + ": do not reset or rewrite the branch's history."
             return out
         # Empty commits change nothing either: compare trees, not commit ids.
-        if self.repo.pygit[out.head].peel(pygit2.Commit).tree_id == self.repo.pygit[out.start].peel(pygit2.Commit).tree_id:
+        if self._tree(out.head) == self._tree(out.start):
             out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
         out.changes = changed_files(self.repo, out.start, out.head)
         self._set(task.id, "gating")
         self.store.event("gate-started", task.id, attempt=out.n)
-        report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
-                          config=self.config.gate, declared_files=task.files, changes=out.changes,
-                          env=self._task_env(task, out.n), log_dir=adir, cancel=self.cancel)
+        # The base is checked only when a check fails, in a worktree of its own, through the cache.
+        base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
+                            env=self._task_env(task, out.n), log_dir=adir, cache=self.cache, cancel=self.cancel)
+        start = out.start
+        memory = Memory(cache=self.cache, tree=self._tree(out.head), setup=self.config.worktree.setup,
+                        base_tree=self._tree(start), baseline=lambda check: base_probe.result(check, start))
+        try:
+            report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
+                              config=self.config.gate, declared_files=task.files, changes=out.changes,
+                              env=self._task_env(task, out.n), log_dir=adir, cancel=self.cancel, memory=memory)
+        finally:
+            base_probe.close()
         (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
         out.report = report
         if self.cancel.is_set() and not report.passed:
@@ -339,6 +348,9 @@ class Swarm:
             out.kind, out.reason = "gate-failed", report.summary()
             out.feedback = report.render()
         return out
+
+    def _tree(self, commit: Sha) -> str:
+        return str(self.repo.pygit[commit].peel(pygit2.Commit).tree_id)
 
     def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None) -> AgentRequest:
         task = out.task

@@ -270,6 +270,8 @@ def gate(
     index = os.environ.get("GIT_INDEX_FILE") if staged else None
     outcome = _call(lambda: run_gate(cwd=Path.cwd(), ref=ref, staged=staged, base=base,
                                      index_file=Path.cwd() / index if index else None))
+    if outcome.detected:
+        _notify(outcome.detected)
     if as_json:
         _notify(outcome.headline)
         _emit(outcome.report.to_json())

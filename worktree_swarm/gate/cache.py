@@ -30,7 +30,11 @@ def cache_key(check: CheckConfig, tree: str, *, files: Sequence[str] = (), setup
 
 
 class GateCache:
-    def __init__(self, path: Path) -> None:
+    """PATH's remembered results; with enabled=False it remembers nothing (checks that read more
+    than the tree: a network, a service, the time)."""
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
@@ -41,6 +45,8 @@ class GateCache:
 
     def get(self, key: str) -> tuple[CheckResult, str] | None:
         """The remembered result and full output, or None."""
+        if not self.enabled:
+            return None
         with self._lock:
             row = self._db.execute("SELECT result, output FROM results WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -49,7 +55,7 @@ class GateCache:
 
     def put(self, key: str, result: CheckResult, output: str) -> None:
         """Remember a verdict; interrupted, timed-out and not-run results say nothing about the tree."""
-        if result.status not in ("pass", "fail") or result.note.startswith("timed out"):
+        if not self.enabled or result.status not in ("pass", "fail") or result.note.startswith("timed out"):
             return
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",

@@ -11,12 +11,12 @@ import subprocess
 import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from worktree_swarm import proc
-from worktree_swarm.config import CheckConfig
+from worktree_swarm.config import CheckConfig, Config
 
 # Directories that hold installed, generated or vendored code, never the project's own.
 _SKIP_DIRS = frozenset({"node_modules", "venv", "build", "dist", "__pycache__"})
@@ -232,3 +232,15 @@ def _can_import(python: str, module: str) -> bool:
         except (OSError, subprocess.TimeoutExpired):
             return False
     return res.returncode == 0
+
+
+def with_detected_checks(config: Config, root: Path) -> tuple[Config, str | None]:
+    """CONFIG as it is when checks are configured; else with the checks detected in ROOT (the
+    missing ones kept aside to be reported as not run) and the one line that announces them."""
+    if config.gate.checks:
+        return config, None
+    found = detect_checks(root)
+    gate = replace(config.gate, checks=tuple(d.check for d in found if d.installed),
+                   not_installed=tuple((d.check.name, d.check.kind, d.missing or "not installed")
+                                       for d in found if not d.installed))
+    return replace(config, gate=gate), announce(found)

@@ -13,6 +13,7 @@ from worktree_swarm import proc
 from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import UsageError
 from worktree_swarm.gate.report import CheckResult, GateReport, tail
+from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.gate.runner import run_gate_on_diff, tree_blob_size
 from worktree_swarm.git.diff import changed_files, diff_text
 from worktree_swarm.git.repo import Repo
@@ -34,6 +35,7 @@ class GateOutcome:
     report: GateReport
     subject: str               # what was judged: "feature (1a2b3c4)", "the index", "the working tree"
     base: Base
+    detected: str | None = None   # the line announcing auto-detected checks, when none are configured
 
     @property
     def headline(self) -> str:
@@ -54,7 +56,7 @@ def gate(*, cwd: Path, ref: str | None = None, staged: bool = False, base: str |
         raise UsageError("--ref and --staged judge different things: pass one of them",
                          hint="--ref REF judges a commit, --staged the index, neither the working tree")
     repo = Repo.discover(cwd)
-    config = load_config(repo.root)
+    config, detected = with_detected_checks(load_config(repo.root), repo.root)
     head = _commit(repo, ref, "--ref") if ref is not None else repo.resolve_commit("HEAD")
     chosen = _chosen_base(repo, base, head, ref)
     scratch_root = repo.state_dir / "gate"
@@ -63,17 +65,17 @@ def gate(*, cwd: Path, ref: str | None = None, staged: bool = False, base: str |
     try:
         if ref is not None:
             report = _gate_commit(repo, config, chosen, head, scratch)
-            return GateOutcome(report, f"{ref} ({head[:7]})", chosen)
+            return GateOutcome(report, f"{ref} ({head[:7]})", chosen, detected)
         if staged:
             index = index_file or _index_path(repo)
             if not index.is_file():
                 raise UsageError(f"there is no index file at {index}",
                                  hint="GIT_INDEX_FILE names a missing file: unset it, or judge the working tree")
             _refuse_unmerged(repo, index)
-            return GateOutcome(_gate_index(repo, config, chosen, head, index, scratch), "the index", chosen)
+            return GateOutcome(_gate_index(repo, config, chosen, head, index, scratch), "the index", chosen, detected)
         index = _working_tree_index(repo, scratch)
         report = _gate_index(repo, config, chosen, head, index, scratch)
-        return GateOutcome(report, "the working tree (untracked files included)", chosen)
+        return GateOutcome(report, "the working tree (untracked files included)", chosen, detected)
     finally:
         # The temporary worktree is already unregistered; logs are in the report's tails.
         shutil.rmtree(scratch, ignore_errors=True)

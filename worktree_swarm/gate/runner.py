@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +13,8 @@ import pygit2
 
 from worktree_swarm import proc
 from worktree_swarm.config import CheckConfig, GateConfig
+from worktree_swarm.gate.baseline import judge
+from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.builtin import CHECK_NAMES, Finding, scan_diff
 from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tail
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
@@ -23,27 +25,46 @@ from worktree_swarm.types import Sha
 _NOT_FOUND = 127
 
 
+@dataclass(frozen=True)
+class Memory:
+    """What lets the gate skip and judge work: results remembered by tree, and the base's verdict."""
+
+    cache: GateCache
+    tree: str                                  # the tree being judged
+    setup: str | None = None                   # part of every cache key: it shapes the environment
+    base_tree: str | None = None               # the tree the branch started from
+    baseline: Callable[[CheckConfig], tuple[CheckResult, str]] | None = None   # runs the check there
+
+    def known_on_base(self, check: CheckConfig) -> tuple[CheckResult, str] | None:
+        """The check's remembered result on the base tree, without running anything."""
+        if self.base_tree is None:
+            return None
+        return self.cache.get(cache_key(check, self.base_tree, setup=self.setup))
+
+
 def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateConfig,
              declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
-             cancel: threading.Event | None = None, changes: Sequence[FileChange] | None = None) -> GateReport:
+             cancel: threading.Event | None = None, changes: Sequence[FileChange] | None = None,
+             memory: Memory | None = None) -> GateReport:
     """Judge HEAD (checked out in WORKTREE) against BASE; never raises for a failing check."""
     if changes is None:
         changes = changed_files(repo, base, head)
     return run_gate_on_diff(repo=repo, worktree=worktree, diff=diff_text(repo, base, head) if config.builtin else "",
                             blob_size=tree_blob_size(repo, head), history=(base, head),
                             changed=[c.path for c in changes], config=config, declared_files=declared_files,
-                            env=env, log_dir=log_dir, cancel=cancel)
+                            env=env, log_dir=log_dir, cancel=cancel, memory=memory)
 
 
 def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callable[[str], int | None],
                      history: tuple[Sha | None, Sha] | None, changed: Sequence[str], config: GateConfig,
                      declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
-                     cancel: threading.Event | None = None) -> GateReport:
+                     cancel: threading.Event | None = None, memory: Memory | None = None) -> GateReport:
     """Judge DIFF, whose result is checked out in WORKTREE; never raises for a failing check.
 
     The built-in checks read DIFF (and, with HISTORY = (base or None for "from the root", head),
     each commit of that range for secrets added then removed); the configured checks run in
-    WORKTREE with the CHANGED paths that exist there.
+    WORKTREE with the CHANGED paths that exist there. With MEMORY, a check already run on this
+    tree is not run again, and a failing check is judged only on what fails beyond the base.
     """
     results: list[CheckResult] = []
     if config.builtin:
@@ -52,9 +73,38 @@ def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callab
     existing = [path for path in changed if (worktree / path).exists()]
     log_dir.mkdir(parents=True, exist_ok=True)
     for check in config.checks:
-        results.append(run_check(check, worktree=worktree, changed=existing, env=env,
-                                 log=log_dir / f"gate-{_safe(check.name)}.log", cancel=cancel))
+        log = log_dir / f"gate-{_safe(check.name)}.log"
+        if memory is None:
+            results.append(run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel))
+            continue
+        key = cache_key(check, memory.tree, files=affected_files(check, existing), setup=memory.setup)
+        hit = memory.cache.get(key)
+        if hit is not None:
+            result, output = replace(hit[0], note=_joined(hit[0].note, "cached: this tree was checked before")), hit[1]
+        else:
+            result = run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel)
+            output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+            memory.cache.put(key, result, output)
+        if not check.affected:
+            if result.status == "fail" and memory.baseline is not None:
+                result = judge(result, output, *memory.baseline(check))
+            elif result.status == "pass" and (known := memory.known_on_base(check)) is not None:
+                result = judge(result, output, *known)   # credit for fixing a known base failure
+        results.append(result)
+    results += [CheckResult(name, kind, "not-run", 0.0, note=f"not installed: {missing}")
+                for name, kind, missing in config.not_installed]
     return GateReport(tuple(results))
+
+
+def affected_files(check: CheckConfig, changed: Sequence[str]) -> list[str]:
+    """The changed paths an `affected` check is given (none for a whole-tree check)."""
+    if not check.affected:
+        return []
+    return [p for p in changed if check.glob is None or fnmatch.fnmatch(p, check.glob)]
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def builtin_results(repo: Repo, base: Sha, head: Sha, declared_files: Sequence[str],
@@ -126,7 +176,7 @@ def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env
     """Run one configured check through the shell in WORKTREE."""
     argv = proc.shell_argv(check.run)
     if check.affected:
-        files = [p for p in changed if check.glob is None or fnmatch.fnmatch(p, check.glob)]
+        files = affected_files(check, changed)
         if not files:
             return CheckResult(check.name, check.kind, "skipped", 0.0,
                                note=f"no changed file matches {check.glob or 'any'}")

@@ -1,0 +1,95 @@
+"""The gate remembers results by tree and judges a branch against its base, end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from conftest import Repo, wswarm, write_plan
+
+WRITE_OWN_FILE = """
+tid = os.environ["WSWARM_TASK_ID"]
+Path(tid + ".txt").write_text(tid + "\\n")
+"""
+
+
+def status(repo: Repo) -> dict[str, object]:
+    res = wswarm(repo.path, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    return res.json()  # type: ignore[no-any-return]
+
+
+def test_a_tree_is_checked_once_across_tasks_the_merge_result_and_runs(repo: Repo, agent_script: object,
+                                                                      tmp_path: Path) -> None:
+    counter = tmp_path / "runs-of-the-check"
+    repo.write("wswarm.toml", f'[[gate.checks]]\nname = "count"\nrun = "echo $(git write-tree) >> {counter}"\n')
+    repo.commit_all("config")
+    write_plan(repo.path / "plan.json", [{"id": "one", "description": "one"},
+                                         {"id": "two", "description": "two", "dependencies": ["one"]}])
+    agent = agent_script(WRITE_OWN_FILE)  # type: ignore[operator]
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent)
+    assert res.returncode == 0, res.stderr
+    # "one" and "two" were checked; the merge result has the tree of "two" and was not checked again.
+    trees = counter.read_text().split()
+    assert len(trees) == 2 and len(set(trees)) == 2
+    st = status(repo)
+    assert st["merge_gate"] == "passed"
+    run_dir = repo.state_dir / "runs" / str(st["run"])
+    db = sqlite3.connect(run_dir / "state.db")
+    merge_gate = json.loads(db.execute("SELECT merge_gate FROM run").fetchone()[0])
+    db.close()
+    assert [(c["name"], c["status"], c["note"]) for c in merge_gate["checks"]] == [
+        ("count", "pass", "")]
+    assert "merge-gate-started" in (run_dir / "events.jsonl").read_text()
+    # A second run of the same plan produces the same trees: nothing is checked again.
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent)
+    assert res.returncode == 0, res.stderr
+    assert counter.read_text().split() == trees
+
+
+BASE_CHECK = """\
+from pathlib import Path
+failures = []
+if not Path("fix.txt").exists():
+    failures.append("tests/test_old.py::test_broken")
+if Path("bug.txt").exists():
+    failures.append("tests/test_new.py::test_regression")
+for f in failures:
+    print("FAILED " + f + " - AssertionError")
+raise SystemExit(1 if failures else 0)
+"""
+
+
+def test_branches_are_judged_only_on_what_they_make_newly_fail(repo: Repo, agent_script: object) -> None:
+    repo.write("check.py", BASE_CHECK)
+    repo.write("wswarm.toml", f'[[gate.checks]]\nname = "tests"\nkind = "tests"\nrun = "{sys.executable} check.py"\n')
+    repo.commit_all("a base whose test suite already fails")
+    write_plan(repo.path / "plan.json", [{"id": "unrelated", "description": "touch nothing tested"},
+                                         {"id": "bug", "description": "introduce a regression"},
+                                         {"id": "fix", "description": "fix the old failure"}])
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agents", "1", "--max-attempts", "1",
+                 "--agent-cmd", agent_script(WRITE_OWN_FILE))  # type: ignore[operator]
+    assert res.returncode == 1, res.stderr
+    st = status(repo)
+    tasks = {t["id"]: t for t in st["tasks"]}  # type: ignore[attr-defined]
+    assert tasks["unrelated"]["status"] == "merged"
+    assert tasks["fix"]["status"] == "merged"
+    assert tasks["bug"]["status"] == "failed"
+    assert str(tasks["bug"]["reason"]).startswith("gate FAILED: tests ✗")
+    run_dir = repo.state_dir / "runs" / str(st["run"])
+
+    def gate(task: str) -> dict[str, object]:
+        report = json.loads((run_dir / "attempts" / task / "1" / "gate.json").read_text())
+        return next(c for c in report["checks"] if c["name"] == "tests")  # type: ignore[no-any-return]
+
+    assert gate("unrelated")["status"] == "pass"
+    assert gate("unrelated")["note"] == "fails as the base does: 1 known failure, none new"
+    assert gate("bug")["status"] == "fail"
+    assert gate("bug")["note"] == "1 new failure beyond the base's 1"
+    assert "test tests/test_new.py::test_regression" in str(gate("bug")["output"])
+    assert gate("fix")["status"] == "pass"
+    assert gate("fix")["note"] == "fixes the base's 1 failure"
+    # The base was checked in a worktree of its own, which is gone.
+    assert len(repo.git("worktree", "list").splitlines()) == 2   # the checkout and the failed task's
