@@ -106,20 +106,25 @@ def run_in_group(
         child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         timed_out = cancelled = False
-        while True:
-            try:
-                child.wait(timeout=0.1)
+        try:
+            while True:
+                try:
+                    child.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.monotonic() - started > timeout:
+                    timed_out = True
+                elif cancel is not None and cancel.is_set():
+                    cancelled = True
+                else:
+                    continue
+                _kill_group(child)
                 break
-            except subprocess.TimeoutExpired:
-                pass
-            if time.monotonic() - started > timeout:
-                timed_out = True
-            elif cancel is not None and cancel.is_set():
-                cancelled = True
-            else:
-                continue
+        except BaseException:
+            # Ctrl-C reaches us, not the child's own session: take the group down with us.
             _kill_group(child)
-            break
+            raise
     returncode = None if (timed_out or cancelled) else child.returncode
     return GroupResult(returncode, timed_out, cancelled, time.monotonic() - started)
 
