@@ -1,0 +1,217 @@
+"""One attempt at one task, run on a worker thread: worktree, agent, leftovers committed, gate.
+
+It decides nothing about what follows; the orchestrator settles each Outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from worktree_swarm import proc
+from worktree_swarm.agents.base import Agent, AgentRequest
+from worktree_swarm.agents.prompt import build_prompt, role_prompt
+from worktree_swarm.config import Config
+from worktree_swarm.errors import WswarmError
+from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.gate.probe import Prober
+from worktree_swarm.gate.report import GateReport, tail
+from worktree_swarm.gate.runner import Memory, run_gate
+from worktree_swarm.git.diff import FileChange, changed_files
+from worktree_swarm.git.refs import encode
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.worktrees import WorktreePool
+from worktree_swarm.plan import Task
+from worktree_swarm.state import RunStore
+from worktree_swarm.types import BranchName, RunId, Sha
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to, before the orchestrator decides what follows."""
+
+    task: Task
+    n: int
+    kind: str                 # gated | gate-failed | agent-failed | timeout | no-op | interrupted | error
+    branch: BranchName
+    start: Sha
+    worktree: Path | None = None     # None until the pool handed one out
+    head: Sha | None = None
+    reason: str = ""
+    feedback: str = ""
+    summary: str = ""
+    report: GateReport | None = None
+    cost_usd: float = 0.0
+    changes: list[FileChange] = field(default_factory=list)
+
+    def stats(self) -> dict[str, Any]:
+        """The attempt's changed files and line counts, as stored in the attempts table."""
+        return {"files": json.dumps([[c.path, c.added, c.removed] for c in self.changes]),
+                "added": sum(c.added or 0 for c in self.changes),
+                "removed": sum(c.removed or 0 for c in self.changes)}
+
+
+
+class AttemptRunner:
+    """Everything an attempt needs, shared by the worker threads; it holds no scheduling state."""
+
+    def __init__(self, *, repo: Repo, config: Config, store: RunStore, pool: WorktreePool, pool_root: Path,
+                 agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
+                 agent_timeout: float, secret_values: list[str]) -> None:
+        self.repo = repo
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.pool_root = pool_root
+        self.agent_for = agent_for
+        self.cache = cache
+        self.cancel = cancel
+        self.run_id = run_id
+        self.agent_timeout = agent_timeout
+        self._secret_values = secret_values
+
+    def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
+            env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
+        """One attempt: a worktree at START, the agent, its leftovers committed, the gate."""
+        adir = self.store.attempt_dir(task.id, n)
+        name = f"{self.run_id}--{encode(task.id)}--{n}"
+        out = Outcome(task=task, n=n, kind="error", branch=branch, start=start)
+        try:
+            out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
+            self.store.set_task(task.id, worktree=str(out.worktree))
+            return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies)
+        except (WswarmError, OSError) as exc:
+            out.kind, out.reason = "error", str(exc).splitlines()[0]
+            out.feedback = str(exc)
+            # The whole message (git's own words) stays with the attempt, not just its first line.
+            (adir / "error.log").write_text(str(exc) + "\n", encoding="utf-8", errors="replace")
+            return out
+
+    def _attempt_in(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
+                    env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
+        task = out.task
+        agent = self.agent_for(task)
+        request = self._request(out, worktree, adir, feedback, env, dependencies)
+        if self.config.worktree.setup and not self._setup(out, worktree, adir, env):
+            return out
+        self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
+        result = agent.run(request, cancel=self.cancel)
+        # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
+        out.summary = redact_secrets(result.summary, known=self._secret_values)
+        out.cost_usd = result.cost_usd
+        self.store.event("agent-finished", task.id, attempt=out.n, ok=result.ok, exit_code=result.exit_code,
+                         error=result.error, cost_usd=result.cost_usd)
+        if result.cancelled:
+            out.kind, out.reason = "interrupted", "interrupted"
+            return out
+        wrong_branch = self._left_branch(worktree, out.branch)
+        if wrong_branch:
+            out.kind, out.reason = "agent-failed", wrong_branch
+            out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
+            return out
+        self._commit_leftovers(task, worktree)
+        out.head = self.repo.branch_sha(out.branch)
+        if not result.ok:
+            out.kind = "timeout" if result.timed_out else "agent-failed"
+            out.reason = result.error or "the agent failed"
+            out.feedback = f"{out.reason}\n\nThe end of its output:\n{tail(result.summary, 20)}"
+            return out
+        if out.head is None or not self.repo.is_ancestor(out.start, out.head):
+            out.kind, out.reason = "agent-failed", "the task branch no longer contains its starting commit"
+            out.feedback = out.reason + ": do not reset or rewrite the branch's history."
+            return out
+        # Empty commits change nothing either: compare trees, not commit ids.
+        if self._tree(out.head) == self._tree(out.start):
+            out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
+            out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
+            return out
+        out.changes = changed_files(self.repo, out.start, out.head)
+        self.store.set_task(task.id, status="gating")
+        self.store.event("gate-started", task.id, attempt=out.n)
+        # The base is checked only when a check fails, in a worktree of its own, through the cache.
+        base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
+                            env=env, log_dir=adir, cache=self.cache, cancel=self.cancel)
+        start = out.start
+        memory = Memory(cache=self.cache, tree=self._tree(out.head), setup=self.config.worktree.setup,
+                        base_tree=self._tree(start), baseline=lambda check: base_probe.result(check, start))
+        try:
+            report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
+                              config=self.config.gate, declared_files=task.files, changes=out.changes,
+                              env=env, log_dir=adir, cancel=self.cancel, memory=memory)
+        finally:
+            base_probe.close()
+        (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
+        out.report = report
+        if self.cancel.is_set() and not report.passed:
+            out.kind, out.reason = "interrupted", "interrupted during the gate"
+        elif report.passed:
+            out.kind = "gated"
+        else:
+            out.kind, out.reason = "gate-failed", report.summary()
+            out.feedback = report.render()
+        return out
+
+    def _tree(self, commit: Sha) -> str:
+        return str(self.repo.pygit[commit].peel(pygit2.Commit).tree_id)
+
+    def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
+                 env: dict[str, str], deps: list[dict[str, Any]]) -> AgentRequest:
+        task = out.task
+        roles = {name: role.system for name, role in self.config.roles.items()}
+        prompt = build_prompt(task, role=role_prompt(task.type, roles), dependencies=deps, feedback=feedback)
+        (adir / "prompt.md").write_text(prompt, encoding="utf-8")
+        doc = {"run": self.run_id, "task": task.to_dict(), "attempt": out.n, "base": out.start,
+               "branch": out.branch, "dependencies": deps}
+        (adir / "task.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        feedback_path = None
+        if feedback:
+            feedback_path = adir / "feedback.txt"
+            feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
+        return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
+                            prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
+                            feedback_path=feedback_path, log_path=adir / "agent.log",
+                            timeout=self._timeout(task), env=env)
+
+    def _timeout(self, task: Task) -> float:
+        named = self.config.agents.named.get(task.agent or self.config.agents.default)
+        if named is not None and named.timeout:
+            return named.timeout
+        return self.agent_timeout
+
+    def _setup(self, out: Outcome, worktree: Path, adir: Path, env: dict[str, str]) -> bool:
+        setup = self.config.worktree.setup
+        assert setup is not None
+        res = proc.run_in_group(proc.shell_argv(setup), cwd=worktree,
+                                env=proc.clean_env(env), output=adir / "setup.log",
+                                timeout=self.agent_timeout, cancel=self.cancel)
+        if res.returncode == 0:
+            return True
+        log = (adir / "setup.log").read_text(encoding="utf-8", errors="replace")
+        out.kind = "interrupted" if res.cancelled else "error"
+        out.reason = "the worktree setup step failed" + ("" if res.returncode is None else f" (exit {res.returncode})")
+        out.feedback = f"{out.reason}:\n{tail(log)}"
+        return False
+
+    def _left_branch(self, worktree: Path, branch: BranchName) -> str | None:
+        if not worktree.is_dir():
+            return "the agent deleted its worktree"
+        head = self.repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False).stdout.strip()
+        if head != f"refs/heads/{branch}":
+            return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
+        return None
+
+    def _commit_leftovers(self, task: Task, worktree: Path) -> None:
+        """Commit what the agent left uncommitted, with the user's identity."""
+        self.repo.git("add", "-A", cwd=worktree)
+        if self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
+            return
+        # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
+        proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
+                 input=f"{task.id}: {task.description}\n")
