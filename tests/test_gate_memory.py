@@ -93,3 +93,35 @@ def test_branches_are_judged_only_on_what_they_make_newly_fail(repo: Repo, agent
     assert gate("fix")["note"] == "fixes the base's 1 failure"
     # The base was checked in a worktree of its own, which is gone.
     assert len(repo.git("worktree", "list").splitlines()) == 2   # the checkout and the failed task's
+
+
+def test_a_real_pytest_suite_that_already_fails_still_lets_good_tasks_merge(repo: Repo, agent_script: object) -> None:
+    """The base has a failing pytest test; a task that does not touch it merges, one that adds a new
+    failing test is refused — judged by real pytest output."""
+    repo.write("tests/test_old.py", "def test_broken():\n    assert 1 == 2\n\ndef test_fine():\n    pass\n")
+    repo.write("wswarm.toml", f'[[gate.checks]]\nname = "pytest"\nkind = "tests"\n'
+               f'run = "{sys.executable} -m pytest -q -rfE -p no:cacheprovider tests"\n')
+    repo.commit_all("a test suite with a known failure")
+    agent = agent_script("""
+tid = os.environ["WSWARM_TASK_ID"]
+if tid == "feature":
+    Path("app/feature.py").write_text("def double(x):\\n    return 2 * x\\n")
+    Path("tests/test_feature.py").write_text("from app.feature import double\\n\\ndef test_double():\\n"
+                                             "    assert double(2) == 4\\n")
+else:
+    Path("tests/test_regress.py").write_text("def test_new_bug():\\n    assert False\\n")
+""")  # type: ignore[operator]
+    write_plan(repo.path / "plan.json", [{"id": "feature", "description": "add double()"},
+                                         {"id": "regress", "description": "add a broken test"}])
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--max-attempts", "1", "--agent-cmd", agent)
+    assert res.returncode == 1, res.stderr
+    st = status(repo)
+    assert {t["id"]: t["status"] for t in st["tasks"]} == {"feature": "merged", "regress": "failed"}  # type: ignore[attr-defined]
+    run_dir = repo.state_dir / "runs" / str(st["run"])
+    regress = json.loads((run_dir / "attempts" / "regress" / "1" / "gate.json").read_text())
+    check = next(c for c in regress["checks"] if c["name"] == "pytest")
+    assert check["note"] == "1 new failure beyond the base's 1"
+    assert "test tests/test_regress.py::test_new_bug" in check["output"]
+    feature = json.loads((run_dir / "attempts" / "feature" / "1" / "gate.json").read_text())
+    assert next(c for c in feature["checks"] if c["name"] == "pytest")["note"] == \
+        "fails as the base does: 1 known failure, none new"

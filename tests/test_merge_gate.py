@@ -58,7 +58,8 @@ def events(repo: Repo) -> list[dict[str, object]]:
 def test_a_semantic_conflict_is_bisected_ejected_and_reworked(repo: Repo, agent_script: object) -> None:
     import sys
     setup(repo, f"{sys.executable} check.py", [{"id": "rename", "description": "rename f to g"},
-                                               {"id": "use", "description": "use f"}])
+                                               {"id": "use", "description": "use f"},
+                                               {"id": "notes", "description": "write notes"}])
     res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT))  # type: ignore[operator]
     assert res.returncode == 0, res.stderr
     st = status(repo)
@@ -66,6 +67,8 @@ def test_a_semantic_conflict_is_bisected_ejected_and_reworked(repo: Repo, agent_
     tasks = {t["id"]: t for t in st["tasks"]}  # type: ignore[attr-defined]
     assert (tasks["rename"]["status"], tasks["rename"]["attempts"]) == ("merged", 1)
     assert (tasks["use"]["status"], tasks["use"]["attempts"]) == ("merged", 2)
+    # The two innocent tasks stayed merged: neither ran again.
+    assert (tasks["notes"]["status"], tasks["notes"]["attempts"]) == ("merged", 1)
     ev = events(repo)
     failed = [e for e in ev if e["kind"] == "merge-gate-failed"]
     assert len(failed) == 1 and failed[0]["guilty"] == "use"
@@ -78,7 +81,9 @@ def test_a_semantic_conflict_is_bisected_ejected_and_reworked(repo: Repo, agent_
     assert repo.git("merge-base", "--is-ancestor", first_use, branch, check=False) == ""
     assert repo.show(branch, "app/use.py").startswith("from app.lib import g as f")
     subjects = repo.git("log", "--first-parent", "--format=%s", branch).splitlines()
-    assert subjects[:2] == ["wswarm: merge use — use f", "wswarm: merge rename — rename f to g"]
+    assert subjects[0] == "wswarm: merge use — use f"
+    assert sorted(subjects[1:3]) == ["wswarm: merge notes — write notes", "wswarm: merge rename — rename f to g"]
+    assert repo.show(branch, "notes.txt") == "notes"
     feedback = (repo.state_dir / "runs" / str(st["run"]) / "attempts" / "use" / "2" / "feedback.txt").read_text()
     assert "ejected: the merge result failed the gate after this merge" in feedback
     assert "ImportError" in feedback
