@@ -190,7 +190,7 @@ class AttemptRunner:
         assert setup is not None
         res = proc.run_in_group(proc.shell_argv(setup), cwd=worktree,
                                 env=proc.clean_env(env), output=adir / "setup.log",
-                                timeout=self.agent_timeout, cancel=self.cancel)
+                                timeout=self.agent_timeout, cancel=self.cancel, pidfile=adir / "setup.pid")
         if res.returncode == 0:
             return True
         log = (adir / "setup.log").read_text(encoding="utf-8", errors="replace")

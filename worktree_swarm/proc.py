@@ -95,16 +95,20 @@ def run_in_group(
     output: Path,
     timeout: float,
     cancel: threading.Event | None = None,
+    pidfile: Path | None = None,
 ) -> GroupResult:
     """Run argv in its own process group, stdin closed, stdout+stderr appended to OUTPUT.
 
     On timeout or cancel the whole group is killed (TERM, then KILL): agents and test runners
-    start children that would otherwise outlive them.
+    start children that would otherwise outlive them. PIDFILE records the group while it runs, so
+    a later process can stop it if we die without doing so (see kill_orphan).
     """
     started = time.monotonic()
     with open(output, "ab") as out:
         child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if pidfile is not None:
+            pidfile.write_text(f"{child.pid} {_start_time(child.pid)}\n")
         timed_out = cancelled = False
         try:
             while True:
@@ -125,8 +129,40 @@ def run_in_group(
             # Ctrl-C reaches us, not the child's own session: take the group down with us.
             _kill_group(child)
             raise
+    if pidfile is not None:
+        pidfile.unlink(missing_ok=True)
     returncode = None if (timed_out or cancelled) else child.returncode
     return GroupResult(returncode, timed_out, cancelled, time.monotonic() - started)
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def kill_orphan(pidfile: Path) -> bool:
+    """Kill the process group a dead orchestrator left running; True when there was one.
+
+    The pid alone could have been reused since; the start time must match too.
+    """
+    try:
+        pid_text, started = pidfile.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False
+    finally:
+        pidfile.unlink(missing_ok=True)
+    if started == "?" or _start_time(pid) != started:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:

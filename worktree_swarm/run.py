@@ -20,7 +20,8 @@ from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import FreshWorktrees
+from worktree_swarm import proc
+from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
 from worktree_swarm.state import RunStore, find_run, runs_dir
@@ -128,8 +129,10 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
         store.close()
         raise
     store.set_run(state="running")
-    store.event("run-resumed", run=row.id)
-    notify(f"resuming run {row.id}")
+    killed, removed = _reconcile(repo, store, RunId(row.id))
+    store.event("run-resumed", run=row.id, orphans_killed=killed, worktrees_removed=removed)
+    notify(f"resuming run {row.id}" + (f": stopped {killed} orphaned agent or check process group(s)"
+                                       if killed else ""))
     if detected:
         notify(detected)
     return _drive(repo, config, plan, store, swarm_options, agent_for, view)
@@ -158,6 +161,24 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
         store.close()
+
+
+def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:
+    """After a crash: stop the agents and checks the dead orchestrator left running, and remove the
+    worktrees of attempts that are over (a failed task's last one stays for inspection)."""
+    killed = sum(proc.kill_orphan(pidfile) for pidfile in store.dir.rglob("*.pid"))
+    keep = {t.worktree for t in store.tasks() if t.status == "failed" and t.worktree}
+    removed = 0
+    for info in list_worktrees(repo):
+        if info.path.name.startswith(f"{run_id}--") and str(info.path) not in keep:
+            remove_worktree(repo, info.path)
+            removed += 1
+    # A crash between making a folder and registering it leaves a folder git does not know.
+    for folder in worktrees_dir(repo).glob(f"{run_id}--*"):
+        if str(folder) not in keep and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+    repo.git("worktree", "prune")
+    return killed, removed
 
 
 def _stop_on_hangup() -> None:

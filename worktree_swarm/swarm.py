@@ -18,20 +18,21 @@ from typing import Any
 
 
 from worktree_swarm.agents.base import Agent
+from worktree_swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.config import Config
 from worktree_swarm.errors import CommandError
 from worktree_swarm.gate.builtin import secret_env_values
-from worktree_swarm.git.diff import diff_text
+from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.gate.probe import Prober
+from worktree_swarm.gate.report import GateReport
+from worktree_swarm.git.diff import FileChange, diff_text
 from worktree_swarm.git.refs import task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
-from worktree_swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.merge import merge_branch, merge_message
-from worktree_swarm.gate.cache import GateCache
-from worktree_swarm.gate.probe import Prober
 from worktree_swarm.merge_gate import judge
 from worktree_swarm.plan import Plan, Task
-from worktree_swarm.state import ACTIVE_STATUSES, RunStore
+from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
 
 FEEDBACK_DIFF_LINES = 200
@@ -77,6 +78,7 @@ class Swarm:
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
+        self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
         self.attempts = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
                                       agent_for=agent_for, cache=self.cache, cancel=self.cancel, run_id=self.run_id,
                                       agent_timeout=options.agent_timeout,
@@ -94,7 +96,7 @@ class Swarm:
             st = _TaskState(status=row.status, summary=row.summary or "")
             mine = [a for a in attempts if a.task_id == row.id]
             st.started = max((a.n for a in mine), default=0)
-            st.charged = sum(1 for a in mine if a.outcome != "interrupted")
+            st.charged = sum(1 for a in mine if a.outcome not in ("interrupted", "running"))
             landed = next((a for a in reversed(mine) if a.head in merges), None)
             if row.status == "merged" and landed is None:
                 st.status = "pending"
@@ -107,7 +109,13 @@ class Swarm:
                 self.store.set_task(row.id, status="merged", merge_commit=merges[str(landed.head)], reason=None)
                 self.store.event("merged", row.id, attempt=landed.n, commit=merges[str(landed.head)],
                                  recovered=True)
-            if st.status in ACTIVE_STATUSES:
+            gated = mine[-1] if mine and mine[-1].outcome == "gated" and landed is None else None
+            if gated is not None and st.status != "merged":
+                # It passed its gate; only the merge was missing. The agent does not run again.
+                st.status = "merging"
+                st.charged -= 1   # counted again when it settles
+                self._recovered.append(gated)
+            elif st.status in ACTIVE_STATUSES:
                 st.status = "pending"
                 self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
             if st.status == "merged" and mine:
@@ -150,6 +158,14 @@ class Swarm:
         return self.merge_gate != "failed" and all(st.status == "merged" for st in self.state.values())
 
     def _drive(self) -> None:
+        while self._recovered:
+            a = self._recovered.pop(0)
+            files = json.loads(a.files or "[]")
+            self.store.event("merge-recovered", a.task_id, attempt=a.n)
+            self._settle(Outcome(task=self.plan[a.task_id], n=a.n, kind="gated", branch=BranchName(a.branch),
+                                 start=Sha(a.start), head=Sha(str(a.head)), summary=self.state[a.task_id].summary,
+                                 report=GateReport.from_json(a.gate or '{"checks": []}'),
+                                 changes=[FileChange(p, added, removed) for p, added, removed in files]))
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(max_workers=self.options.agents, thread_name_prefix="wswarm-agent") as pool:
             try:

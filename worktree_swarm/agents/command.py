@@ -45,7 +45,8 @@ class CommandAgent(Agent):
     def run(self, request: AgentRequest, *, cancel: threading.Event) -> AgentResult:
         env = proc.clean_env(agent_env(request))
         result = proc.run_in_group(proc.shell_argv(self.command), cwd=request.worktree, env=env,
-                                   output=request.log_path, timeout=request.timeout, cancel=cancel)
+                                   output=request.log_path, timeout=request.timeout, cancel=cancel,
+                                   pidfile=request.log_path.with_suffix(".pid"))
         summary = last_lines(request.log_path, 5)
         if result.timed_out:
             return AgentResult(ok=False, timed_out=True, summary=summary,

@@ -184,7 +184,7 @@ def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env
         argv = ["/bin/sh", "-c", check.run + ' "$@"', "wswarm-gate", *files]
     log.write_bytes(b"")
     res = proc.run_in_group(argv, cwd=worktree, env=proc.clean_env(env), output=log,
-                            timeout=check.timeout, cancel=cancel)
+                            timeout=check.timeout, cancel=cancel, pidfile=log.with_suffix(".pid"))
     output = log.read_text(encoding="utf-8", errors="replace")
     if res.timed_out:
         return CheckResult(check.name, check.kind, "fail", res.seconds, tail(output),

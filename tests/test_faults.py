@@ -1,0 +1,174 @@
+"""Fault injection: the orchestrator is SIGKILLed at many points of a real run, then resumed.
+
+Whatever the point, the final integration tree equals that of an uninterrupted run, no task is
+merged twice, no agent outlives its orchestrator past the resume, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import WSWARM, Repo, wswarm, write_plan
+
+# Agents record their pid, take a moment, then write their own file; "b" builds on "a".
+AGENT = """
+tid, n = os.environ["WSWARM_TASK_ID"], os.environ["WSWARM_ATTEMPT"]
+Path(os.environ["PIDS"], f"{tid}-{n}").write_text(str(os.getpid()))
+time.sleep(float(os.environ.get("AGENT_SLEEP", "0.4")))
+Path("out").mkdir(exist_ok=True)
+Path("out", tid + ".txt").write_text(tid + "\\n")
+"""
+PLAN = [{"id": "a", "description": "a"}, {"id": "b", "description": "b", "dependencies": ["a"]},
+        {"id": "c", "description": "c"}, {"id": "d", "description": "d", "dependencies": ["b", "c"]}]
+CHECK = '[[gate.checks]]\nname = "slow-check"\nrun = "sleep 0.3"\n'
+
+
+def prepare(repo: Repo, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    repo.write("wswarm.toml", CHECK)
+    repo.commit_all("config")
+    write_plan(repo.path / "plan.json", PLAN)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    return {"PIDS": str(pids)}, pids
+
+
+def integration(repo: Repo) -> str:
+    return str(wswarm(repo.path, "status", "--json").json()["integration_branch"])
+
+
+def merges_per_task(repo: Repo, branch: str) -> dict[str, int]:
+    subjects = repo.git("log", "--first-parent", "--merges", "--format=%s", branch).splitlines()
+    counts: dict[str, int] = {}
+    for s in subjects:
+        task = s.removeprefix("wswarm: merge ").split(" — ")[0]
+        counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def events(repo: Repo) -> list[dict[str, object]]:
+    runs = repo.state_dir / "runs"
+    if not runs.is_dir() or not any(runs.iterdir()):
+        return []
+    path = next(runs.iterdir()) / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def assert_final_tree(repo: Repo, branch: str) -> None:
+    """What an uninterrupted run produces: the base plus exactly each task's own file."""
+    base = wswarm(repo.path, "status", "--json").json()["base"]
+    assert repo.git("diff", "--name-status", base, branch).splitlines() == [
+        "A\tout/a.txt", "A\tout/b.txt", "A\tout/c.txt", "A\tout/d.txt"]
+    for task in "abcd":
+        assert repo.show(branch, f"out/{task}.txt") == task
+
+
+@pytest.mark.parametrize(("kind", "nth"), [
+    ("attempt-started", 1),     # a worktree is being made
+    ("agent-started", 2),       # agents are running
+    ("gate-started", 1),        # a check is running
+    ("merged", 1),              # just after a merge
+    ("merged", 3),              # late in the run
+])
+def test_sigkill_anywhere_then_resume_gives_the_same_tree(repo: Repo, agent_script: object, tmp_path: Path,
+                                                          kind: str, nth: int) -> None:
+    env, pids = prepare(repo, tmp_path)
+    agent = agent_script(AGENT)  # type: ignore[operator]
+    proc = subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent], cwd=repo.path,
+                            env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while sum(e["kind"] == kind for e in events(repo)) < nth:
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline, f"never reached {kind} #{nth}"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert wswarm(repo.path, "status", "--json").json()["state"] == "interrupted"
+
+    res = wswarm(repo.path, "resume", env=env)
+    assert res.returncode == 0, res.stderr
+    branch = integration(repo)
+    assert_final_tree(repo, branch)
+    assert merges_per_task(repo, branch) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    # Every agent the killed orchestrator had started is gone: resume stopped the orphans.
+    for pidfile in pids.iterdir():
+        assert not alive(int(pidfile.read_text())), pidfile.name
+    res = wswarm(repo.path, "clean")
+    assert res.returncode == 0, res.stderr
+    assert len(repo.git("worktree", "list").splitlines()) == 1
+    leftovers = list((repo.state_dir / "worktrees").glob("*")) if (repo.state_dir / "worktrees").exists() else []
+    assert leftovers == []
+
+
+def test_resume_stops_an_orphaned_agent(repo: Repo, agent_script: object, tmp_path: Path) -> None:
+    env, pids = prepare(repo, tmp_path)
+    proc = subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT)],  # type: ignore[operator]
+                            cwd=repo.path, env=dict(os.environ, **env, AGENT_SLEEP="60"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not ((pids / "a-1").exists() and (pids / "c-1").exists()):   # a and c run side by side
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    orphans = [int((pids / name).read_text()) for name in ("a-1", "c-1")]
+    assert all(alive(pid) for pid in orphans)   # a SIGKILLed orchestrator cannot stop its agents itself
+    res = wswarm(repo.path, "resume", env=env)
+    assert res.returncode == 0, res.stderr
+    assert not any(alive(pid) for pid in orphans)
+    resumed = next(e for e in events(repo) if e["kind"] == "run-resumed")
+    assert resumed["orphans_killed"] == 2
+    assert "stopped 2 orphaned agent or check process group(s)" in res.stderr
+
+
+def test_a_gated_branch_is_merged_on_resume_without_running_its_agent(repo: Repo, agent_script: object,
+                                                                      tmp_path: Path) -> None:
+    """The orchestrator died after the gate passed and before the merge."""
+    env, pids = prepare(repo, tmp_path)
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT), env=env)  # type: ignore[operator]
+    assert res.returncode == 0, res.stderr
+    branch = integration(repo)
+    done_tree = repo.git("rev-parse", f"{branch}^{{tree}}")
+    # Undo the last merge ("d") as if it never happened, and put the state where the crash left it.
+    repo.git("update-ref", f"refs/heads/{branch}", f"{branch}^1", repo.git("rev-parse", branch))
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    db = sqlite3.connect(run_dir / "state.db")
+    with db:
+        db.execute("UPDATE run SET state = 'running', merge_gate = NULL")
+        db.execute("UPDATE tasks SET status = 'merging', merge_commit = NULL WHERE id = 'd'")
+        db.execute("UPDATE attempts SET outcome = 'gated' WHERE task_id = 'd'")
+    db.close()
+    res = wswarm(repo.path, "resume", env=env)
+    assert res.returncode == 0, res.stderr
+    assert repo.git("rev-parse", f"{branch}^{{tree}}") == done_tree
+    assert_final_tree(repo, branch)
+    assert not (pids / "d-2").exists()   # the agent did not run again
+    assert merges_per_task(repo, branch) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert [e["task"] for e in events(repo) if e["kind"] == "merge-recovered"] == ["d"]
+    d = next(t for t in wswarm(repo.path, "status", "--json").json()["tasks"] if t["id"] == "d")
+    assert (d["status"], d["attempts"]) == ("merged", 1)
