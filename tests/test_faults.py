@@ -172,3 +172,24 @@ def test_a_gated_branch_is_merged_on_resume_without_running_its_agent(repo: Repo
     assert [e["task"] for e in events(repo) if e["kind"] == "merge-recovered"] == ["d"]
     d = next(t for t in wswarm(repo.path, "status", "--json").json()["tasks"] if t["id"] == "d")
     assert (d["status"], d["attempts"]) == ("merged", 1)
+
+
+def test_new_commits_on_the_users_branch_mid_run_do_not_disturb_it(repo: Repo, agent_script: object,
+                                                                   tmp_path: Path) -> None:
+    env, pids = prepare(repo, tmp_path)
+    proc = subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT)],  # type: ignore[operator]
+                            cwd=repo.path, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (pids / "a-1").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    repo.write("USER.md", "my own work\n")
+    mine = repo.commit_all("the user keeps working")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    branch = integration(repo)
+    assert_final_tree(repo, branch)
+    assert repo.git("rev-parse", "HEAD") == mine
+    assert subprocess.run(["git", "merge-base", "--is-ancestor", mine, branch], cwd=repo.path).returncode == 1
+    assert repo.git("status", "--porcelain") == ""
