@@ -114,3 +114,13 @@ def agent_script(tmp_path: Path) -> Iterator[Any]:
 def write_plan(path: Path, tasks: list[dict[str, Any]]) -> Path:
     path.write_text(json.dumps(tasks, indent=2))
     return path
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie has exited; only its parent has not collected it yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"

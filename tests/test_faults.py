@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, wswarm, write_plan
 
 # Agents record their pid, take a moment, then write their own file; "b" builds on "a".
 AGENT = """
@@ -51,15 +51,6 @@ def merges_per_task(repo: Repo, branch: str) -> dict[str, int]:
         task = s.removeprefix("wswarm: merge ").split(" — ")[0]
         counts[task] = counts.get(task, 0) + 1
     return counts
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def events(repo: Repo) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, wswarm, write_plan
 
 # Each task appends its id to its own file; "slow" tasks wait long enough to be interrupted, and
 # record their pid so the test can prove no agent outlives the orchestrator.
@@ -61,16 +61,6 @@ def wait_for(predicate: object, timeout: float = 30) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not reached in time")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; only its parent has not collected it yet.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
 def agent_pids(pids: Path) -> list[int]:

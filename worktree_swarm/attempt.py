@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pygit2
-
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt
@@ -128,7 +126,7 @@ class AttemptRunner:
             out.feedback = out.reason + ": do not reset or rewrite the branch's history."
             return out
         # Empty commits change nothing either: compare trees, not commit ids.
-        if self._tree(out.head) == self._tree(out.start):
+        if self.repo.tree_of(out.head) == self.repo.tree_of(out.start):
             out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
@@ -139,8 +137,8 @@ class AttemptRunner:
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
                             env=env, log_dir=adir, cache=self.cache, cancel=self.cancel)
         start = out.start
-        memory = Memory(cache=self.cache, tree=self._tree(out.head), setup=self.config.worktree.setup,
-                        base_tree=self._tree(start), baseline=lambda check: base_probe.result(check, start))
+        memory = Memory(cache=self.cache, tree=self.repo.tree_of(out.head), setup=self.config.worktree.setup,
+                        base_tree=self.repo.tree_of(start), baseline=lambda check: base_probe.result(check, start))
         try:
             report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
                               config=self.config.gate, declared_files=task.files, changes=out.changes,
@@ -157,9 +155,6 @@ class AttemptRunner:
             out.kind, out.reason = "gate-failed", report.summary()
             out.feedback = report.render()
         return out
-
-    def _tree(self, commit: Sha) -> str:
-        return str(self.repo.pygit[commit].peel(pygit2.Commit).tree_id)
 
     def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
                  env: dict[str, str], deps: list[dict[str, Any]]) -> AgentRequest:

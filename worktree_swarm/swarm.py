@@ -30,7 +30,7 @@ from worktree_swarm.git.refs import task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.merge import merge_branch, merge_message
-from worktree_swarm.merge_gate import judge
+from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
@@ -127,15 +127,9 @@ class Swarm:
 
     def _train_merges(self, head: Sha | None) -> dict[str, str]:
         """{merged branch head: merge commit} along the integration branch's first-parent chain."""
-        merges: dict[str, str] = {}
         if head is None:
-            return merges
-        run = self.store.run()
-        for line in self.repo.git("rev-list", "--first-parent", "--merges", "--parents",
-                                  f"{run.base}..{head}").stdout.splitlines():
-            commit, _first, second, *_ = line.split()
-            merges[second] = commit
-        return merges
+            return {}
+        return {m.theirs: m.commit for m in train(self.repo, Sha(self.store.run().base), head)}
 
     def _set(self, task_id: str, status: str, **fields: Any) -> None:
         self.state[task_id].status = status

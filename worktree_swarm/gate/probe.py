@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pygit2
-
 from worktree_swarm import proc
 from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.gate.cache import GateCache, cache_key
@@ -37,7 +35,7 @@ class Prober:
 
     def result(self, check: CheckConfig, commit: Sha) -> tuple[CheckResult, str]:
         """CHECK's result on COMMIT and its full output (`affected` checks are given no files)."""
-        tree = str(self.repo.pygit[commit].peel(pygit2.Commit).tree_id)
+        tree = self.repo.tree_of(commit)
         key = cache_key(check, tree, setup=self.config.worktree.setup)
         hit = self.cache.get(key)
         if hit is not None:

@@ -85,6 +85,10 @@ class Repo:
             return None
         return Sha(str(ref.target)) if ref is not None else None
 
+    def tree_of(self, commit: str) -> str:
+        """The id of COMMIT's tree: what checks and no-op tests compare."""
+        return str(self.pygit[commit].peel(pygit2.Commit).tree_id)
+
     def current_branch(self) -> str | None:
         """The branch checked out where wswarm runs, or None on a detached HEAD."""
         if self.pygit.head_is_detached:
