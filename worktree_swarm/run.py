@@ -13,6 +13,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import pygit2
+
+from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.agents.command import CommandAgent
 from worktree_swarm.config import Config, load_config
@@ -20,11 +23,10 @@ from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo
-from worktree_swarm import proc
 from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
-from worktree_swarm.state import RunStore, find_run, runs_dir
+from worktree_swarm.state import RunStore, ensure_writable, find_run, runs_dir
 from worktree_swarm.swarm import Swarm, SwarmOptions
 from worktree_swarm.types import RunId
 
@@ -76,10 +78,14 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         agent_timeout=options.timeout or config.agents.timeout,
     )
     agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
+    if _has_gitmodules(repo, base) and not config.worktree.setup:
+        notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
+               "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
     if repo.is_dirty():
         notify(f"warning: {repo.root} has uncommitted changes; they are not included "
                f"(tasks start from {options.base} = {base[:12]})")
 
+    ensure_writable(repo.state_dir)
     run_id = RunId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2))
     branch = integration_branch(run_id)
     run_dir = runs_dir(repo.state_dir) / run_id
@@ -161,6 +167,13 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
         store.close()
+
+
+def _has_gitmodules(repo: Repo, commit: str) -> bool:
+    try:
+        return ".gitmodules" in repo.pygit[commit].peel(pygit2.Commit).tree
+    except (KeyError, ValueError):
+        return False
 
 
 def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import RunNotFoundError
+from worktree_swarm.errors import RunNotFoundError, UsageError
 from worktree_swarm.git.refs import encode
 from worktree_swarm.types import RunId
 
@@ -291,6 +291,18 @@ class RunStore:
         path = self.dir / "attempts" / encode(task_id) / str(n)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def ensure_writable(state_dir: Path) -> None:
+    """Refuse, before anything is created, when wswarm cannot keep state under STATE_DIR."""
+    try:
+        runs_dir(state_dir).mkdir(parents=True, exist_ok=True)
+        probe = runs_dir(state_dir) / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"wswarm cannot write its state under {state_dir}: {exc.strerror or exc}",
+                         hint="it lives under the repository's git common dir; make that writable") from None
 
 
 def runs_dir(state_dir: Path) -> Path:
