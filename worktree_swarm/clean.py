@@ -9,7 +9,7 @@ from pathlib import Path
 from worktree_swarm.errors import UsageError
 from worktree_swarm.git.refs import run_prefix, task_branch_prefix
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import list_worktrees, remove_worktree
+from worktree_swarm.git.worktrees import list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.state import RunStore, find_run, list_runs
 from worktree_swarm.types import RunId
 
@@ -48,5 +48,5 @@ def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forg
             branches += 1
         if forget:
             shutil.rmtree(folder)
-    repo.git("worktree", "prune")
+    prune_worktrees(repo)
     return Cleaned([f.name for f in folders], worktrees, branches)

@@ -23,7 +23,7 @@ from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, remove_worktree
+from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
 from worktree_swarm.state import RunStore, ensure_writable, find_run, runs_dir
@@ -190,7 +190,7 @@ def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:
     for folder in worktrees_dir(repo).glob(f"{run_id}--*"):
         if str(folder) not in keep and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
-    repo.git("worktree", "prune")
+    prune_worktrees(repo)
     return killed, removed
 
 

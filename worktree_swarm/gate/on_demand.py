@@ -17,7 +17,7 @@ from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.gate.runner import run_gate_on_diff, tree_blob_size
 from worktree_swarm.git.diff import changed_files, diff_text
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import remove_worktree
+from worktree_swarm.git.worktrees import add_worktree, remove_worktree
 from worktree_swarm.types import Sha
 
 # Where `git merge`/`git pull` users keep their mainline, in the order a default base looks for it.
@@ -153,7 +153,7 @@ def _empty_tree(repo: Repo) -> Sha:
 def _gate_commit(repo: Repo, config: Config, base: Base, head: Sha, scratch: Path) -> GateReport:
     worktree = scratch / "worktree"
     old = base.sha if base.sha is not None else _empty_tree(repo)
-    repo.git("worktree", "add", "--detach", "--quiet", worktree, head)
+    add_worktree(repo, worktree, head)
     try:
         setup_failed = _setup(config, worktree, scratch)
         gate_config = replace(config.gate, checks=()) if setup_failed else config.gate

@@ -11,7 +11,7 @@ from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.report import CheckResult, GateReport
 from worktree_swarm.gate.runner import run_check
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import remove_worktree
+from worktree_swarm.git.worktrees import add_worktree, remove_worktree
 from worktree_swarm.types import Sha
 
 
@@ -54,7 +54,7 @@ class Prober:
     def _checkout(self, commit: Sha) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self._at is None:
-            self.repo.git("worktree", "add", "--quiet", "--detach", self.path, commit)
+            add_worktree(self.repo, self.path, commit)
             if self.config.worktree.setup:
                 proc.run_in_group(proc.shell_argv(self.config.worktree.setup), cwd=self.path,
                                   env=proc.clean_env(self.env), output=self.log_dir / "probe-setup.log",

@@ -22,6 +22,9 @@ class Repo:
         self.common_dir = common_dir
         # pygit2 objects must not be shared between threads; each thread opens its own.
         self._local = threading.local()
+        # `git worktree add/remove/prune` race each other on .git/worktrees (an add fails when a
+        # remove deletes the emptied folder under it): every one of them holds this lock.
+        self.worktree_admin = threading.RLock()
 
     @classmethod
     def discover(cls, cwd: Path) -> Repo:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,30 +39,42 @@ class FreshWorktrees(WorktreePool):
     def __init__(self, repo: Repo, root: Path) -> None:
         self.repo = repo
         self.root = root
-        # Concurrent `git worktree add`s race: one reads another's half-written
-        # .git/worktrees/*/commondir and fails (seen with 64 at once). Adds and removes take turns.
-        self._admin = threading.Lock()
 
     def acquire(self, *, name: str, branch: BranchName, start: Sha) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
-        with self._admin:
-            self.repo.git("worktree", "add", "--quiet", "-b", branch, path, start)
+        add_worktree(self.repo, path, start, branch=branch)
         return path
 
     def release(self, path: Path, *, keep: bool) -> None:
         if not keep:
-            with self._admin:
-                remove_worktree(self.repo, path)
+            remove_worktree(self.repo, path)
+
+
+# Every worktree administration goes through these three, under repo.worktree_admin: concurrent
+# adds read each other's half-written .git/worktrees/*/commondir (seen with 64 at once), and an add
+# fails when a remove deletes the emptied .git/worktrees folder under it.
+
+def add_worktree(repo: Repo, path: Path, start: Sha, *, branch: BranchName | None = None) -> None:
+    """A checkout of START at PATH, on the new BRANCH or detached."""
+    where = ["-b", branch] if branch is not None else ["--detach"]
+    with repo.worktree_admin:
+        repo.git("worktree", "add", "--quiet", *where, path, start)
 
 
 def remove_worktree(repo: Repo, path: Path) -> None:
     """Remove a worktree and its administrative entry, even when its folder is already gone."""
-    try:
-        repo.git("worktree", "remove", "--force", "--force", path)
-    except CommandError:
-        # The folder may have been deleted by an agent; then only the entry is left to prune.
-        shutil.rmtree(path, ignore_errors=True)
+    with repo.worktree_admin:
+        try:
+            repo.git("worktree", "remove", "--force", "--force", path)
+        except CommandError:
+            # The folder may have been deleted by an agent; then only the entry is left to prune.
+            shutil.rmtree(path, ignore_errors=True)
+            repo.git("worktree", "prune")
+
+
+def prune_worktrees(repo: Repo) -> None:
+    with repo.worktree_admin:
         repo.git("worktree", "prune")
 
 
