@@ -22,7 +22,7 @@ from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
-from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
@@ -68,6 +68,7 @@ def worktrees_dir(repo: Repo) -> Path:
 def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
     """Validate the plan, config, base and agents; only then create the run and drive it."""
     repo = Repo.discover(cwd)
+    require_git(repo.root)
     config, detected = with_detected_checks(load_config(repo.root), repo.root)
     plan = load_plan(options.plan_path)
     base = repo.resolve_commit(options.base)
@@ -113,6 +114,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
 def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = None) -> RunResult:
     """Continue an interrupted run: merged work is kept (after checking it), the rest starts again."""
     repo = Repo.discover(cwd)
+    require_git(repo.root)
     store = RunStore.open(find_run(repo.state_dir, run))
     try:
         row = store.run()

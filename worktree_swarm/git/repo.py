@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -12,6 +13,25 @@ from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedErr
 from worktree_swarm.types import Sha
 
 ZERO_SHA = Sha("0" * 40)
+# `git merge-tree --write-tree`, the merge train's in-memory merge, arrived in git 2.38.
+MIN_GIT = (2, 38)
+
+
+def git_version(text: str) -> tuple[int, ...]:
+    """(2, 39, 5) from `git version 2.39.5` (vendor suffixes such as `.windows.1` ignored)."""
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        return ()
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def require_git(cwd: Path) -> None:
+    """Refuse, before anything is created, a git too old for in-memory merges."""
+    text = proc.git("--version", cwd=cwd).stdout.strip()
+    if git_version(text) < MIN_GIT:
+        raise UsageError(f"wswarm needs git {'.'.join(map(str, MIN_GIT))} or newer for in-memory merges "
+                         f"(found {text or 'an unknown version'})",
+                         hint="upgrade git; the merge train uses `git merge-tree --write-tree`")
 
 
 class Repo:
