@@ -25,6 +25,7 @@ Path(os.environ["PIDS"], f"{tid}-{n}").write_text(str(os.getpid()))
 time.sleep(float(os.environ.get("AGENT_SLEEP", "0.4")))
 Path("out").mkdir(exist_ok=True)
 Path("out", tid + ".txt").write_text(tid + "\\n")
+print("wrote out/" + tid + ".txt")
 """
 PLAN = [{"id": "a", "description": "a"}, {"id": "b", "description": "b", "dependencies": ["a"]},
         {"id": "c", "description": "c"}, {"id": "d", "description": "d", "dependencies": ["b", "c"]}]
@@ -163,6 +164,8 @@ def test_a_gated_branch_is_merged_on_resume_without_running_its_agent(repo: Repo
     assert [e["task"] for e in events(repo) if e["kind"] == "merge-recovered"] == ["d"]
     d = next(t for t in wswarm(repo.path, "status", "--json").json()["tasks"] if t["id"] == "d")
     assert (d["status"], d["attempts"]) == ("merged", 1)
+    pr = (run_dir / "pr.md").read_text()
+    assert "### `d` — d\n\n```\nwrote out/d.txt\n```" in pr
 
 
 def test_new_commits_on_the_users_branch_mid_run_do_not_disturb_it(repo: Repo, agent_script: object,

@@ -73,7 +73,7 @@ class AttemptRunner:
         self.cancel = cancel
         self.run_id = run_id
         self.agent_timeout = agent_timeout
-        self._secret_values = secret_values
+        self.secret_values = secret_values
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
@@ -102,7 +102,7 @@ class AttemptRunner:
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         result = agent.run(request, cancel=self.cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
-        out.summary = redact_secrets(result.summary, known=self._secret_values)
+        out.summary = redact_secrets(result.summary, known=self.secret_values)
         out.cost_usd = result.cost_usd
         self.store.event("agent-finished", task.id, attempt=out.n, ok=result.ok, exit_code=result.exit_code,
                          error=result.error, cost_usd=result.cost_usd)

@@ -21,7 +21,8 @@ from worktree_swarm.agents.base import Agent
 from worktree_swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.config import Config
 from worktree_swarm.errors import CommandError
-from worktree_swarm.gate.builtin import secret_env_values
+from worktree_swarm.agents.command import last_lines
+from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
@@ -156,8 +157,11 @@ class Swarm:
             a = self._recovered.pop(0)
             files = json.loads(a.files or "[]")
             self.store.event("merge-recovered", a.task_id, attempt=a.n)
+            # The summary is what the agent's log ends with, as when the attempt first finished.
+            log = self.store.attempt_dir(a.task_id, a.n) / "agent.log"
+            summary = redact_secrets(last_lines(log, 5), known=self.attempts.secret_values)
             self._settle(Outcome(task=self.plan[a.task_id], n=a.n, kind="gated", branch=BranchName(a.branch),
-                                 start=Sha(a.start), head=Sha(str(a.head)), summary=self.state[a.task_id].summary,
+                                 start=Sha(a.start), head=Sha(str(a.head)), summary=summary,
                                  report=GateReport.from_json(a.gate or '{"checks": []}'),
                                  changes=[FileChange(p, added, removed) for p, added, removed in files]))
         running: dict[Future[Outcome], str] = {}
