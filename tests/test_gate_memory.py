@@ -125,3 +125,30 @@ else:
     feature = json.loads((run_dir / "attempts" / "feature" / "1" / "gate.json").read_text())
     assert next(c for c in feature["checks"] if c["name"] == "pytest")["note"] == \
         "fails as the base does: 1 known failure, none new"
+
+
+def test_a_probe_whose_setup_failed_runs_and_remembers_nothing(repo: Repo, tmp_path: Path) -> None:
+    import threading
+
+    from worktree_swarm.config import CheckConfig, Config, GateConfig, WorktreeConfig
+    from worktree_swarm.gate.cache import GateCache, cache_key
+    from worktree_swarm.gate.probe import Prober
+    from worktree_swarm.git.repo import Repo as GitRepo
+    from worktree_swarm.types import Sha
+
+    counter = tmp_path / "ran"
+    check = CheckConfig(name="count", run=f"echo ran >> {counter}")
+    config = Config(gate=GateConfig(checks=(check,)), worktree=WorktreeConfig(setup="exit 3"))
+    git_repo = GitRepo.discover(repo.path)
+    cache = GateCache(tmp_path / "cache.db")
+    head = Sha(repo.git("rev-parse", "HEAD"))
+    prober = Prober(git_repo, config, tmp_path / "probe", env={}, log_dir=tmp_path / "logs", cache=cache,
+                    cancel=threading.Event())
+    try:
+        result, output = prober.result(check, head)
+    finally:
+        prober.close()
+    assert (result.status, result.note, output) == ("not-run", "the worktree setup step failed", "")
+    assert not counter.exists()
+    assert cache.get(cache_key(check, git_repo.tree_of(head), setup="exit 3")) is None
+    assert len(repo.git("worktree", "list").splitlines()) == 1

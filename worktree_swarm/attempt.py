@@ -21,7 +21,7 @@ from worktree_swarm.gate.builtin import redact_secrets
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport, tail
-from worktree_swarm.gate.runner import Memory, run_gate
+from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
@@ -183,9 +183,8 @@ class AttemptRunner:
     def _setup(self, out: Outcome, worktree: Path, adir: Path, env: dict[str, str]) -> bool:
         setup = self.config.worktree.setup
         assert setup is not None
-        res = proc.run_in_group(proc.shell_argv(setup), cwd=worktree,
-                                env=proc.clean_env(env), output=adir / "setup.log",
-                                timeout=self.agent_timeout, cancel=self.cancel, pidfile=adir / "setup.pid")
+        res = run_setup(setup, worktree=worktree, env=env, log=adir / "setup.log", timeout=self.agent_timeout,
+                        cancel=self.cancel)
         if res.returncode == 0:
             return True
         log = (adir / "setup.log").read_text(encoding="utf-8", errors="replace")

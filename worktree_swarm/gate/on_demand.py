@@ -14,7 +14,7 @@ from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import UsageError
 from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.detect import with_detected_checks
-from worktree_swarm.gate.runner import run_gate_on_diff, tree_blob_size
+from worktree_swarm.gate.runner import run_gate_on_diff, run_setup, tree_blob_size
 from worktree_swarm.git.diff import changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
@@ -176,8 +176,7 @@ def _setup(config: Config, worktree: Path, scratch: Path) -> CheckResult | None:
     if not config.worktree.setup:
         return None
     log = scratch / "setup.log"
-    res = proc.run_in_group(proc.shell_argv(config.worktree.setup), cwd=worktree, env=proc.clean_env(),
-                            output=log, timeout=config.agents.timeout)
+    res = run_setup(config.worktree.setup, worktree=worktree, env={}, log=log, timeout=config.agents.timeout)
     if res.returncode == 0:
         return None
     note = f"timed out after {config.agents.timeout:g}s" if res.timed_out else f"exit {res.returncode}"

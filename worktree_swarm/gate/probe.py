@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from worktree_swarm import proc
 from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.report import CheckResult, GateReport
-from worktree_swarm.gate.runner import run_check
+from worktree_swarm.gate.runner import run_check, run_setup
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
 from worktree_swarm.types import Sha
@@ -32,6 +31,7 @@ class Prober:
         self.cache = cache
         self.cancel = cancel
         self._at: Sha | None = None
+        self._setup_failed = False
 
     def result(self, check: CheckConfig, commit: Sha) -> tuple[CheckResult, str]:
         """CHECK's result on COMMIT and its full output (`affected` checks are given no files)."""
@@ -41,6 +41,9 @@ class Prober:
         if hit is not None:
             return hit
         self._checkout(commit)
+        if self._setup_failed:
+            # Checks in a half-set-up checkout say nothing about the tree: not run, not remembered.
+            return CheckResult(check.name, check.kind, "not-run", 0.0, note="the worktree setup step failed"), ""
         log = self.log_dir / f"probe-{commit[:12]}-{check.name}.log"
         result = run_check(check, worktree=self.path, changed=[], env=self.env, log=log, cancel=self.cancel)
         output = log.read_text(encoding="utf-8", errors="replace")
@@ -56,9 +59,10 @@ class Prober:
         if self._at is None:
             add_worktree(self.repo, self.path, commit)
             if self.config.worktree.setup:
-                proc.run_in_group(proc.shell_argv(self.config.worktree.setup), cwd=self.path,
-                                  env=proc.clean_env(self.env), output=self.log_dir / "probe-setup.log",
-                                  timeout=3600, cancel=self.cancel)
+                res = run_setup(self.config.worktree.setup, worktree=self.path, env=self.env,
+                                log=self.log_dir / "probe-setup.log", timeout=self.config.agents.timeout,
+                                cancel=self.cancel)
+                self._setup_failed = res.returncode != 0
         elif self._at != commit:
             self.repo.git("checkout", "--quiet", "--force", "--detach", commit, cwd=self.path)
             self.repo.git("clean", "-fdq", cwd=self.path)

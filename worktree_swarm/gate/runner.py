@@ -171,6 +171,13 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
     return found
 
 
+def run_setup(command: str, *, worktree: Path, env: Mapping[str, str], log: Path, timeout: float,
+              cancel: threading.Event | None = None) -> proc.GroupResult:
+    """Run `[worktree] setup` in a fresh checkout, its output in LOG; every caller judges the result."""
+    return proc.run_in_group(proc.shell_argv(command), cwd=worktree, env=proc.clean_env(env), output=log,
+                             timeout=timeout, cancel=cancel, pidfile=log.with_suffix(".pid"))
+
+
 def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env: Mapping[str, str],
               log: Path, cancel: threading.Event | None = None) -> CheckResult:
     """Run one configured check through the shell in WORKTREE."""
