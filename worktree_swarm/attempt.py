@@ -47,13 +47,15 @@ class Outcome:
     summary: str = ""
     report: GateReport | None = None
     cost_usd: float = 0.0
+    usage: dict[str, Any] = field(default_factory=dict)   # AgentResult.usage(): tokens, turns, session
     changes: list[FileChange] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         """The attempt's changed files and line counts, as stored in the attempts table."""
         return {"files": json.dumps([[c.path, c.added, c.removed] for c in self.changes]),
                 "added": sum(c.added or 0 for c in self.changes),
-                "removed": sum(c.removed or 0 for c in self.changes)}
+                "removed": sum(c.removed or 0 for c in self.changes),
+                "cost_usd": self.cost_usd, "usage": json.dumps(self.usage) if self.usage else None}
 
 
 
@@ -96,7 +98,7 @@ class AttemptRunner:
                     env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
         task = out.task
         agent = self.agent_for(task)
-        request = self._request(out, worktree, adir, feedback, env, dependencies)
+        request = self._request(out, worktree, adir, feedback, env, dependencies, agent=agent.name)
         if self.config.worktree.setup and not self._setup(out, worktree, adir, env):
             return out
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
@@ -104,8 +106,9 @@ class AttemptRunner:
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
         out.summary = redact_secrets(result.summary, known=self.secret_values)
         out.cost_usd = result.cost_usd
-        self.store.event("agent-finished", task.id, attempt=out.n, ok=result.ok, exit_code=result.exit_code,
-                         error=result.error, cost_usd=result.cost_usd)
+        out.usage = result.usage()
+        self.store.event("agent-finished", task.id, attempt=out.n, agent=agent.name, ok=result.ok,
+                         exit_code=result.exit_code, error=result.error, **out.usage)
         if result.cancelled:
             out.kind, out.reason = "interrupted", "interrupted"
             return out
@@ -157,10 +160,11 @@ class AttemptRunner:
         return out
 
     def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
-                 env: dict[str, str], deps: list[dict[str, Any]]) -> AgentRequest:
+                 env: dict[str, str], deps: list[dict[str, Any]], *, agent: str) -> AgentRequest:
         task = out.task
         roles = {name: role.system for name, role in self.config.roles.items()}
-        prompt = build_prompt(task, role=role_prompt(task.type, roles), dependencies=deps, feedback=feedback)
+        role = role_prompt(task.type, roles)
+        prompt = build_prompt(task, role=role, dependencies=deps, feedback=feedback)
         (adir / "prompt.md").write_text(prompt, encoding="utf-8")
         doc = {"run": self.run_id, "task": task.to_dict(), "attempt": out.n, "base": out.start,
                "branch": out.branch, "dependencies": deps}
@@ -172,7 +176,14 @@ class AttemptRunner:
         return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
                             feedback_path=feedback_path, log_path=adir / "agent.log",
-                            timeout=self._timeout(task), env=env)
+                            timeout=self._timeout(task), env=env, system_prompt=role,
+                            model=role_config.model if (role_config := self.config.roles.get(task.type)) else None,
+                            activity=lambda line: self._activity(task.id, out.n, agent, line))
+
+    def _activity(self, task_id: str, n: int, agent: str, line: str) -> None:
+        text = redact_secrets(line.strip(), known=self.secret_values)[:300]
+        if text:
+            self.store.event("agent-activity", task_id, attempt=n, agent=agent, text=text)
 
     def _timeout(self, task: Task) -> float:
         named = self.config.agents.named.get(task.agent or self.config.agents.default)

@@ -10,7 +10,10 @@ from typing import Any
 from worktree_swarm.errors import ConfigError
 
 CHECK_KINDS = ("tests", "types", "security", "lint", "custom")
-AGENT_KINDS = ("command",)
+AGENT_KINDS = ("command", "claude", "anthropic")
+# Current models (none of them on the SDK's deprecation list); wswarm.toml and flags override.
+DEFAULT_AGENT_MODEL = "claude-sonnet-5-5"
+DEFAULT_PLANNER_MODEL = "claude-opus-5-5"
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,17 @@ class WorktreeConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """One agent: `[agents.NAME]`, or a built-in kind used by its own name ("claude", "anthropic")."""
+
     name: str
     kind: str = "command"
-    command: str | None = None
+    command: str | None = None          # kind = "command": the command line
     timeout: float | None = None
+    binary: str | None = None           # kind = "claude": the CLI to run (default: claude on PATH)
+    args: tuple[str, ...] = ()          # kind = "claude": extra flags, appended as separate arguments
+    model: str | None = None            # kinds "claude" / "anthropic"
+    max_turns: int | None = None        # kinds "claude" / "anthropic"
+    max_tokens: int | None = None       # kind = "anthropic": per model reply
 
 
 @dataclass(frozen=True)
@@ -211,15 +221,18 @@ def _agents(s: _Section) -> AgentsConfig:
         if not isinstance(value, dict):
             s.only(*scalars)  # raises: an unknown scalar key
         a = _Section(value, f"{s.where}{key}.", s.source)
-        a.only("kind", "command", "timeout")
-        kind = a.text("kind", "command") or "command"
+        a.only("kind", "command", "timeout", "binary", "args", "model", "max_turns", "max_tokens")
+        kind = a.text("kind", key if key in AGENT_KINDS else "command") or "command"
         if kind not in AGENT_KINDS:
             raise ConfigError(f"{s.source}: {a.where}kind is {kind!r}; this version runs: {', '.join(AGENT_KINDS)}")
-        named[key] = AgentConfig(name=key, kind=kind, command=a.text("command"), timeout=a.number("timeout", None))
+        max_turns, max_tokens = a.whole("max_turns", 0), a.whole("max_tokens", 0)
+        named[key] = AgentConfig(name=key, kind=kind, command=a.text("command"), timeout=a.number("timeout", None),
+                                 binary=a.text("binary"), args=a.texts("args"), model=a.text("model"),
+                                 max_turns=max_turns or None, max_tokens=max_tokens or None)
     default = s.text("default", "command") or "command"
-    if default != "command" and default not in named:
+    if default not in AGENT_KINDS and default not in named:
         raise ConfigError(f"{s.source}: {s.where}default names agent {default!r}, which is not configured",
-                          hint=f"define it as [{s.where}{default}] or use \"command\"")
+                          hint=f"define it as [{s.where}{default}] or use one of {', '.join(AGENT_KINDS)}")
     return AgentsConfig(default=default, command=s.text("command"), concurrency=s.whole("concurrency", 2),
                         timeout=s.number("timeout", 1800.0) or 1800.0, max_attempts=s.whole("max_attempts", 3),
                         named=named)

@@ -17,7 +17,7 @@ import pygit2
 
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent
-from worktree_swarm.agents.command import CommandAgent
+from worktree_swarm.agents.registry import agent_for_task
 from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
@@ -213,28 +213,7 @@ def agent_resolver(config: Config, plan: Plan, *, agent_cmd: str | None) -> Call
     """Which agent runs each task; every one is checked before anything is created."""
     agents: dict[str, Agent] = {}
     for task in plan:
-        agents[task.id] = _agent_for_task(config, task, agent_cmd)
+        agents[task.id] = agent_for_task(config, task, agent_cmd=agent_cmd)
     for agent in {id(a): a for a in agents.values()}.values():
         agent.check_available()
     return lambda task: agents[task.id]
-
-
-def _agent_for_task(config: Config, task: Task, agent_cmd: str | None) -> Agent:
-    if task.command:
-        return CommandAgent(task.command, name=f"command ({task.id})")
-    role = config.roles.get(task.type)
-    name = task.agent or (role.agent if role else None) or config.agents.default
-    named = config.agents.named.get(name)
-    if named is not None:
-        if not named.command:
-            raise UsageError(f"agent {name!r} has no command", hint=f"set command in [agents.{name}]")
-        return CommandAgent(named.command, name=name)
-    if name != "command":
-        raise UsageError(f"task {task.id!r} asks for agent {name!r}, which is not configured",
-                         hint=f"define [agents.{name}] in wswarm.toml")
-    command = agent_cmd or config.agents.command
-    if not command:
-        raise UsageError(f"no agent is configured to run task {task.id!r}",
-                         hint="pass --agent-cmd 'COMMAND', set [agents] command in wswarm.toml, "
-                              "or give the task a `command` in the plan")
-    return CommandAgent(command)

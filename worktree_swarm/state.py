@@ -42,7 +42,7 @@ CREATE TABLE attempts (
     task_id TEXT NOT NULL, n INTEGER NOT NULL, outcome TEXT NOT NULL, branch TEXT NOT NULL,
     start TEXT NOT NULL, head TEXT, started REAL NOT NULL, finished REAL, reason TEXT,
     gate TEXT, files TEXT, added INTEGER, removed INTEGER, cost_usd REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (task_id, n));
+    usage TEXT, PRIMARY KEY (task_id, n));
 """
 
 
@@ -93,6 +93,7 @@ class AttemptRow:
     added: int | None
     removed: int | None
     cost_usd: float
+    usage: str | None = None   # JSON: tokens, turns, session id and model of a model-backed agent
 
 
 class RunStore:

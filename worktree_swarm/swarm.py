@@ -300,15 +300,17 @@ class Swarm:
     def _settle(self, out: Outcome) -> None:
         task_id = out.task.id
         self._ports.pop((task_id, out.n), None)
+        # Money spent is spent, even by an attempt that was interrupted.
+        if out.cost_usd:
+            self.store.add_cost(task_id, out.cost_usd)
+        stats = out.stats()
         if out.kind == "interrupted":
-            self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason)
+            self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason,
+                                      **stats)
             self._set(task_id, "pending", reason="interrupted; will start again")
             self._release(out, keep=False)
             return
         self.state[task_id].charged += 1
-        if out.cost_usd:
-            self.store.add_cost(task_id, out.cost_usd)
-        stats = out.stats()
         report_json = out.report.to_json() if out.report else None
         if out.kind != "gated":
             self.store.finish_attempt(task_id, out.n, outcome=out.kind, head=out.head, reason=out.reason,

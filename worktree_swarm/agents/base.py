@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class AgentRequest:
     log_path: Path
     timeout: float
     env: dict[str, str] = field(default_factory=dict)   # extra variables (e.g. WSWARM_PORT)
+    # What the agent is doing now, one line at a time ("Write src/app.py", "Bash: pytest -q"): each
+    # call becomes an `agent-activity` event. Secrets are redacted by the receiver.
+    activity: Callable[[str], None] = field(default=lambda line: None, compare=False)
+    system_prompt: str = ""             # the role's system prompt (also the head of prompt_path's text)
+    model: str | None = None            # the role's model, when it names one
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,16 @@ class AgentResult:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    turns: int | None = None
+    session_id: str | None = None
+    model: str | None = None
+
+    def usage(self) -> dict[str, object]:
+        """What a model-backed attempt spent, as recorded with the attempt (empty for a command)."""
+        fields = {"cost_usd": round(self.cost_usd, 6), "input_tokens": self.input_tokens,
+                  "output_tokens": self.output_tokens, "turns": self.turns, "session_id": self.session_id,
+                  "model": self.model}
+        return {k: v for k, v in fields.items() if v}
 
 
 class Agent(ABC):
