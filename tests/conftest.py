@@ -124,3 +124,15 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A scripted Messages API on 127.0.0.1 (tests/fakeapi.py); the SDK, the CLI and wswarm run in
+    a subprocess all find it through ANTHROPIC_BASE_URL, with a test key."""
+    from tests.fakeapi import FakeAnthropic
+
+    with FakeAnthropic() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789abcdef0123456789")
+        yield api
