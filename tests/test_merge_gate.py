@@ -156,3 +156,23 @@ def test_first_bad_finds_the_first_failing_merge(count: int) -> None:
             return i < culprit
         assert first_bad(count, passes) == culprit
         assert len(probes) <= max(1, count.bit_length())
+
+
+def test_a_merge_result_whose_checks_could_not_run_is_unverified_not_passed(repo: Repo, agent_script: object) -> None:
+    # The setup step refuses a tree holding `marker.txt`: each task's own worktree starts without it,
+    # but the merged result has it, so there the check cannot run at all.
+    repo.write("wswarm.toml", '[worktree]\nsetup = "test ! -f marker.txt"\n'
+               '[[gate.checks]]\nname = "tests"\nkind = "tests"\nrun = "true"\n')
+    repo.commit_all("config")
+    # Two tasks, so the merged tree is one no branch had (a tree already checked is not re-checked).
+    write_plan(repo.path / "plan.json", [{"id": "marker", "description": "add the marker"},
+                                         {"id": "other", "description": "add another file"}])
+    agent = agent_script('Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("x\\n")\n')  # type: ignore[operator]
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent)
+    assert res.returncode == 0, res.stderr
+    st = status(repo)
+    assert st["merge_gate"] == "unverified"
+    assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]  # type: ignore[attr-defined]
+    assert "merge-gate-unverified" in [e["kind"] for e in events(repo)]
+    pr = wswarm(repo.path, "pr")
+    assert "**Unverified:** tests did not run (the worktree setup step failed)" in pr.stdout

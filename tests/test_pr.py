@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from worktree_swarm.gate.report import CheckResult, GateReport
@@ -72,7 +73,22 @@ def test_body_has_table_gate_requeues_and_failures() -> None:
 
 
 def test_spend_is_shown_when_there_was_any() -> None:
-    assert "Model spend: $1.25." in render_pr(run_row(cost=1.25), TASKS, ATTEMPTS)
+    assert "spend" not in render_pr(run_row(cost=0.0), TASKS, ATTEMPTS)
+    # Only a planner spent: the whole sum is planning, and the table gains a cost column.
+    body = render_pr(run_row(cost=1.25), TASKS, ATTEMPTS)
+    assert "Model spend: **$1.25** (planning $1.25)." in body
+    assert "| task | type | status | attempts | files | lines | cost |" in body
+
+
+def test_spend_per_task_and_tokens_come_from_the_attempts() -> None:
+    tasks = [dataclasses.replace(t, cost_usd=0.5 if t.id == "a" else 0.0) for t in TASKS]
+    usage = json.dumps({"cost_usd": 0.5, "input_tokens": 12000, "output_tokens": 3400, "turns": 7})
+    attempts = [dataclasses.replace(a, usage=usage, cost_usd=0.25) if a.task_id == "a" else a for a in ATTEMPTS]
+    body = render_pr(run_row(cost=0.5), tasks, attempts)
+    assert "Model spend: **$0.50** — 24,000 input and 6,800 output tokens over 2 attempt(s)." in body
+    assert "planning" not in body
+    assert "| `a` | backend | ✅ merged | 2 | 2 | +6 −2 | $0.50 |" in body
+    assert "| `d` | frontend | ✅ merged | 1 | 1 | +3 −1 | $0.00 |" in body
 
 
 def test_gate_report_render_and_round_trip() -> None:

@@ -131,7 +131,8 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
         plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
         o = row.options
         swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
-                                     agent_timeout=float(o["agent_timeout"]))
+                                     agent_timeout=float(o["agent_timeout"]),
+                                     max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
         agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))
     except BaseException:
         store.close()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.refs import encode
 from worktree_swarm.state import ACTIVE_STATUSES, RunStore
 
@@ -24,7 +24,7 @@ def status_data(store: RunStore) -> dict[str, Any]:
                       "cost_usd": round(t.cost_usd, 6)})
     merge_gate = None
     if run.merge_gate:
-        merge_gate = "passed" if json.loads(run.merge_gate)["passed"] else "failed"
+        merge_gate = GateReport.from_json(run.merge_gate).verdict
     return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,

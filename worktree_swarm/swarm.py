@@ -45,6 +45,7 @@ class SwarmOptions:
     agents: int
     max_attempts: int
     agent_timeout: float
+    max_cost: float | None = None   # USD; once spent, no new attempt starts
 
 
 @dataclass
@@ -72,9 +73,10 @@ class Swarm:
         self.integration = BranchName(run.integration_branch)
         self.cancel = threading.Event()
         self.pool_root = pool_root
-        self.merge_gate: str | None = None     # passed | failed, once the merge result was judged
+        self.merge_gate: str | None = None     # passed | failed | unverified, once judged
         self._ports: dict[tuple[str, int], int] = {}
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wswarm-reaper")
+        self._spent_announced = False
         self._removals: list[Future[None]] = []
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
@@ -169,6 +171,7 @@ class Swarm:
             try:
                 while True:
                     self._block_dependents()
+                    self._stop_when_spent(exclude=set(running.values()))
                     for task_id in self._ready(exclude=set(running.values())):
                         if len(running) >= self.options.agents:
                             break
@@ -205,7 +208,7 @@ class Swarm:
             verdict = judge(self.repo, prober, base=base, integration=self.integration)
         finally:
             prober.close()
-        self.merge_gate = "passed" if verdict.report.passed else "failed"
+        self.merge_gate = verdict.report.verdict
         self.store.set_run(merge_gate=verdict.report.to_json())
         if verdict.guilty is None or verdict.rebuilt is None:
             reason = "" if verdict.report.passed else "the base fails these checks too; nothing to blame"
@@ -248,6 +251,24 @@ class Swarm:
                 self._set(task.id, "blocked", reason=reason)
                 self.store.event("blocked", task.id, reason=reason)
 
+    def _stop_when_spent(self, *, exclude: set[str]) -> None:
+        """Past --max-cost no attempt starts: the tasks still waiting are blocked, saying why.
+        Attempts already running finish (their spend is already committed to)."""
+        limit = self.options.max_cost
+        waiting = [t for t, st in self.state.items() if st.status == "pending" and t not in exclude]
+        if limit is None or not waiting:
+            return
+        spent = self.store.run().cost_usd
+        if spent < limit:
+            return
+        reason = f"not started: the run reached its spending limit (${spent:.2f} spent, --max-cost {limit:g})"
+        if not self._spent_announced:
+            self._spent_announced = True
+            self.store.event("spending-limit", spent_usd=round(spent, 6), max_cost_usd=limit)
+        for task_id in waiting:
+            self._set(task_id, "blocked", reason=reason)
+            self.store.event("blocked", task_id, reason=reason)
+
     def _launch(self, pool: ThreadPoolExecutor, task_id: str) -> Future[Outcome]:
         st = self.state[task_id]
         st.started += 1
@@ -259,7 +280,7 @@ class Swarm:
         self.store.start_attempt(task_id, n, branch=branch, start=start)
         self._ports[(task_id, n)] = self._free_port()
         self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
-                         port=self._ports[(task_id, n)])
+                         port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
         task = self.plan[task_id]
         return pool.submit(self.attempts.run, task, n, branch, start, st.feedback,
                            env=self._task_env(task, n), dependencies=self._dependency_summaries(task))
@@ -315,7 +336,8 @@ class Swarm:
         if out.kind != "gated":
             self.store.finish_attempt(task_id, out.n, outcome=out.kind, head=out.head, reason=out.reason,
                                       gate=report_json, **stats)
-            self.store.event(out.kind, task_id, attempt=out.n, reason=out.reason)
+            self.store.event(out.kind, task_id, attempt=out.n, reason=out.reason,
+                             agent=self.agent_for(out.task).name, gate=out.report.summary() if out.report else None)
             self._retry_or_fail(out, out.feedback)
             return
         # The head is on record before the ref moves, so a crash in between is recoverable.
@@ -334,7 +356,7 @@ class Swarm:
             self.store.finish_attempt(task_id, out.n, outcome="conflict", head=out.head, reason=reason,
                                       gate=report_json, **stats)
             self.store.event("conflict", task_id, attempt=out.n, files=merged.conflicts,
-                             messages=merged.messages)
+                             messages=merged.messages, agent=self.agent_for(out.task).name, gate=out.report.summary())
             self._retry_or_fail(out, self._conflict_feedback(out, merged.conflicts, merged.messages))
             return
         st = self.state[task_id]
@@ -342,7 +364,8 @@ class Swarm:
         self.store.finish_attempt(task_id, out.n, outcome="merged", head=out.head, gate=report_json, **stats)
         self._set(task_id, "merged", merge_commit=merged.merge_commit, summary=out.summary, reason=None,
                   worktree=None)
-        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files)
+        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files,
+                         agent=self.agent_for(out.task).name, gate=out.report.summary())
         self._release(out, keep=False)
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:

@@ -29,6 +29,13 @@ class GateReport:
         return all(r.status != "fail" for r in self.results)
 
     @property
+    def verdict(self) -> Literal["passed", "failed", "unverified"]:
+        """`unverified` when nothing failed but a check could not run: no claim that it passes."""
+        if not self.passed:
+            return "failed"
+        return "unverified" if any(r.status == "not-run" for r in self.results) else "passed"
+
+    @property
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if r.status == "fail"]
 
