@@ -136,3 +136,16 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789abcdef0123456789")
         yield api
+
+
+def idle_slots(repo: Repo) -> list[Path]:
+    """The worktrees besides the user's checkout, after checking each is a slot back in the pool:
+    under the slots folder, on no branch, with nothing left of its last task."""
+    out = repo.git("worktree", "list", "--porcelain")
+    paths = [Path(line.removeprefix("worktree ")) for line in out.splitlines() if line.startswith("worktree ")]
+    others = [p for p in paths if p.resolve() != repo.path.resolve()]
+    for path in others:
+        assert path.parent.resolve() == (repo.state_dir / "slots").resolve(), f"not a slot: {path}"
+        assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == "", f"slot on a branch: {path}"
+        assert git(path, "status", "--porcelain", "--untracked-files=all") == "", f"slot not clean: {path}"
+    return others

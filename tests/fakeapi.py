@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import select
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +39,7 @@ class Reply:
     status: int = 200                          # non-200: an API error of `error_type`
     error_type: str = "api_error"
     error_message: str = "scripted failure"
+    delay: float = 0.0                         # seconds of silence before answering (a slow or hung API)
 
     def message(self, model: str) -> dict[str, Any]:
         stop = self.stop_reason or ("tool_use" if any(b["type"] == "tool_use" for b in self.blocks) else "end_turn")
@@ -97,7 +101,9 @@ class FakeAnthropic:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for one, and every test using the fixture pays it.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     @property
     def url(self) -> str:
@@ -164,6 +170,10 @@ def _handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 return
             reply, rule = api._choose(body)
             self._record(body, rule)
+            if reply.delay:
+                time.sleep(reply.delay)
+                if self._client_gone():
+                    return
             if reply.status != 200:
                 self._json(reply.status, {"type": "error",
                                           "error": {"type": reply.error_type, "message": reply.error_message}})
@@ -173,6 +183,11 @@ def _handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self._stream(message)
             else:
                 self._json(200, message)
+
+        def _client_gone(self) -> bool:
+            """Whether the client hung up while we kept silent (it timed out or was cancelled)."""
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
 
         def _record(self, body: dict[str, Any], rule: int | None) -> None:
             with api._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,17 +97,25 @@ def run_in_group(
     timeout: float,
     cancel: threading.Event | None = None,
     pidfile: Path | None = None,
+    stdin: Path | None = None,
+    stderr: Path | None = None,
 ) -> GroupResult:
     """Run argv in its own process group, stdin closed, stdout+stderr appended to OUTPUT.
+
+    STDIN, when given, is a file fed to the process as its stdin; STDERR, when given, receives
+    stderr (appended) instead of OUTPUT, for a child whose stdout is a machine-readable stream.
 
     On timeout or cancel the whole group is killed (TERM, then KILL): agents and test runners
     start children that would otherwise outlive them. PIDFILE records the group while it runs, so
     a later process can stop it if we die without doing so (see kill_orphan).
     """
     started = time.monotonic()
-    with open(output, "ab") as out:
-        child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open(output, "ab"))
+        source = subprocess.DEVNULL if stdin is None else files.enter_context(open(stdin, "rb"))
+        errors = subprocess.STDOUT if stderr is None else files.enter_context(open(stderr, "ab"))
+        child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=source,
+                                 stdout=out, stderr=errors, start_new_session=True)
         if pidfile is not None:
             pidfile.write_text(f"{child.pid} {_start_time(child.pid)}\n")
         timed_out = cancelled = False

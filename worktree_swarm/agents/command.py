@@ -7,11 +7,15 @@ import re
 import shlex
 import shutil
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.errors import UsageError
 
+# Colour codes and other terminal controls in an agent's output would garble the views' lines.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Shell keywords and builtins are not on PATH but run fine under /bin/sh.
 _SHELL_WORDS = frozenset({"exec", "cd", "test", "[", "true", "false", "echo", "printf", "exit", ".",
@@ -44,9 +48,14 @@ class CommandAgent(Agent):
 
     def run(self, request: AgentRequest, *, cancel: threading.Event) -> AgentResult:
         env = proc.clean_env(agent_env(request))
-        result = proc.run_in_group(proc.shell_argv(self.command), cwd=request.worktree, env=env,
-                                   output=request.log_path, timeout=request.timeout, cancel=cancel,
-                                   pidfile=request.log_path.with_suffix(".pid"))
+        tail = LogActivity(request.log_path, request.activity)
+        tail.start()
+        try:
+            result = proc.run_in_group(proc.shell_argv(self.command), cwd=request.worktree, env=env,
+                                       output=request.log_path, timeout=request.timeout, cancel=cancel,
+                                       pidfile=request.log_path.with_suffix(".pid"))
+        finally:
+            tail.stop()
         summary = last_lines(request.log_path, 5)
         if result.timed_out:
             return AgentResult(ok=False, timed_out=True, summary=summary,
@@ -92,3 +101,55 @@ def last_lines(path: os.PathLike[str], count: int, *, max_bytes: int = 16_384) -
         return ""
     lines = [line.rstrip() for line in data.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+class LogActivity(threading.Thread):
+    """Reports the newest line of a running agent's log as its activity: at most one event per
+    INTERVAL (the last line wins), read from the file only, so the agent itself never waits."""
+
+    def __init__(self, path: Path, report: Callable[[str], None], *, interval: float = 0.3) -> None:
+        super().__init__(name="wswarm-activity", daemon=True)
+        self.path = path
+        self.report = report
+        self.interval = interval
+        self._done = threading.Event()
+        self._offset = 0
+        self._partial = b""
+        self._last = ""
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.check()
+
+    def stop(self) -> None:
+        """Stop polling, then report the line the agent ended with (if it is new)."""
+        self._done.set()
+        if self.is_alive():
+            self.join()
+        self.check()
+
+    def check(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size < self._offset:
+                    self._offset, self._partial = 0, b""
+                # Only the newest output matters: skip what a burst wrote before its last 16 KiB.
+                start = max(self._offset, size - 16_384)
+                if start > self._offset:
+                    self._partial = b""
+                f.seek(start)
+                data = self._partial + f.read(size - start)
+        except FileNotFoundError:
+            return
+        self._offset = size
+        # Progress bars redraw with a carriage return: each redraw is a line of its own.
+        *complete, self._partial = re.split(rb"\r\n|\r|\n", data)
+        self._partial = self._partial[-4096:]
+        for raw in reversed(complete):
+            line = _CONTROL.sub("", raw.decode("utf-8", errors="replace")).strip()
+            if line:
+                if line != self._last:
+                    self._last = line
+                    self.report(line)
+                return

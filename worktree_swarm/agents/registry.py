@@ -37,5 +37,12 @@ def make_agent(spec: AgentConfig) -> Agent:
         if not spec.command:
             raise UsageError(f"agent {spec.name!r} has no command", hint=f"set command in [agents.{spec.name}]")
         return CommandAgent(spec.command, name=spec.name)
-    # kinds "claude" and "anthropic" are added here by their modules' authors
-    raise UsageError(f"agent {spec.name!r} is of kind {spec.kind!r}, which this version cannot run yet")
+    if spec.kind == "anthropic":
+        from worktree_swarm.agents.tool_loop import AnthropicAgent
+
+        return AnthropicAgent(spec)
+    if spec.kind == "claude":
+        from worktree_swarm.agents.claude import ClaudeCodeAgent
+
+        return ClaudeCodeAgent(spec)
+    raise UsageError(f"agent {spec.name!r} is of kind {spec.kind!r}, which this version cannot run")
