@@ -123,6 +123,9 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
     git("update-ref", f"refs/heads/{integration}", base, ZERO, cwd=repo, env=env)
     head = [base]                      # the integration tip, read and moved under merge_lock
     merge_lock = threading.Lock()
+    # Concurrent `worktree add` and `remove` race on .git/worktrees (an add fails when a remove deletes
+    # the emptied folder under it: seen here at N=200); any orchestrator must serialize them, as wswarm does.
+    admin_lock = threading.Lock()
     todo: queue.Queue[tuple[int, str]] = queue.Queue()
     for item in enumerate(ids):
         todo.put(item)
@@ -135,7 +138,8 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
         wt = wt_root / f"raw-{i:05d}"  # unique basenames: parallel worktree add can fail otherwise
         with merge_lock:
             start = head[0]
-        git("worktree", "add", "--quiet", "-b", branch, wt, start, cwd=repo, env=env)
+        with admin_lock:
+            git("worktree", "add", "--quiet", "-b", branch, wt, start, cwd=repo, env=env)
         task_env = dict(env, WSWARM_TASK_ID=tid, WSWARM_ATTEMPT="1", WSWARM_WORKTREE=str(wt))
         subprocess.run(["/bin/sh", "-c", AGENT_CMD], cwd=wt, env=task_env, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, check=True)
@@ -151,7 +155,8 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
                          input=f"merge {tid}\n").strip()
             git("update-ref", f"refs/heads/{integration}", commit, ours, cwd=repo, env=env)
             head[0] = commit
-        git("worktree", "remove", "--force", wt, cwd=repo, env=env)
+        with admin_lock:
+            git("worktree", "remove", "--force", wt, cwd=repo, env=env)
 
     def worker() -> None:
         while not errors:

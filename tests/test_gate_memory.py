@@ -91,8 +91,10 @@ def test_branches_are_judged_only_on_what_they_make_newly_fail(repo: Repo, agent
     assert "test tests/test_new.py::test_regression" in str(gate("bug")["output"])
     assert gate("fix")["status"] == "pass"
     assert gate("fix")["note"] == "fixes the base's 1 failure"
-    # The base was checked in a worktree of its own, which is gone.
-    assert len(repo.git("worktree", "list").splitlines()) == 2   # the checkout and the failed task's
+    # The base was checked in a worktree of its own, which is gone (slots and the checkout remain).
+    listed = [line for line in repo.git("worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+    assert listed and not [line for line in listed if line.endswith("--base")]
+    assert all(line == f"worktree {repo.path}" or "/.git/wswarm/slots/" in line for line in listed)
 
 
 def test_a_real_pytest_suite_that_already_fails_still_lets_good_tasks_merge(repo: Repo, agent_script: object) -> None:

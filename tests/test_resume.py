@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, idle_slots, wswarm, write_plan
 
 # Each task appends its id to its own file; "slow" tasks wait long enough to be interrupted, and
 # record their pid so the test can prove no agent outlives the orchestrator.
@@ -84,8 +84,8 @@ def test_interrupt_saves_state_kills_agents_and_resume_finishes(repo: Repo, agen
     assert data["state"] == "interrupted"
     assert statuses(repo) == {"first": "merged", "slow-a": "pending", "slow-b": "pending", "last": "pending"}
     wait_for(lambda: not any(alive(pid) for pid in agent_pids(pids)), timeout=10)
-    # Interrupted attempts leave no worktree behind.
-    assert len(repo.git("worktree", "list").splitlines()) == 1
+    # Interrupted attempts leave no worktree behind: their slots are back in the pool, clean.
+    assert len(idle_slots(repo)) == 2
 
     (pids / "go").write_text("")
     res = wswarm(repo.path, "resume", env={"PIDS": str(pids)})
@@ -120,6 +120,9 @@ def test_sigkill_never_leaves_a_running_status(repo: Repo, agent_script: object,
     assert not any(alive(pid) for pid in orphans)   # resume did
     assert set(statuses(repo).values()) == {"merged"}
     res = wswarm(repo.path, "clean")
+    assert res.returncode == 0, res.stderr
+    idle_slots(repo)
+    res = wswarm(repo.path, "clean", "--slots")
     assert res.returncode == 0, res.stderr
     assert len(repo.git("worktree", "list").splitlines()) == 1
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Repo, Result, wswarm, write_plan
+from conftest import Repo, Result, git, wswarm, write_plan
 
 AgentScript = Callable[..., str]
 
@@ -150,6 +150,14 @@ def branches(repo: Repo, prefix: str = "") -> list[str]:
 def worktree_paths(repo: Repo) -> list[Path]:
     out = repo.git("worktree", "list", "--porcelain")
     return [Path(line.removeprefix("worktree ")) for line in out.splitlines() if line.startswith("worktree ")]
+
+
+def assert_idle_slots(repo: Repo, paths: list[Path]) -> None:
+    """Slots back in the pool: under the slots folder, on no branch, nothing left of their last task."""
+    for path in paths:
+        assert path.parent.resolve() == (repo.state_dir / "slots").resolve(), path
+        assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == "", path
+        assert git(path, "status", "--porcelain", "--untracked-files=all") == "", path
 
 
 # -- 1. parallel tasks ---------------------------------------------------------------------------
@@ -293,9 +301,9 @@ def test_agent_environment_contract(repo: Repo, agent_script: AgentScript, rec_d
         assert "# Task `env-task` (backend)\n\nCheck the environment" in env["prompt_text"]
         assert env["WSWARM_TASK_JSON"] == str(adir / "task.json")
         assert env["task_json"]["task"]["id"] == "env-task" and env["task_json"]["attempt"] == n
-        # cwd is the attempt's own worktree, on its own branch, never the user's checkout.
-        worktree = repo.state_dir / "worktrees" / f"{st['run']}--env-task--{n}"
-        assert Path(env["cwd"]).resolve() == worktree.resolve()
+        # cwd is the attempt's own worktree (a slot), on its own branch, never the user's checkout.
+        worktree = Path(env["cwd"])
+        assert worktree.parent.resolve() == (repo.state_dir / "slots").resolve() and worktree.name.startswith("slot-")
         assert Path(env["toplevel"]).resolve() == worktree.resolve()
         assert env["head"] == f"refs/heads/wswarm/{st['run']}/tasks/env-task/{n}"
         assert env["GIT_DIR"] is None
@@ -587,12 +595,14 @@ def test_failed_task_blocks_dependents_while_others_merge(repo: Repo, agent_scri
     assert (attempt_dir(repo, st, "broken", 2) / "agent.log").read_text() == "cannot do this\n"
     started = {e["task"] for e in events(repo, st) if e["kind"] == "attempt-started"}
     assert started == {"broken", "solo"}
-    # The failed task's last worktree is kept; merged ones are gone.
-    kept = repo.state_dir / "worktrees" / f"{run}--broken--2"
-    assert tasks["broken"]["worktree"] == str(kept)
-    assert kept.is_dir()
-    assert sorted(p.name for p in (repo.state_dir / "worktrees").iterdir()) == [kept.name]
-    assert [p.resolve() for p in worktree_paths(repo)] == [repo.path.resolve(), kept.resolve()]
+    # The failed task's last worktree is kept, on its branch; the merged task's went back to the
+    # pool of slots: idle, detached, clean.
+    kept = Path(tasks["broken"]["worktree"])
+    assert kept.parent == repo.state_dir / "slots" and kept.is_dir()
+    assert git(kept, "symbolic-ref", "HEAD") == f"refs/heads/wswarm/{run}/tasks/broken/2"
+    others = [p for p in worktree_paths(repo) if p.resolve() not in (repo.path.resolve(), kept.resolve())]
+    assert_idle_slots(repo, others)
+    assert not (repo.state_dir / "worktrees").exists() or not any((repo.state_dir / "worktrees").iterdir())
     assert repo.show(st["integration_branch"], "app/solo.py") == "OK = 1"
     pr = (run_dir(repo, st) / "pr.md").read_text()
     assert "1 of 4 tasks merged; clean-run ratio **1/4** (25%) merged on their first attempt." in pr
@@ -883,7 +893,8 @@ def test_clean_removes_worktrees_and_task_branches_but_not_integration(repo: Rep
     run, integration = st["run"], st["integration_branch"]
     kept = Path(by_id(st)["bad"]["worktree"])
     assert kept.is_dir()
-    assert len(worktree_paths(repo)) == 2
+    idle = [p for p in worktree_paths(repo) if p.resolve() not in (repo.path.resolve(), kept.resolve())]
+    assert_idle_slots(repo, idle)
     assert branches(repo, "wswarm/") == sorted([integration, f"wswarm/{run}/tasks/good/1",
                                               f"wswarm/{run}/tasks/bad/1"])
     integration_sha = repo.git("rev-parse", integration)
@@ -891,17 +902,20 @@ def test_clean_removes_worktrees_and_task_branches_but_not_integration(repo: Rep
     assert cleaned.returncode == 0, cleaned.stderr
     assert cleaned.stdout == f"cleaned {run}: 1 worktrees, 2 branches removed\n"
     assert not kept.exists()
-    assert [p.resolve() for p in worktree_paths(repo)] == [repo.path.resolve()]
+    # Idle slots are kept for the next run; `--slots` removes them too.
+    assert worktree_paths(repo) == [repo.path, *idle]
     assert branches(repo, "wswarm/") == [integration]
     assert repo.git("rev-parse", integration) == integration_sha
     assert repo.git("symbolic-ref", "HEAD") == "refs/heads/main"
     assert repo.git("status", "--porcelain") == ""
     assert run_dir(repo, st).is_dir()              # the run's state and logs stay
     assert status(repo)["run"] == run
-    again = wswarm(repo.path, "clean", "--integration")
+    again = wswarm(repo.path, "clean", "--integration", "--slots")
     assert again.returncode == 0, again.stderr
-    assert again.stdout == f"cleaned {run}: 0 worktrees, 1 branches removed\n"
+    assert again.stdout == f"cleaned {run}: 0 worktrees, 1 branches, {len(idle)} slots removed\n"
     assert branches(repo) == ["main"]
+    assert [p.resolve() for p in worktree_paths(repo)] == [repo.path.resolve()]
+    assert not any((repo.state_dir / "slots").iterdir())
 
 
 # -- 16. status, logs, pr -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from worktree_swarm.errors import UsageError
 from worktree_swarm.git.refs import run_prefix, task_branch_prefix
 from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.slot_files import forget_slot, remove_slots
 from worktree_swarm.git.worktrees import list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.state import RunStore, find_run, list_runs
 from worktree_swarm.types import RunId
@@ -19,11 +20,18 @@ class Cleaned:
     runs: list[str]
     worktrees: int
     branches: int
+    slots: int | None = None        # removed with --slots
+    slots_in_use: int = 0           # held by a run in progress, left alone
 
 
-def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forget: bool) -> Cleaned:
-    """Clean one run (default: the newest) or every run; a run being driven right now is refused."""
+def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forget: bool,
+          slots: bool = False) -> Cleaned:
+    """Clean one run (default: the newest) or every run; a run being driven right now is refused.
+    With SLOTS, also every slot no running wswarm holds (with no runs at all, only those)."""
     repo = Repo.discover(cwd)
+    if slots and run is None and not list_runs(repo.state_dir):
+        removed, busy = remove_slots(repo)
+        return Cleaned([], 0, 0, removed, busy)
     folders = list_runs(repo.state_dir) if all_runs else [find_run(repo.state_dir, run)]
     for folder in folders:
         store = RunStore.open(folder)
@@ -41,6 +49,7 @@ def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forg
         for info in infos:
             if (info.branch and info.branch.startswith(tasks)) or info.path.name.startswith(f"{run_id}--"):
                 remove_worktree(repo, info.path)
+                forget_slot(repo, info.path)     # a failed task's slot: its record goes with it
                 worktrees += 1
         prefix = run_prefix(run_id) if integration else tasks
         for branch in repo.branches(prefix):
@@ -49,4 +58,7 @@ def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forg
         if forget:
             shutil.rmtree(folder)
     prune_worktrees(repo)
-    return Cleaned([f.name for f in folders], worktrees, branches)
+    if not slots:
+        return Cleaned([f.name for f in folders], worktrees, branches)
+    removed, busy = remove_slots(repo)
+    return Cleaned([f.name for f in folders], worktrees, branches, removed, busy)

@@ -32,6 +32,16 @@ class WorktreePool(ABC):
     def release(self, path: Path, *, keep: bool) -> None:
         """Give a checkout back; keep=True leaves it on disk for inspection."""
 
+    def setup_needed(self, path: Path) -> bool:
+        """Whether the worktree setup step must run in PATH before its agent (a fresh checkout: always)."""
+        return True
+
+    def setup_done(self, path: Path) -> None:
+        """The setup step succeeded in PATH."""
+
+    def close(self) -> None:
+        """The run is over: stop making checkouts and let go of the ones this pool holds."""
+
 
 class FreshWorktrees(WorktreePool):
     """A new `git worktree add` per attempt, each folder with its own basename under ROOT."""
