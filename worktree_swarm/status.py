@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.refs import encode
 from worktree_swarm.state import ACTIVE_STATUSES, RunStore
 
 
@@ -30,21 +28,3 @@ def status_data(store: RunStore) -> dict[str, Any]:
             "created": run.created, "finished": run.finished,
             "pr": str(store.dir / "pr.md") if (store.dir / "pr.md").exists() else None}
 
-
-def activity(store: RunStore, task_id: str, attempt: int) -> str:
-    """The last line the task's current attempt wrote to its log."""
-    from worktree_swarm.agents.command import last_lines
-
-    if attempt < 1:
-        return ""
-    log = store.dir / "attempts" / encode(task_id) / str(attempt) / "agent.log"
-    return last_lines(log, 1) if log.exists() else ""
-
-
-def elapsed(store: RunStore) -> dict[str, float]:
-    """Seconds each task's latest attempt has been running (or ran)."""
-    now = time.time()
-    out: dict[str, float] = {}
-    for a in store.attempts():
-        out[a.task_id] = (a.finished or now) - a.started
-    return out
