@@ -182,13 +182,12 @@ def test_agents_zero_is_a_usage_error(repo: Repo, tmp_path: Path, agent_script: 
     assert snapshot(repo.path) == before
 
 
-def test_a_goal_without_a_plan_points_at_plan(repo: Repo) -> None:
+def test_a_goal_with_no_terminal_to_confirm_on_is_refused_before_planning(repo: Repo) -> None:
     before = snapshot(repo.path)
     res = wswarm(repo.path, "start", "some goal")
-    assert_one_line_rejection(res, "this version runs plan files only: pass --plan plan.json "
-                                   "(got the goal 'some goal' without a plan)")
-    assert res.stderr.splitlines()[1] == ("hint: write the tasks as in docs/plan-format.md, then: "
-                                          "wswarm start --plan plan.json")
+    assert_one_line_rejection(res, "a planned run needs your confirmation, and there is no terminal to ask on")
+    assert res.stderr.splitlines()[1] == ('hint: pass --yes to run the plan unseen, or review it first: '
+                                          'wswarm plan "GOAL" -o plan.json, then wswarm start --plan plan.json')
     assert not repo.state_dir.exists()
     assert snapshot(repo.path) == before
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, idle_slots, wswarm, write_plan
 
 # Agents record their pid, take a moment, then write their own file; "b" builds on "a".
 AGENT = """
@@ -56,9 +56,11 @@ def merges_per_task(repo: Repo, branch: str) -> dict[str, int]:
 
 def events(repo: Repo) -> list[dict[str, object]]:
     runs = repo.state_dir / "runs"
-    if not runs.is_dir() or not any(runs.iterdir()):
+    # Only run folders: a write-test file can come and go beside them.
+    run_dir = next((p for p in runs.iterdir() if p.is_dir()), None) if runs.is_dir() else None
+    if run_dir is None:
         return []
-    path = next(runs.iterdir()) / "events.jsonl"
+    path = run_dir / "events.jsonl"
     if not path.exists():
         return []
     out = []
@@ -110,6 +112,10 @@ def test_sigkill_anywhere_then_resume_gives_the_same_tree(repo: Repo, agent_scri
     for pidfile in pids.iterdir():
         assert not alive(int(pidfile.read_text())), pidfile.name
     res = wswarm(repo.path, "clean")
+    assert res.returncode == 0, res.stderr
+    # Slots the killed run held were reset by the resumed run's pool: idle, clean, on no branch.
+    idle_slots(repo)
+    res = wswarm(repo.path, "clean", "--slots")
     assert res.returncode == 0, res.stderr
     assert len(repo.git("worktree", "list").splitlines()) == 1
     leftovers = list((repo.state_dir / "worktrees").glob("*")) if (repo.state_dir / "worktrees").exists() else []
@@ -187,3 +193,37 @@ def test_new_commits_on_the_users_branch_mid_run_do_not_disturb_it(repo: Repo, a
     assert repo.git("rev-parse", "HEAD") == mine
     assert subprocess.run(["git", "merge-base", "--is-ancestor", mine, branch], cwd=repo.path).returncode == 1
     assert repo.git("status", "--porcelain") == ""
+
+
+def _file_size_limit(limit: int) -> None:
+    """In the child: writes past LIMIT bytes fail with EFBIG, as on a full disk (SIGXFSZ, which
+    would kill the process instead, is ignored, as a shell does for `ulimit -f`)."""
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_while_writing_state_stops_the_run_resumably(repo: Repo, agent_script: object,
+                                                                  tmp_path: Path) -> None:
+    env, _ = prepare(repo, tmp_path)
+    agent = agent_script(AGENT)  # type: ignore[operator]
+    res = subprocess.run([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent], cwd=repo.path,
+                         env=dict(os.environ, **env, AGENT_SLEEP="0"), capture_output=True, text=True,
+                         preexec_fn=lambda: _file_size_limit(120_000), timeout=120)
+    # One clear line and the way on; no traceback, no "internal error".
+    assert res.returncode == 130, res.stderr
+    # The run was created and got going before the disk filled up (its limit leaves room for that).
+    assert "stopped: no space left to write" in res.stderr and "wswarm resume" in res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    assert wswarm(repo.path, "status", "--json").json()["state"] == "interrupted"
+    # No task was charged for the machine's problem, and what was merged stays merged.
+    merged_before = merges_per_task(repo, integration(repo))
+    assert all(count == 1 for count in merged_before.values())
+
+    res = wswarm(repo.path, "resume", env=dict(env, AGENT_SLEEP="0"))
+    assert res.returncode == 0, res.stderr
+    branch = integration(repo)
+    assert_final_tree(repo, branch)
+    assert merges_per_task(repo, branch) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    tasks = wswarm(repo.path, "status", "--json").json()["tasks"]
+    assert all(t["status"] == "merged" for t in tasks)

@@ -635,6 +635,7 @@ def test_events_after_a_torn_last_line_are_kept(tmp_path: Path) -> None:
         f.write('{"ts": 1.0, "kind": "task-fin')
     resumed = RunStore.open(store.dir)
     try:
+        assert resumed.acquire_lock()            # only the run's driver repairs the log
         resumed.event("run-resumed", run=RUN)
         assert [e["kind"] for e in resumed.events()] == ["run-started", "run-resumed"]
     finally:

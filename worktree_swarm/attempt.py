@@ -6,6 +6,7 @@ It decides nothing about what follows; the orchestrator settles each Outcome.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt
 from worktree_swarm.config import Config
-from worktree_swarm.errors import WswarmError
-from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.errors import DiskFullError, WswarmError, no_room
+from worktree_swarm.gate.builtin import redact_secrets, scrub_logs
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport, tail
@@ -87,20 +88,35 @@ class AttemptRunner:
             out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
             self.store.set_task(task.id, worktree=str(out.worktree))
             return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies)
-        except (WswarmError, OSError) as exc:
+        except DiskFullError:
+            raise
+        except (WswarmError, OSError, sqlite3.OperationalError) as exc:
+            if no_room(exc):
+                # A full disk is the machine's problem, not the task's: it stops the run (resumable)
+                # instead of costing the task an attempt.
+                raise DiskFullError(f"no space left to write: {exc}") from exc
             out.kind, out.reason = "error", str(exc).splitlines()[0]
             out.feedback = str(exc)
             # The whole message (git's own words) stays with the attempt, not just its first line.
             (adir / "error.log").write_text(str(exc) + "\n", encoding="utf-8", errors="replace")
             return out
+        finally:
+            # A key an agent or a check printed stays out of every log wswarm keeps.
+            scrub_logs(adir, known=self.secret_values)
 
     def _attempt_in(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
                     env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
         task = out.task
         agent = self.agent_for(task)
         request = self._request(out, worktree, adir, feedback, env, dependencies, agent=agent.name)
-        if self.config.worktree.setup and not self._setup(out, worktree, adir, env):
-            return out
+        if self.config.worktree.setup:
+            # A slot whose setup inputs are unchanged since it last ran the step keeps its environment.
+            if not self.pool.setup_needed(worktree):
+                self.store.event("setup-skipped", task.id, attempt=out.n, reason="setup inputs unchanged")
+            elif not self._setup(out, worktree, adir, env):
+                return out
+            else:
+                self.pool.setup_done(worktree)
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         result = agent.run(request, cancel=self.cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
@@ -135,7 +151,8 @@ class AttemptRunner:
             return out
         out.changes = changed_files(self.repo, out.start, out.head)
         self.store.set_task(task.id, status="gating")
-        self.store.event("gate-started", task.id, attempt=out.n)
+        self.store.event("gate-started", task.id, attempt=out.n, agent=agent.name,
+                         files=[c.path for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
                             env=env, log_dir=adir, cache=self.cache, cancel=self.cancel)

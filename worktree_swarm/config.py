@@ -38,8 +38,9 @@ class GateConfig:
 @dataclass(frozen=True)
 class WorktreeConfig:
     setup: str | None = None
-    setup_inputs: tuple[str, ...] = ()
+    setup_inputs: tuple[str, ...] = ()     # globs, relative to the checkout: what the setup step reads
     keep_ignored: bool = True
+    slots: bool = True                      # reuse worktrees between tasks; false: a fresh one per attempt
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class PlannerConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_cost_usd: float | None = None
+    # Admission control: no new agent starts while one of these is exceeded (one always may when
+    # none is running). Defaults that leave an idle machine alone and protect a busy laptop.
+    max_load: float | None = 4.0                # 1-minute load average per logical CPU
+    min_free_memory_mb: float | None = 1024.0   # memory available to new processes
+    min_free_disk_mb: float | None = 2048.0     # on the filesystem of the git common dir
+    disk_budget_mb: float | None = None         # what wswarm's folder (slots, worktrees, logs) may use
 
 
 @dataclass(frozen=True)
@@ -207,9 +214,14 @@ def _gate(s: _Section) -> GateConfig:
 
 
 def _worktree(s: _Section) -> WorktreeConfig:
-    s.only("setup", "setup_inputs", "keep_ignored")
-    return WorktreeConfig(setup=s.text("setup"), setup_inputs=s.texts("setup_inputs"),
-                          keep_ignored=s.flag("keep_ignored", True))
+    s.only("setup", "setup_inputs", "keep_ignored", "slots")
+    inputs = s.texts("setup_inputs")
+    for pattern in inputs:
+        if not pattern or pattern.startswith("/") or ".." in Path(pattern).parts:
+            raise ConfigError(f"{s.source}: {s.where}setup_inputs has {pattern!r}; give paths or globs inside "
+                              "the checkout, such as \"package-lock.json\" or \"requirements/*.txt\"")
+    return WorktreeConfig(setup=s.text("setup"), setup_inputs=inputs, keep_ignored=s.flag("keep_ignored", True),
+                          slots=s.flag("slots", True))
 
 
 def _agents(s: _Section) -> AgentsConfig:
@@ -249,5 +261,12 @@ def _planner(s: _Section) -> PlannerConfig:
 
 
 def _limits(s: _Section) -> LimitsConfig:
-    s.only("max_cost_usd")
-    return LimitsConfig(max_cost_usd=s.number("max_cost_usd", None))
+    s.only("max_cost_usd", "max_load", "min_free_memory_mb", "min_free_disk_mb", "disk_budget_mb")
+    floors = {}
+    for key in ("min_free_memory_mb", "min_free_disk_mb"):
+        value = s._get(key, (int, float), "a number of megabytes")
+        if value is not None and value < 0:
+            raise ConfigError(f"{s.source}: {s.where}{key} must be 0 (no minimum) or more")
+        floors[key] = float(value) if value is not None else getattr(LimitsConfig, key)
+    return LimitsConfig(max_cost_usd=s.number("max_cost_usd", None), max_load=s.number("max_load", 4.0),
+                        disk_budget_mb=s.number("disk_budget_mb", None), **floors)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
@@ -50,6 +53,26 @@ class CommandError(WswarmError):
         self.argv = argv
         self.returncode = returncode
         self.output = output
+
+
+class DiskFullError(WswarmError):
+    """The disk (or a file-size limit) refused a write of the run's state. The run stops as if
+    interrupted: what was written before stays valid, and `wswarm resume` continues."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+# errno values that mean "no room to write": no space, quota exceeded, file too large.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_room(exc: BaseException) -> bool:
+    """Whether EXC is the disk refusing a write (an OSError, or SQLite saying so)."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    # SQLite reports a refused write as SQLITE_FULL, or as an I/O error when the OS said EFBIG.
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        words in str(exc).lower() for words in ("disk is full", "disk i/o error"))
 
 
 class RefMovedError(WswarmError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from worktree_swarm import proc
 from worktree_swarm.errors import CommandError, UsageError
@@ -33,8 +34,9 @@ def pr_title(run: RunRow, tasks: Sequence[TaskRow]) -> str:
     return f"wswarm: {goal} ({merged}/{len(tasks)} tasks)"
 
 
-def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> str:
-    """The Markdown body of the combined PR."""
+def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],
+              events: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The Markdown body of the combined PR; EVENTS add what the run noticed beside the tasks."""
     by_task: dict[str, list[AttemptRow]] = {}
     for a in attempts:
         by_task.setdefault(a.task_id, []).append(a)
@@ -86,6 +88,12 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
         for t in trouble:
             where = f" (kept for inspection: `{t.branch}`)" if t.status == "failed" and t.branch else ""
             lines.append(f"- `{t.id}` {t.status}: {_one_line(t.reason)}{where}")
+    shared = [e for e in events if e.get("kind") == "shared-state-changed"]
+    if shared:
+        lines += ["", "## Warnings", "", "The user's checkout, branches or stash changed during the run:", ""]
+        for e in shared:
+            who = ", ".join(f"`{a}`" for a in e.get("agents_running") or []) or "no agent"
+            lines.append(f"- while {who} ran: {_one_line(str(e.get('detail', '')))}")
     if merged:
         lines += ["", "## What each task did", ""]
         for t in merged:

@@ -8,10 +8,11 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pygit2
 
@@ -19,16 +20,18 @@ from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.agents.registry import agent_for_task
 from worktree_swarm.config import Config, load_config
-from worktree_swarm.errors import EXIT_INTERRUPTED, UsageError, WswarmError
+from worktree_swarm.errors import EXIT_INTERRUPTED, DiskFullError, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo, require_git
-from worktree_swarm.git.worktrees import FreshWorktrees, list_worktrees, prune_worktrees, remove_worktree
+from worktree_swarm.git.slot_files import keep_aside
+from worktree_swarm.git.slots import open_pool
+from worktree_swarm.git.worktrees import WorktreePool, list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
 from worktree_swarm.state import RunStore, ensure_writable, find_run, runs_dir
 from worktree_swarm.swarm import Swarm, SwarmOptions
-from worktree_swarm.types import RunId
+from worktree_swarm.types import RunId, Sha
 
 Notify = Callable[[str], None]
 View = Callable[[RunStore], AbstractContextManager[object]]
@@ -40,13 +43,16 @@ class Interrupted(WswarmError):
 
 @dataclass(frozen=True)
 class StartOptions:
-    plan_path: Path
+    plan_path: Path | None = None       # a plan file, or
+    plan: Plan | None = None            # a plan already built (by the planner)
     base: str = "HEAD"
     agents: int | None = None
     max_attempts: int | None = None
     agent_cmd: str | None = None
     timeout: float | None = None
     title: str | None = None
+    max_cost: float | None = None       # USD; default [limits] max_cost_usd
+    planner_usage: Mapping[str, Any] | None = None   # what planning it cost: Planned.usage()
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,14 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     repo = Repo.discover(cwd)
     require_git(repo.root)
     config, detected = with_detected_checks(load_config(repo.root), repo.root)
-    plan = load_plan(options.plan_path)
+    plan = _the_plan(options)
     base = repo.resolve_commit(options.base)
     repo.check_identity()
     swarm_options = SwarmOptions(
         agents=options.agents or config.agents.concurrency,
         max_attempts=options.max_attempts or config.agents.max_attempts,
         agent_timeout=options.timeout or config.agents.timeout,
+        max_cost=options.max_cost if options.max_cost is not None else config.limits.max_cost_usd,
     )
     agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
     if _has_gitmodules(repo, base) and not config.worktree.setup:
@@ -92,7 +99,9 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     run_dir = runs_dir(repo.state_dir) / run_id
     opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
             "agent_timeout": swarm_options.agent_timeout, "agent_cmd": options.agent_cmd,
-            "title": options.title or options.plan_path.stem, "plan_path": str(options.plan_path),
+            "title": options.title or (options.plan_path.stem if options.plan_path else "plan"),
+            "plan_path": str(options.plan_path or run_dir / "plan.json"),
+            "max_cost": swarm_options.max_cost,
             # The PR's base must be a branch: HEAD means the branch checked out right now.
             "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
     store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
@@ -104,11 +113,24 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         store.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if options.plan_path is None:
+        (run_dir / "plan.json").write_text(plan.to_json() + "\n", encoding="utf-8")
+    if options.planner_usage:
+        store.add_run_cost(float(options.planner_usage.get("cost_usd") or 0.0))
+        store.event("planned", run=run_id, **options.planner_usage)
     store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
     notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents, integration branch {branch}")
     if detected:
         notify(detected)
     return _drive(repo, config, plan, store, swarm_options, agent_for, view)
+
+
+def _the_plan(options: StartOptions) -> Plan:
+    if options.plan is not None:
+        return options.plan
+    if options.plan_path is None:
+        raise UsageError("no plan to run", hint="pass --plan plan.json, or a goal for the planner")
+    return load_plan(options.plan_path)
 
 
 def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = None) -> RunResult:
@@ -150,8 +172,12 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
 def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: SwarmOptions,
            agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
     row = store.run()
+    pool: WorktreePool | None = None
     try:
-        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=FreshWorktrees(repo, worktrees_dir(repo)),
+        # Slots start checking out now, while the scheduler reads the state and plans its first launches.
+        pool = open_pool(repo, config.worktree, size=options.agents, fresh_root=worktrees_dir(repo),
+                         start=repo.branch_sha(row.integration_branch) or Sha(row.base))
+        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=pool,
                       agent_for=agent_for, options=options, pool_root=worktrees_dir(repo))
         pr_path = store.dir / "pr.md"
         _stop_on_hangup()
@@ -164,11 +190,18 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
                 store.event("run-interrupted", run=row.id)
                 raise Interrupted(f"interrupted: run {row.id} saved",
                                   hint=f"continue with: wswarm resume {row.id}") from None
-            pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts()), encoding="utf-8")
+            except DiskFullError as exc:
+                # Nothing more can be written; the lock released at exit makes the run read as
+                # interrupted, and every state change before this one is intact.
+                raise DiskFullError(f"run {row.id} stopped: {exc.message}",
+                                    hint=f"free some disk space, then continue with: wswarm resume {row.id}") from None
+            pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()), encoding="utf-8")
             store.set_run(state="finished", finished=time.time())
             store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
+        if pool is not None:
+            pool.close()
         store.close()
 
 
@@ -184,6 +217,9 @@ def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:
     worktrees of attempts that are over (a failed task's last one stays for inspection)."""
     killed = sum(proc.kill_orphan(pidfile) for pidfile in store.dir.rglob("*.pid"))
     keep = {t.worktree for t in store.tasks() if t.status == "failed" and t.worktree}
+    # A failed task's slot the crash kept from being set aside; the other slots the dead run held
+    # are reset by the next pool that claims them.
+    keep_aside(repo, keep)
     removed = 0
     for info in list_worktrees(repo):
         if info.path.name.startswith(f"{run_id}--") and str(info.path) not in keep:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import RunNotFoundError, UsageError
+from worktree_swarm.errors import DiskFullError, RunNotFoundError, UsageError, no_room
 from worktree_swarm.git.refs import encode
 from worktree_swarm.types import RunId
 
@@ -106,14 +106,7 @@ class RunStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
-        events = run_dir / "events.jsonl"
-        self._events = open(events, "a", encoding="utf-8")
-        # A crash can cut the last line short; end it so the next event starts a line of its own.
-        if events.stat().st_size:
-            with open(events, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    self._events.write("\n")
+        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- creation and lookup -------------------------------------------------------------------
@@ -154,7 +147,12 @@ class RunStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            yield self._db
+            try:
+                yield self._db
+            except sqlite3.OperationalError as exc:
+                if no_room(exc):
+                    raise DiskFullError(f"no space left to write the run's state ({exc})") from exc
+                raise
 
     # -- liveness ------------------------------------------------------------------------------
 
@@ -169,6 +167,15 @@ class RunStore:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        # A crash can cut the last event short; end it so the next one starts a line of its own.
+        # Only the lock holder may: a reader doing it could split a line being written.
+        events = self.dir / "events.jsonl"
+        if events.stat().st_size:
+            with open(events, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._events.write("\n")
+                    self._events.flush()
         return True
 
     def release_lock(self) -> None:
@@ -254,6 +261,11 @@ class RunStore:
             db.execute("UPDATE run SET cost_usd = cost_usd + ?", (usd,))
             db.execute("COMMIT")
 
+    def add_run_cost(self, usd: float) -> None:
+        """Spend that belongs to no task (the planner's): counted in the run's total only."""
+        with self._tx() as db:
+            db.execute("UPDATE run SET cost_usd = cost_usd + ?", (usd,))
+
     def _update(self, table: str, where: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
         # Column names come from our own keyword arguments, never from task or model text.
         columns = ", ".join(f"{name} = ?" for name in fields)
@@ -270,8 +282,13 @@ class RunStore:
         record.update(data)
         line = json.dumps(record, ensure_ascii=False)
         with self._lock:
-            self._events.write(line + "\n")
-            self._events.flush()
+            try:
+                self._events.write(line + "\n")
+                self._events.flush()
+            except OSError as exc:
+                if no_room(exc):
+                    raise DiskFullError(f"no space left to write the run's event log ({exc.strerror})") from exc
+                raise
         for listener in self.listeners:
             listener(record)
         return record

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
+from worktree_swarm import admission
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.config import Config
@@ -31,6 +32,7 @@ from worktree_swarm.git.refs import task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.merge import merge_branch, merge_message
+from worktree_swarm.guard import Guard
 from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
@@ -77,8 +79,15 @@ class Swarm:
         self._ports: dict[tuple[str, int], int] = {}
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wswarm-reaper")
         self._spent_announced = False
+        self.guard = Guard(repo)
+        self._live: set[tuple[str, int]] = set()       # attempts running now
+        self._window: set[tuple[str, int]] = set()     # attempts that ran since the last guard check
+        self._suspects: set[tuple[str, int]] = set()   # ran while shared git state changed
+        self._suspect_reason = ""
         self._removals: list[Future[None]] = []
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
+        self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
+                                           lambda kind, data: self.store.event(kind, **data))
         self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
         self.state: dict[str, _TaskState] = {}
         self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
@@ -152,6 +161,7 @@ class Swarm:
                     break
         finally:
             self._reap()
+            self.throttle.admission.close()
         return self.merge_gate != "failed" and all(st.status == "merged" for st in self.state.values())
 
     def _drive(self) -> None:
@@ -173,7 +183,7 @@ class Swarm:
                     self._block_dependents()
                     self._stop_when_spent(exclude=set(running.values()))
                     for task_id in self._ready(exclude=set(running.values())):
-                        if len(running) >= self.options.agents:
+                        if len(running) >= self.options.agents or not self.throttle.admit(running=len(running)):
                             break
                         running[self._launch(pool, task_id)] = task_id
                     if not running:
@@ -278,6 +288,8 @@ class Swarm:
         branch = task_branch(self.run_id, task_id, n)
         self._set(task_id, "running", attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
+        self._live.add((task_id, n))
+        self._window.add((task_id, n))
         self._ports[(task_id, n)] = self._free_port()
         self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
@@ -318,7 +330,33 @@ class Swarm:
 
     # -- deciding what follows (orchestrator thread) -------------------------------------------
 
+    def _watch_shared_state(self, out: Outcome) -> None:
+        """Before an attempt is judged: did the user's checkout, branches or stash change while it
+        ran? Lost stash entries are already restored; a git-level change (a switched checkout, a
+        popped stash) fails every attempt that ran meanwhile, since any of them may carry what it
+        took, and none is merged on trust."""
+        me = (out.task.id, out.n)
+        self._live.discard(me)
+        findings = self.guard.check()
+        ran, self._window = sorted(self._window), set(self._live)
+        if not findings.changes:
+            return
+        self.store.event("shared-state-changed", detail=findings.describe(), restored=findings.restored or None,
+                         agents_running=[f"{t}#{n}" for t, n in ran],
+                         blamed=len(ran) == 1 and findings.git_state)
+        if findings.git_state:
+            self._suspects.update(ran)
+            self._suspect_reason = findings.describe()
+        if me in self._suspects and out.kind not in ("interrupted",):
+            self._suspects.discard(me)
+            alone = "" if ran == [me] else " (other agents ran at the same time)"
+            out.kind = "agent-failed"
+            out.reason = f"git state shared with the user changed while this agent ran{alone}: {self._suspect_reason}"
+            out.feedback = (out.reason + "\nWork only inside your worktree: never switch the user's checkout, "
+                            "create branches, or use git stash (the stash is shared by every worktree).")
+
     def _settle(self, out: Outcome) -> None:
+        self._watch_shared_state(out)
         task_id = out.task.id
         self._ports.pop((task_id, out.n), None)
         # Money spent is spent, even by an attempt that was interrupted.
@@ -398,11 +436,12 @@ class Swarm:
         self.store.event("requeued", task_id, attempt=n, reason=reason)
 
     def _release(self, out: Outcome, *, keep: bool) -> None:
-        if out.worktree is None or keep:
+        if out.worktree is None:
             return
-        # Removing a worktree costs as much as making one (43 ms at 5,000 files); done here it kept
-        # the next launch waiting and left a worker idle a quarter of the time (bench/README.md).
-        self._removals.append(self._reaper.submit(self.pool.release, out.worktree, keep=False))
+        # Removing a worktree costs as much as making one (43 ms at 5,000 files), scrubbing a slot
+        # tens of ms; done here it kept the next launch waiting (bench/README.md). A kept one (a
+        # failed task's) goes to the pool too: a slot pool replaces it.
+        self._removals.append(self._reaper.submit(self.pool.release, out.worktree, keep=keep))
 
     def _reap(self) -> None:
         """Wait for every worktree removal; one that failed is reported, not hidden."""

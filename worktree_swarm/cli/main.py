@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.console import Console
 from worktree_swarm import __version__
 from worktree_swarm.errors import WswarmError
 from worktree_swarm.ui.live import watch
+
+if TYPE_CHECKING:
+    from worktree_swarm.planner import Planned
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run many coding agents on one repository: a task DAG, a worktree per task, "
@@ -60,33 +63,93 @@ def _notify(message: str) -> None:
 
 @app.command()
 def start(
-    goal: Annotated[str | None, typer.Argument(help="What the swarm should achieve (needs the planner).")] = None,
+    goal: Annotated[str | None, typer.Argument(help="What the swarm should achieve; a model plans it.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", "-p", help="A plan file (JSON or TOML) to run.")] = None,
     base: Annotated[str, typer.Option(help="The commit tasks start from.")] = "HEAD",
     agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once.")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=20, help="Attempts per task.")] = None,
     agent_cmd: Annotated[str | None, typer.Option(help="Command line run as each task's agent.")] = None,
     timeout: Annotated[float | None, typer.Option(min=1, help="Seconds an attempt may take.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run the planned plan without asking.")] = False,
+    model: Annotated[str | None, typer.Option(help="The planner's model.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
+    max_cost: Annotated[float | None, typer.Option(min=0, metavar="USD",
+                                                   help="Start no new attempt once the run has spent this.")] = None,
 ) -> None:
-    """Run a plan: one worktree per task, the gate on each branch, one integration branch."""
+    """Plan GOAL with the model (or take --plan), then run it: a worktree per task, the gate, one branch."""
     from worktree_swarm import run
 
+    planned = None
     if plan is None:
-        _call(lambda: _no_planner(goal))
-        return
-    options = run.StartOptions(plan_path=plan, base=base, agents=agents, max_attempts=max_attempts,
-                               agent_cmd=agent_cmd, timeout=timeout, title=goal)
+        planned = _plan_for_start(goal, base=base, model=model, max_tokens=max_tokens, agent_cmd=agent_cmd, yes=yes)
+    options = run.StartOptions(plan_path=plan, plan=planned.plan if planned else None, base=base, agents=agents,
+                               max_attempts=max_attempts, agent_cmd=agent_cmd, timeout=timeout, title=goal,
+                               max_cost=max_cost, planner_usage=planned.usage() if planned else None)
     result = _call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
     _finish(result)
 
 
-def _no_planner(goal: str | None) -> None:
+def _plan_for_start(goal: str | None, *, base: str, model: str | None, max_tokens: int | None,
+                    agent_cmd: str | None, yes: bool) -> Planned:
+    from worktree_swarm import planner
     from worktree_swarm.errors import UsageError
 
-    raise UsageError("this version runs plan files only: pass --plan plan.json"
-                     + (f" (got the goal {goal!r} without a plan)" if goal else ""),
-                     hint="write the tasks as in docs/plan-format.md, then: wswarm start --plan plan.json")
+    def check() -> None:
+        if goal is None:
+            raise UsageError("give a goal for the planner or a plan file",
+                             hint='wswarm start "GOAL", or: wswarm start --plan plan.json')
+        if not yes and not sys.stdin.isatty():
+            raise UsageError("a planned run needs your confirmation, and there is no terminal to ask on",
+                             hint='pass --yes to run the plan unseen, or review it first: '
+                                  'wswarm plan "GOAL" -o plan.json, then wswarm start --plan plan.json')
+
+    _call(check)
+    assert goal is not None
+    planned = _call(lambda: planner.plan_goal(cwd=Path.cwd(), goal=goal, base=base, model=model,
+                                              max_tokens=max_tokens, agent_cmd=agent_cmd, check_agents=True,
+                                              notify=_notify))
+    _show_plan(planned)
+    if not yes and not typer.confirm(f"Run these {len(planned.plan)} tasks?", default=True, err=True):
+        saved = _call(lambda: planner.save_plan(cwd=Path.cwd(), plan=planned.plan))
+        _notify(f"not started; the plan is saved in {saved}")
+        _notify(f"hint: edit it if you like, then: wswarm start --plan {saved}")
+        raise typer.Exit(2)
+    return planned
+
+
+def _show_plan(planned: Planned) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("id", "type", "after", "files", "description"):
+        table.add_column(col, overflow="fold")
+    for task in planned.plan:
+        table.add_row(task.id, task.type, ", ".join(task.dependencies), ", ".join(task.files), task.description)
+    err.print(table)
+    err.print(f"planner: {planned.model}, {planned.input_tokens} input + {planned.output_tokens} output tokens, "
+              f"${planned.cost_usd:.4f}" + (" (after one repair round)" if planned.rounds > 1 else ""), markup=False)
+
+
+@app.command("plan")
+def plan_cmd(
+    goal: Annotated[str, typer.Argument(help="What the swarm should achieve.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here (JSON).")] = None,
+    base: Annotated[str, typer.Option(help="The commit the planner looks at (and tasks will start from).")] = "HEAD",
+    model: Annotated[str | None, typer.Option(help="The planner's model.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,
+) -> None:
+    """Only plan: the model writes the plan for you to review and edit, then run it with start --plan."""
+    from worktree_swarm import planner
+
+    planned = _call(lambda: planner.plan_to_file(cwd=Path.cwd(), goal=goal, output=output, force=force, base=base,
+                                                 model=model, max_tokens=max_tokens, notify=_notify))
+    _show_plan(planned)
+    if output is None:
+        _emit(planned.plan.to_json())
+    else:
+        _notify(f"wrote {output}; run it with: wswarm start --plan {output}")
 
 
 def _finish(result: object) -> None:
@@ -116,14 +179,19 @@ def status(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object (SPEC §8).")] = False,
     all_runs: Annotated[bool, typer.Option("--all", help="List every run.")] = False,
+    watch_: Annotated[bool, typer.Option("--watch", help="Follow the run live until it finishes or stops.")] = False,
 ) -> None:
     """Runs and their tasks; safe to use from another terminal during a run."""
+    from worktree_swarm.errors import UsageError
     from worktree_swarm.git.repo import Repo
     from worktree_swarm.state import RunStore, find_run, list_runs
     from worktree_swarm.status import status_data
-    from worktree_swarm.ui.live import board
+    from worktree_swarm.ui.live import attach, board
 
     def load() -> list[dict[str, object]] | RunStore:
+        if watch_ and (as_json or all_runs):
+            raise UsageError("--watch follows one run on the terminal; it does not combine with "
+                             + ("--json" if as_json else "--all"), hint="wswarm status --watch [RUN]")
         repo = Repo.discover(Path.cwd())
         if all_runs:
             rows = []
@@ -149,6 +217,8 @@ def status(
     try:
         if as_json:
             _emit(json.dumps(status_data(loaded), indent=2))
+        elif watch_:
+            attach(loaded, Console(highlight=False))
         else:
             out.print(board(loaded))
     finally:
@@ -172,7 +242,7 @@ def pr(
         store = RunStore.open(find_run(repo.state_dir, run_id))
         try:
             row, tasks = store.run(), store.tasks()
-            body = prmod.render_pr(row, tasks, store.attempts())
+            body = prmod.render_pr(row, tasks, store.attempts(), store.events())
         finally:
             store.close()
         if open_ and not push:
@@ -196,42 +266,67 @@ def clean(
     all_runs: Annotated[bool, typer.Option("--all", help="Every run of this repository.")] = False,
     integration: Annotated[bool, typer.Option("--integration", help="Delete the integration branch too.")] = False,
     forget: Annotated[bool, typer.Option("--forget", help="Delete the run's state and logs too.")] = False,
+    slots: Annotated[bool, typer.Option("--slots", help="Remove the reusable worktree slots too.")] = False,
 ) -> None:
     """Remove a run's worktrees and task branches (the integration branch stays unless asked)."""
     from worktree_swarm.clean import clean as do_clean
 
     done = _call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
-                                  forget=forget))
-    _emit(f"cleaned {', '.join(done.runs)}: {done.worktrees} worktrees, {done.branches} branches removed")
+                                  forget=forget, slots=slots))
+    removed = f"{done.worktrees} worktrees, {done.branches} branches"
+    if done.slots is not None:
+        removed += f", {done.slots} slots"
+    busy = f" ({done.slots_in_use} slots in use by a running wswarm were left alone)" if done.slots_in_use else ""
+    _emit((f"cleaned {', '.join(done.runs)}: {removed} removed" if done.runs else f"removed {done.slots} slots") + busy)
 
 
 @app.command()
 def logs(
     task: Annotated[str, typer.Argument(help="The task id.")],
     run_id: Annotated[str | None, typer.Option("--run", metavar="RUN", help="Default: the newest run.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output and new attempts "
+                                         "until the task is settled or the run stops.")] = False,
 ) -> None:
     """Print a task's attempt logs (agent output, setup and gate checks)."""
-    from worktree_swarm.git.refs import encode
     from worktree_swarm.git.repo import Repo
     from worktree_swarm.state import RunStore, find_run
+    from worktree_swarm.ui.follow import LogFollower
 
-    def go() -> list[tuple[str, str]]:
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def go() -> None:
         store = RunStore.open(find_run(Repo.discover(Path.cwd()).state_dir, run_id))
         try:
             store.task(task)
-            root = store.dir / "attempts" / encode(task)
+            follower = LogFollower(store, task, write)
+            if follow:
+                follower.follow()
+            else:
+                follower.step()
+                follower.finish()
         finally:
             store.close()
-        found = []
-        for attempt in sorted(root.iterdir() if root.is_dir() else [], key=lambda p: int(p.name)):
-            for log in sorted(attempt.glob("*.log")):
-                found.append((f"attempt {attempt.name}: {log.name}", log.read_text(encoding="utf-8", errors="replace")))
-        return found
 
-    for title, text in _call(go):
-        _emit(f"==> {title} <==")
-        if text:
-            _emit(text)
+    _call(go)
+
+
+@app.command()
+def dashboard(
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1; 0 picks a free one.")] = 8767,
+    no_open: Annotated[bool, typer.Option("--no-open", help="Do not open a web browser.")] = False,
+) -> None:
+    """The web command center on 127.0.0.1: agents, tasks, the DAG, conflicts, diffs and spend, live."""
+    from worktree_swarm.ui.dashboard import open_browser, open_dashboard
+
+    server = _call(lambda: open_dashboard(cwd=Path.cwd(), run=run_id, port=port))
+    _emit(server.url)
+    _notify(f"dashboard of run {server.run} at {server.url} (Ctrl-C stops it)")
+    if not no_open:
+        open_browser(server.url)
+    server.serve()
 
 
 @app.command()

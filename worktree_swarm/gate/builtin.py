@@ -6,9 +6,11 @@ The input is the text of ``git diff --no-color --no-ext-diff -M BASE HEAD`` (def
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from unidiff.patch import PatchedFile, PatchSet
@@ -54,7 +56,7 @@ def scan_diff(
         if old is not None:
             changed[old] = None
     if declared_files:
-        matchers = [_glob_regex(p) for p in declared_files]
+        matchers = [glob_regex(p) for p in declared_files]
         findings += [
             Finding("declared-files", path, None,
                     "changed outside the task's declared files", "warn")
@@ -150,6 +152,25 @@ def redact_secrets(text: str, *, known: Iterable[str] = ()) -> str:
     return text
 
 
+def scrub_logs(folder: Path, *, known: Iterable[str]) -> None:
+    """Redact secrets (KNOWN values, and whatever the secrets check would flag) in every file under
+    FOLDER — logs, raw agent streams — so nothing wswarm keeps holds a key an agent or a check
+    printed. Only a file that held one is rewritten, atomically."""
+    known = list(known)
+    for path in folder.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        except OSError:
+            continue
+        clean = redact_secrets(text, known=known)
+        if clean != text:
+            tmp = path.with_name(path.name + ".scrub")
+            tmp.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
+            os.replace(tmp, path)
+
+
 def _redact(value: str) -> str:
     """At most the first four characters, so a reader can find the line but not use the key."""
     return value[:4] + "…"
@@ -176,7 +197,7 @@ def _human(size: int) -> str:
 
 # --- declared files ---------------------------------------------------------------------------
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
+def glob_regex(pattern: str) -> re.Pattern[str]:
     """Compile a repo-relative glob: ``*`` and ``?`` stay within one directory, ``**`` crosses
     directories, ``[...]`` is a class; ``dir/`` or a literal ``dir`` matches everything under it."""
     pattern = pattern.removeprefix("./").lstrip("/")
