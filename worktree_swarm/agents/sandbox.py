@@ -161,24 +161,17 @@ class Runner:
         return timeout
 
     def _sandbox_argv(self, argv: list[str]) -> list[str]:
-        """bubblewrap: everything read-only, a private /tmp, the worktree and the scratch writable,
-        and a pid namespace so nothing the command started outlives it.
+        """bubblewrap: everything read-only (so the tools a command needs, wherever they live — a
+        venv under /tmp included — still run), the worktree and the scratch (its HOME and TMPDIR)
+        writable, and a pid namespace so nothing the command started outlives it.
 
-        The repository's git dir stays visible (read-only) even under /tmp, so `git status` and
-        `git diff` work; git commands that write (add, commit) fail, and wswarm commits the changes.
+        The repository's git dir is readable like the rest, so `git status` and `git diff` work; git
+        commands that write (add, commit) fail, and wswarm commits the changes.
         """
         root, scratch = str(self.workspace.root), str(self.scratch)
-        git_dir = self._git_common_dir()
-        keep_git = ["--ro-bind", str(git_dir), str(git_dir)] if git_dir is not None else []
-        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                *keep_git, "--bind", root, root, "--bind", scratch, scratch, "--unshare-pid",
+        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                "--bind", root, root, "--bind", scratch, scratch, "--unshare-pid",
                 "--die-with-parent", "--chdir", root, "--", *argv]
-
-    def _git_common_dir(self) -> Path | None:
-        res = proc.git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=self.workspace.root,
-                       check=False)
-        path = Path(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip() else None
-        return path if path is not None and path.is_dir() else None
 
     def _output(self, path: Path) -> str:
         """The output's head and tail, read without loading a huge output whole."""
