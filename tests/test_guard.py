@@ -7,9 +7,12 @@ or hostile command agent would.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from conftest import Repo, wswarm, write_plan
+import pytest
+
+from conftest import Repo, idle_slots, wswarm, write_plan
 from worktree_swarm import guard
 from worktree_swarm.git.repo import Repo as GitRepo
 
@@ -23,6 +26,11 @@ if os.environ["WSWARM_ATTEMPT"] == "1":
         subprocess.run(["git", "-C", user, "checkout", "-q", "-b", "hijacked"], check=True)
     elif kind == "stash-pop":
         subprocess.run(["git", "stash", "pop", "-q"], check=True)   # in its own worktree
+    elif kind == "repoint":
+        Path(".git").write_text(f"gitdir: {user}/.git\\n")
+    elif kind == "git-init":
+        Path(".git").unlink()
+        subprocess.run(["git", "init", "-q"], check=True)
     elif kind == "write":
         Path(user, "leak.txt").write_text("written from an agent\\n")
 Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("done\\n")
@@ -114,3 +122,40 @@ def test_restore_puts_back_lost_entries_without_duplicating(repo: Repo) -> None:
     assert sorted(guard.snapshot(git_repo).stash) == sorted(before.stash)
     assert guard.restore_stash(git_repo, before, guard.snapshot(git_repo)) == []
     assert Path(repo.path, "first.txt").exists() is False   # restoring never applies anything
+
+
+def test_a_moved_user_branch_is_reported_not_blamed(repo: Repo) -> None:
+    git_repo = GitRepo.discover(repo.path)
+    repo.git("branch", "feature")
+    before = guard.snapshot(git_repo)
+    repo.write("b.txt", "b\n")
+    repo.commit_all("second")
+    repo.git("branch", "-f", "feature", "HEAD")            # as `git push . HEAD:feature` from an agent would
+    changes = guard.compare(before, guard.snapshot(git_repo))
+    assert [c.detail.split(" moved")[0] for c in changes] == ["branch feature", "branch main"]
+    assert not guard.Findings(changes).git_state
+
+
+def test_watching_never_writes_the_users_index(repo: Repo) -> None:
+    git_repo = GitRepo.discover(repo.path)
+    index = repo.path / ".git" / "index"
+    # Same content, new mtime: a plain `git status` refreshes the index and writes it back, under
+    # index.lock, where a `git commit` of the user's would fail.
+    os.utime(repo.path / "README.md", ns=(1, 1))
+    before = os.stat(index)
+    guard.snapshot(git_repo)
+    after = os.stat(index)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("mischief", ["repoint", "git-init"])
+def test_an_agent_that_rewrites_its_git_link_fails_and_nothing_lands_elsewhere(repo: Repo, agent_script: object,
+                                                                             mischief: str) -> None:
+    task = run(repo, agent_script, mischief)
+    assert (task["status"], task["attempts"]) == ("merged", 2)
+    failed = [e for e in events(repo) if e["kind"] == "agent-failed"]
+    assert failed[0]["reason"] == "the agent rewrote its worktree's .git file"
+    # The leftovers were never committed into the user's repository, and its branch did not move.
+    assert repo.git("log", "-1", "--format=%s", "main") == "plan"      # run() committed the plan last
+    assert repo.git("status", "--porcelain", "--untracked-files=no") == ""
+    idle_slots(repo)

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -346,3 +348,40 @@ def test_setup_inputs_outside_the_checkout_are_refused(repo: Repo, tmp_path: Pat
     assert res.returncode == 2
     assert "setup_inputs has '../secrets.txt'" in res.stderr
     assert not (repo.state_dir / "slots").exists()
+
+
+def test_a_slot_whose_git_file_was_repointed_is_discarded_not_scrubbed(repo: Repo, commits: tuple[Sha, Sha]) -> None:
+    a, b = commits
+    slots = pool(repo, start=a)
+    try:
+        slot = slots.acquire(name="t1", branch=BranchName("t1"), start=a)
+        # An agent points its checkout at the user's git dir: releasing must not clear that dir's
+        # refs, logs and info, nor detach the user's HEAD.
+        (slot / ".git").write_text(f"gitdir: {repo.path / '.git'}\n")
+        slots.release(slot, keep=False)
+        assert repo.git("symbolic-ref", "HEAD") == "refs/heads/main"
+        assert repo.git("rev-parse", "main") == b and repo.git("rev-parse", "other")
+        assert (repo.path / ".git" / "logs" / "HEAD").is_file()
+        assert slots.acquire(name="t2", branch=BranchName("t2"), start=b) != slot and not slot.exists()
+    finally:
+        slots.close()
+
+
+def test_waking_often_does_not_make_an_extra_slot_sooner(repo: Repo, commits: tuple[Sha, Sha]) -> None:
+    a, _ = commits
+    slots = pool(repo, start=a)
+    try:
+        first = slots.acquire(name="t1", branch=BranchName("t1"), start=a)
+        got: list[Path] = []
+        waiter = threading.Thread(target=lambda: got.append(slots.acquire(name="t2", branch=BranchName("t2"), start=a)))
+        waiter.start()
+        # Many wake-ups in well under _WAIT_BEFORE_EXTRA (each release and each slot made wakes every waiter).
+        for _ in range(60):
+            with slots._cond:
+                slots._cond.notify_all()
+            time.sleep(0.005)
+        slots.release(first, keep=False)
+        waiter.join(timeout=30)
+        assert got == [first]
+    finally:
+        slots.close()

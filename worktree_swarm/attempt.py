@@ -6,6 +6,7 @@ It decides nothing about what follows; the orchestrator settles each Outcome.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -118,6 +119,7 @@ class AttemptRunner:
             else:
                 self.pool.setup_done(worktree)
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
+        git_link = _read_link(worktree)
         result = agent.run(request, cancel=self.cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
         out.summary = redact_secrets(result.summary, known=self.secret_values)
@@ -127,6 +129,18 @@ class AttemptRunner:
                          exit_code=result.exit_code, error=result.error, **out.usage)
         if result.cancelled:
             out.kind, out.reason = "interrupted", "interrupted"
+            return out
+        # Every git command below follows the worktree's .git file: one the agent repointed (at the
+        # user's repository, say) would commit and gate there. Put it back and fail the attempt.
+        if worktree.is_dir() and _read_link(worktree) != git_link:
+            link = worktree / ".git"
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link)
+            else:
+                link.unlink(missing_ok=True)
+            link.write_bytes(git_link)
+            out.kind, out.reason = "agent-failed", "the agent rewrote its worktree's .git file"
+            out.feedback = out.reason + ": leave .git alone; it links the worktree to the repository."
             return out
         wrong_branch = self._left_branch(worktree, out.branch)
         if wrong_branch:
@@ -237,3 +251,11 @@ class AttemptRunner:
         # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
         proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
                  input=f"{task.id}: {task.description}\n")
+
+
+def _read_link(worktree: Path) -> bytes:
+    """The worktree's .git file (`gitdir: …`), or b"" when it is missing or not a file."""
+    try:
+        return (worktree / ".git").read_bytes() if (worktree / ".git").is_file() else b""
+    except OSError:
+        return b""

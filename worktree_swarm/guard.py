@@ -57,17 +57,22 @@ def snapshot(repo: Repo) -> Snapshot:
     pygit = repo.pygit
     head_ref = pygit.lookup_reference("HEAD")
     head = str(head_ref.target)      # a ref name when on a branch, else the commit id
-    branches = {name: str(pygit.lookup_reference(name).target)
-                for name in pygit.references if name.startswith("refs/heads/") and not name.startswith(_OURS)}
+    # Looked up with get(): a ref listed a moment ago may be deleted meanwhile (by the user, by an agent).
+    refs = {name: pygit.references.get(name)
+            for name in pygit.references if name.startswith("refs/heads/") and not name.startswith(_OURS)}
+    branches = {name: str(ref.target) for name, ref in refs.items() if ref is not None}
+    stash_ref = pygit.references.get("refs/stash")
     stash: tuple[tuple[str, str], ...] = ()
-    if "refs/stash" in pygit.references:
-        stash = tuple((str(entry.oid_new), entry.message) for entry in pygit.lookup_reference("refs/stash").log())
+    if stash_ref is not None:
+        stash = tuple((str(entry.oid_new), entry.message) for entry in stash_ref.log())
     return Snapshot(head=head, branches=branches, stash=stash, checkout=_checkout_files(repo))
 
 
 def _checkout_files(repo: Repo) -> frozenset[tuple[str, int, int]]:
-    out = repo.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules",
-                   check=False).stdout
+    # --no-optional-locks: no index refresh written back, so no index.lock in the user's checkout
+    # for a `git commit` of theirs to trip over.
+    out = repo.git("--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all",
+                   "--ignore-submodules", check=False).stdout
     files = set()
     for record in out.split("\0"):
         if len(record) > 3 and record[2] == " ":
@@ -88,6 +93,10 @@ def compare(before: Snapshot, after: Snapshot) -> list[Change]:
         old = before.branches.get(name)
         if old is None:
             changes.append(Change("branch", f"branch {name.removeprefix('refs/heads/')} was created"))
+        elif old != sha:
+            # The user commits to their own branches too: reported, never blamed on an agent.
+            changes.append(Change("branch", f"branch {name.removeprefix('refs/heads/')} moved from "
+                                            f"{old[:12]} to {sha[:12]}"))
     for name in sorted(set(before.branches) - set(after.branches)):
         changes.append(Change("branch", f"branch {name.removeprefix('refs/heads/')} was deleted"))
     lost = [entry for entry in before.stash if entry not in after.stash]

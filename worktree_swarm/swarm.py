@@ -31,8 +31,8 @@ from worktree_swarm.git.diff import FileChange, diff_text
 from worktree_swarm.git.refs import task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
-from worktree_swarm.merge import merge_branch, merge_message
 from worktree_swarm.guard import Guard
+from worktree_swarm.merge import merge_branch, merge_message
 from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore

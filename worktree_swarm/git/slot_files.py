@@ -99,13 +99,17 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def admin_dir(path: Path) -> Path:
-    """The worktree's own git dir, from its `.git` file."""
+def admin_dir(repo: Repo, path: Path) -> Path:
+    """The worktree's own git dir, from its `.git` file; only one of REPO's worktrees that points
+    back at PATH. An agent can rewrite `.git`, and what it names gets scrubbed and its HEAD rewritten:
+    never the user's own git dir or another slot's."""
     text = (path / ".git").read_text(encoding="utf-8").strip()
-    if not text.startswith("gitdir: "):
-        raise WswarmError(f"{path}/.git does not point at a git dir")
     admin = Path(text.removeprefix("gitdir: "))
-    return admin if admin.is_absolute() else (path / admin).resolve()
+    admin = admin if admin.is_absolute() else path / admin
+    if (not text.startswith("gitdir: ") or real(admin.parent) != real(repo.common_dir / "worktrees")
+            or real(Path((admin / "gitdir").read_text(encoding="utf-8").strip())) != real(path / ".git")):
+        raise WswarmError(f"{path}/.git does not point at this worktree's own git dir")
+    return admin
 
 
 def write_head(admin: Path, sha: Sha) -> None:

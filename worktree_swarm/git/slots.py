@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,18 +162,18 @@ class SlotPool(WorktreePool):
 
     def _take(self) -> _Slot:
         with self._cond:
-            waited = 0.0
+            # Measured, not counted in wake-ups: every release and every slot made wakes all waiters.
+            extra_at = time.monotonic() + _WAIT_BEFORE_EXTRA
             while not self._free:
                 if self._closed:
                     raise WswarmError("the run is stopping; no worktree was handed out")
                 if self._error is not None and self._making == 0:
                     error, self._error = self._error, None
                     raise WswarmError(f"could not make a worktree slot: {str(error).splitlines()[0]}")
-                if self._making == 0 and (self._owned < self.size or waited >= _WAIT_BEFORE_EXTRA):
+                if self._making == 0 and (self._owned < self.size or time.monotonic() >= extra_at):
                     self._spawn()
-                    waited = 0.0
+                    extra_at = time.monotonic() + _WAIT_BEFORE_EXTRA
                 self._cond.wait(timeout=1.0)
-                waited += 1.0
             # The slot released last has the warmest caches and the fewest files to switch.
             return self._free.pop()
 
@@ -239,19 +240,19 @@ class SlotPool(WorktreePool):
         if not slot.trusted:
             self._drop_transient(slot)
             self._clear_flags(slot, self._flagged(slot))
-            write_head(admin_dir(slot.path), start)
+            write_head(admin_dir(self.repo, slot.path), start)
         # --force: tracked files become exactly START's, whatever was done to them; only the files
         # that differ from what the index records are written.
         self.repo.git("checkout", "--force", "--quiet", "-b", branch, start, cwd=slot.path)
         # Its reflog entry would let `@{-1}` name the previous task's commit; a fresh worktree's
         # ORIG_HEAD is its start (`worktree add` resets), the previous task's would be a leak.
-        admin = admin_dir(slot.path)
+        admin = admin_dir(self.repo, slot.path)
         (admin / "logs" / "HEAD").unlink(missing_ok=True)
         (admin / "ORIG_HEAD").write_text(start + "\n", encoding="utf-8")
         changed = self._rules_changed(slot.head, start) if slot.trusted else {"attributes", "ignore"}
         if "attributes" in changed and slot.trusted:
             # Files whose content is unchanged may check out differently (eol, filters): rewrite all.
-            (admin_dir(slot.path) / "index").unlink(missing_ok=True)
+            (admin / "index").unlink(missing_ok=True)
             self.repo.git("reset", "--hard", "--quiet", cwd=slot.path)
         if "ignore" in changed:
             # Released clean under the old rules; under the new ones a kept file may be untracked.
@@ -261,7 +262,7 @@ class SlotPool(WorktreePool):
     def _drop_transient(self, slot: _Slot) -> None:
         """Undo the git state a task may have left in the slot's own git dir: half-done operations,
         stale locks, per-worktree refs and config."""
-        admin = admin_dir(slot.path)
+        admin = admin_dir(self.repo, slot.path)
         for name in TRANSIENT_FILES:
             (admin / name).unlink(missing_ok=True)
         for name in TRANSIENT_DIRS:
@@ -284,7 +285,7 @@ class SlotPool(WorktreePool):
 
     def _clear_flags(self, slot: _Slot, flagged: dict[str, list[str]] | None) -> None:
         if flagged is None:
-            (admin_dir(slot.path) / "index").unlink(missing_ok=True)     # unreadable: rebuilt by checkout
+            (admin_dir(self.repo, slot.path) / "index").unlink(missing_ok=True)     # unreadable: rebuilt by checkout
             return
         for flag, paths in flagged.items():
             if paths:
@@ -292,7 +293,7 @@ class SlotPool(WorktreePool):
 
     def _detach(self, slot: _Slot) -> Sha:
         """Point the slot's HEAD at its commit, not at the task's branch, which stays free to delete."""
-        admin = admin_dir(slot.path)
+        admin = admin_dir(self.repo, slot.path)
         head = (admin / "HEAD").read_text(encoding="utf-8").strip()
         sha = self.repo.ref_sha(head.removeprefix("ref: "))
         if sha is None:
