@@ -125,7 +125,8 @@ class Repo:
 
     def is_dirty(self) -> bool:
         """Uncommitted changes to tracked files or untracked files in the user's checkout."""
-        out = self.git("status", "--porcelain", "--untracked-files=normal").stdout
+        # --no-optional-locks: a status refresh would rewrite the user's index under index.lock.
+        out = self.git("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal").stdout
         return bool(out.strip())
 
     def check_identity(self) -> None:
