@@ -309,3 +309,8 @@ def test_in_the_sandbox_git_reads_work_and_git_writes_are_refused(wt: Path, repo
     text, is_error = call(wt, "run", runner(wt, sandbox=True), argv=["git", "commit", "-qam", "sneaky"])
     assert is_error and "Read-only file system" in text
     assert repo.git("rev-parse", "task") == repo.git("rev-parse", "main")
+    # The worktree's .git file says where its repository is: a command can neither rewrite nor remove it.
+    gitfile = (wt / ".git").read_text()
+    text, is_error = call(wt, "run", runner(wt, sandbox=True),
+                          argv=["sh", "-c", "echo 'gitdir: /elsewhere' > .git || rm -f .git || mv .git g"])
+    assert is_error and (wt / ".git").read_text() == gitfile

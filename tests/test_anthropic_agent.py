@@ -10,15 +10,17 @@ import socket
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import Repo, wswarm, write_plan
-from tests.fakeapi import FakeAnthropic, text, tool_use
+from tests.fakeapi import FakeAnthropic, Reply, sse_events, text, tool_use
 from worktree_swarm.agents.base import AgentRequest, AgentResult
-from worktree_swarm.agents.pricing import cost_usd
+from worktree_swarm.agents.pricing import cost_usd, price_of
 from worktree_swarm.agents.registry import make_agent
 from worktree_swarm.agents.tool_loop import AnthropicAgent
 from worktree_swarm.config import DEFAULT_AGENT_MODEL, AgentConfig
@@ -200,6 +202,69 @@ def test_an_unreachable_api_is_named(wt: Path, monkeypatch: pytest.MonkeyPatch) 
     assert result.error.startswith(f"cannot reach the Messages API at http://127.0.0.1:{port}")
 
 
+@pytest.fixture
+def cutting_api(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[int]]]:
+    """A Messages API whose first streamed reply breaks off after its first event: the connection
+    drops ("drop") or goes silent ("stall"), or it ends before any event ("empty"); later replies are
+    whole. Yields its URL and a request count."""
+    mode, served = request.param, [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            served[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            events = sse_events(Reply([text("Done after the cut.")]).message("claude-test"))
+            if served[0] == 1:
+                events = [] if mode == "empty" else events[:1]
+            for event, data in events:
+                self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
+            if served[0] == 1 and mode == "stall":
+                time.sleep(4)
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("cutting_api", ["drop", "empty"], indirect=True)
+def test_a_reply_cut_off_mid_stream_is_retried_not_taken_as_done(
+        cutting_api: tuple[str, list[int]], wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, served = cutting_api
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    result, _, log = run_agent(wt, base_url=url, max_retries=2)
+    assert result.ok and result.summary == "Done after the cut." and served[0] == 2
+    assert "the Messages API reply" in log
+
+
+@pytest.mark.parametrize("cutting_api", ["stall"], indirect=True)
+def test_a_reply_stalled_mid_stream_ends_the_attempt_at_its_time_limit(
+        cutting_api: tuple[str, list[int]], wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, served = cutting_api
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    result, _, _ = run_agent(wt, base_url=url, timeout=1.5, max_retries=2)
+    assert not result.ok and result.timed_out and served[0] == 1
+
+
+def test_an_outgrown_context_window_fails_the_attempt(fake_api: FakeAnthropic, wt: Path) -> None:
+    fake_api.on(None, text("Still working"), stop_reason="model_context_window_exceeded")
+    result, _, _ = run_agent(wt)
+    assert not result.ok and result.error is not None and "context window" in result.error
+
+
 def test_the_turn_limit_stops_a_model_that_never_finishes(fake_api: FakeAnthropic, wt: Path) -> None:
     fake_api.on(None, tool_use("list", {}), times=0)
     result, lines, _ = run_agent(wt, spec=AgentConfig(name="bot", kind="anthropic", max_turns=3))
@@ -257,6 +322,15 @@ def test_prompt_caching_marks_the_system_prompt_and_the_newest_message(fake_api:
         assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
         marks = json.dumps(body["messages"]).count("cache_control")
         assert marks == 1                               # the API allows four breakpoints in all
+
+
+def test_models_are_priced_by_family_and_older_opus_at_its_higher_price() -> None:
+    # A price too low would let --max-cost overshoot; older Opus models cost three times the newer ones.
+    for old in ("claude-opus-4-1-20250805", "claude-opus-4-20250514", "claude-opus-4-0", "claude-3-opus-latest"):
+        assert (price_of(old).input, price_of(old).output) == (15.0, 75.0), old
+    assert (price_of("claude-opus-4-5-20251101").input, price_of("claude-opus-4-6").input) == (5.0, 5.0)
+    assert (price_of("claude-sonnet-5-5").input, price_of("claude-haiku-4-5").input) == (3.0, 1.0)
+    assert price_of("some-new-model").input == 15.0             # unknown: the highest, to stop early
 
 
 def test_without_a_key_the_agent_is_refused_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@ the Claude Code CLI reports its own total_cost_usd)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -24,6 +25,9 @@ FAMILIES: dict[str, Price] = {
     "sonnet": Price(input=3.0, output=15.0),
     "haiku": Price(input=1.0, output=5.0),
 }
+# Opus before 4.5 (claude-opus-4-1, claude-opus-4-20250514, claude-3-opus) cost three times as much.
+LEGACY_OPUS = Price(input=15.0, output=75.0)
+_LEGACY_OPUS_NAME = re.compile(r"3-opus|opus-4(?:$|-(?:0|1|20\d{6})(?:$|[-@:]))")
 # A model of a family this table does not know is priced as the most expensive one, so a spending
 # limit errs on the side of stopping early.
 UNKNOWN = Price(input=15.0, output=75.0)
@@ -31,6 +35,8 @@ UNKNOWN = Price(input=15.0, output=75.0)
 
 def price_of(model: str) -> Price:
     name = model.lower()
+    if _LEGACY_OPUS_NAME.search(name):
+        return LEGACY_OPUS
     return next((price for family, price in FAMILIES.items() if family in name), UNKNOWN)
 
 

@@ -166,11 +166,14 @@ class Runner:
         writable, and a pid namespace so nothing the command started outlives it.
 
         The repository's git dir is readable like the rest, so `git status` and `git diff` work; git
-        commands that write (add, commit) fail, and wswarm commits the changes.
+        commands that write (add, commit) fail, and wswarm commits the changes. The worktree's own
+        `.git` file stays read-only too: rewritten, it would point wswarm's commit at another repository.
         """
         root, scratch = str(self.workspace.root), str(self.scratch)
+        git = os.path.join(root, ".git")
+        keep_git = ["--ro-bind", git, git] if os.path.lexists(git) else []
         return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--bind", root, root, "--bind", scratch, scratch, "--unshare-pid",
+                "--bind", root, root, *keep_git, "--bind", scratch, scratch, "--unshare-pid",
                 "--die-with-parent", "--chdir", root, "--", *argv]
 
     def _output(self, path: Path) -> str:

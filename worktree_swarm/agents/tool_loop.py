@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import anthropic
+import httpx2
 
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.agents.pricing import cost_usd
@@ -34,6 +35,12 @@ class _Stop(Exception):
     def __init__(self, error: str, *, timed_out: bool = False, cancelled: bool = False) -> None:
         super().__init__(error)
         self.error, self.timed_out, self.cancelled = error, timed_out, cancelled
+
+
+class _CutOff(Exception):
+    """A streamed reply that broke off after its headers: the SDK wraps failures of the request,
+    not of the body's reads, so a stall or a dropped connection mid-reply arrives as the HTTP
+    library's own error, or as a stream that just ends without its `message_stop`."""
 
 
 class AnthropicAgent(Agent):
@@ -138,10 +145,10 @@ class _Session:
         for retry in itertools.count():
             try:
                 reply = self._stream(client)
-            except (anthropic.APIStatusError, anthropic.APIConnectionError) as exc:
-                if isinstance(exc, anthropic.APITimeoutError):
+            except (anthropic.APIStatusError, anthropic.APIConnectionError, _CutOff) as exc:
+                if isinstance(exc, (anthropic.APITimeoutError, _CutOff)):
                     self._check_time()
-                error = self._redact(_api_error(exc, client))
+                error = self._redact(str(exc) if isinstance(exc, _CutOff) else _api_error(exc, client))
                 pause = _backoff(exc, retry)
                 if retry >= self.agent.max_retries or not _retryable(exc) or \
                         time.monotonic() + pause >= self.deadline:
@@ -161,8 +168,8 @@ class _Session:
         raise AssertionError("unreachable")
 
     def _stream(self, client: anthropic.Anthropic) -> Any:
-        """One streamed reply. Cancel and the deadline are checked between its events (the API
-        pings while it works); a silent server is cut off by the read timeout."""
+        """One streamed reply. Cancel and the deadline are checked between its events (the SDK
+        swallows pings, so only content counts); a silent server is cut off by the read timeout."""
         system = self.request.system_prompt.strip()
         tools: list[Any] = [dict(t) for t in TOOL_SPECS]
         if not system:
@@ -174,11 +181,21 @@ class _Session:
             else anthropic.omit,
             tools=tools, messages=_cache_last(self.messages), timeout=timeout,
         ) as stream:
-            for _event in stream:
-                if self.cancel.is_set():
-                    raise _Stop("interrupted", cancelled=True)
-                self._check_time()
-            return stream.get_final_message()
+            try:
+                started = False
+                for _event in stream:
+                    started = True
+                    if self.cancel.is_set():
+                        raise _Stop("interrupted", cancelled=True)
+                    self._check_time()
+                if not started:         # the SDK would fail an assertion on a reply with no events
+                    raise _CutOff("the Messages API reply ended before it began")
+                reply = stream.get_final_message()
+            except httpx2.TransportError as exc:
+                raise _CutOff(f"the Messages API reply broke off: {exc or type(exc).__name__}") from None
+        if reply.stop_reason is None:
+            raise _CutOff("the Messages API reply broke off before its end")
+        return reply
 
     def _answer(self, reply: Any) -> bool:
         """Record REPLY, run its tool calls and queue their results; True when the model is done."""
@@ -193,6 +210,8 @@ class _Session:
                 self._write(said + "\n")
         if reply.stop_reason == "refusal":
             raise _Stop("the model declined to continue (stop_reason: refusal)")
+        if reply.stop_reason == "model_context_window_exceeded":
+            raise _Stop("the conversation outgrew the model's context window; the task may need splitting")
         if reply.stop_reason == "pause_turn":
             return False
         if reply.stop_reason == "max_tokens":
@@ -292,14 +311,14 @@ def _api_error(exc: anthropic.APIStatusError | anthropic.APIConnectionError, cli
     return f"the Messages API answered {exc.status_code} {kind}: {message}"
 
 
-def _retryable(exc: anthropic.APIStatusError | anthropic.APIConnectionError) -> bool:
+def _retryable(exc: anthropic.APIStatusError | anthropic.APIConnectionError | _CutOff) -> bool:
     """The failures the SDK itself would retry: connection trouble, 408, 409, 429 and 5xx."""
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, (anthropic.APIConnectionError, _CutOff)):
         return True
     return exc.status_code in (408, 409, 429) or exc.status_code >= 500
 
 
-def _backoff(exc: anthropic.APIStatusError | anthropic.APIConnectionError, retry: int) -> float:
+def _backoff(exc: anthropic.APIStatusError | anthropic.APIConnectionError | _CutOff, retry: int) -> float:
     """Seconds to wait: the server's retry-after when it gives one (capped), else 0.5 s doubling."""
     if isinstance(exc, anthropic.APIStatusError):
         try:
