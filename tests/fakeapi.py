@@ -39,6 +39,7 @@ class Reply:
     status: int = 200                          # non-200: an API error of `error_type`
     error_type: str = "api_error"
     error_message: str = "scripted failure"
+    cut: str | None = None                     # streamed only: "drop" after the first event, "empty"
     delay: float = 0.0                         # seconds of silence before answering (a slow or hung API)
 
     def message(self, model: str) -> dict[str, Any]:
@@ -180,7 +181,7 @@ def _handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 return
             message = reply.message(str(body.get("model") or "claude-test"))
             if body.get("stream"):
-                self._stream(message)
+                self._stream(message, reply)
             else:
                 self._json(200, message)
 
@@ -203,14 +204,17 @@ def _handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _stream(self, message: dict[str, Any]) -> None:
+        def _stream(self, message: dict[str, Any], reply: Reply) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            for event, data in sse_events(message):
+            events = sse_events(message)
+            if reply.cut is not None:
+                events = events[:1] if reply.cut == "drop" else []
+            for event, data in events:
                 self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
             self.wfile.flush()
 

@@ -169,6 +169,7 @@ def test_endpoints_and_event_stream_of_a_live_run(repo: Repo, live: LiveRun) -> 
         # What must not be reachable.
         assert server.get(base + "/tasks/docs%2Fguide/attempts/1/logs/..%2F..%2F..%2Fstate.db")[0] == 404
         assert server.get(base + "/tasks/nope")[0] == 404
+        assert server.get(base + "/tasks/docs%2Fguide/attempts/%C2%B2/diff")[0] == 404     # '²' is no number
         assert server.get("/api/runs/nope/status")[0] == 404
         assert server.get("/static/../../state.db")[0] == 404
         assert server.get("/api/runs", {"Host": "evil.example:80"})[0] == 403

@@ -196,3 +196,18 @@ def test_the_grid_on_a_real_terminal(repo: Repo, agent_script: Any, tmp_path: Pa
         assert final.count("0/3 merged") == 0         # frames redraw in place: no stale frame is left above
     finally:
         subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+
+
+def test_file_names_in_the_grid_are_text_not_markup() -> None:
+    """Next.js routes (`app/[id]/page.tsx`) are common paths; rich must not read them as styles."""
+    feed = Feed([task("a")], agents=1)
+    feed.apply_all(list(enumerate([
+        {"ts": 1.0, "kind": "run-started", "run": "r", "tasks": 1},
+        {"ts": 2.0, "kind": "attempt-started", "task": "a", "attempt": 1, "agent": "command"},
+        {"ts": 3.0, "kind": "agent-activity", "task": "a", "attempt": 1, "text": "Write app/[id]/page.tsx"},
+        {"ts": 4.0, "kind": "agent-activity", "task": "a", "attempt": 1, "text": "Edit: docs/[/]notes.md"},
+    ])))
+    console = Console(width=160, height=30, record=True)
+    console.print(render(feed.view(now=5.0), height=console.height))
+    text = console.export_text()
+    assert "app/[id]/page.tsx" in text and "docs/[/]notes.md" in text

@@ -7,6 +7,8 @@ import os
 import pty
 import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,16 @@ def test_an_api_error_is_one_clear_line(repo: Repo, fake_api: FakeAnthropic) -> 
     assert info.value.exit_code == 2 and info.value.hint and "try again later" in info.value.hint
 
 
+@pytest.mark.parametrize(("cut", "said"), [("drop", "the Messages API reply to the planner broke off"),
+                                          ("empty", "the Messages API sent an empty reply to the planner's request")])
+def test_a_reply_cut_short_mid_stream_is_one_clear_line(repo: Repo, fake_api: FakeAnthropic, cut: str,
+                                                         said: str) -> None:
+    fake_api.on(None, submit(GOOD), cut=cut)
+    res = wswarm(repo.path, "plan", "g")
+    assert res.returncode == 2, res.stderr
+    assert f"\nwswarm: {said}" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_an_unreachable_api_is_one_clear_line(repo: Repo) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -332,6 +344,16 @@ def test_same_file_tasks_ordered_through_a_third_task_are_fine() -> None:
     assert unordered_overlaps(plan) == [("a", "c", "'f.py'"), ("b", "c", "'f.py'")]
 
 
+def test_overlaps_on_a_monorepo_plan_take_no_time() -> None:
+    """Each pattern is matched against the tracked files once, not once per pair of tasks."""
+    files = [f"pkg{i // 1000}/mod{i // 50}/file{i}.py" for i in range(100_000)]
+    tasks = [{"id": f"t{i}", "description": "x", "files": [f"pkg{i}/mod{i * 20}/*.py", f"pkg{i}/x{i}.py"]}
+             for i in range(30)]
+    started = time.perf_counter()
+    assert unordered_overlaps(plan_from_data(tasks, source="t"), files) == []
+    assert time.perf_counter() - started < 5     # 20 s when every pair of patterns scanned every file
+
+
 def test_check_planned_rules() -> None:
     assert [t.id for t in check_planned({"tasks": GOOD})] == ["add-greeting", "docs-greeting"]
     analysis = [{"id": "look", "type": "analysis", "description": "x", "dependencies": [], "files": []}]
@@ -384,3 +406,35 @@ def test_the_picture_shows_the_commit_not_the_working_tree(repo: Repo) -> None:
     assert "uncommitted" not in text and "changed but not committed" not in text
     assert any(c.startswith("pytest (tests, because tests/ exists") for c in picture.checks)
     assert any(c.startswith("mypy (types, because [tool.mypy] in pyproject.toml") for c in picture.checks)
+
+
+def test_the_picture_never_writes_outside_its_scratch_folder(repo: Repo, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """git checks paths on checkout, not on fetch: a tree entry `../../x` must not become a file above
+    the scratch folder the gate's detection reads."""
+    def git(*args: str, stdin: str = "") -> str:
+        return subprocess.run(["git", *args], cwd=repo.path, input=stdin, text=True, capture_output=True,
+                              check=True).stdout.strip()
+
+    blob = git("hash-object", "-w", "--stdin", stdin="x\n")
+    tree = git("mktree", stdin=f"100644 blob {blob}\tescaped\n")
+    for _ in range(2):
+        tree = git("mktree", stdin=f"040000 tree {tree}\t..\n")
+    sha = git("commit-tree", tree, "-m", "crafted")
+    scratch = tmp_path / "a" / "b"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    picture = take_picture(GitRepo.discover(repo.path), sha, base_ref="crafted", config=Config())
+
+    assert [p for p, _ in picture.files] == ["../../escaped"]
+    assert not (tmp_path / "a" / "escaped").exists()
+
+
+def test_the_plan_table_shows_the_models_text_as_text(repo: Repo, fake_api: FakeAnthropic) -> None:
+    # Rich markup in a model's words must neither vanish (`[id]`) nor crash the table (`[/]`).
+    odd = [dict(GOOD[0], description="Type it as dict[str, int] in app/[id]/page.tsx [/]")]
+    fake_api.on(None, submit(odd))
+    res = wswarm(repo.path, "plan", "g")
+    assert res.returncode == 0, res.stderr
+    assert "dict[str, int] in app/[id]/page.tsx [/]" in " ".join(res.stderr.split())

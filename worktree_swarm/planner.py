@@ -234,6 +234,7 @@ def ask_model(client: anthropic.Anthropic, *, goal: str, picture: Picture, model
 def _send(client: anthropic.Anthropic, *, model: str, max_tokens: int, task_types: Sequence[str],
           messages: list[dict[str, Any]]) -> Any:
     import anthropic
+    import httpx2
 
     # Streaming: the SDK refuses a non-streaming request whose max_tokens could outlast its timeout.
     try:
@@ -243,7 +244,13 @@ def _send(client: anthropic.Anthropic, *, model: str, max_tokens: int, task_type
                 tools=[{"name": TOOL_NAME, "description": "Submit the plan: the tasks and their dependencies.",
                         "input_schema": plan_schema(task_types)}],
                 tool_choice={"type": "tool", "name": TOOL_NAME}) as stream:
-            return stream.get_final_message()
+            if next(iter(stream), None) is None:     # the SDK would fail an assertion on an empty reply
+                raise PlannerError("the Messages API sent an empty reply to the planner's request",
+                                   hint="try again; check ANTHROPIC_BASE_URL if you set it")
+            reply = stream.get_final_message()
+    except httpx2.TransportError as exc:       # the SDK does not wrap a reply that breaks off mid-stream
+        raise PlannerError(f"the Messages API reply to the planner broke off: {exc or type(exc).__name__}",
+                           hint="try again; the API or the network failed mid-reply") from None
     except anthropic.APIStatusError as exc:
         raise api_error(exc.status_code, exc.body, exc.message) from None
     except anthropic.APIConnectionError as exc:
@@ -251,6 +258,10 @@ def _send(client: anthropic.Anthropic, *, model: str, max_tokens: int, task_type
                            hint="check the network, or ANTHROPIC_BASE_URL if you set it") from None
     except anthropic.APIError as exc:  # e.g. an error event in the middle of the stream
         raise PlannerError(f"the Messages API failed during the planner's request: {exc}") from None
+    if reply.stop_reason is None:
+        raise PlannerError("the Messages API reply to the planner broke off before its end",
+                           hint="try again; the API or the network failed mid-reply")
+    return reply
 
 
 def api_error(status: int, body: object, message: str) -> PlannerError:
@@ -310,19 +321,37 @@ def check_planned(data: object, *, files: Collection[str] = ()) -> Plan:
 def unordered_overlaps(plan: Plan, files: Collection[str] = ()) -> list[tuple[str, str, str]]:
     """(task, task, what both may edit) for every pair whose file patterns overlap while no
     dependency path orders them."""
+    # One reachability pass and one scan of the tracked files per pattern: a pairwise has_path and
+    # a scan per pair of patterns took minutes on a monorepo.
+    after = {tid: networkx.descendants(plan.graph, tid) for tid in plan.graph}
+    tracked = TrackedFiles(files)
     found: list[tuple[str, str, str]] = []
     tasks = list(plan)
     for i, a in enumerate(tasks):
         for b in tasks[i + 1:]:
-            if networkx.has_path(plan.graph, a.id, b.id) or networkx.has_path(plan.graph, b.id, a.id):
+            if b.id in after[a.id] or a.id in after[b.id]:
                 continue
-            where = next((w for p in a.files for q in b.files if (w := patterns_overlap(p, q, files))), None)
+            where = next((w for p in a.files for q in b.files if (w := patterns_overlap(p, q, tracked))), None)
             if where:
                 found.append((a.id, b.id, where))
     return found
 
 
-def patterns_overlap(p: str, q: str, files: Collection[str] = ()) -> str | None:
+class TrackedFiles:
+    """The tracked files each `files` pattern matches, computed once per pattern."""
+
+    def __init__(self, files: Collection[str]) -> None:
+        self.files = sorted(files)
+        self._matching: dict[str, frozenset[str]] = {}
+
+    def matching(self, pattern: str) -> frozenset[str]:
+        if pattern not in self._matching:
+            regex = glob_regex(pattern)
+            self._matching[pattern] = frozenset(f for f in self.files if regex.fullmatch(f))
+        return self._matching[pattern]
+
+
+def patterns_overlap(p: str, q: str, files: Collection[str] | TrackedFiles = ()) -> str | None:
     """What two `files` patterns may both match, phrased for a message; None when they cannot.
 
     Same pattern, one matching the other's text (a glob and a path, or a directory and a path
@@ -333,8 +362,9 @@ def patterns_overlap(p: str, q: str, files: Collection[str] = ()) -> str | None:
     rp, rq = glob_regex(p_norm), glob_regex(q_norm)
     if rp.fullmatch(q_norm.rstrip("/")) or rq.fullmatch(p_norm.rstrip("/")):
         return f"{p!r} / {q!r}"
-    both = next((f for f in sorted(files) if rp.fullmatch(f) and rq.fullmatch(f)), None)
-    return f"{both!r} (patterns {p!r} and {q!r})" if both else None
+    tracked = files if isinstance(files, TrackedFiles) else TrackedFiles(files)
+    both = tracked.matching(p_norm) & tracked.matching(q_norm)
+    return f"{min(both)!r} (patterns {p!r} and {q!r})" if both else None
 
 
 def _norm(pattern: str) -> str:

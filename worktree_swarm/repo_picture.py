@@ -181,12 +181,17 @@ def _checks(repo: Repo, base: Sha, files: Sequence[tuple[str, int]], config: Con
         written = 0
         for path, size in files:
             parts = path.split("/")
-            if len(parts) > _SKELETON_DEPTH or written >= _SKELETON_MAX_FILES:
+            # git checks paths on checkout, not on fetch: a crafted tree can hold `..` or a name twice.
+            if (len(parts) > _SKELETON_DEPTH or written >= _SKELETON_MAX_FILES
+                    or any(part in ("", ".", "..") for part in parts)):
                 continue
             target = root.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
             data = _blob(repo, base, path) if len(parts) == 1 and size <= _ROOT_FILE_MAX_BYTES else None
-            target.write_bytes(data or b"")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data or b"")
+            except OSError:
+                continue
             written += 1
         found = detect_checks(root)
     return [f"{d.check.name} ({d.check.kind}, because {d.why}{'' if d.installed else '; not installed here'})"

@@ -120,12 +120,15 @@ def _plan_for_start(goal: str | None, *, base: str, model: str | None, max_token
 
 def _show_plan(planned: Planned) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for col in ("id", "type", "after", "files", "description"):
         table.add_column(col, overflow="fold")
+    # The model wrote these: text, never rich markup (`src/[id].tsx`, `dict[str, int]`, `[/]`).
     for task in planned.plan:
-        table.add_row(task.id, task.type, ", ".join(task.dependencies), ", ".join(task.files), task.description)
+        table.add_row(*(Text(cell) for cell in (task.id, task.type, ", ".join(task.dependencies),
+                                                 ", ".join(task.files), task.description)))
     err.print(table)
     err.print(f"planner: {planned.model}, {planned.input_tokens} input + {planned.output_tokens} output tokens, "
               f"${planned.cost_usd:.4f}" + (" (after one repair round)" if planned.rounds > 1 else ""), markup=False)

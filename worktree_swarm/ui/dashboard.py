@@ -146,7 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(api.tasks_data(store))
             if len(rest) == 2 and rest[0] == "tasks":
                 return self._json(api.tasks_data(store, rest[1])[0])
-            if len(rest) >= 5 and rest[0] == "tasks" and rest[2] == "attempts" and rest[3].isdigit():
+            # isdecimal, not isdigit: int() refuses "²", which isdigit takes.
+            if len(rest) >= 5 and rest[0] == "tasks" and rest[2] == "attempts" and rest[3].isdecimal():
                 task, n = rest[1], int(rest[3])
                 if rest[4:] == ["diff"]:
                     return self._text(api.attempt_diff(self.dash.repo, store, task, n), "text/x-diff")

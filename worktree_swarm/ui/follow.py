@@ -10,8 +10,7 @@ from pathlib import Path
 
 from worktree_swarm.git.refs import encode
 from worktree_swarm.state import RunStore
-
-SETTLED = ("merged", "failed", "blocked")
+from worktree_swarm.ui.feed import SETTLED
 
 
 def log_files(store: RunStore, task_id: str) -> list[tuple[int, Path]]:

@@ -114,7 +114,7 @@ def _agents(view: dict[str, Any], rows: int) -> Table:
         files = a["files"]
         shown = ", ".join(files[:2]) + (f" +{len(files) - 2}" if len(files) > 2 else "")
         table.add_row(a["id"], a["task"] or "", Text(a["status"], style=COLOURS.get(a["status"], "")),
-                      str(a["attempt"] or ""), clock(a["elapsed"]), shown,
+                      str(a["attempt"] or ""), clock(a["elapsed"]), Text(shown, no_wrap=True, overflow="ellipsis"),
                       Text(a["activity"] or "", overflow="ellipsis", no_wrap=True))
     return table
 
