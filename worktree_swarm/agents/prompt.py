@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,7 +48,9 @@ def build_prompt(task: Task, *, role: str, dependencies: Sequence[Mapping[str, A
         parts.append("# Already done by the tasks this one depends on (merged into your starting point)\n\n"
                      + "\n\n".join(lines))
     if feedback:
+        # A fence longer than any run of backticks in the feedback (a diff of Markdown has some).
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", feedback)), default=0))
         parts.append("# Your previous attempt was sent back\n\n"
                      "Fix the problem below; your worktree starts from the current integration head.\n\n"
-                     f"```\n{feedback.strip()}\n```")
+                     f"{fence}\n{feedback.strip()}\n{fence}")
     return "\n\n".join(parts) + "\n"
