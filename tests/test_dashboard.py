@@ -304,3 +304,31 @@ def test_the_page_in_a_real_browser_follows_a_live_run(repo: Repo, live: LiveRun
     if shutil.which("file"):
         assert "PNG image" in subprocess.run(["file", str(shots / "dashboard-finished.png")],
                                              capture_output=True, text=True).stdout
+
+
+def test_a_bug_behind_an_endpoint_is_a_500_with_its_traceback_in_a_file(repo: Repo, agent_script: Any,
+                                                                        tmp_path: Path) -> None:
+    run = LiveRun(repo, agent_script(WAITING_AGENT), [task("solo")], tmp_path / "go")
+    assert run.finish()[0] == 0
+    dash = Dashboard(GitRepo.discover(repo.path), run=run.id, port=0)
+    thread = threading.Thread(target=dash.serve, daemon=True)
+    thread.start()
+    # A run folder whose database has no tables: reading it fails in a way no check foresaw.
+    broken = repo.state_dir / "runs" / "20990101-000000-dead"
+    broken.mkdir()
+    (broken / "state.db").write_bytes(b"")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+        conn.request("GET", "/api/runs")
+        res = conn.getresponse()
+        body = json.loads(res.read())
+        assert res.status == 500 and body["error"].startswith("internal error: OperationalError")
+        assert "Traceback" in Path(body["traceback"]).read_text()
+        shutil.rmtree(broken)
+        conn.request("GET", "/api/runs")                  # the server is still serving
+        res = conn.getresponse()
+        assert res.status == 200 and [r["id"] for r in json.loads(res.read())["runs"]] == [run.id]
+        conn.close()
+    finally:
+        dash.stop()
+        thread.join(timeout=10)

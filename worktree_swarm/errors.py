@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
@@ -77,3 +82,10 @@ def no_room(exc: BaseException) -> bool:
 
 class RefMovedError(WswarmError):
     """A compare-and-swap ref update found the ref somewhere else: someone moved it."""
+
+
+def crash_log() -> Path:
+    """Write the traceback being handled to a file of its own and return its path (a bug's report)."""
+    log = Path(tempfile.gettempdir()) / f"wswarm-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    return log

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -16,7 +13,7 @@ import typer
 from rich.console import Console
 
 from worktree_swarm import __version__
-from worktree_swarm.errors import WswarmError
+from worktree_swarm.errors import WswarmError, crash_log
 from worktree_swarm.ui.live import watch
 
 if TYPE_CHECKING:
@@ -44,8 +41,7 @@ def _call(fn: Callable[[], T]) -> T:
         err.print("wswarm: interrupted")
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug: keep the whole traceback, show one line
-        log = Path(tempfile.gettempdir()) / f"wswarm-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log.write_text(traceback.format_exc(), encoding="utf-8")
+        log = crash_log()
         err.print(f"wswarm: internal error: {type(exc).__name__}: {exc}", markup=False)
         err.print(f"hint: the traceback is in {log}; please report it", markup=False)
         raise typer.Exit(EXIT_INTERNAL) from None

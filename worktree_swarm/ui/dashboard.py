@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import RunNotFoundError, UsageError, WswarmError
+from worktree_swarm.errors import RunNotFoundError, UsageError, WswarmError, crash_log
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.state import RunStore, find_run
 from worktree_swarm.status import status_data
@@ -119,6 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": exc.message}, HTTPStatus.BAD_REQUEST)
         except (BrokenPipeError, ConnectionResetError):
             pass   # the page went away mid-answer
+        except Exception as exc:  # a bug: the page gets one line, the traceback goes to a file
+            log = crash_log()
+            self._json({"error": f"internal error: {type(exc).__name__}: {exc}", "traceback": str(log)},
+                       HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _route(self, parts: list[str], query: dict[str, list[str]]) -> None:
         if not parts or parts == ["index.html"]:
