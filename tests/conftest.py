@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -149,3 +149,15 @@ def idle_slots(repo: Repo) -> list[Path]:
         assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == "", f"slot on a branch: {path}"
         assert git(path, "status", "--porcelain", "--untracked-files=all") == "", f"slot not clean: {path}"
     return others
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool a test drives is missing. Outside CI that is a skip saying how to get it; in CI, where
+    scripts/install-test-tools installs every such tool, it is a failure, never a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must have it: scripts/install-test-tools installs it)", pytrace=False)
+    pytest.skip(reason)
+
+
+# For skipif markers: in CI the test runs anyway, and fails if its tool is missing.
+IN_CI = bool(os.environ.get("CI"))

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 
-from conftest import WSWARM, Repo, write_plan
+from conftest import WSWARM, Repo, unavailable, write_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,5 +125,5 @@ def need_tool(path_or_name: str) -> str:
         subprocess.run([str(ROOT / "scripts" / "install-test-tools")], check=True)
         found = shutil.which(path_or_name)
     if found is None:
-        pytest.skip(f"{path_or_name} is not installed and this is not root: run scripts/install-test-tools as root")
+        unavailable(f"{path_or_name} is not installed and this is not root: run scripts/install-test-tools as root")
     return found

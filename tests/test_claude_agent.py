@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Repo, alive, wswarm, write_plan
+from conftest import Repo, alive, unavailable, wswarm, write_plan
 from tests.fakeapi import FakeAnthropic, text, tool_use
 from worktree_swarm.agents.base import AgentRequest, AgentResult
 from worktree_swarm.agents.claude import ClaudeCodeAgent
@@ -53,7 +53,7 @@ def claude_cli() -> Path:
         return PINNED
     found = shutil.which("claude")
     if found is None:
-        pytest.skip("npm is not installed, so scripts/install-claude cannot install the Claude Code CLI")
+        unavailable("npm is not installed, so scripts/install-claude cannot install the Claude Code CLI")
     return Path(found)
 
 
