@@ -52,7 +52,7 @@ class Findings:
         return any(c.kind in ("head", "stash-lost") for c in self.changes)
 
 
-def snapshot(repo: Repo) -> Snapshot:
+def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = None) -> Snapshot:
     """Refs read through libgit2 (microseconds); the changed files are git status's (one process)."""
     pygit = repo.pygit
     head_ref = pygit.lookup_reference("HEAD")
@@ -65,7 +65,8 @@ def snapshot(repo: Repo) -> Snapshot:
     stash: tuple[tuple[str, str], ...] = ()
     if stash_ref is not None:
         stash = tuple((str(entry.oid_new), entry.message) for entry in stash_ref.log())
-    return Snapshot(head=head, branches=branches, stash=stash, checkout=_checkout_files(repo))
+    return Snapshot(head=head, branches=branches, stash=stash,
+                    checkout=_checkout_files(repo) if checkout is None else checkout)
 
 
 def _checkout_files(repo: Repo) -> frozenset[tuple[str, int, int]]:
@@ -135,13 +136,15 @@ class Guard:
         self._lock = threading.Lock()
         self._last = snapshot(repo)
 
-    def check(self) -> Findings:
-        """What changed since the last check; lost stash entries are restored at once."""
+    def check(self, *, scan_files: bool = True) -> Findings:
+        """What changed since the last check; lost stash entries are restored at once. Without
+        SCAN_FILES the checkout's files are not looked at (refs are µs; `git status` walks the tree)."""
         with self._lock:
-            now = snapshot(self.repo)
+            keep = None if scan_files else self._last.checkout
+            now = snapshot(self.repo, checkout=keep)
             findings = Findings(compare(self._last, now))
             if any(c.kind == "stash-lost" for c in findings.changes):
                 findings.restored = restore_stash(self.repo, self._last, now)
-                now = snapshot(self.repo)
+                now = snapshot(self.repo, checkout=now.checkout)
             self._last = now
             return findings

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class Swarm:
         self._window: set[tuple[str, int]] = set()     # attempts that ran since the last guard check
         self._suspects: set[tuple[str, int]] = set()   # ran while shared git state changed
         self._suspect_reason = ""
+        self._scanned = time.monotonic()               # when the checkout's files were last scanned
+        self._file_window: set[tuple[str, int]] = set()  # attempts that ran since that scan
         self._removals: list[Future[None]] = []
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
@@ -159,6 +162,7 @@ class Swarm:
                 self._drive()
                 if not self._judge_merge_result():
                     break
+            self._watch_shared_state(None)      # the last word on the checkout's files
         finally:
             self._reap()
             self.throttle.admission.close()
@@ -330,24 +334,34 @@ class Swarm:
 
     # -- deciding what follows (orchestrator thread) -------------------------------------------
 
-    def _watch_shared_state(self, out: Outcome) -> None:
+    def _watch_shared_state(self, out: Outcome | None) -> None:
         """Before an attempt is judged: did the user's checkout, branches or stash change while it
         ran? Lost stash entries are already restored; a git-level change (a switched checkout, a
         popped stash) fails every attempt that ran meanwhile, since any of them may carry what it
         took, and none is merged on trust."""
-        me = (out.task.id, out.n)
-        self._live.discard(me)
-        findings = self.guard.check()
+        me = (out.task.id, out.n) if out is not None else None
+        if me is not None:
+            self._live.discard(me)
+        # The checkout's files (a warning only) are scanned at most once a second: `git status`
+        # walks the whole tree (~90 ms at 50,000 files); refs and the stash cost microseconds.
+        scan = me is None or time.monotonic() - self._scanned >= 1.0
+        findings = self.guard.check(scan_files=scan)
         ran, self._window = sorted(self._window), set(self._live)
+        self._file_window.update(ran)
+        scanned = sorted(self._file_window)      # who ran since the files were last looked at
+        if scan:
+            self._scanned = time.monotonic()
+            self._file_window = set(self._live)
         if not findings.changes:
             return
+        who = sorted(set(ran) | set(scanned)) if any(c.kind == "checkout" for c in findings.changes) else ran
         self.store.event("shared-state-changed", detail=findings.describe(), restored=findings.restored or None,
-                         agents_running=[f"{t}#{n}" for t, n in ran],
+                         agents_running=[f"{t}#{n}" for t, n in who],
                          blamed=len(ran) == 1 and findings.git_state)
         if findings.git_state:
             self._suspects.update(ran)
             self._suspect_reason = findings.describe()
-        if me in self._suspects and out.kind not in ("interrupted",):
+        if out is not None and me in self._suspects and out.kind not in ("interrupted",):
             self._suspects.discard(me)
             alone = "" if ran == [me] else " (other agents ran at the same time)"
             out.kind = "agent-failed"
