@@ -89,6 +89,9 @@ def test_a_goal_becomes_a_merged_pull_request_with_its_cost(repo: Repo, fake_api
     assert "Added mul()." in readme_first.last_user_text()
     # Its role is the docs role, and the model is the agents' default (not the planner's).
     assert "documentation" in json.dumps(readme_first.body["system"])
+    # ... and it is sent once, as the system prompt, not again at the head of every conversation.
+    assert "# Role" not in readme_first.last_user_text()
+    assert readme_first.last_user_text().startswith("# Task `readme` (docs)")
     assert readme_first.body["model"] == "claude-sonnet-5-5"
 
     pr = Path(res.stdout.strip()).read_text()

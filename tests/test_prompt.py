@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worktree_swarm.agents.prompt import build_prompt, role_prompt
+from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.plan import plan_from_data
 
 TASK = plan_from_data([{"id": "docs", "type": "docs", "description": "Document it", "files": ["README.md"]}],
@@ -27,3 +27,10 @@ def test_dependencies_say_what_they_changed() -> None:
         {"id": "api", "description": "Add the API", "files": ["app.py"], "summary": "added /health"}])
     assert "## `api`: Add the API\n\nChanged: `app.py`\n\nadded /health" in text
     assert "- `README.md`" in text and "sent back" not in text
+
+
+def test_the_whole_prompt_is_the_system_prompt_then_the_task_prompt() -> None:
+    whole = build_prompt(TASK, role="Write well.", dependencies=[], feedback="fix it")
+    assert whole == "# Role\n\n" + system_prompt("Write well.") + "\n\n" + task_prompt(
+        TASK, dependencies=[], feedback="fix it")
+    assert system_prompt("Write well.").startswith("Write well.\n\nYou work in a git worktree of your own")

@@ -16,7 +16,7 @@ from typing import Any
 
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
-from worktree_swarm.agents.prompt import build_prompt, role_prompt
+from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.config import Config
 from worktree_swarm.errors import DiskFullError, WswarmError, no_room
 from worktree_swarm.gate.builtin import redact_secrets, scrub_logs
@@ -195,8 +195,12 @@ class AttemptRunner:
         task = out.task
         roles = {name: role.system for name, role in self.config.roles.items()}
         role = role_prompt(task.type, roles)
-        prompt = build_prompt(task, role=role, dependencies=deps, feedback=feedback)
-        (adir / "prompt.md").write_text(prompt, encoding="utf-8")
+        # prompt.md is the whole text (a command agent's WSWARM_PROMPT); task-prompt.md is it without the
+        # role, for model-backed agents, which get the role as their system prompt.
+        (adir / "prompt.md").write_text(build_prompt(task, role=role, dependencies=deps, feedback=feedback),
+                                        encoding="utf-8")
+        (adir / "task-prompt.md").write_text(task_prompt(task, dependencies=deps, feedback=feedback),
+                                             encoding="utf-8")
         doc = {"run": self.run_id, "task": task.to_dict(), "attempt": out.n, "base": out.start,
                "branch": out.branch, "dependencies": deps}
         (adir / "task.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -207,7 +211,8 @@ class AttemptRunner:
         return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
                             feedback_path=feedback_path, log_path=adir / "agent.log",
-                            timeout=self._timeout(task), env=env, system_prompt=role,
+                            task_prompt_path=adir / "task-prompt.md",
+                            timeout=self._timeout(task), env=env, system_prompt=system_prompt(role),
                             model=role_config.model if (role_config := self.config.roles.get(task.type)) else None,
                             activity=lambda line: self._activity(task.id, out.n, agent, line))
 

@@ -30,8 +30,14 @@ class AgentRequest:
     # What the agent is doing now, one line at a time ("Write src/app.py", "Bash: pytest -q"): each
     # call becomes an `agent-activity` event. Secrets are redacted by the receiver.
     activity: Callable[[str], None] = field(default=lambda line: None, compare=False)
-    system_prompt: str = ""             # the role's system prompt (also the head of prompt_path's text)
+    system_prompt: str = ""             # the role and shared rules (also the head of prompt_path's text)
+    task_prompt_path: Path | None = None   # prompt_path's text without the role: for model-backed agents
     model: str | None = None            # the role's model, when it names one
+
+    def first_message(self) -> str:
+        """What a model-backed agent sends first: the prompt without the role its system prompt holds."""
+        path = self.task_prompt_path or self.prompt_path
+        return path.read_text(encoding="utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,19 @@ def role_prompt(task_type: str, roles: Mapping[str, str | None]) -> str:
 
 def build_prompt(task: Task, *, role: str, dependencies: Sequence[Mapping[str, Any]],
                  feedback: str | None) -> str:
-    """The full prompt text of one attempt, in Markdown."""
-    parts = [f"# Role\n\n{role}\n\n{_COMMON}", f"# Task `{task.id}` ({task.type})\n\n{task.description}"]
+    """The full prompt text of one attempt, in Markdown: the role section, then the task's."""
+    return f"# Role\n\n{system_prompt(role)}\n\n" + task_prompt(task, dependencies=dependencies, feedback=feedback)
+
+
+def system_prompt(role: str) -> str:
+    """What a model-backed agent gets as its system prompt: the role and the rules every task shares."""
+    return f"{role}\n\n{_COMMON}"
+
+
+def task_prompt(task: Task, *, dependencies: Sequence[Mapping[str, Any]], feedback: str | None) -> str:
+    """The prompt without its role section: a model-backed agent's first message (its system prompt
+    carries the role, so the model is not sent it twice every turn)."""
+    parts = [f"# Task `{task.id}` ({task.type})\n\n{task.description}"]
     if task.files:
         parts.append("# Files this task may change\n\n" + "\n".join(f"- `{f}`" for f in task.files))
     if task.prompt:

@@ -115,7 +115,7 @@ class _Session:
         max_turns = spec.max_turns or DEFAULT_MAX_TURNS
         client = anthropic.Anthropic(base_url=self.agent.base_url, http_client=self.agent.http_client,
                                      max_retries=0)
-        prompt = self.request.prompt_path.read_text(encoding="utf-8", errors="replace")
+        prompt = self.request.first_message()
         self.messages.append({"role": "user", "content": prompt})
         self._write(f"# anthropic agent {self.agent.name}: model {self.model}, at most {max_turns} turns, "
                     f"{self.request.timeout:g}s; run commands "
