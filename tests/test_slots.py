@@ -385,3 +385,38 @@ def test_waking_often_does_not_make_an_extra_slot_sooner(repo: Repo, commits: tu
         assert got == [first]
     finally:
         slots.close()
+
+
+def test_a_slot_whose_orphaned_agent_still_runs_is_not_handed_to_a_new_run(repo: Repo, agent_script: object,
+                                                                           tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    agent = agent_script(f"""
+Path({str(marks)!r}, os.environ["WSWARM_TASK_ID"]).write_text(os.getcwd())
+if os.environ["WSWARM_TASK_ID"] == "slow":
+    time.sleep(120)
+Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("done\\n")
+""")  # type: ignore[operator]
+    write_plan(tmp_path / "slow.json", [{"id": "slow", "description": "takes its time"}])
+    write_plan(tmp_path / "quick.json", [{"id": "quick", "description": "is quick"}])
+    first = subprocess.Popen([sys.executable, "-m", "worktree_swarm", "start", "--plan", str(tmp_path / "slow.json"),
+                              "--agents", "1", "--agent-cmd", agent], cwd=repo.path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (marks / "slow").exists():
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    orphan_slot = Path((marks / "slow").read_text())
+    first.kill()            # the orchestrator dies; its agent, in a session of its own, lives on
+    first.wait()
+    orphan = int(next(line.split()[0] for line in
+                      (p.read_text() for p in (repo.state_dir / "runs").rglob("agent.pid"))))
+    try:
+        res = wswarm(repo.path, "start", "--plan", str(tmp_path / "quick.json"), "--agents", "1",
+                     "--agent-cmd", agent)
+        assert res.returncode == 0, res.stderr
+        # The orphan still holds its slot through the lock it inherited: the new run made another.
+        assert Path((marks / "quick").read_text()) != orphan_slot
+        assert git(orphan_slot, "symbolic-ref", "--short", "HEAD").endswith("/tasks/slow/1")
+    finally:
+        os.killpg(orphan, signal.SIGKILL)

@@ -211,7 +211,7 @@ class AttemptRunner:
         return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
                             feedback_path=feedback_path, log_path=adir / "agent.log",
-                            task_prompt_path=adir / "task-prompt.md",
+                            task_prompt_path=adir / "task-prompt.md", hold_fds=self.pool.holds(worktree),
                             timeout=self._timeout(task), env=env, system_prompt=system_prompt(role),
                             model=role_config.model if (role_config := self.config.roles.get(task.type)) else None,
                             activity=lambda line: self._activity(task.id, out.n, agent, line))

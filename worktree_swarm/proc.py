@@ -99,11 +99,13 @@ def run_in_group(
     pidfile: Path | None = None,
     stdin: Path | None = None,
     stderr: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> GroupResult:
     """Run argv in its own process group, stdin closed, stdout+stderr appended to OUTPUT.
 
     STDIN, when given, is a file fed to the process as its stdin; STDERR, when given, receives
     stderr (appended) instead of OUTPUT, for a child whose stdout is a machine-readable stream.
+    PASS_FDS are inherited by the child (lock files it should hold for as long as it lives).
 
     On timeout or cancel the whole group is killed (TERM, then KILL): agents and test runners
     start children that would otherwise outlive them. PIDFILE records the group while it runs, so
@@ -115,7 +117,7 @@ def run_in_group(
         source = subprocess.DEVNULL if stdin is None else files.enter_context(open(stdin, "rb"))
         errors = subprocess.STDOUT if stderr is None else files.enter_context(open(stderr, "ab"))
         child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=source,
-                                 stdout=out, stderr=errors, start_new_session=True)
+                                 stdout=out, stderr=errors, start_new_session=True, pass_fds=tuple(pass_fds))
         if pidfile is not None:
             pidfile.write_text(f"{child.pid} {_start_time(child.pid)}\n")
         timed_out = cancelled = False

@@ -33,6 +33,7 @@ class AgentRequest:
     system_prompt: str = ""             # the role and shared rules (also the head of prompt_path's text)
     task_prompt_path: Path | None = None   # prompt_path's text without the role: for model-backed agents
     model: str | None = None            # the role's model, when it names one
+    hold_fds: tuple[int, ...] = ()      # lock fds every process the agent starts inherits (WorktreePool.holds)
 
     def first_message(self) -> str:
         """What a model-backed agent sends first: the prompt without the role its system prompt holds."""

@@ -91,7 +91,8 @@ class ClaudeCodeAgent(Agent):
             outcome = proc.run_in_group(self.argv(executable, request), cwd=request.worktree, env=env,
                                         output=stream_path, timeout=request.timeout, cancel=cancel,
                                         pidfile=request.log_path.with_suffix(".pid"),
-                                        stdin=request.task_prompt_path or request.prompt_path, stderr=stderr_path)
+                                        stdin=request.task_prompt_path or request.prompt_path, stderr=stderr_path,
+                                        pass_fds=request.hold_fds)
             follower.finish()
             stderr = stderr_path.read_text(encoding="utf-8", errors="replace").strip()
             follower.write(["[stderr] " + line for line in stderr.splitlines()])

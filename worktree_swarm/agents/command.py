@@ -53,7 +53,7 @@ class CommandAgent(Agent):
         try:
             result = proc.run_in_group(proc.shell_argv(self.command), cwd=request.worktree, env=env,
                                        output=request.log_path, timeout=request.timeout, cancel=cancel,
-                                       pidfile=request.log_path.with_suffix(".pid"))
+                                       pidfile=request.log_path.with_suffix(".pid"), pass_fds=request.hold_fds)
         finally:
             tail.stop()
         summary = last_lines(request.log_path, 5)

@@ -350,6 +350,11 @@ class SlotPool(WorktreePool):
 
     # -- the setup step ------------------------------------------------------------------------
 
+    def holds(self, path: Path) -> tuple[int, ...]:
+        with self._cond:
+            slot = self._busy.get(path)
+        return (slot.fd,) if slot is not None else ()
+
     def setup_needed(self, path: Path) -> bool:
         """Not when the setup step last succeeded in this slot on the same inputs (and ignored files,
         where setups put what they make, were kept); without declared inputs, always."""

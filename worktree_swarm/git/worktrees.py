@@ -32,6 +32,11 @@ class WorktreePool(ABC):
     def release(self, path: Path, *, keep: bool) -> None:
         """Give a checkout back; keep=True leaves it on disk for inspection."""
 
+    def holds(self, path: Path) -> tuple[int, ...]:
+        """File descriptors whose locks say PATH is in use. An agent inherits them, so a checkout
+        whose orphaned agent outlived a crashed orchestrator is never handed to another run."""
+        return ()
+
     def setup_needed(self, path: Path) -> bool:
         """Whether the worktree setup step must run in PATH before its agent (a fresh checkout: always)."""
         return True
