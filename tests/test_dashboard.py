@@ -152,6 +152,10 @@ def test_endpoints_and_event_stream_of_a_live_run(repo: Repo, live: LiveRun) -> 
         assert [int(m["id"]) for m in resumed if "id" in m] == [total - 2, total - 1]
         assert [int(m["id"]) for m in sse(server.url.rstrip("/") + base + f"/events?since={total - 2}")
                 if "id" in m] == [total - 1]
+        # What the page asks for: the folded views only, not the whole log again.
+        views_only = list(sse(server.url.rstrip("/") + base + "/events?events=0"))
+        assert {m["event"] for m in views_only if "event" in m} == {"view", "end"}
+        assert json.loads(next(m for m in views_only if m.get("event") == "view")["data"])["state"] == "finished"
 
         # Tasks with their attempts, gate reports, diffs and logs; ids with a slash travel encoded.
         tasks = {t["id"]: t for t in server.json(base + "/tasks")}

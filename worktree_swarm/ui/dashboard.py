@@ -188,7 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self, run: str, query: dict[str, list[str]]) -> None:
         """Server-sent events: `event` (one per log line, id = its line number) from after
         Last-Event-ID or ?since=, `view` (the folded view model) whenever it changed, `: ping`
-        heartbeats, and `end` once a finished run has been sent in full."""
+        heartbeats, and `end` once a finished run has been sent in full. `?events=0` sends only the
+        views: the page needs nothing else, and a long run's log is megabytes of activity lines."""
         since_text = self.headers.get("Last-Event-ID") or (query.get("since") or ["-1"])[0]
         try:
             since = int(since_text)
@@ -201,11 +202,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Accel-Buffering", "no")
             self.end_headers()
-            self._stream(store, since)
+            self._stream(store, since, raw=(query.get("events") or ["1"])[0] != "0")
         finally:
             store.close()
 
-    def _stream(self, store: RunStore, since: int) -> None:
+    def _stream(self, store: RunStore, since: int, *, raw: bool) -> None:
         dash = self.dash
         tail, feed = EventTail(store.dir / "events.jsonl"), Feed.for_store(store)
         self._write("retry: 2000\n\n")
@@ -214,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             events = tail.read()
             feed.apply_all(events)
             chunk = "".join(f"id: {n}\nevent: event\ndata: {json.dumps(e, ensure_ascii=False)}\n\n"
-                            for n, e in events if n > since)
+                            for n, e in events if n > since) if raw else ""
             live = store.is_live()
             now = time.monotonic()
             # A live run's clocks move even when nothing happens: a fresh view every second.

@@ -79,7 +79,7 @@ function runLabel(run) {
 }
 
 function connect() {
-  const source = new EventSource("/api/runs/" + enc(state.run) + "/events");
+  const source = new EventSource("/api/runs/" + enc(state.run) + "/events?events=0");
   state.source = source;
   source.addEventListener("view", (message) => render(JSON.parse(message.data)));
   source.addEventListener("end", () => {
