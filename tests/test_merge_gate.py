@@ -174,5 +174,9 @@ def test_a_merge_result_whose_checks_could_not_run_is_unverified_not_passed(repo
     assert st["merge_gate"] == "unverified"
     assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]  # type: ignore[attr-defined]
     assert "merge-gate-unverified" in [e["kind"] for e in events(repo)]
+    # Each branch's own gate is one event: it passed (its setup ran before the marker existed).
+    gates = [e for e in events(repo) if e["kind"] == "gate-finished"]
+    assert sorted(e["task"] for e in gates) == ["marker", "other"]  # type: ignore[type-var]
+    assert {e["verdict"] for e in gates} == {"passed"} and all("tests ✓" in str(e["summary"]) for e in gates)
     pr = wswarm(repo.path, "pr")
     assert "**Unverified:** tests did not run (the worktree setup step failed)" in pr.stdout

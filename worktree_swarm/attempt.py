@@ -180,6 +180,8 @@ class AttemptRunner:
         finally:
             base_probe.close()
         (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
+        self.store.event("gate-finished", task.id, attempt=out.n, agent=agent.name, verdict=report.verdict,
+                         summary=report.summary())
         out.report = report
         if self.cancel.is_set() and not report.passed:
             out.kind, out.reason = "interrupted", "interrupted during the gate"

@@ -42,6 +42,8 @@ def describe(event: dict[str, Any]) -> str:
         return f"{event.get('agent') or 'agent'} agent {verdict}{cost}"
     if kind == "gate-started":
         return "gate started" + (f" on {files}" if files else "")
+    if kind == "gate-finished":
+        return str(event.get("summary") or f"gate {event.get('verdict')}")
     if kind == "merged":
         return f"merged as {short(event.get('commit') or '')}" + (f": {files}" if files else "") + \
             (" (recovered)" if event.get("recovered") else "")
