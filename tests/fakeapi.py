@@ -39,7 +39,8 @@ class Reply:
     status: int = 200                          # non-200: an API error of `error_type`
     error_type: str = "api_error"
     error_message: str = "scripted failure"
-    cut: str | None = None                     # streamed only: "drop" after the first event, "empty"
+    cut: str | None = None                     # streamed only, after the first event: "drop", "stall"
+                                               # (silent for 4 s, then drop); or "empty" (no event)
     delay: float = 0.0                         # seconds of silence before answering (a slow or hung API)
 
     def message(self, model: str) -> dict[str, Any]:
@@ -217,6 +218,8 @@ def _handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             for event, data in events:
                 self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
             self.wfile.flush()
+            if reply.cut == "stall":
+                time.sleep(4)
 
     return Handler
 

@@ -10,15 +10,13 @@ import socket
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import Repo, wswarm, write_plan
-from tests.fakeapi import FakeAnthropic, Reply, sse_events, text, tool_use
+from tests.fakeapi import FakeAnthropic, text, tool_use
 from worktree_swarm.agents.base import AgentRequest, AgentResult
 from worktree_swarm.agents.pricing import cost_usd, price_of
 from worktree_swarm.agents.registry import make_agent
@@ -202,61 +200,20 @@ def test_an_unreachable_api_is_named(wt: Path, monkeypatch: pytest.MonkeyPatch) 
     assert result.error.startswith(f"cannot reach the Messages API at http://127.0.0.1:{port}")
 
 
-@pytest.fixture
-def cutting_api(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[int]]]:
-    """A Messages API whose first streamed reply breaks off after its first event: the connection
-    drops ("drop") or goes silent ("stall"), or it ends before any event ("empty"); later replies are
-    whole. Yields its URL and a request count."""
-    mode, served = request.param, [0]
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            served[0] += 1
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            events = sse_events(Reply([text("Done after the cut.")]).message("claude-test"))
-            if served[0] == 1:
-                events = [] if mode == "empty" else events[:1]
-            for event, data in events:
-                self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
-            self.wfile.flush()
-            if served[0] == 1 and mode == "stall":
-                time.sleep(4)
-            self.close_connection = True
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.mark.parametrize("cutting_api", ["drop", "empty"], indirect=True)
-def test_a_reply_cut_off_mid_stream_is_retried_not_taken_as_done(
-        cutting_api: tuple[str, list[int]], wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url, served = cutting_api
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    result, _, log = run_agent(wt, base_url=url, max_retries=2)
-    assert result.ok and result.summary == "Done after the cut." and served[0] == 2
+@pytest.mark.parametrize("cut", ["drop", "empty"])
+def test_a_reply_cut_off_mid_stream_is_retried_not_taken_as_done(fake_api: FakeAnthropic, wt: Path,
+                                                                 cut: str) -> None:
+    fake_api.on(None, text("Cut short."), cut=cut)
+    fake_api.on(None, text("Done after the cut."))
+    result, _, log = run_agent(wt, max_retries=2)
+    assert result.ok and result.summary == "Done after the cut." and len(fake_api.messages()) == 2
     assert "the Messages API reply" in log
 
 
-@pytest.mark.parametrize("cutting_api", ["stall"], indirect=True)
-def test_a_reply_stalled_mid_stream_ends_the_attempt_at_its_time_limit(
-        cutting_api: tuple[str, list[int]], wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url, served = cutting_api
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    result, _, _ = run_agent(wt, base_url=url, timeout=1.5, max_retries=2)
-    assert not result.ok and result.timed_out and served[0] == 1
+def test_a_reply_stalled_mid_stream_ends_the_attempt_at_its_time_limit(fake_api: FakeAnthropic, wt: Path) -> None:
+    fake_api.on(None, text("Stalled."), cut="stall")
+    result, _, _ = run_agent(wt, timeout=1.5, max_retries=2)
+    assert not result.ok and result.timed_out and len(fake_api.messages()) == 1
 
 
 def test_an_outgrown_context_window_fails_the_attempt(fake_api: FakeAnthropic, wt: Path) -> None:
