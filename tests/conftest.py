@@ -151,6 +151,16 @@ def idle_slots(repo: Repo) -> list[Path]:
     return others
 
 
+def assert_cleans_up(repo: Repo) -> None:
+    """After a run: `clean` leaves only idle slots, and `clean --slots` leaves only the user's checkout."""
+    res = wswarm(repo.path, "clean")
+    assert res.returncode == 0, res.stderr
+    idle_slots(repo)
+    res = wswarm(repo.path, "clean", "--slots")
+    assert res.returncode == 0, res.stderr
+    assert len(repo.git("worktree", "list").splitlines()) == 1
+
+
 def unavailable(reason: str) -> NoReturn:
     """A tool a test drives is missing. Outside CI that is a skip saying how to get it; in CI, where
     scripts/install-test-tools installs every such tool, it is a failure, never a silent skip."""

@@ -15,7 +15,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +70,7 @@ def sse(url: str, headers: dict[str, str] | None = None) -> Iterator[dict[str, s
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=20) as res:
         assert res.headers["Content-Type"].startswith("text/event-stream")
-        message: dict[str, str] = {}
-        for raw in res:
-            line = raw.decode().rstrip("\n")
-            if not line:
-                if message:
-                    yield message
-                message = {}
-            elif line.startswith(":"):
-                yield {"comment": line[1:].strip()}
-            else:
-                name, _, value = line.partition(": ")
-                message[name] = value
+        yield from sse_lines(res)
 
 
 def until(stream: Iterator[dict[str, str]], predicate: Any) -> list[dict[str, str]]:
@@ -238,10 +227,11 @@ def test_an_interrupted_run_keeps_its_stream_open_with_heartbeats(repo: Repo, ag
         thread.join(timeout=10)
 
 
-def sse_lines(res: http.client.HTTPResponse) -> Iterator[dict[str, str]]:
+def sse_lines(res: Iterable[bytes]) -> Iterator[dict[str, str]]:
+    """The messages of an event stream, its `: comment` lines included, until it ends."""
     message: dict[str, str] = {}
-    while True:
-        line = res.readline().decode().rstrip("\n")
+    for raw in res:
+        line = raw.decode().rstrip("\n")
         if not line:
             if message:
                 yield message

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, idle_slots, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, assert_cleans_up, wswarm, write_plan
 
 # Agents record their pid, take a moment, then write their own file; "b" builds on "a".
 AGENT = """
@@ -111,13 +111,8 @@ def test_sigkill_anywhere_then_resume_gives_the_same_tree(repo: Repo, agent_scri
     # Every agent the killed orchestrator had started is gone: resume stopped the orphans.
     for pidfile in pids.iterdir():
         assert not alive(int(pidfile.read_text())), pidfile.name
-    res = wswarm(repo.path, "clean")
-    assert res.returncode == 0, res.stderr
     # Slots the killed run held were reset by the resumed run's pool: idle, clean, on no branch.
-    idle_slots(repo)
-    res = wswarm(repo.path, "clean", "--slots")
-    assert res.returncode == 0, res.stderr
-    assert len(repo.git("worktree", "list").splitlines()) == 1
+    assert_cleans_up(repo)
     leftovers = list((repo.state_dir / "worktrees").glob("*")) if (repo.state_dir / "worktrees").exists() else []
     assert leftovers == []
 

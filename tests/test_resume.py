@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, idle_slots, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, assert_cleans_up, idle_slots, wswarm, write_plan
 
 # Each task appends its id to its own file; "slow" tasks wait long enough to be interrupted, and
 # record their pid so the test can prove no agent outlives the orchestrator.
@@ -119,12 +119,7 @@ def test_sigkill_never_leaves_a_running_status(repo: Repo, agent_script: object,
     assert res.returncode == 0, res.stderr
     assert not any(alive(pid) for pid in orphans)   # resume did
     assert set(statuses(repo).values()) == {"merged"}
-    res = wswarm(repo.path, "clean")
-    assert res.returncode == 0, res.stderr
-    idle_slots(repo)
-    res = wswarm(repo.path, "clean", "--slots")
-    assert res.returncode == 0, res.stderr
-    assert len(repo.git("worktree", "list").splitlines()) == 1
+    assert_cleans_up(repo)
 
 
 def test_a_merge_recorded_in_git_but_not_in_state_is_not_merged_twice(repo: Repo, agent_script: object,
