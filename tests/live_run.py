@@ -84,7 +84,9 @@ class LiveRun:
         return self.dir.name
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in (self.dir / "events.jsonl").read_text().splitlines() if line]
+        # Only whole lines: the orchestrator may be writing the last one right now.
+        text = (self.dir / "events.jsonl").read_text()
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line]
 
     def wait_event(self, kind: str, task: str | None = None, *, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: next((e for e in self.events() if e["kind"] == kind
