@@ -12,10 +12,13 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import regex
 
 READ_LIMIT = 256 * 1024          # bytes of a file read whole; larger files are read by line range
 WRITE_LIMIT = 1024 * 1024        # bytes a write or an edit may leave in one file
@@ -25,6 +28,9 @@ PAGE_LINES = 2000                # lines read returns when not told how many
 LIST_LIMIT = 500
 SEARCH_LIMIT = 200
 SEARCH_FILES = 20_000            # files one search reads at most (a vendored tree would take minutes)
+SEARCH_SECONDS = 2.0             # matching time one search may spend, over all its lines
+PATTERN_LIMIT = 1000             # characters of a search pattern
+PATTERN_NODES = 100_000          # pattern size once fixed repeat counts are written out (see _pattern_size)
 
 
 class ToolError(Exception):
@@ -256,17 +262,19 @@ def _replace(path: Path, data: bytes) -> None:
 # --- search ---------------------------------------------------------------------------------------
 
 def search(ws: Workspace, args: dict[str, Any]) -> str:
-    """Lines matching a Python regular expression, as `path:line: text`, under PATH (default: all)."""
+    """Lines matching a Python regular expression, as `path:line: text`, under PATH (default: all).
+
+    A pattern that backtracks without end is stopped once the search has spent SEARCH_SECONDS
+    matching: a ToolError, never a frozen run.
+    """
     pattern = _text_arg(args, "pattern")
     glob = _text_arg(args, "glob", required=False)
-    try:
-        regex = re.compile(pattern, re.IGNORECASE if args.get("ignore_case") else 0)
-    except re.error as exc:
-        raise ToolError(f"`pattern` is not a valid regular expression: {exc}") from None
+    compiled = _compile(pattern, ignore_case=bool(args.get("ignore_case")))
     top = ws.resolve(args.get("path") or ".")
     files = [top] if top.is_file() else (p for p in _walk(top, True) if p.is_file() and not p.is_symlink())
     hits: list[str] = []
     more = skipped = 0
+    spent = 0.0
     for count, path in enumerate(files):
         if count >= SEARCH_FILES:
             hits.append(f"(stopped after {SEARCH_FILES} files: search a subdirectory, or narrow with glob)")
@@ -281,7 +289,17 @@ def search(ws: Workspace, args: dict[str, Any]) -> str:
         if _is_binary(data[:8192]):
             continue
         for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-            if regex.search(line):
+            # `regex` lets go of the GIL while it matches a str and gives up at the timeout; `re`
+            # holds the GIL until it is done, which for (a|a)+$ on a long line is never.
+            started = time.monotonic()
+            try:
+                found = compiled.search(line, timeout=SEARCH_SECONDS - spent)
+            except TimeoutError:
+                raise ToolError(f"the search was stopped after {SEARCH_SECONDS:g} s of matching, at {rel}:{number}: "
+                                "the pattern backtracks too much (nested repeats such as (a+)+ or (a|a)*); "
+                                "simplify it, or narrow the path or glob") from None
+            spent += time.monotonic() - started
+            if found:
                 if len(hits) >= SEARCH_LIMIT:
                     more += 1
                 else:
@@ -291,3 +309,51 @@ def search(ws: Workspace, args: dict[str, Any]) -> str:
     if skipped:
         hits.append(f"({skipped} files over {_human(SEARCH_FILE_LIMIT)} were not searched)")
     return "\n".join(hits) if hits else "no matches"
+
+
+def _compile(pattern: str, *, ignore_case: bool) -> regex.Pattern[str]:
+    """PATTERN compiled with Python's `re` syntax, refused when compiling it alone would take
+    seconds and gigabytes."""
+    if len(pattern) > PATTERN_LIMIT:
+        raise ToolError(f"`pattern` is {len(pattern)} characters long, over the limit of {PATTERN_LIMIT}")
+    if _pattern_size(pattern) > PATTERN_NODES:
+        raise ToolError(f"`pattern` repeats too much: its counts {{n}} multiply to over {PATTERN_NODES:,} "
+                        "pieces; use smaller counts, or + and *")
+    try:
+        return regex.compile(pattern, regex.V0 | (regex.IGNORECASE if ignore_case else 0))
+    except regex.error as exc:
+        raise ToolError(f"`pattern` is not a valid regular expression: {exc}") from None
+
+
+_COUNT = re.compile(r"\{(\d*)(?:,\d*)?\}")
+
+
+def _pattern_size(pattern: str) -> int:
+    """About how many nodes PATTERN compiles to: `regex` writes a fixed count out, so
+    (?:a{65535}){65535} is four billion of them (measured: 0.07 s for a{100000}, a MemoryError
+    after seconds for that one). An upper bound: classes and comments count as characters."""
+    sizes = [0]   # the size of each open group so far
+    last = 0      # the size of what a count after this point repeats
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "(":
+            sizes.append(0)
+            last = 0
+        elif char == ")" and len(sizes) > 1:
+            last = max(sizes.pop(), 1)
+            sizes[-1] += last
+        elif char == "{" and (count := _COUNT.match(pattern, i)):
+            digits = count.group(1)
+            times = max(int(digits) if len(digits) <= 9 else 10**9, 1)
+            sizes[-1] += last * (times - 1)
+            last *= times
+            i = count.end()
+            continue
+        elif char not in "*+?|":
+            last = 1
+            sizes[-1] += 1
+            i += 2 if char == "\\" else 1
+            continue
+        i += 1
+    return sum(sizes)

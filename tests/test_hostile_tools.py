@@ -1,0 +1,93 @@
+"""Attacks on the parts of wswarm that model output and agents reach, each run for real: a
+catastrophic pattern given to the search tool, a key in a file's name, a flood of half-sent
+requests at the dashboard.
+
+Fake keys are assembled at run time, so this file holds no literal the secret patterns would match.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Repo
+
+# --- search: a pattern that backtracks without end ----------------------------------------------
+
+# Runs the search tool in a thread of its own process, as the agent loop does, while the main
+# thread ticks every 10 ms. `re` would hold the GIL for the whole match: no ticks, and no end.
+ATTACK = """
+import json, sys, threading, time
+from pathlib import Path
+from worktree_swarm.agents.sandbox import Runner
+from worktree_swarm.agents.tool_specs import call_tool
+from worktree_swarm.agents.tools import Workspace
+
+root, pattern = Path(sys.argv[1]), sys.argv[2]
+ws = Workspace(root)
+out = {}
+
+def attack():
+    started = time.monotonic()
+    out["text"], out["is_error"] = call_tool("search", {"pattern": pattern}, workspace=ws,
+                                             runner=Runner(ws, root.parent / "scratch", sandbox=False))
+    out["seconds"] = time.monotonic() - started
+
+worker = threading.Thread(target=attack)
+ticks = 0
+worker.start()
+while worker.is_alive():
+    time.sleep(0.01)
+    ticks += 1
+out["ticks"] = ticks
+print(json.dumps(out))
+"""
+
+
+def search_attack(root: Path, pattern: str) -> dict[str, object]:
+    res = subprocess.run([sys.executable, "-c", ATTACK, str(root), pattern], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_catastrophic_pattern_is_stopped_and_never_holds_the_interpreter(repo: Repo) -> None:
+    repo.write("app/data.txt", "header\n" + "a" * 40 + "!\n")
+    out = search_attack(repo.path, "(a|a)+$")
+    assert out["is_error"] is True
+    assert "stopped after 2 s of matching, at app/data.txt:2" in str(out["text"])
+    seconds = float(out["seconds"])  # type: ignore[arg-type]
+    assert 1.5 < seconds < 5
+    # The main thread went on all along: about one tick per 10 ms of the search.
+    assert int(out["ticks"]) > seconds * 100 * 0.5  # type: ignore[call-overload]
+
+
+def test_the_time_budget_is_for_the_whole_search_not_each_line(repo: Repo) -> None:
+    # Each line alone takes a fraction of a second (0.2-0.3 s here); sixty of them take many.
+    repo.write("app/data.txt", ("a" * 27 + "!\n") * 60)
+    out = search_attack(repo.path, "(a|aa)+$")
+    assert out["is_error"] is True and "stopped after 2 s of matching" in str(out["text"])
+    assert float(out["seconds"]) < 4  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    ("(?:a{65535}){65535}", "repeats too much"),
+    ("((a{100}){100}){100}", "repeats too much"),
+    ("x" * 1001, "over the limit of 1000"),
+])
+def test_a_pattern_that_would_take_gigabytes_to_compile_is_refused(repo: Repo, pattern: str, message: str) -> None:
+    out = search_attack(repo.path, pattern)
+    assert out["is_error"] is True and message in str(out["text"])
+    assert float(out["seconds"]) < 1  # type: ignore[arg-type]
+
+
+def test_ordinary_patterns_still_search(repo: Repo) -> None:
+    repo.write("app/dates.py", "STAMP = '2024-01-31'\nUUID = '0f8fad5b-d9cb-469f-a165-70867728950e'\n")
+    out = search_attack(repo.path, r"\d{4}-\d{2}-\d{2}|[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}")
+    assert out["is_error"] is False
+    assert str(out["text"]).splitlines() == ["app/dates.py:1: STAMP = '2024-01-31'",
+                                             "app/dates.py:2: UUID = '0f8fad5b-d9cb-469f-a165-70867728950e'"]
