@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from conftest import IN_CI, Repo, alive
-from worktree_swarm.agents.sandbox import Runner, command_env, sandbox_available
+from worktree_swarm.agents.sandbox import Runner
+from worktree_swarm.sandbox import available as sandbox_available, untrusted_env
 from worktree_swarm.agents.tool_specs import TOOL_SPECS, call_tool
 from worktree_swarm.agents.tools import READ_LIMIT, WRITE_LIMIT, Workspace
 
@@ -236,9 +237,9 @@ def test_run_environment_holds_no_secret_and_a_home_of_its_own(wt: Path, monkeyp
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 40)
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_" + "t" * 36)
     monkeypatch.setenv("PLAIN_SETTING", "kept")
-    env = command_env({"WSWARM_PORT": "4567"}, home=wt.parent / "h", tmp=wt.parent / "t", worktree=wt)
+    env = untrusted_env({"WSWARM_PORT": "4567"})
     assert "ANTHROPIC_API_KEY" not in env and "GITHUB_TOKEN" not in env
-    assert (env["PLAIN_SETTING"], env["WSWARM_PORT"], env["HOME"]) == ("kept", "4567", str(wt.parent / "h"))
+    assert (env["PLAIN_SETTING"], env["WSWARM_PORT"]) == ("kept", "4567")
     text, _ = call(wt, "run", runner(wt), argv=["env"])
     assert "sk-ant-api03" not in text and "ghp_" not in text
     assert f"HOME={wt.parent / 'scratch' / 'home'}" in text.splitlines()

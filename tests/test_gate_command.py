@@ -200,7 +200,7 @@ def test_affected_check_gets_the_staged_paths(repo: Repo, tmp_path: Path) -> Non
     res = wswarm(repo.path, "gate", "--staged", env={"ARGS_OUT": str(out)})
 
     assert res.returncode == 0, res.stdout + res.stderr
-    assert out.read_text().split() == ["app/core.py"]
+    assert out.read_text().split() == ["./app/core.py"]
 
 
 def test_json_is_the_report_and_the_base_goes_to_stderr(repo: Repo) -> None:

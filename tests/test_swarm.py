@@ -366,7 +366,7 @@ def test_shell_metacharacters_in_task_text_never_execute(repo: Repo, agent_scrip
     assert seen["WSWARM_TASK_DESCRIPTION"] == description
     assert f"# Task `inj` (general)\n\n{description}" in seen["prompt"]
     assert f"Also $(touch {m[0]}) and `touch {m[1]}`" in seen["prompt"]
-    assert (rec_dir / "gate-args.txt").read_text() == evil_name + "\n"
+    assert (rec_dir / "gate-args.txt").read_text() == "./" + evil_name + "\n"
     st = status(repo)
     branch = by_id(st)["inj"]["branch"]
     assert by_id(st)["inj"]["status"] == "merged"

@@ -29,6 +29,7 @@ from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
+from worktree_swarm.sandbox import Confinement
 from worktree_swarm.state import RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
 
@@ -66,7 +67,7 @@ class AttemptRunner:
 
     def __init__(self, *, repo: Repo, config: Config, store: RunStore, pool: WorktreePool, pool_root: Path,
                  agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
-                 agent_timeout: float, secret_values: list[str]) -> None:
+                 agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement()) -> None:
         self.repo = repo
         self.config = config
         self.store = store
@@ -78,6 +79,7 @@ class AttemptRunner:
         self.run_id = run_id
         self.agent_timeout = agent_timeout
         self.secret_values = secret_values
+        self.confinement = confinement
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
@@ -169,14 +171,16 @@ class AttemptRunner:
                          files=[c.path for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
-                            env=env, log_dir=adir, cache=self.cache, cancel=self.cancel)
+                            env=env, log_dir=adir, cache=self.cache, cancel=self.cancel,
+                            confinement=self.confinement)
         start = out.start
         memory = Memory(cache=self.cache, tree=self.repo.tree_of(out.head), setup=self.config.worktree.setup,
                         base_tree=self.repo.tree_of(start), baseline=lambda check: base_probe.result(check, start))
         try:
             report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
                               config=self.config.gate, declared_files=task.files, changes=out.changes,
-                              env=env, log_dir=adir, cancel=self.cancel, memory=memory)
+                              env=env, log_dir=adir, cancel=self.cancel, memory=memory,
+                              confinement=self.confinement)
         finally:
             base_probe.close()
         (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
@@ -233,10 +237,10 @@ class AttemptRunner:
         setup = self.config.worktree.setup
         assert setup is not None
         res = run_setup(setup, worktree=worktree, env=env, log=adir / "setup.log", timeout=self.agent_timeout,
-                        cancel=self.cancel)
+                        cancel=self.cancel, confinement=self.confinement)
         if res.returncode == 0:
             return True
-        log = (adir / "setup.log").read_text(encoding="utf-8", errors="replace")
+        log = proc.read_text(adir / "setup.log")
         out.kind = "interrupted" if res.cancelled else "error"
         out.reason = "the worktree setup step failed" + ("" if res.returncode is None else f" (exit {res.returncode})")
         out.feedback = f"{out.reason}:\n{tail(log)}"

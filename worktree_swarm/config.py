@@ -33,6 +33,7 @@ class GateConfig:
     max_binary_bytes: int = 1_000_000
     not_installed: tuple[tuple[str, str, str], ...] = ()   # detected but missing: (name, kind, what)
     cache: bool = True          # remember results by tree: right for checks that read only the tree
+    pass_env: tuple[str, ...] = ()   # secrets the checks may see (names); every other credential is removed
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Where the built-in agent's commands, and the setup and checks of its work, run."""
+
+    network: bool = False       # a network inside the sandbox (default: a loopback of its own only)
+    required: bool = True       # without bubblewrap, refuse to run agent-written code (false: run it unconfined)
+
+
+@dataclass(frozen=True)
 class Config:
     gate: GateConfig = GateConfig()
     worktree: WorktreeConfig = WorktreeConfig()
@@ -100,6 +109,7 @@ class Config:
     roles: dict[str, RoleConfig] = field(default_factory=dict)
     planner: PlannerConfig = PlannerConfig()
     limits: LimitsConfig = LimitsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     source: Path | None = None
 
 
@@ -179,7 +189,7 @@ class _Section:
 
 def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Config:
     top = _Section(data, prefix, source)
-    top.only("gate", "worktree", "agents", "roles", "planner", "limits")
+    top.only("gate", "worktree", "agents", "roles", "planner", "limits", "sandbox")
     return Config(
         gate=_gate(_Section(data.get("gate", {}), f"{prefix}gate.", source)),
         worktree=_worktree(_Section(data.get("worktree", {}), f"{prefix}worktree.", source)),
@@ -188,12 +198,13 @@ def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Con
                for name, table in _Section(data.get("roles", {}), f"{prefix}roles.", source).data.items()},
         planner=_planner(_Section(data.get("planner", {}), f"{prefix}planner.", source)),
         limits=_limits(_Section(data.get("limits", {}), f"{prefix}limits.", source)),
+        sandbox=_sandbox(_Section(data.get("sandbox", {}), f"{prefix}sandbox.", source)),
         source=source,
     )
 
 
 def _gate(s: _Section) -> GateConfig:
-    s.only("checks", "builtin", "max_binary_bytes", "cache")
+    s.only("checks", "builtin", "max_binary_bytes", "cache", "pass_env")
     raw = s._get("checks", (list,), "an array of tables ([[gate.checks]])") or []
     checks: list[CheckConfig] = []
     for i, table in enumerate(raw):
@@ -210,7 +221,13 @@ def _gate(s: _Section) -> GateConfig:
         checks.append(CheckConfig(name=name, run=run, kind=kind, timeout=c.number("timeout", 600.0) or 600.0,
                                   affected=c.flag("affected", False), glob=c.text("glob")))
     return GateConfig(checks=tuple(checks), builtin=s.flag("builtin", True),
-                      max_binary_bytes=s.whole("max_binary_bytes", 1_000_000), cache=s.flag("cache", True))
+                      max_binary_bytes=s.whole("max_binary_bytes", 1_000_000), cache=s.flag("cache", True),
+                      pass_env=s.texts("pass_env"))
+
+
+def _sandbox(s: _Section) -> SandboxConfig:
+    s.only("network", "required")
+    return SandboxConfig(network=s.flag("network", False), required=s.flag("required", True))
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -28,6 +30,43 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+# Files in folders an agent can write are opened without following a link (one planted at the name
+# would redirect our write to any file the user owns) and without blocking (a FIFO there would hang us).
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """A descriptor of PATH opened with FLAGS, refused unless it is a regular file reached
+    without following a symbolic link at its last component."""
+    fd = os.open(path, flags | _SAFE, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write a new file at PATH; whatever was at that name (a stale file, a link) is removed, never
+    followed."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+        f.write(data)
+
+
+def read_bytes(path: Path) -> bytes:
+    """PATH's bytes, refused (OSError) when it is a link or not a regular file."""
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
+        return f.read()
+
+
+def read_text(path: Path) -> str:
+    return read_bytes(path).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -113,15 +152,18 @@ def run_in_group(
     """
     started = time.monotonic()
     with contextlib.ExitStack() as files:
-        out = files.enter_context(open(output, "ab"))
-        source = subprocess.DEVNULL if stdin is None else files.enter_context(open(stdin, "rb"))
-        errors = subprocess.STDOUT if stderr is None else files.enter_context(open(stderr, "ab"))
+        append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        out = files.enter_context(os.fdopen(open_regular(output, append), "ab"))
+        source = (subprocess.DEVNULL if stdin is None
+                  else files.enter_context(os.fdopen(open_regular(stdin, os.O_RDONLY), "rb")))
+        errors = (subprocess.STDOUT if stderr is None
+                  else files.enter_context(os.fdopen(open_regular(stderr, append), "ab")))
         child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=source,
                                  stdout=out, stderr=errors, start_new_session=True, pass_fds=tuple(pass_fds))
-        if pidfile is not None:
-            pidfile.write_text(f"{child.pid} {_start_time(child.pid)}\n")
         timed_out = cancelled = False
         try:
+            if pidfile is not None:
+                write_new(pidfile, f"{child.pid} {_start_time(child.pid)}\n".encode())
             while True:
                 try:
                     child.wait(timeout=0.1)
@@ -149,10 +191,10 @@ def run_in_group(
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot: with the pid, it names one process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return "?"
-    return stat.rsplit(")", 1)[1].split()[19]
+    return text.rsplit(")", 1)[1].split()[19]
 
 
 def kill_orphan(pidfile: Path) -> bool:
@@ -161,7 +203,7 @@ def kill_orphan(pidfile: Path) -> bool:
     The pid alone could have been reused since; the start time must match too.
     """
     try:
-        pid_text, started = pidfile.read_text().split()
+        pid_text, started = read_text(pidfile).split()
         pid = int(pid_text)
     except (OSError, ValueError):
         return False

@@ -36,6 +36,7 @@ from worktree_swarm.guard import Guard
 from worktree_swarm.merge import merge_branch, merge_message
 from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
+from worktree_swarm.sandbox import Confinement, available as sandbox_available
 from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
 
@@ -88,6 +89,11 @@ class Swarm:
         self._scanned = time.monotonic()               # when the checkout's files were last scanned
         self._file_window: set[tuple[str, int]] = set()  # attempts that ran since that scan
         self._removals: list[Future[None]] = []
+        # Code a confined agent wrote runs only in the sandbox: its setup and its checks, and every
+        # probe and merge-result check of a run that holds such work.
+        confined = any(agent_for(task).confined for task in plan)
+        self.confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
+                                       pass_env=config.gate.pass_env)
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                            lambda kind, data: self.store.event(kind, **data))
@@ -97,7 +103,7 @@ class Swarm:
         self.attempts = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
                                       agent_for=agent_for, cache=self.cache, cancel=self.cancel, run_id=self.run_id,
                                       agent_timeout=options.agent_timeout,
-                                      secret_values=secret_env_values(os.environ))
+                                      secret_values=secret_env_values(os.environ), confinement=self.confinement)
         self._load_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -217,7 +223,8 @@ class Swarm:
         self.store.event("merge-gate-started", commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
                         env={"WSWARM_RUN_ID": self.run_id, "WSWARM_PORT": str(self._free_port())},
-                        log_dir=self.store.dir / "merge-gate", cache=self.cache, cancel=self.cancel)
+                        log_dir=self.store.dir / "merge-gate", cache=self.cache, cancel=self.cancel,
+                        confinement=self.confinement)
         try:
             verdict = judge(self.repo, prober, base=base, integration=self.integration)
         finally:

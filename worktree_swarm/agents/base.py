@@ -68,6 +68,9 @@ class Agent(ABC):
     """Edits files in request.worktree; never touches anything outside it."""
 
     name: str
+    # Its work is kept in the sandbox: the setup step and the gate checks that run code it wrote
+    # (a conftest.py, a test script) are kept there too.
+    confined: bool = False
 
     @abstractmethod
     def run(self, request: AgentRequest, *, cancel: threading.Event) -> AgentResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.agents.command import CommandAgent
-from worktree_swarm.config import AGENT_KINDS, AgentConfig, Config
+from worktree_swarm.config import AGENT_KINDS, AgentConfig, Config, SandboxConfig
 from worktree_swarm.errors import UsageError
 from worktree_swarm.plan import Task
 
@@ -19,7 +19,7 @@ def agent_for_task(config: Config, task: Task, *, agent_cmd: str | None) -> Agen
     if spec is None and name in AGENT_KINDS and name != "command":
         spec = AgentConfig(name=name, kind=name)        # a built-in kind, used with its defaults
     if spec is not None:
-        return make_agent(spec)
+        return make_agent(spec, sandbox=config.sandbox)
     if name != "command":
         raise UsageError(f"task {task.id!r} asks for agent {name!r}, which is not configured",
                          hint=f"define [agents.{name}] in wswarm.toml, or use one of {', '.join(AGENT_KINDS)}")
@@ -31,7 +31,7 @@ def agent_for_task(config: Config, task: Task, *, agent_cmd: str | None) -> Agen
     return CommandAgent(command)
 
 
-def make_agent(spec: AgentConfig) -> Agent:
+def make_agent(spec: AgentConfig, *, sandbox: SandboxConfig = SandboxConfig()) -> Agent:
     """An agent of SPEC's kind. Model-backed kinds are imported only when a run uses them."""
     if spec.kind == "command":
         if not spec.command:
@@ -40,7 +40,7 @@ def make_agent(spec: AgentConfig) -> Agent:
     if spec.kind == "anthropic":
         from worktree_swarm.agents.tool_loop import AnthropicAgent
 
-        return AnthropicAgent(spec)
+        return AnthropicAgent(spec, network=sandbox.network, required=sandbox.required)
     if spec.kind == "claude":
         from worktree_swarm.agents.claude import ClaudeCodeAgent
 

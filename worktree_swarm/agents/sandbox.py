@@ -1,19 +1,17 @@
 """The built-in agent's `run` tool: one argv list, never a shell string, in the worktree.
 
 The command runs in its own process group (killed on timeout or cancel), stdin closed, with an
-environment that holds no secret and a HOME of its own. Where bubblewrap works, it also runs with
-the whole filesystem read-only except the worktree and a scratch folder; without it, a command is
-not a sandbox: only its arguments are checked, best effort.
+environment that holds no secret and a HOME of its own, inside the bubblewrap sandbox (see
+worktree_swarm.sandbox). Without bubblewrap, commands are refused unless the user allowed them
+to run unconfined; then only their arguments are checked, best effort.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import shlex
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,35 +21,16 @@ from typing import Any
 
 from worktree_swarm import proc
 from worktree_swarm.agents.tools import ToolError, Workspace
-from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
+from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.sandbox import Confinement, available
+
+NO_SANDBOX = ("commands cannot run: bubblewrap, which keeps them in a sandbox, is not available on this machine "
+              "(install bubblewrap, or set [sandbox] required = false in wswarm.toml to run them unconfined)")
 
 DEFAULT_TIMEOUT = 120.0
 MAX_TIMEOUT = 1800.0
 OUTPUT_LIMIT = 30_000        # characters of output the model sees: the head and, mostly, the tail
 _DEVICES = ("/dev/null", "/dev/stdout", "/dev/stderr", "/dev/zero", "/dev/urandom")
-
-
-@functools.cache
-def sandbox_available() -> bool:
-    """Whether bubblewrap can make a read-only root here (it needs user namespaces or root)."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return False
-    try:
-        res = proc.run(bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
-                       "--die-with-parent", "true", cwd=Path("/"), check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0
-
-
-def command_env(extra: Mapping[str, str], *, home: Path, tmp: Path, worktree: Path) -> dict[str, str]:
-    """The environment of a run command: ours without secrets, any ANTHROPIC_* or git leaks."""
-    env = proc.clean_env(extra)
-    env = {k: v for k, v in env.items()
-           if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and not secret_env_values({k: v})}
-    env.update(HOME=str(home), TMPDIR=str(tmp), PWD=str(worktree))
-    return env
 
 
 @dataclass
@@ -64,8 +43,10 @@ class Runner:
     env: Mapping[str, str] = field(default_factory=dict)
     cancel: threading.Event | None = None
     deadline: float | None = None           # time.monotonic() by which the attempt must end
-    sandbox: bool | None = None              # None: use bubblewrap when it works here
+    sandbox: bool | None = None              # None: bubblewrap when it works here, else see REQUIRED
     secrets: Sequence[str] = ()
+    network: bool = False                    # a network inside the sandbox
+    required: bool = True                    # with SANDBOX None and no bubblewrap: refuse to run commands
     _count: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -73,32 +54,41 @@ class Runner:
 
     @property
     def sandboxed(self) -> bool:
-        return sandbox_available() if self.sandbox is None else self.sandbox
+        return available() if self.sandbox is None else self.sandbox
 
     def run(self, args: dict[str, Any]) -> str:
         """Run `argv` with `timeout` seconds; a failure or a timeout is a ToolError with the output."""
         argv = self.check_argv(args.get("argv"))
         timeout = self._timeout(args.get("timeout"))
-        home, tmp = self.scratch / "home", self.scratch / "tmp"
-        home.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(parents=True, exist_ok=True)
+        if self.sandbox is None and self.required and not self.sandboxed:
+            raise ToolError(NO_SANDBOX)
+        # HOME and TMPDIR (bound into the sandbox) hold what the command writes; its output and
+        # pid files lie beside them, where the command cannot plant a link or a FIFO in their place.
+        home, tmp, files = self.scratch / "home", self.scratch / "tmp", self.scratch / "out"
+        for folder in (home, tmp, files):
+            folder.mkdir(parents=True, exist_ok=True)
         root = self.workspace.root
-        env = command_env(self.env, home=home, tmp=tmp, worktree=root)
+        extra = {**self.env, "HOME": str(home), "TMPDIR": str(tmp), "PWD": str(root)}
+        full, env = Confinement(sandboxed=self.sandboxed, network=self.network).prepare(
+            argv, cwd=root, env=extra, scratch=self.scratch)
         program = argv[0]
         if not ((root / program).is_file() if "/" in program else shutil.which(program, path=env.get("PATH"))):
             raise ToolError(f"{program!r} is not installed (not found on PATH)" if "/" not in program
                             else f"{program!r} does not exist")
-        full = self._sandbox_argv(argv) if self.sandboxed else argv
         n = next(self._count)
-        output = self.scratch / f"run-{n}.out"
+        output = files / f"run-{n}.out"
         try:
             # The pidfile lies in the run's folder: `wswarm resume` stops a command we left behind.
             result = proc.run_in_group(full, cwd=root, env=env, output=output, timeout=timeout,
-                                       cancel=self.cancel, pidfile=self.scratch / f"run-{n}.pid")
+                                       cancel=self.cancel, pidfile=files / f"run-{n}.pid")
         except FileNotFoundError:
             raise ToolError(f"{argv[0]!r} cannot be started (not found)") from None
         except PermissionError:
             raise ToolError(f"{argv[0]!r} cannot be executed (permission denied)") from None
+        except OSError as exc:
+            # A link or a FIFO put where the output or pid file goes: refused, never followed.
+            raise ToolError(f"cannot run: {exc.filename or 'a file'} is not a regular file wswarm can write "
+                            f"({exc.strerror})") from None
         text = self._output(output)
         output.unlink(missing_ok=True)
         if result.timed_out:
@@ -160,27 +150,11 @@ class Runner:
             timeout = min(timeout, left)
         return timeout
 
-    def _sandbox_argv(self, argv: list[str]) -> list[str]:
-        """bubblewrap: everything read-only (so the tools a command needs, wherever they live — a
-        venv under /tmp included — still run), the worktree and the scratch (its HOME and TMPDIR)
-        writable, and a pid namespace so nothing the command started outlives it.
-
-        The repository's git dir is readable like the rest, so `git status` and `git diff` work; git
-        commands that write (add, commit) fail, and wswarm commits the changes. The worktree's own
-        `.git` file stays read-only too: rewritten, it would point wswarm's commit at another repository.
-        """
-        root, scratch = str(self.workspace.root), str(self.scratch)
-        git = os.path.join(root, ".git")
-        keep_git = ["--ro-bind", git, git] if os.path.lexists(git) else []
-        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--bind", root, root, *keep_git, "--bind", scratch, scratch, "--unshare-pid",
-                "--die-with-parent", "--chdir", root, "--", *argv]
-
     def _output(self, path: Path) -> str:
         """The output's head and tail, read without loading a huge output whole."""
         head_size, tail_size = OUTPUT_LIMIT // 5, OUTPUT_LIMIT - OUTPUT_LIMIT // 5
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(proc.open_regular(path, os.O_RDONLY), "rb") as f:
                 size = f.seek(0, os.SEEK_END)
                 f.seek(0)
                 if size <= OUTPUT_LIMIT:

@@ -17,6 +17,7 @@ import httpx2
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.sandbox import Runner, describe
+from worktree_swarm.sandbox import available as sandbox_available
 from worktree_swarm.agents.tool_specs import TOOL_SPECS, call_tool
 from worktree_swarm.agents.tools import Workspace
 from worktree_swarm.config import DEFAULT_AGENT_MODEL, AgentConfig
@@ -53,15 +54,24 @@ class AnthropicAgent(Agent):
 
     def __init__(self, spec: AgentConfig, *, base_url: str | None = None,
                  http_client: Any = None, max_retries: int = 3,
-                 sandbox: bool | None = None) -> None:
+                 sandbox: bool | None = None, network: bool = False, required: bool = True) -> None:
         self.spec = spec
         self.name = spec.name
         self.base_url = base_url
         self.http_client = http_client
         self.max_retries = max_retries
         self.sandbox = sandbox
+        self.network = network
+        self.required = required
+
+    confined = True
 
     def check_available(self) -> None:
+        if self.sandbox is None and self.required and not sandbox_available():
+            raise UsageError(f"agent {self.name!r} runs the model's commands, and the checks of its work, only in a "
+                             "bubblewrap sandbox, and bubblewrap is not available here",
+                             hint="install bubblewrap (e.g. apt-get install bubblewrap), or set [sandbox] "
+                                  "required = false in wswarm.toml to run them unconfined")
         if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
             raise UsageError(f"agent {self.name!r} calls the Messages API and needs ANTHROPIC_API_KEY "
                              "in the environment",
@@ -79,7 +89,7 @@ class AnthropicAgent(Agent):
             model=request.model or self.spec.model or DEFAULT_AGENT_MODEL,
             workspace=(ws := Workspace(request.worktree)),
             runner=Runner(ws, scratch, env=request.env, cancel=cancel, deadline=deadline,
-                          sandbox=self.sandbox, secrets=secrets))
+                          sandbox=self.sandbox, secrets=secrets, network=self.network, required=self.required))
         try:
             with open(request.log_path, "a", encoding="utf-8", errors="replace") as log:
                 session.log = log

@@ -18,6 +18,7 @@ from worktree_swarm.gate.runner import run_gate_on_diff, run_setup, tree_blob_si
 from worktree_swarm.git.diff import changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
+from worktree_swarm.sandbox import Confinement
 from worktree_swarm.types import Sha
 
 # Where `git merge`/`git pull` users keep their mainline, in the order a default base looks for it.
@@ -79,6 +80,11 @@ def gate(*, cwd: Path, ref: str | None = None, staged: bool = False, base: str |
     finally:
         # The temporary worktree is already unregistered; logs are in the report's tails.
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _confinement(config: Config) -> Confinement:
+    """Checks of a change run without the credentials in our environment (but [gate] pass_env)."""
+    return Confinement(pass_env=config.gate.pass_env)
 
 
 def _commit(repo: Repo, rev: str, flag: str) -> Sha:
@@ -161,7 +167,7 @@ def _gate_commit(repo: Repo, config: Config, base: Base, head: Sha, scratch: Pat
             repo=repo, worktree=worktree, diff=diff_text(repo, old, head) if gate_config.builtin else "",
             blob_size=tree_blob_size(repo, head), history=(base.sha, head),
             changed=[c.path for c in changed_files(repo, old, head)], config=gate_config,
-            declared_files=(), env={}, log_dir=scratch / "logs")
+            declared_files=(), env={}, log_dir=scratch / "logs", confinement=_confinement(config))
     finally:
         remove_worktree(repo, worktree)
     if setup_failed is None:
@@ -176,7 +182,8 @@ def _setup(config: Config, worktree: Path, scratch: Path) -> CheckResult | None:
     if not config.worktree.setup:
         return None
     log = scratch / "setup.log"
-    res = run_setup(config.worktree.setup, worktree=worktree, env={}, log=log, timeout=config.agents.timeout)
+    res = run_setup(config.worktree.setup, worktree=worktree, env={}, log=log, timeout=config.agents.timeout,
+                    confinement=_confinement(config))
     if res.returncode == 0:
         return None
     note = f"timed out after {config.agents.timeout:g}s" if res.timed_out else f"exit {res.returncode}"
@@ -231,7 +238,7 @@ def _gate_index(repo: Repo, config: Config, base: Base, head: Sha, index: Path, 
 
     return run_gate_on_diff(repo=repo, worktree=repo.root, diff=diff, blob_size=blob_size, history=history,
                             changed=[n for n in names.split("\0") if n], config=config.gate, declared_files=(),
-                            env={}, log_dir=scratch / "logs")
+                            env={}, log_dir=scratch / "logs", confinement=_confinement(config))
 
 
 def _git_with_index(repo: Repo, index: Path, *args: str | Path, check: bool = True) -> proc.Result:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from worktree_swarm import proc
 from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.report import CheckResult, GateReport
 from worktree_swarm.gate.runner import run_check, run_setup
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
+from worktree_swarm.sandbox import Confinement
 from worktree_swarm.types import Sha
 
 
@@ -22,7 +24,7 @@ class Prober:
     """
 
     def __init__(self, repo: Repo, config: Config, path: Path, *, env: dict[str, str], log_dir: Path,
-                 cache: GateCache, cancel: threading.Event) -> None:
+                 cache: GateCache, cancel: threading.Event, confinement: Confinement = Confinement()) -> None:
         self.repo = repo
         self.config = config
         self.path = path
@@ -30,6 +32,7 @@ class Prober:
         self.log_dir = log_dir
         self.cache = cache
         self.cancel = cancel
+        self.confinement = confinement
         self._at: Sha | None = None
         self._setup_failed = False
 
@@ -45,8 +48,9 @@ class Prober:
             # Checks in a half-set-up checkout say nothing about the tree: not run, not remembered.
             return CheckResult(check.name, check.kind, "not-run", 0.0, note="the worktree setup step failed"), ""
         log = self.log_dir / f"probe-{commit[:12]}-{check.name}.log"
-        result = run_check(check, worktree=self.path, changed=[], env=self.env, log=log, cancel=self.cancel)
-        output = log.read_text(encoding="utf-8", errors="replace")
+        result = run_check(check, worktree=self.path, changed=[], env=self.env, log=log, cancel=self.cancel,
+                           confinement=self.confinement)
+        output = proc.read_text(log)
         self.cache.put(key, result, output)
         return result, output
 
@@ -61,7 +65,7 @@ class Prober:
             if self.config.worktree.setup:
                 res = run_setup(self.config.worktree.setup, worktree=self.path, env=self.env,
                                 log=self.log_dir / "probe-setup.log", timeout=self.config.agents.timeout,
-                                cancel=self.cancel)
+                                cancel=self.cancel, confinement=self.confinement)
                 self._setup_failed = res.returncode != 0
         elif self._at != commit:
             self.repo.git("checkout", "--quiet", "--force", "--detach", commit, cwd=self.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from worktree_swarm.gate.builtin import CHECK_NAMES, Finding, scan_diff
 from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tail
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.repo import Repo
+from worktree_swarm.sandbox import Confinement
 from worktree_swarm.types import Sha
 
 # sh's "command not found": the check could not run at all, which is never a pass.
@@ -45,20 +47,21 @@ class Memory:
 def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateConfig,
              declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
              cancel: threading.Event | None = None, changes: Sequence[FileChange] | None = None,
-             memory: Memory | None = None) -> GateReport:
+             memory: Memory | None = None, confinement: Confinement = Confinement()) -> GateReport:
     """Judge HEAD (checked out in WORKTREE) against BASE; never raises for a failing check."""
     if changes is None:
         changes = changed_files(repo, base, head)
     return run_gate_on_diff(repo=repo, worktree=worktree, diff=diff_text(repo, base, head) if config.builtin else "",
                             blob_size=tree_blob_size(repo, head), history=(base, head),
                             changed=[c.path for c in changes], config=config, declared_files=declared_files,
-                            env=env, log_dir=log_dir, cancel=cancel, memory=memory)
+                            env=env, log_dir=log_dir, cancel=cancel, memory=memory, confinement=confinement)
 
 
 def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callable[[str], int | None],
                      history: tuple[Sha | None, Sha] | None, changed: Sequence[str], config: GateConfig,
                      declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
-                     cancel: threading.Event | None = None, memory: Memory | None = None) -> GateReport:
+                     cancel: threading.Event | None = None, memory: Memory | None = None,
+                     confinement: Confinement = Confinement()) -> GateReport:
     """Judge DIFF, whose result is checked out in WORKTREE; never raises for a failing check.
 
     The built-in checks read DIFF (and, with HISTORY = (base or None for "from the root", head),
@@ -75,15 +78,17 @@ def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callab
     for check in config.checks:
         log = log_dir / f"gate-{_safe(check.name)}.log"
         if memory is None:
-            results.append(run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel))
+            results.append(run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel,
+                                     confinement=confinement))
             continue
         key = cache_key(check, memory.tree, files=affected_files(check, existing), setup=memory.setup)
         hit = memory.cache.get(key)
         if hit is not None:
             result, output = replace(hit[0], note=_joined(hit[0].note, "cached: this tree was checked before")), hit[1]
         else:
-            result = run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel)
-            output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+            result = run_check(check, worktree=worktree, changed=existing, env=env, log=log, cancel=cancel,
+                               confinement=confinement)
+            output = proc.read_text(log) if log.exists() else ""
             memory.cache.put(key, result, output)
         if not check.affected:
             if result.status == "fail" and memory.baseline is not None:
@@ -172,14 +177,29 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
 
 
 def run_setup(command: str, *, worktree: Path, env: Mapping[str, str], log: Path, timeout: float,
-              cancel: threading.Event | None = None) -> proc.GroupResult:
+              cancel: threading.Event | None = None, confinement: Confinement = Confinement()) -> proc.GroupResult:
     """Run `[worktree] setup` in a fresh checkout, its output in LOG; every caller judges the result."""
-    return proc.run_in_group(proc.shell_argv(command), cwd=worktree, env=proc.clean_env(env), output=log,
-                             timeout=timeout, cancel=cancel, pidfile=log.with_suffix(".pid"))
+    return confined(proc.shell_argv(command), worktree=worktree, env=env, log=log, timeout=timeout, cancel=cancel,
+                    confinement=confinement)
+
+
+def confined(argv: Sequence[str], *, worktree: Path, env: Mapping[str, str], log: Path, timeout: float,
+             cancel: threading.Event | None, confinement: Confinement) -> proc.GroupResult:
+    """Run ARGV in WORKTREE as CONFINEMENT says, its output in LOG (a new file; whatever was at that
+    name is replaced, never followed). HOME and temp files, when confined, live beside LOG and go."""
+    scratch = log.with_name(log.name + ".scratch")
+    full, full_env = confinement.prepare(argv, cwd=worktree, env=env, scratch=scratch)
+    proc.write_new(log, b"")
+    try:
+        return proc.run_in_group(full, cwd=worktree, env=full_env, output=log, timeout=timeout, cancel=cancel,
+                                 pidfile=log.with_suffix(".pid"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env: Mapping[str, str],
-              log: Path, cancel: threading.Event | None = None) -> CheckResult:
+              log: Path, cancel: threading.Event | None = None,
+              confinement: Confinement = Confinement()) -> CheckResult:
     """Run one configured check through the shell in WORKTREE."""
     argv = proc.shell_argv(check.run)
     if check.affected:
@@ -187,12 +207,12 @@ def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env
         if not files:
             return CheckResult(check.name, check.kind, "skipped", 0.0,
                                note=f"no changed file matches {check.glob or 'any'}")
-        # Changed paths come from an agent's work: they are arguments, never part of the script.
-        argv = ["/bin/sh", "-c", check.run + ' "$@"', "wswarm-gate", *files]
-    log.write_bytes(b"")
-    res = proc.run_in_group(argv, cwd=worktree, env=proc.clean_env(env), output=log,
-                            timeout=check.timeout, cancel=cancel, pidfile=log.with_suffix(".pid"))
-    output = log.read_text(encoding="utf-8", errors="replace")
+        # Changed paths come from an agent's work: they are arguments, never part of the script, and
+        # each starts with ./ so that a file named `--config=…` is a path to the tool, not an option.
+        argv = ["/bin/sh", "-c", check.run + ' "$@"', "wswarm-gate", *(f"./{path}" for path in files)]
+    res = confined(argv, worktree=worktree, env=env, log=log, timeout=check.timeout, cancel=cancel,
+                   confinement=confinement)
+    output = proc.read_text(log)
     if res.timed_out:
         return CheckResult(check.name, check.kind, "fail", res.seconds, tail(output),
                            note=f"timed out after {check.timeout:g}s")

@@ -1,0 +1,239 @@
+"""Attacks on the sandbox, each run for real: bubblewrap, real processes, real sockets, real git.
+
+A command the built-in agent runs must not write outside its worktree (through a file wswarm opens
+later, or by remounting the root as root), reach the network or a host socket, or read a secret;
+the checks that run its code (the gate, the setup step) must not either.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import IN_CI, Repo, wswarm, write_plan
+from tests.fakeapi import FakeAnthropic, text, tool_use
+from worktree_swarm.agents.sandbox import NO_SANDBOX, Runner
+from worktree_swarm.agents.tool_specs import call_tool
+from worktree_swarm.agents.tools import Workspace
+from worktree_swarm.sandbox import available
+
+needs_bwrap = pytest.mark.skipif(not IN_CI and not available(),
+                                 reason="bubblewrap cannot make a sandbox here (scripts/install-test-tools)")
+
+
+@pytest.fixture
+def wt(repo: Repo, tmp_path: Path) -> Path:
+    path = tmp_path / "wt"
+    repo.git("worktree", "add", "-q", "-b", "task", str(path))
+    return path
+
+
+def run(runner: Runner, argv: list[str], timeout: float = 30) -> tuple[str, bool]:
+    return call_tool("run", {"argv": argv, "timeout": timeout}, workspace=runner.workspace, runner=runner)
+
+
+def sandboxed(wt: Path, **kw: Any) -> Runner:
+    return Runner(Workspace(wt), wt.parent / "scratch", sandbox=True, **kw)
+
+
+@needs_bwrap
+def test_a_link_planted_where_wswarm_writes_the_next_output_goes_nowhere(wt: Path, repo: Repo) -> None:
+    # The attack: link the next command's output file to the repository's config, then print a
+    # core.fsmonitor line into it; wswarm's next git call would run the script as the user.
+    config = repo.path / ".git" / "config"
+    before = config.read_bytes()
+    runner = sandboxed(wt)
+    scratch = runner.scratch
+    for target in ("out/run-2.out", "run-2.out", "out/run-3.pid"):
+        text, _ = run(runner, ["sh", "-c", f"ln -sf {config} {scratch}/{target}; echo planted"])
+    text, is_error = run(runner, ["sh", "-c", "printf '[core]\\n\\tfsmonitor = /tmp/evil.sh\\n'"])
+    assert config.read_bytes() == before
+    assert not any(p.is_symlink() for p in scratch.rglob("*"))
+    assert "fsmonitor" in text and not is_error       # the command ran; its output came back to us
+
+
+def test_without_the_sandbox_a_link_or_fifo_in_place_of_the_output_is_refused_not_followed(
+        wt: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    runner = Runner(Workspace(wt), wt.parent / "scratch", sandbox=False)
+    out = runner.scratch / "out"
+    out.mkdir(parents=True)
+    (out / "run-1.out").symlink_to(victim)
+    text, is_error = run(runner, ["echo", "overwrite"])
+    assert is_error and "run-1.out" in text and victim.read_text() == "precious\n"
+    os.mkfifo(out / "run-2.out")
+    text, is_error = run(runner, ["echo", "hang"], timeout=5)      # never blocks on the FIFO
+    assert is_error
+    (out / "run-3.pid").symlink_to(victim)
+    (out / "run-3.out").unlink(missing_ok=True)
+    text, is_error = run(runner, ["echo", "fine"])
+    assert (text, is_error) == ("exit status 0\nfine\n", False) and victim.read_text() == "precious\n"
+
+
+@needs_bwrap
+def test_root_in_the_sandbox_cannot_remount_the_root_writable(wt: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "outside.txt"
+    text, is_error = run(sandboxed(wt), ["sh", "-c", f"mount -o remount,rw / ; mount -o remount,rw /tmp; "
+                                                     f"echo escaped > {victim}; cat /proc/self/status"])
+    assert not victim.exists()
+    cap_eff = next(line for line in text.splitlines() if line.startswith("CapEff:"))
+    assert cap_eff.split()[1] == "0000000000000000"
+
+
+@needs_bwrap
+def test_the_sandbox_has_no_network_and_no_host_socket(wt: Path, tmp_path: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    unix_path = tmp_path / "agent.sock"           # an ssh-agent or a tmux server of the user's
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(unix_path))
+    unix.listen()
+    accepted: list[str] = []
+
+    def accept(sock: socket.socket) -> None:
+        sock.settimeout(8)
+        try:
+            conn, _ = sock.accept()
+            accepted.append("connected")
+            conn.close()
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=accept, args=(s,)) for s in (server, unix)]
+    for t in threads:
+        t.start()
+    probe = textwrap.dedent(f"""
+        import socket
+        for family, address in ((socket.AF_INET, ("127.0.0.1", {port})), (socket.AF_UNIX, "{unix_path}")):
+            s = socket.socket(family)
+            s.settimeout(2)
+            try:
+                s.connect(address)
+                print("REACHED", address)
+            except OSError as exc:
+                print("refused", type(exc).__name__)
+    """)
+    try:
+        text, _ = run(sandboxed(wt), [sys.executable, "-c", probe])
+    finally:
+        for s in (server, unix):
+            s.close()
+        for t in threads:
+            t.join()
+    assert "REACHED" not in text and text.count("refused") == 2 and accepted == []
+
+
+@pytest.fixture
+def home_outside_tmp(tmp_path: Path) -> Any:
+    """A home folder outside /tmp (which the sandbox makes private anyway), removed afterwards."""
+    import shutil
+
+    path = Path(__file__).resolve().parent.parent / ".test-homes" / tmp_path.name
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@needs_bwrap
+def test_credential_files_of_the_home_are_hidden(wt: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 home_outside_tmp: Path) -> None:
+    home = home_outside_tmp
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".netrc").write_text("machine x password hunter2\n")
+    (home / "notes.txt").write_text("ordinary\n")
+    monkeypatch.setenv("HOME", str(home))
+    text, _ = run(sandboxed(wt), ["sh", "-c", f"cat {home}/.ssh/id_ed25519 {home}/.netrc {home}/notes.txt; echo end"])
+    assert "PRIVATE KEY" not in text and "hunter2" not in text
+    assert "ordinary" in text or str(home).startswith("/tmp/")
+
+
+def test_without_bubblewrap_commands_are_refused_unless_allowed(wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")          # no bwrap to be found
+    available.cache_clear()
+    try:
+        text, is_error = run(Runner(Workspace(wt), wt.parent / "scratch"), ["/bin/echo", "hi"])
+        assert is_error and text == NO_SANDBOX
+        text, is_error = run(Runner(Workspace(wt), wt.parent / "scratch", required=False), ["/bin/echo", "hi"])
+        assert (text, is_error) == ("exit status 0\nhi\n", False)
+    finally:
+        available.cache_clear()
+
+
+# --- the gate and the setup step run what the agent wrote: no secret, and in the sandbox -----------
+
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-api03-" + "k" * 40, "AWS_SECRET_ACCESS_KEY": "w" * 40,
+           "AWS_ACCESS_KEY_ID": "AKIA" + "Q" * 16, "GITHUB_TOKEN": "ghp_" + "t" * 36, "PLAIN_SETTING": "kept"}
+
+
+def test_the_gate_of_a_command_agents_work_never_sees_a_credential(repo: Repo, tmp_path: Path,
+                                                                    agent_script: Any) -> None:
+    loot = tmp_path / "loot.txt"
+    repo.write("wswarm.toml", textwrap.dedent(f"""
+        [gate]
+        pass_env = ["GITHUB_TOKEN"]
+        [[gate.checks]]
+        name = "tests"
+        run = "{sys.executable} -m pytest -q -p no:cacheprovider"
+        [worktree]
+        setup = "env > {tmp_path}/setup-env.txt"
+    """))
+    repo.commit_all("config")
+    # The agent's conftest.py is executed by pytest in the gate: it dumps its environment.
+    cmd = agent_script(f"""
+        Path("conftest.py").write_text("import os\\nopen({str(loot)!r}, 'a').write(repr(dict(os.environ)))\\n")
+        Path("test_ok.py").write_text("def test_ok():\\n    pass\\n")
+    """)
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "type": "general", "description": "add a test",
+                                                "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd, env=SECRETS)
+    assert res.returncode == 0, res.stdout + res.stderr
+    dumped = loot.read_text() + (tmp_path / "setup-env.txt").read_text()
+    for name in ("ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        assert name not in dumped and SECRETS[name] not in dumped
+    assert SECRETS["GITHUB_TOKEN"] in loot.read_text()        # listed in [gate] pass_env
+    assert "PLAIN_SETTING" in dumped
+
+
+@needs_bwrap
+def test_the_built_in_agents_work_is_checked_inside_the_sandbox(repo: Repo, tmp_path: Path, fake_api: FakeAnthropic,
+                                                                 home_outside_tmp: Path) -> None:
+    victim = home_outside_tmp / "victim.txt"      # outside /tmp, which is private in the sandbox anyway
+    victim.write_text("untouched\n")
+    repo.write("wswarm.toml", textwrap.dedent(f"""
+        [agents]
+        default = "anthropic"
+        [[gate.checks]]
+        name = "tests"
+        run = "{sys.executable} -m pytest -q -p no:cacheprovider"
+    """))
+    repo.commit_all("config")
+    # The agent's test is run by the gate: it passes only if the write out is refused and no key is seen.
+    probe = textwrap.dedent(f"""
+        import os
+        import pytest
+
+        def test_no_way_out():
+            with pytest.raises(OSError):
+                open({str(victim)!r}, "w").write("owned by the gate\\n")
+            assert not os.environ.get("ANTHROPIC_API_KEY")
+    """)
+    fake_api.on("plant a conftest", tool_use("write", {"path": "test_ok.py", "content": probe}))
+    fake_api.on("created test_ok.py", text("Added a test."))
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "type": "general", "description": "plant a conftest",
+                                                "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert victim.read_text() == "untouched\n"
+    logs = "".join(p.read_text(errors="replace") for p in repo.state_dir.rglob("gate-tests.log"))
+    assert "1 passed" in logs
