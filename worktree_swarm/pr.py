@@ -13,6 +13,7 @@ from worktree_swarm.errors import CommandError, UsageError
 from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.state import AttemptRow, RunRow, TaskRow
+from worktree_swarm.textsafe import md_cell, md_code, md_fence, md_text, one_line
 
 _MARK = {"merged": "✅ merged", "failed": "❌ failed", "blocked": "⛔ blocked"}
 
@@ -29,22 +30,27 @@ def base_name(run: RunRow) -> str:
 
 
 def pr_title(run: RunRow, tasks: Sequence[TaskRow]) -> str:
+    """The PR's title as plain text (one line); the body shows it escaped as its heading."""
     merged = sum(t.status == "merged" for t in tasks)
-    goal = str(run.options.get("title") or run.id)
+    goal = one_line(str(run.options.get("title") or run.id)).strip()
     return f"wswarm: {goal} ({merged}/{len(tasks)} tasks)"
 
 
 def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],
               events: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The Markdown body of the combined PR; EVENTS add what the run noticed beside the tasks."""
+    """The Markdown body of the combined PR; EVENTS add what the run noticed beside the tasks.
+
+    Task ids, types and descriptions come from a plan a model may have written, summaries and check
+    output from agents: all of it is escaped or fenced, so none of it can add structure (a heading,
+    a table cell, a link, HTML) to the body."""
     by_task: dict[str, list[AttemptRow]] = {}
     for a in attempts:
         by_task.setdefault(a.task_id, []).append(a)
     merged = [t for t in tasks if t.status == "merged"]
     clean, total = clean_run_ratio(tasks, attempts)
-    lines = [f"# {pr_title(run, tasks)}", ""]
-    lines.append(f"Integration branch `{run.integration_branch}`, based on `{base_name(run)}` "
-                 f"(`{run.base[:12]}`). {len(merged)} of {len(tasks)} tasks merged; clean-run ratio "
+    lines = [f"# {md_text(pr_title(run, tasks))}", ""]
+    lines.append(f"Integration branch {md_code(run.integration_branch)}, based on {md_code(base_name(run))} "
+                 f"({md_code(run.base[:12])}). {len(merged)} of {len(tasks)} tasks merged; clean-run ratio "
                  f"**{clean}/{total}** ({_pct(clean, total)}) merged on their first attempt.")
     spent = bool(run.cost_usd or any(t.cost_usd for t in tasks))
     if spent:
@@ -58,51 +64,55 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
         files = json.loads(final.files) if final and final.files else []
         added = final.added if final and final.added is not None else 0
         removed = final.removed if final and final.removed is not None else 0
-        lines.append(f"| `{t.id}` | {plan.get(t.id, {}).get('type', '')} | {_MARK.get(t.status, t.status)} | "
-                     f"{t.attempts} | {len(files)} | +{added} −{removed} |" + (f" ${t.cost_usd:.2f} |" if spent else ""))
+        cells = [md_cell(t.id, code=True), md_cell(str(plan.get(t.id, {}).get("type", ""))),
+                 md_cell(_MARK.get(t.status, t.status))]
+        lines.append(f"| {' | '.join(cells)} | {t.attempts} | {len(files)} | +{added} −{removed} |"
+                     + (f" ${t.cost_usd:.2f} |" if spent else ""))
     if run.merge_gate:
         verdict = GateReport.from_json(run.merge_gate)
-        lines += ["", "## Merge-result gate", "", f"On the integration head: {verdict.summary()}"]
+        lines += ["", "## Merge-result gate", "", f"On the integration head: {md_text(verdict.summary())}"]
         if verdict.verdict == "unverified":
-            lines += ["", "**Unverified:** " + "; ".join(f"{r.name} did not run ({r.note or 'no reason given'})"
-                                                       for r in verdict.results if r.status == "not-run")
+            missed = [md_text(f"{r.name} did not run ({r.note or 'no reason given'})")
+                      for r in verdict.results if r.status == "not-run"]
+            lines += ["", "**Unverified:** " + "; ".join(missed)
                       + ". Nothing failed, but the merged result was not fully checked."]
         if not verdict.passed:
-            lines += ["", "```", verdict.render()[:4000], "```"]
+            lines += ["", md_fence(verdict.render()[:4000])]
     gates = [(t, _final(by_task.get(t.id, []), t)) for t in merged]
     if gates:
         lines += ["", "## Gate", ""]
         for t, final in gates:
             if final and final.gate:
-                lines.append(f"- `{t.id}`: {GateReport.from_json(final.gate).summary()}")
+                lines.append(f"- {md_code(t.id)}: {md_text(GateReport.from_json(final.gate).summary())}")
     requeues = [a for a in attempts if a.outcome not in ("merged", "running", "interrupted") and
                 not (a.task_id in {t.id for t in tasks if t.status == "failed"} and
                      a.n == max(x.n for x in by_task[a.task_id]))]
     if requeues:
         lines += ["", "## Re-queued attempts", ""]
         for a in requeues:
-            lines.append(f"- `{a.task_id}` attempt {a.n}: {a.outcome} — {_one_line(a.reason)}")
+            lines.append(f"- {md_code(a.task_id)} attempt {a.n}: {md_text(a.outcome)} — "
+                         f"{md_text(_one_line(a.reason))}")
     trouble = [t for t in tasks if t.status in ("failed", "blocked")]
     if trouble:
         lines += ["", "## Not merged", ""]
         for t in trouble:
-            where = f" (kept for inspection: `{t.branch}`)" if t.status == "failed" and t.branch else ""
-            lines.append(f"- `{t.id}` {t.status}: {_one_line(t.reason)}{where}")
+            where = f" (kept for inspection: {md_code(t.branch)})" if t.status == "failed" and t.branch else ""
+            lines.append(f"- {md_code(t.id)} {md_text(t.status)}: {md_text(_one_line(t.reason))}{where}")
     shared = [e for e in events if e.get("kind") == "shared-state-changed"]
     if shared:
         lines += ["", "## Warnings", "", "The user's checkout, branches or stash changed during the run:", ""]
         for e in shared:
-            who = ", ".join(f"`{a}`" for a in e.get("agents_running") or []) or "no agent"
-            lines.append(f"- while {who} ran: {_one_line(str(e.get('detail', '')))}")
+            who = ", ".join(md_code(str(a)) for a in e.get("agents_running") or []) or "no agent"
+            lines.append(f"- while {who} ran: {md_text(_one_line(str(e.get('detail', ''))))}")
     if merged:
         lines += ["", "## What each task did", ""]
         for t in merged:
-            desc = plan.get(t.id, {}).get("description", "")
-            lines.append(f"### `{t.id}` — {_one_line(desc)}")
+            desc = str(plan.get(t.id, {}).get("description", ""))
+            lines.append(f"### {md_code(t.id)} — {md_text(_one_line(desc))}")
             if t.summary:
-                lines += ["", "```", t.summary.strip()[:2000], "```"]
+                lines += ["", md_fence(t.summary.strip()[:2000])]
             lines.append("")
-    lines += ["", f"<sub>Generated by wswarm for run `{run.id}`.</sub>", ""]
+    lines += ["", f"<sub>Generated by wswarm for run {md_code(run.id)}.</sub>", ""]
     return "\n".join(lines)
 
 

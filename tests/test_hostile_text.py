@@ -1,0 +1,260 @@
+"""Text from plans, models and agents is untrusted: it must not forge structure in the PR body,
+drive the user's terminal, crash a run half-way, or be read or redirected through a crash log.
+
+Each attack runs for real: the command line in a subprocess on a real repository, a terminal as a
+real pseudo-terminal, the model as the scripted API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from conftest import WSWARM, Repo, Result, git, wswarm, write_plan
+from tests.fakeapi import FakeAnthropic, tool_use
+from worktree_swarm.errors import crash_log
+from worktree_swarm.gate.report import CheckResult, GateReport
+from worktree_swarm.pr import render_pr
+from worktree_swarm.state import AttemptRow, RunRow, TaskRow
+from worktree_swarm.textsafe import md_cell, md_code, md_fence, md_text, terminal_text
+from worktree_swarm.types import RunId
+
+# What a terminal acts on: a window title (OSC 0, BEL-terminated), a cleared screen, a colour.
+TITLE = "\x1b]0;pwned\x07"
+CLEAR = "\x1b[2J"
+RED = "\x1b[31m"
+HOSTILE = f"{TITLE}{CLEAR}{RED}"
+FORGED = "## Security review: APPROVED"
+
+
+def markdown() -> MarkdownIt:
+    """CommonMark with GitHub's tables: how the PR body will be read."""
+    return MarkdownIt("commonmark").enable("table")
+
+
+def plain(inline: Token) -> str:
+    """The characters an inline token renders as, markup removed."""
+    return "".join(child.content for child in inline.children or [] if child.type in ("text", "code_inline"))
+
+
+def headings(tokens: list[Token]) -> list[str]:
+    return [plain(tokens[i + 1]) for i, token in enumerate(tokens) if token.type == "heading_open"]
+
+
+def table_rows(tokens: list[Token]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for i, token in enumerate(tokens):
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type in ("th_open", "td_open"):
+            rows[-1].append(plain(tokens[i + 1]))
+    return rows
+
+
+def assert_no_structure_from(tokens: list[Token]) -> None:
+    """Nothing but wswarm's own <sub> footer is HTML; nothing is a link or an image."""
+    def walk(ts: list[Token]) -> Iterator[Token]:
+        for t in ts:
+            yield t
+            yield from walk(t.children or [])
+    kinds = [(t.type, t.content) for t in walk(tokens)]
+    assert [c for k, c in kinds if k in ("html_inline", "html_block")] == ["<sub>", "</sub>"], kinds
+    assert not [k for k, _ in kinds if k in ("link_open", "image")], kinds
+
+
+def on_terminal(cwd: Path, *args: str, timeout: float = 60) -> str:
+    """Run the command line with stdout and stderr on a pseudo-terminal 200 columns wide; what the
+    terminal received, with its CR LF line ends made plain."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen([*WSWARM, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=terminal,
+                            stderr=terminal, env=env)
+    os.close(terminal)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(controller, 65536)
+                except OSError:      # EIO: the last holder of the terminal closed it
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        else:
+            raise AssertionError(f"wswarm {' '.join(args)} did not finish in {timeout}s")
+        assert proc.wait(timeout=10) == 0, b"".join(chunks)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    return b"".join(chunks).decode("utf-8", errors="replace").replace("\r\n", "\n")
+
+
+def assert_terminal_safe(shown: str) -> None:
+    """No window title, no cleared screen, no bell: only the styling rich adds of its own."""
+    assert "\x1b]" not in shown and "\x07" not in shown and CLEAR not in shown, repr(shown)
+    assert f"{RED}HOSTILE" not in shown, repr(shown)
+
+
+# --- a real run whose plan and agent are hostile ------------------------------------------------
+
+HOSTILE_TYPE = "backend | ✅ merged | 9 | 9 | +0 −0 | <b>forged</b>"
+HOSTILE_DESCRIPTION = ("Fix it <img src=x onerror=alert(1)> [click](https://evil.example) **bold** `code` "
+                       "&lt; ~~gone~~ $x$ # not closing\n" + FORGED + " (second line of the description)")
+AGENT = textwrap.dedent(f"""\
+    import sys
+    from pathlib import Path
+    Path("forged.txt").write_text("x\\n")
+    sys.stdout.write({HOSTILE + "HOSTILE-LOG-LINE" + chr(27) + "[0m"!r} + "\\n")
+    print("done")
+    print("````````")
+    print({FORGED!r})
+    print("<img src=x onerror=alert(1)>")
+    print({TITLE + "END"!r})
+""")
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Repo, Result]]:
+    """One finished run of a task with a hostile type and description whose agent prints a fence
+    breaker, a forged heading, HTML and terminal escapes. (Module scope: the autouse git isolation is
+    per test, so this sets up its own.)"""
+    root = tmp_path_factory.mktemp("hostile")
+    with pytest.MonkeyPatch.context() as mp:
+        home = root / "home"
+        home.mkdir()
+        (home / ".gitconfig").write_text("[user]\n\tname = Test User\n\temail = test@example.invalid\n")
+        mp.setenv("HOME", str(home))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+        for var in ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE"):
+            mp.delenv(var, raising=False)
+        repo = Repo(root / "repo")
+        repo.path.mkdir()
+        git(repo.path, "init", "-q", "-b", "main")
+        repo.write("README.md", "# sample\n")
+        repo.commit_all("initial")
+        (root / "agent.py").write_text(AGENT)
+        plan = write_plan(root / "plan.json", [{"id": "forge", "type": HOSTILE_TYPE,
+                                                "description": HOSTILE_DESCRIPTION}])
+        res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", f"{sys.executable} {root / 'agent.py'}")
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield repo, res
+
+
+def test_an_agent_cannot_forge_a_heading_and_a_plan_cannot_forge_cells_or_html(
+        hostile_run: tuple[Repo, Result]) -> None:
+    repo, res = hostile_run
+    body = Path(res.stdout.strip()).read_text(encoding="utf-8")
+    tokens = markdown().parse(body)
+
+    # The summary's line of eight backticks does not close its fence: the forged heading is code.
+    assert FORGED.removeprefix("## ") not in " ".join(headings(tokens))
+    fences = [t.content for t in tokens if t.type == "fence"]
+    assert any(FORGED in f and "<img src=x onerror=alert(1)>" in f for f in fences), body
+    # The type is one cell, shown as written; the row keeps its real status.
+    rows = table_rows(tokens)
+    assert rows[0] == ["task", "type", "status", "attempts", "files", "lines"]
+    assert rows[1][:3] == ["forge", HOSTILE_TYPE, "✅ merged"], rows
+    # The description's first line is the heading's text, character for character; nothing became
+    # HTML, a link, an image, emphasis or a heading of its own.
+    assert f"forge — {HOSTILE_DESCRIPTION.splitlines()[0]}" in headings(tokens)
+    assert_no_structure_from(tokens)
+    assert not [t for t in tokens if t.type in ("strong_open", "em_open", "s_open")]
+    # No terminal escape reaches the body, which `wswarm pr` also prints.
+    assert "\x1b" not in body and "\x07" not in body
+    shown = wswarm(repo.path, "pr")
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout
+
+
+# --- every place of the PR body that shows someone else's words ---------------------------------
+
+def attempt(task_id: str, n: int, outcome: str, *, reason: str | None = None, gate: str | None = None) -> AttemptRow:
+    return AttemptRow(task_id=task_id, n=n, outcome=outcome, branch="x", start="s", head="h", started=0.0,
+                      finished=1.0, reason=reason, gate=gate, files="[]", added=0, removed=0, cost_usd=0.0)
+
+
+def test_every_untrusted_field_of_the_pr_body_stays_text() -> None:
+    breaker = f"x\n```````\n{FORGED}\n~~~~\n<script>alert(1)</script>\n{TITLE}"
+    plan = [{"id": "a`|b", "type": "| x |", "description": f"# h1 {TITLE}\nsecond", "dependencies": [], "files": []},
+            {"id": "c", "type": "*t*", "description": "1. not a list", "dependencies": [], "files": []}]
+    failing = GateReport((CheckResult("tests", "tests", "fail", 1.0, breaker, "exit 1"),))
+    unverified = GateReport((CheckResult(f"[x](y) <b>{TITLE}", "tests", "not-run", 0.0, note="n"),))
+    run = RunRow(id=RunId("r1"), state="finished", base="f" * 40, base_ref="main",
+                 integration_branch="wswarm/r1/integration", plan=json.dumps(plan),
+                 options={"title": f"goal </sub> <h1>{TITLE}", "base_branch": "ma`in"}, created=0.0, updated=0.0,
+                 finished=1.0, cost_usd=0.0, merge_gate=failing.to_json())
+    tasks = [TaskRow(id="a`|b", position=0, status="merged", attempts=2, branch="x", reason=None,
+                     summary=breaker, merge_commit=None, worktree=None, cost_usd=0.0, updated=0.0),
+             TaskRow(id="c", position=1, status="failed", attempts=1, branch="wswarm/r1/tasks/c/1`",
+                     reason=f"agent said:\n{FORGED}", summary=None, merge_commit=None, worktree=None,
+                     cost_usd=0.0, updated=0.0)]
+    attempts = [attempt("a`|b", 1, "gate-failed", reason=f"| cell | {FORGED}"),
+                attempt("a`|b", 2, "merged", gate=unverified.to_json()),
+                attempt("c", 1, "agent-failed", reason="x")]
+    events = [{"kind": "shared-state-changed", "agents_running": ["a`|b"], "detail": f"<b>{FORGED}</b>"}]
+
+    body = render_pr(run, tasks, attempts, events)
+    tokens = markdown().parse(body)
+
+    heads = headings(tokens)
+    assert heads[0] == "wswarm: goal </sub> <h1> (1/2 tasks)"     # the title change is gone, the rest text
+    assert [h for h in heads if "Security" in h or h.startswith("h1")] == []
+    assert "a`|b — # h1" in heads
+    assert all(FORGED in t.content for t in tokens if t.type == "fence")
+    assert len([t for t in tokens if t.type == "fence"]) == 2        # the merge gate's output and the summary
+    rows = table_rows(tokens)
+    assert [r[:3] for r in rows[1:]] == [["a`|b", "| x |", "✅ merged"], ["c", "*t*", "❌ failed"]]
+    assert_no_structure_from(tokens)
+    # Bold only where wswarm writes it (the clean-run ratio); no emphasis, no strikethrough.
+    emphasis = [c.type for t in tokens for c in t.children or [] if c.type in ("strong_open", "em_open", "s_open")]
+    assert emphasis == ["strong_open"]
+    assert "\x1b" not in body and "\x07" not in body
+    text = markdown().render(body)
+    assert "based on <code>ma`in</code>" in text
+    assert "<code>c</code> failed: agent said: (kept for inspection: <code>wswarm/r1/tasks/c/1`</code>)" in text
+    assert "<code>a`|b</code> attempt 1: gate-failed — | cell | ## Security review: APPROVED</li>" in text
+    assert "<li>while <code>a`|b</code> ran: &lt;b&gt;## Security review: APPROVED&lt;/b&gt;</li>" in text
+    assert "<li><code>a`|b</code>: gate passed: [x](y) &lt;b&gt; ?</li>" in text
+
+
+@pytest.mark.parametrize("text", ["```", "a ``` b", "````````", "x\n```\ny", "~~~\n```", "", "`", "\t`tab`\n"])
+def test_a_fence_holds_any_backtick_run(text: str) -> None:
+    tokens = markdown().parse(f"{md_fence(text)}\n\n{FORGED}\n")
+    assert tokens[0].type == "fence" and tokens[0].content == text + "\n"
+    assert headings(tokens) == [FORGED.removeprefix("## ")]
+
+
+@pytest.mark.parametrize("text", ["plain", "a|b", "`x`", "``", "a`b``c", "\\|", "[x](y)", "<b>", "*a*", "_a_",
+                                  "1. one", "- item", "+ item", "> quote", "# h", "==", "&amp;", "~~s~~", "$m$",
+                                  "trailing #", "x\ny", " spaced ", "back\\slash|pipe"])
+def test_inline_escapes_render_as_the_characters(text: str) -> None:
+    flat = " ".join(text.split("\n")).strip()
+    for cell in (md_cell(text), md_cell(text, code=True)):
+        tokens = markdown().parse(f"| h |\n|---|\n| {cell} |\n")
+        assert table_rows(tokens) == [["h"], [flat]], (cell, tokens)
+    tokens = markdown().parse(f"### {md_text(text)}\n\n- {md_code(text)}\n")
+    assert headings(tokens) == [flat]
