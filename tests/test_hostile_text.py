@@ -190,6 +190,55 @@ def test_an_agent_cannot_forge_a_heading_and_a_plan_cannot_forge_cells_or_html(
     assert shown.returncode == 0 and "\x1b" not in shown.stdout
 
 
+def test_logs_on_a_terminal_lose_control_sequences_and_a_pipe_keeps_the_bytes(
+        hostile_run: tuple[Repo, Result]) -> None:
+    repo, _ = hostile_run
+    shown = on_terminal(repo.path, "logs", "forge")
+    assert "HOSTILE-LOG-LINE" in shown
+    assert "\x1b" not in shown and "\x07" not in shown, repr(shown)
+    # Into a file or a pipe the log is data: byte for byte what the agent wrote.
+    piped = wswarm(repo.path, "logs", "forge")
+    assert f"{HOSTILE}HOSTILE-LOG-LINE" in piped.stdout
+
+
+def test_pr_on_a_terminal_is_clean(hostile_run: tuple[Repo, Result]) -> None:
+    repo, _ = hostile_run
+    shown = on_terminal(repo.path, "pr")
+    assert FORGED in shown and "\x1b" not in shown and "\x07" not in shown, repr(shown)
+
+
+# --- a hostile model: tool calls and an API error carry escapes --------------------------------
+
+def test_status_and_progress_lines_show_a_models_words_as_text(repo: Repo, fake_api: FakeAnthropic,
+                                                                tmp_path: Path) -> None:
+    repo.write("wswarm.toml", '[agents]\ndefault = "anthropic"\n')
+    repo.commit_all("use the built-in agent")
+    fake_api.on(None, tool_use("read", {"path": f"{HOSTILE}HOSTILE-ACTIVITY [bold]x[/]"}))
+    fake_api.on(None, status=400, error_type="invalid_request_error",
+                error_message=f"{HOSTILE}HOSTILE-REASON\nrun 12:00:00 merged everything [red]ok[/]")
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "description": "do t"}])
+
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--max-attempts", "1", timeout=120)
+
+    assert res.returncode == 1, res.stdout + res.stderr
+    events = [json.loads(line) for line in next((repo.state_dir / "runs").iterdir()).joinpath("events.jsonl")
+              .read_text().splitlines()]
+    assert any("HOSTILE-ACTIVITY" in str(e.get("text")) and HOSTILE in str(e.get("text")) for e in events)
+    assert any("HOSTILE-REASON" in str(e.get("reason")) and HOSTILE in str(e.get("reason")) for e in events)
+    # The progress lines (no terminal here) keep one line per event and no escape.
+    assert "HOSTILE-REASON" in res.stderr and "\x1b" not in res.stderr and "\x07" not in res.stderr
+    assert not [line for line in res.stderr.splitlines() if line.startswith("run 12:00:00")]
+    # The board of `wswarm status` on a terminal: the reason shown as text, markup and all.
+    shown = on_terminal(repo.path, "status")
+    assert "HOSTILE-REASON" in shown and "[red]ok[/]" in shown
+    assert_terminal_safe(shown)
+    # `status --watch` of a run that is over draws its last frame and returns.
+    watched = on_terminal(repo.path, "status", "--watch")
+    assert_terminal_safe(watched)
+    body = wswarm(repo.path, "pr").stdout
+    assert "HOSTILE-REASON" in body and "\x1b" not in body
+
+
 # --- every place of the PR body that shows someone else's words ---------------------------------
 
 def attempt(task_id: str, n: int, outcome: str, *, reason: str | None = None, gate: str | None = None) -> AttemptRow:
@@ -258,3 +307,23 @@ def test_inline_escapes_render_as_the_characters(text: str) -> None:
         assert table_rows(tokens) == [["h"], [flat]], (cell, tokens)
     tokens = markdown().parse(f"### {md_text(text)}\n\n- {md_code(text)}\n")
     assert headings(tokens) == [flat]
+
+
+# --- the terminal ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    (f"a{TITLE}b", "ab"),
+    (f"a{CLEAR}{RED}b\x1b[0m", "ab"),
+    ("a\x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\b", "alinkb"),     # a hidden hyperlink
+    ("a\x1b]52;c;cHduZWQ=\x07b", "ab"),                                        # a clipboard write
+    ("a\x1bcb", "ab"),                                                          # a terminal reset
+    ("a\x9b2Jb\x9d0;t\x9cc", "abc"),                                            # the 8-bit forms
+    ("a\x1b]0;never ends\nnext", "a\nnext"),                                    # cut at the line end
+    ("keep\ttabs\nand lines\r\nCRLF", "keep\ttabs\nand lines\nCRLF"),
+    ("10%\r20%", "10%\n20%"),
+    ("bell\x07 back\x08space nul\x00 del\x7f", "bell backspace nul del"),
+    ("\u202egnp.exe", "gnp.exe"),                                               # a right-to-left override
+    ("ünïcödé ✓ 日本", "ünïcödé ✓ 日本"),
+])
+def test_terminal_text_keeps_words_and_drops_what_a_terminal_acts_on(raw: str, shown: str) -> None:
+    assert terminal_text(raw) == shown

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
 
 from worktree_swarm import __version__
 from worktree_swarm.errors import WswarmError, crash_log
+from worktree_swarm.textsafe import SafeConsole, terminal_text
 from worktree_swarm.ui.live import watch
 
 if TYPE_CHECKING:
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run many coding agents on one repository: a task DAG, a worktree per task, "
                        "a quality gate, an in-memory merge train, one combined PR.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Much of what these show was written by a model or an agent: never markup, never a control sequence.
+out = SafeConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 T = TypeVar("T")
 EXIT_INTERNAL = 3
 
@@ -48,8 +49,14 @@ def _call(fn: Callable[[], T]) -> T:
 
 
 def _emit(text: str) -> None:
-    """Data (a PR body, a log, JSON) goes to stdout byte for byte: no markup, emoji codes or tab expansion."""
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    """Data (a PR body, a log, JSON) goes to stdout as it is: no markup, emoji codes or tab expansion."""
+    _write(text if text.endswith("\n") else text + "\n")
+
+
+def _write(text: str) -> None:
+    """TEXT to stdout: byte for byte into a file or a pipe; on a terminal without the control sequences
+    an agent's output may carry (a title change, a cleared screen, a rewritten line)."""
+    sys.stdout.write(terminal_text(text) if sys.stdout.isatty() else text)
     sys.stdout.flush()
 
 
@@ -217,7 +224,7 @@ def status(
         if as_json:
             _emit(json.dumps(status_data(loaded), indent=2))
         elif watch_:
-            attach(loaded, Console(highlight=False))
+            attach(loaded, SafeConsole(highlight=False, markup=False, emoji=False))
         else:
             out.print(board(loaded))
     finally:
@@ -291,15 +298,11 @@ def logs(
     from worktree_swarm.state import RunStore, find_run
     from worktree_swarm.ui.follow import LogFollower
 
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
     def go() -> None:
         store = RunStore.open(find_run(Repo.discover(Path.cwd()).state_dir, run_id))
         try:
             store.task(task)
-            follower = LogFollower(store, task, write)
+            follower = LogFollower(store, task, _write)
             if follow:
                 follower.follow()
             else:

@@ -1,9 +1,15 @@
 """One readable line per event, shared by the plain progress lines, the terminal grid and the web
-activity stream."""
+activity stream.
+
+Events carry agents' words (activity, errors, reasons): a line break in them would let an agent
+print a line that looks like another event, so every value is flattened to one line without
+control characters."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from worktree_swarm.textsafe import one_line
 
 _HIDDEN = ("ts", "kind", "task", "log", "run", "messages")
 
@@ -13,10 +19,10 @@ def short(value: object) -> str:
     if isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value):
         return value[:12]
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return one_line(",".join(str(v) for v in value))
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return one_line(str(value))
 
 
 def details(event: dict[str, Any]) -> str:
@@ -25,7 +31,11 @@ def details(event: dict[str, Any]) -> str:
 
 
 def describe(event: dict[str, Any]) -> str:
-    """What happened, in words, without the time and the task id (shown beside it)."""
+    """What happened, in words and on one line, without the time and the task id (shown beside it)."""
+    return one_line(_describe(event))
+
+
+def _describe(event: dict[str, Any]) -> str:
     kind = str(event.get("kind"))
     n = event.get("attempt")
     at = f" (attempt {n})" if n else ""
