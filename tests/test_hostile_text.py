@@ -327,3 +327,57 @@ def test_inline_escapes_render_as_the_characters(text: str) -> None:
 ])
 def test_terminal_text_keeps_words_and_drops_what_a_terminal_acts_on(raw: str, shown: str) -> None:
     assert terminal_text(raw) == shown
+
+
+# --- plans: refused whole, before anything is created -------------------------------------------
+
+def plan_rejection(repo: Repo, tmp_path: Path, task: dict[str, Any], agent_script: Any) -> Result:
+    plans = tmp_path / "plans"
+    plans.mkdir(exist_ok=True)
+    plan = write_plan(plans / "plan.json", [task])
+    refs = repo.git("for-each-ref")
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", agent_script("Path('x').write_text('x')\n"))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith(f"wswarm: {plan}: task ") and all(x.startswith("hint: ") for x in lines[1:])
+    assert len(lines) <= 2, res.stderr
+    assert not repo.state_dir.exists()
+    assert repo.git("for-each-ref") == refs
+    assert len(repo.git("worktree", "list").splitlines()) == 1
+    return res
+
+
+BIG = 1024 * 1024
+BAD_TEXT = [
+    ("nul-in-description", {"description": "fix\0it"}, "'description' contains a NUL character at position 3"),
+    ("escape-in-description", {"description": f"fix {TITLE}"}, "'description' contains the control character '\\x1b'"),
+    ("huge-description", {"description": "x" * BIG}, "'description' is 1,048,576 bytes, more than the limit of 32 KiB"),
+    ("huge-prompt", {"prompt": "é" * (20 * 1024)}, "'prompt' is 40,960 bytes, more than the limit of 32 KiB"),
+    ("nul-in-prompt", {"prompt": "a\0"}, "'prompt' contains a NUL character"),
+    ("newline-in-type", {"type": "backend\n## x"}, "'type' contains the control character '\\n'"),
+    ("long-type", {"type": "t" * 201}, "'type' is 201 characters long, more than the limit of 200"),
+    ("escape-in-agent", {"agent": "a\x1b[2J"}, "'agent' contains the control character '\\x1b'"),
+    ("tab-in-files", {"files": ["src/*.py", "a\tb"]}, "'files' item 2 contains the control character '\\t'"),
+    ("long-files-entry", {"files": ["a/" * 2100]}, "'files' item 1 is 4,200 characters long, more than"),
+    ("surrogate-in-description", {"description": "a\ud800b"}, "'description' contains the lone surrogate '\\ud800'"),
+    ("bell-in-command", {"command": "echo \x07"}, "'command' contains the control character '\\x07'"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "expect"), BAD_TEXT, ids=[case[0] for case in BAD_TEXT])
+def test_control_characters_and_oversized_text_are_refused_before_anything_is_created(
+        repo: Repo, tmp_path: Path, agent_script: Any, name: str, fields: dict[str, Any], expect: str) -> None:
+    res = plan_rejection(repo, tmp_path, {"id": "t", "description": "do t", **fields}, agent_script)
+    assert f": task 't': {expect}" in res.stderr.splitlines()[0], res.stderr
+
+
+def test_line_breaks_tabs_and_windows_line_ends_are_fine_in_a_description(
+        repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "description": "first\r\n\tsecond\nthird",
+                                                "prompt": "a\r\nb"}])
+    agent = agent_script("Path('got.txt').write_text(os.environ['WSWARM_TASK_DESCRIPTION'])\n")
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", agent)
+    assert res.returncode == 0, res.stderr
+    branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
+    assert repo.show(branch, "got.txt") == "first\n\tsecond\nthird"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import pathlib
+import re
 import tomllib
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,6 +21,11 @@ from worktree_swarm.types import TaskId
 MAX_PLAN_BYTES = 5 * 1024 * 1024
 MAX_TASKS = 1000
 MAX_ID_LENGTH = 100
+# Descriptions reach the agent as environment variables: Linux refuses one over 128 KiB (E2BIG) at
+# every attempt, so the limit keeps well under it. Prompts and commands are held to the same size.
+MAX_TEXT_BYTES = 32 * 1024
+MAX_NAME_LENGTH = 200        # type, agent
+MAX_PATTERN_LENGTH = 4096    # one `files` entry
 
 REQUIRED_FIELDS = ("id", "description")
 OPTIONAL_FIELDS = ("type", "dependencies", "files", "command", "agent", "prompt")
@@ -29,6 +35,10 @@ DEFAULT_TYPE = "general"
 # git allows these in ref names, but they are hostile to shells, globs and revision syntax.
 _FORBIDDEN_ID_CHARS = "~^:?*[\\"
 _ID_HINT = "use letters, digits, '-', '_', '.' and '/' (as in 'refactor/buttons')"
+# Control characters (C0, DEL, C1) and lone surrogates, which no UTF-8 file, argv or environment
+# variable can carry. Tab and newline are allowed where text may have lines.
+_BAD_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_IN_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -271,10 +281,11 @@ def _parse_task(item: object, number: int, source: str, allow_command: bool) -> 
     description = item["description"]
     if not isinstance(description, str):
         raise PlanError(f"{where}: 'description' must be a string, got {_kind(description)}")
+    description = _checked(description, "'description'", where, lines=True)
     if not description.strip():
         raise PlanError(f"{where}: 'description' is empty")
     type_ = _string(item, "type", where)
-    command = _string(item, "command", where)
+    command = _string(item, "command", where, lines=True)
     if command is not None and not allow_command:
         raise PlanError(f"{where} sets 'command', which a generated plan may not",
                         hint="only a plan file you write yourself may run a command as a task's agent")
@@ -283,7 +294,7 @@ def _parse_task(item: object, number: int, source: str, allow_command: bool) -> 
     agent = _string(item, "agent", where)
     if agent is not None and not agent.strip():
         raise PlanError(f"{where}: 'agent' is empty")
-    files = _strings(item, "files", where)
+    files = _strings(item, "files", where, limit=MAX_PATTERN_LENGTH)
     for pattern in files:
         reason = _bad_pattern(pattern)
         if reason:
@@ -293,23 +304,24 @@ def _parse_task(item: object, number: int, source: str, allow_command: bool) -> 
         id=TaskId(raw_id),
         type=(type_ or "").strip() or DEFAULT_TYPE,
         description=description.strip(),
-        dependencies=tuple(TaskId(d) for d in dict.fromkeys(_strings(item, "dependencies", where))),
+        dependencies=tuple(TaskId(d) for d in dict.fromkeys(_strings(item, "dependencies", where,
+                                                                      limit=MAX_ID_LENGTH))),
         files=tuple(files),
         command=command,
         agent=agent,
-        prompt=_string(item, "prompt", where),
+        prompt=_string(item, "prompt", where, lines=True),
     )
 
 
-def _string(item: Mapping[object, object], name: str, where: str) -> str | None:
+def _string(item: Mapping[object, object], name: str, where: str, *, lines: bool = False) -> str | None:
     # A null optional field means "not set": models emit `"command": null` freely.
     value = item.get(name)
     if value is not None and not isinstance(value, str):
         raise PlanError(f"{where}: {name!r} must be a string, got {_kind(value)}")
-    return value
+    return None if value is None else _checked(value, repr(name), where, lines=lines)
 
 
-def _strings(item: Mapping[object, object], name: str, where: str) -> list[str]:
+def _strings(item: Mapping[object, object], name: str, where: str, *, limit: int) -> list[str]:
     value = item.get(name)
     if value is None:
         return []
@@ -318,14 +330,41 @@ def _strings(item: Mapping[object, object], name: str, where: str) -> list[str]:
     for n, element in enumerate(value, start=1):
         if not isinstance(element, str):
             raise PlanError(f"{where}: {name!r} must be an array of strings, item {n} is {_kind(element)}")
-    return list(value)
+    return [_checked(element, f"{name!r} item {n}", where, lines=False, limit=limit)
+            for n, element in enumerate(value, start=1)]
+
+
+def _checked(value: str, field: str, where: str, *, lines: bool, limit: int = MAX_NAME_LENGTH) -> str:
+    """VALUE if a plan may carry it, with Windows line ends made plain; else a PlanError naming FIELD.
+
+    Text with LINES (description, prompt, command) may hold tabs and newlines and up to
+    MAX_TEXT_BYTES; a name (type, agent, a files or dependencies item) no control character and up
+    to LIMIT characters. Lone surrogates are refused everywhere: no file, argv or environment can hold them.
+    """
+    if lines:
+        value = value.replace("\r\n", "\n")
+    found = (_BAD_IN_LINES if lines else _BAD_IN_NAME).search(value)
+    if found is not None:
+        ch = found.group()
+        what = ("a NUL character" if ch == "\0" else
+                f"the lone surrogate {ascii(ch)} (not valid Unicode)" if "\ud800" <= ch <= "\udfff" else
+                f"the control character {ascii(ch)}")
+        allowed = "line breaks and tabs, but no other control character" if lines else "no control character"
+        raise PlanError(f"{where}: {field} contains {what} at position {found.start():,}",
+                        hint=f"remove it from the plan; this field may hold {allowed}")
+    if lines and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise PlanError(f"{where}: {field} is {len(value.encode('utf-8')):,} bytes, more than the limit of "
+                        f"{MAX_TEXT_BYTES // 1024} KiB",
+                        hint="shorten it: put long instructions in a file in the repository and name that file")
+    if not lines and len(value) > limit:
+        raise PlanError(f"{where}: {field} is {len(value):,} characters long, more than the limit of {limit:,}",
+                        hint="shorten it")
+    return value
 
 
 def _bad_pattern(pattern: str) -> str | None:
     if not pattern.strip():
         return "is empty"
-    if "\0" in pattern:
-        return "contains a NUL character"
     if pattern.startswith(("/", "\\")) or pathlib.PureWindowsPath(pattern).drive:
         return "is absolute"
     if ".." in pattern.replace("\\", "/").split("/"):
