@@ -381,3 +381,61 @@ def test_line_breaks_tabs_and_windows_line_ends_are_fine_in_a_description(
     assert res.returncode == 0, res.stderr
     branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
     assert repo.show(branch, "got.txt") == "first\n\tsecond\nthird"
+
+
+# --- crash logs ---------------------------------------------------------------------------------
+
+def crash(monkeypatch: pytest.MonkeyPatch, state: Path) -> Path:
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    try:
+        raise RuntimeError("boom: a bug")
+    except RuntimeError:
+        return crash_log()
+
+
+def test_a_crash_log_is_private_and_never_follows_a_planted_link(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The old name was /tmp/wswarm-crash-<second>-<pid>.log: anyone could plant a link there first.
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    now = time.time()
+    for second in range(-1, 5):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now + second))
+        (shared / f"wswarm-crash-{stamp}-{os.getpid()}.log").symlink_to(victim)
+
+    log = crash(monkeypatch, tmp_path / "state")
+
+    assert victim.read_text() == "precious\n"
+    assert log.parent == tmp_path / "state" / "wswarm" / "crashes"
+    assert "RuntimeError: boom: a bug" in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(log.parent.parent.stat().st_mode) == 0o700
+    # Two crashes in one second of one process get two files.
+    assert crash(monkeypatch, tmp_path / "state") != log
+
+
+def test_a_crash_folder_that_is_a_link_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    (tmp_path / "state" / "wswarm").mkdir(parents=True)
+    (tmp_path / "state" / "wswarm" / "crashes").symlink_to(elsewhere)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    log = crash(monkeypatch, tmp_path / "state")
+
+    assert list(elsewhere.iterdir()) == []
+    assert log.parent.parent == tmp_path and log.parent.name.startswith("wswarm-crash-")
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700 and stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert "boom: a bug" in log.read_text()
+
+
+def test_a_crash_folder_open_to_others_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "state" / "wswarm" / "crashes"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    log = crash(monkeypatch, tmp_path / "state")
+    assert log.parent == folder and stat.S_IMODE(folder.stat().st_mode) == 0o700

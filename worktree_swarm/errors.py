@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import sqlite3
+import stat
 import tempfile
 import time
 import traceback
@@ -85,7 +87,35 @@ class RefMovedError(WswarmError):
 
 
 def crash_log() -> Path:
-    """Write the traceback being handled to a file of its own and return its path (a bug's report)."""
-    log = Path(tempfile.gettempdir()) / f"wswarm-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    log.write_text(traceback.format_exc(), encoding="utf-8")
-    return log
+    """Write the traceback being handled to a new file of its own, readable by us alone, and return
+    its path (a bug's report). A traceback can quote task text, paths and what surrounds secrets."""
+    path = crash_dir() / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(4)}.log"
+    # O_EXCL and O_NOFOLLOW: never write through a link, or into a file someone else prepared.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(traceback.format_exc())
+    return path
+
+
+def crash_dir() -> Path:
+    """A folder only we can use: $XDG_STATE_HOME/wswarm/crashes (~/.local/state by default), made
+    0700; a fresh private temporary folder when that one is a link, someone else's, or cannot be made."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    folder = Path(state) / "wswarm" / "crashes"
+    try:
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        private = _private(folder.parent) and _private(folder)
+    except OSError:   # a read-only or missing home
+        private = False
+    return folder if private else Path(tempfile.mkdtemp(prefix="wswarm-crash-"))
+
+
+def _private(folder: Path) -> bool:
+    """FOLDER is a real folder (not a link) of ours; a mode wider than 0700 is narrowed."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return True
