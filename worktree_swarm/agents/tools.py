@@ -290,9 +290,12 @@ def search(ws: Workspace, args: dict[str, Any]) -> str:
             continue
         for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
             # `regex` lets go of the GIL while it matches a str and gives up at the timeout; `re`
-            # holds the GIL until it is done, which for (a|a)+$ on a long line is never.
+            # holds the GIL until it is done, which for (a|a)+$ on a long line is never. A timeout
+            # of 0 or less is none at all to `regex`: a spent budget is checked here.
             started = time.monotonic()
             try:
+                if spent >= SEARCH_SECONDS:
+                    raise TimeoutError
                 found = compiled.search(line, timeout=SEARCH_SECONDS - spent)
             except TimeoutError:
                 raise ToolError(f"the search was stopped after {SEARCH_SECONDS:g} s of matching, at {rel}:{number}: "
