@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Repo
+from conftest import Repo, wswarm
 
 # --- search: a pattern that backtracks without end ----------------------------------------------
 
@@ -91,3 +91,56 @@ def test_ordinary_patterns_still_search(repo: Repo) -> None:
     assert out["is_error"] is False
     assert str(out["text"]).splitlines() == ["app/dates.py:1: STAMP = '2024-01-31'",
                                              "app/dates.py:2: UUID = '0f8fad5b-d9cb-469f-a165-70867728950e'"]
+
+
+# --- the gate: a key in a file's name -------------------------------------------------------------
+
+AWS_KEY = "AK" + "IA" + "Q3TZ7NW2LX5RBH8K"
+ANTHROPIC_KEY = "sk-" + "ant-" + "api03-" + "Zr8kQ2Lw9" * 3
+
+
+def feature_branch(repo: Repo, changes: dict[str, str], moves: dict[str, str] | None = None) -> None:
+    """Branch `feature` off main with CHANGES written and MOVES renamed; the checkout stays on main."""
+    repo.git("checkout", "-q", "-b", "feature")
+    for rel, text in changes.items():
+        repo.write(rel, text)
+    for old, new in (moves or {}).items():
+        (repo.path / new).parent.mkdir(parents=True, exist_ok=True)
+        repo.git("mv", old, new)
+    repo.commit_all("feature")
+    repo.git("checkout", "-q", "main")
+
+
+def test_a_key_in_an_added_or_renamed_path_fails_the_gate_and_is_never_printed(repo: Repo) -> None:
+    feature_branch(repo, {f"keys/{AWS_KEY}.txt": "nothing secret inside\n"},
+                   moves={"app/core.py": f"app/{ANTHROPIC_KEY}/core.py"})
+    for args in [(), ("--json",)]:
+        res = wswarm(repo.path, "gate", "--ref", "feature", *args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        for key in (AWS_KEY, ANTHROPIC_KEY):
+            assert key[4:] not in res.stdout + res.stderr
+    res = wswarm(repo.path, "gate", "--ref", "feature")
+    assert "gate FAILED: secrets ✗" in res.stdout
+    assert "keys/AKIA…[redacted].txt: possible AWS access key id in the file's name: AKIA…" in res.stdout
+    assert "app/sk-a…[redacted]/core.py: possible Anthropic API key in the file's name: sk-a…" in res.stdout
+
+
+def test_a_placeholder_key_or_a_name_already_on_main_is_not_a_finding(repo: Repo) -> None:
+    repo.write(f"old/{AWS_KEY}.txt", "one\n")
+    repo.commit_all("a name main already had")
+    feature_branch(repo, {"docs/" + "AKIA" + "IOSFODNN7" + "EXAMPLE.txt": "the docs' example key\n",
+                          f"old/{AWS_KEY}.txt": "one\ntwo\n"})
+    res = wswarm(repo.path, "gate", "--ref", "feature")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "secrets ✓" in res.stdout.splitlines()[1]
+
+
+def test_a_key_named_file_renamed_away_is_still_found_in_the_branch_history(repo: Repo) -> None:
+    feature_branch(repo, {f"keys/{AWS_KEY}.txt": "x\n"})
+    repo.git("checkout", "-q", "feature")
+    repo.git("mv", f"keys/{AWS_KEY}.txt", "keys/plain.txt")
+    repo.commit_all("hide it")
+    repo.git("checkout", "-q", "main")
+    res = wswarm(repo.path, "gate", "--ref", "feature")
+    assert res.returncode == 1 and AWS_KEY[4:] not in res.stdout
+    assert "possible AWS access key id in the file's name: AKIA… (in commit" in res.stdout

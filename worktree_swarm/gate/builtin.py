@@ -37,28 +37,32 @@ def scan_diff(
     max_binary_bytes: int = 1_000_000,
 ) -> list[Finding]:
     """Run every built-in check over a git diff: findings file by file in diff order, then the
-    declared-files warnings.
+    declared-files warnings. A path a finding names has its secrets redacted; the name of an added,
+    renamed or copied file is scanned for secrets like an added line.
 
     ``blob_size(path)`` gives the new size of a changed binary, or None when unknown.
     Raises ``unidiff.UnidiffParseError`` when the text is not a diff.
     """
     findings: list[Finding] = []
     changed: dict[str, None] = {}  # ordered set
-    for old, new, patched in _file_patches(diff_text):
+    for old, new, patched, named in _file_patches(diff_text):
         if new is not None:
             changed[new] = None
+            shown = redact_secrets(new)
             added = [(ln.target_line_no, _strip_eol(ln.value)) for hunk in patched
                      for ln in hunk if ln.is_added]
-            findings += _conflict_markers(new, added)
-            findings += _secrets(new, added)
+            if named:
+                findings += _secrets(shown, [(None, new)], where=" in the file's name")
+            findings += _conflict_markers(shown, added)
+            findings += _secrets(shown, added)
             if patched.is_binary_file:
-                findings += _binary(new, blob_size(new), max_binary_bytes)
+                findings += _binary(shown, blob_size(new), max_binary_bytes)
         if old is not None:
             changed[old] = None
     if declared_files:
         matchers = [glob_regex(p) for p in declared_files]
         findings += [
-            Finding("declared-files", path, None,
+            Finding("declared-files", redact_secrets(path), None,
                     "changed outside the task's declared files", "warn")
             for path in changed if not any(m.fullmatch(path) for m in matchers)
         ]
@@ -113,7 +117,7 @@ def _is_placeholder(secret: str) -> bool:
     return len(set(secret)) <= 1 or any(h in secret for h in _PLACEHOLDER_HINTS)
 
 
-def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
+def _secrets(path: str, added: list[tuple[int | None, str]], *, where: str = "") -> list[Finding]:
     findings = []
     for line_no, text in added:
         taken: list[tuple[int, int]] = []
@@ -129,7 +133,7 @@ def _secrets(path: str, added: list[tuple[int | None, str]]) -> list[Finding]:
                 # the assignment's key name says nothing; preview the value's start instead
                 shown = match.group("secret") if kind.startswith("AWS secret") else match.group()
                 on_line.append((start, Finding("secrets", path, line_no,
-                                               f"possible {kind}: {_redact(shown)}", "fail")))
+                                               f"possible {kind}{where}: {_redact(shown)}", "fail")))
         findings += [finding for _, finding in sorted(on_line, key=lambda pair: pair[0])]
     return findings
 
@@ -252,15 +256,17 @@ _OLD_NAME = re.compile(r"^--- (?!/dev/null$).*$", re.MULTILINE)
 _NEW_NAME = re.compile(r"^\+\+\+ (?!/dev/null$).*$", re.MULTILINE)
 
 
-def _file_patches(diff_text: str) -> Iterator[tuple[str | None, str | None, PatchedFile]]:
-    """Each changed file as (old path, new path, patch). The old path is None unless the file was
-    deleted or renamed away (a copy's source is untouched); the new path is None when deleted."""
+def _file_patches(diff_text: str) -> Iterator[tuple[str | None, str | None, PatchedFile, bool]]:
+    """Each changed file as (old path, new path, patch, whether the new path is a new name). The old
+    path is None unless the file was deleted or renamed away (a copy's source is untouched); the new
+    path is None when deleted; a new name is that of an added, renamed or copied file."""
     starts = [m.start() for m in _GIT_HEADER.finditer(diff_text)]
     if not starts:  # not git's format: trust unidiff's names
         for patched in PatchSet(diff_text):
             old = _strip_prefix(_unquote(patched.source_file))
             new = _strip_prefix(_unquote(patched.target_file))
-            yield (old, None, patched) if patched.is_removed_file else (None, new, patched)
+            yield (old, None, patched, False) if patched.is_removed_file else \
+                (None, new, patched, patched.source_file == "/dev/null")
         return
     for start, end in zip(starts, starts[1:] + [len(diff_text)]):
         header, _, body = diff_text[start:end].partition("\n")
@@ -270,14 +276,16 @@ def _file_patches(diff_text: str) -> Iterator[tuple[str | None, str | None, Patc
         extended = _NEW_NAME.sub("+++ b/f", _OLD_NAME.sub("--- a/f", body[:cut]))
         names = {key: _unquote(line.removeprefix(key)) for line in extended.split("\n")
                  for key in ("rename from ", "rename to ", "copy to ") if line.startswith(key)}
+        # unidiff also calls a file whose one hunk starts at line 0 added: an empty file filled in
+        is_new = any(line.startswith("new file mode ") for line in extended.split("\n"))
         for patched in PatchSet("diff --git a/f b/f\n" + extended + body[cut:]):
             if "rename to " in names:
-                yield names.get("rename from "), names["rename to "], patched
+                yield names.get("rename from "), names["rename to "], patched, True
             elif "copy to " in names:
-                yield None, names["copy to "], patched
+                yield None, names["copy to "], patched, True
             else:
                 old, new = _header_paths(header)
-                yield (old, None, patched) if patched.is_removed_file else (None, new, patched)
+                yield (old, None, patched, False) if patched.is_removed_file else (None, new, patched, is_new)
 
 
 def _header_paths(header: str) -> tuple[str, str]:
