@@ -14,7 +14,7 @@ def test_demo_runs_a_whole_swarm(tmp_path: Path) -> None:
     body = res.stdout
     assert "6 of 6 tasks merged" in body
     assert "clean-run ratio **4/6**" in body
-    assert "`refactor-forms` attempt 1: conflict — merge conflict in shop/components/__init__.py" in body
+    assert "`refactor-forms` attempt 1: conflict — merge conflict in shop/components/\\_\\_init\\_\\_.py" in body
     assert "`update-tests-forms` attempt 1: gate-failed" in body
     branch = next(line.split()[-1] for line in res.stderr.splitlines() if line.startswith("run ") and
                   "integration branch" in line)

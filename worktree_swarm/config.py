@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,26 +114,42 @@ class Config:
     source: Path | None = None
 
 
+CONFIG_FILES = ("wswarm.toml", "pyproject.toml")
+
+
 def load_config(root: Path) -> Config:
     """wswarm.toml at ROOT, else [tool.wswarm] in ROOT/pyproject.toml, else the defaults."""
-    path = root / "wswarm.toml"
-    if path.is_file():
-        return parse_config(_read_toml(path), source=path)
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        section = _read_toml(pyproject).get("tool", {}).get("wswarm")
+    return config_from(lambda name: _read_file(root / name), where=lambda name: root / name)
+
+
+def config_from(read: Callable[[str], bytes | None], *, where: Callable[[str], Path]) -> Config:
+    """The configuration in the files READ returns (None: no such file): wswarm.toml, else
+    [tool.wswarm] in pyproject.toml, else the defaults. WHERE names a file in messages."""
+    text = read("wswarm.toml")
+    if text is not None:
+        return parse_config(_parse_toml(text, where("wswarm.toml")), source=where("wswarm.toml"))
+    text = read("pyproject.toml")
+    if text is not None:
+        section = _parse_toml(text, where("pyproject.toml")).get("tool", {}).get("wswarm")
         if section is not None:
-            return parse_config(section, source=pyproject, prefix="tool.wswarm.")
+            return parse_config(section, source=where("pyproject.toml"), prefix="tool.wswarm.")
     return Config()
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> bytes | None:
+    if not path.is_file():
+        return None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
+def _parse_toml(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 class _Section:

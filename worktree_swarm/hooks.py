@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from worktree_swarm import proc
 from worktree_swarm.errors import UsageError
 from worktree_swarm.git.repo import Repo
 
@@ -75,9 +76,11 @@ def is_ours(path: Path) -> bool:
 def locate(repo: Repo) -> HookLocation:
     """Where git looks for the hook when run in this checkout (core.hooksPath respected)."""
     # --git-path applies core.hooksPath and, in a linked worktree, points at the common dir.
-    raw = Path(repo.git("rev-parse", "--git-path", f"hooks/{HOOK_NAME}").stdout.strip())
+    # As the user's git sees it: wswarm's own calls set core.hooksPath to /dev/null.
+    raw = Path(proc.git("rev-parse", "--git-path", f"hooks/{HOOK_NAME}", cwd=repo.root, as_configured=True).stdout.strip())
     path = raw if raw.is_absolute() else repo.root / raw
-    configured = repo.git("config", "--get", "core.hooksPath", check=False).stdout.strip()
+    configured = proc.git("config", "--get", "core.hooksPath", cwd=repo.root, check=False,
+                          as_configured=True).stdout.strip()
     return HookLocation(Path(os.path.abspath(path)), configured or None)
 
 

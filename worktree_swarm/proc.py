@@ -21,6 +21,13 @@ _GIT_LEAKS = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_C
               "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
 
 
+# Whatever a repository's config says (an agent may have written it), wswarm's own git calls run no
+# hook (a relative core.hooksPath finds hooks inside a worktree; --no-verify skips only some), no
+# fsmonitor, no signing program, no pager and no ext:: transport.
+HARDENED = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
+            "-c", "tag.gpgSign=false", "-c", "core.pager=cat", "-c", "protocol.ext.allow=never")
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment without git's per-invocation variables or an outer run's
     WSWARM_* variables, never prompting."""
@@ -100,23 +107,32 @@ def run(
     )
     result = Result(args, proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
-        raise CommandError(args, proc.returncode, proc.stdout + proc.stderr)
+        raise CommandError(display_argv(args), proc.returncode, proc.stdout + proc.stderr)
     return result
 
 
-def git_bytes(*args: str | Path, cwd: Path) -> bytes:
+def git_bytes(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> bytes:
     """git's stdout as raw bytes: text mode would turn a lone CR into a line break."""
-    argv = ["git", *(str(a) for a in args)]
-    proc = subprocess.run(argv, cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True)
+    argv = ["git", *HARDENED, *(str(a) for a in args)]
+    proc = subprocess.run(argv, cwd=cwd, env=clean_env(env), stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0:
-        raise CommandError(argv, proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
+        raise CommandError(display_argv(argv), proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
     return proc.stdout
 
 
+def display_argv(argv: list[str]) -> list[str]:
+    """ARGV as an error message shows it: git's subcommand, not the HARDENED settings before it."""
+    n = len(HARDENED)
+    return [argv[0], *argv[1 + n:]] if tuple(argv[1:1 + n]) == HARDENED else argv
+
+
 def git(*args: str | Path, cwd: Path, check: bool = True, env: Mapping[str, str] | None = None,
-        input: str | None = None) -> Result:
-    """Run git with a clean environment."""
-    return run("git", *args, cwd=cwd, check=check, env=clean_env(env), input=input)
+        input: str | None = None, as_configured: bool = False) -> Result:
+    """Run git with a clean environment and the HARDENED settings. AS_CONFIGURED drops them, for
+    the few reads that must see the configuration as the user's own git does (where hooks live)
+    and run nothing."""
+    return run("git", *(() if as_configured else HARDENED), *args, cwd=cwd, check=check, env=clean_env(env),
+               input=input)
 
 
 @dataclass(frozen=True)

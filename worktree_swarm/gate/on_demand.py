@@ -10,7 +10,7 @@ from pathlib import Path
 import pygit2
 
 from worktree_swarm import proc
-from worktree_swarm.config import Config, load_config
+from worktree_swarm.config import CONFIG_FILES, Config, config_from, load_config
 from worktree_swarm.errors import UsageError
 from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.detect import with_detected_checks
@@ -37,11 +37,12 @@ class GateOutcome:
     subject: str               # what was judged: "feature (1a2b3c4)", "the index", "the working tree"
     base: Base
     detected: str | None = None   # the line announcing auto-detected checks, when none are configured
+    config_from: str = "the checkout"   # where the gate's own configuration was read
 
     @property
     def headline(self) -> str:
-        """The report's first line: what was judged against which base."""
-        return f"wswarm gate: {self.subject} against {self.base.description}"
+        """The report's first line: what was judged against which base, configured from where."""
+        return f"wswarm gate: {self.subject} against {self.base.description}; configuration from {self.config_from}"
 
 
 def gate(*, cwd: Path, ref: str | None = None, staged: bool = False, base: str | None = None,
@@ -57,29 +58,74 @@ def gate(*, cwd: Path, ref: str | None = None, staged: bool = False, base: str |
         raise UsageError("--ref and --staged judge different things: pass one of them",
                          hint="--ref REF judges a commit, --staged the index, neither the working tree")
     repo = Repo.discover(cwd)
-    config, detected = with_detected_checks(load_config(repo.root), repo.root)
     head = _commit(repo, ref, "--ref") if ref is not None else repo.resolve_commit("HEAD")
     chosen = _chosen_base(repo, base, head, ref)
+    if ref is None and not staged:
+        own, config_from = load_config(repo.root), "the checkout"       # your own working tree
+    else:
+        index = (index_file or _index_path(repo)) if staged else None
+        own, config_from = _trusted_config(repo, chosen, index)
+    config, detected = with_detected_checks(own, repo.root)
     scratch_root = repo.state_dir / "gate"
     scratch_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="gate-", dir=scratch_root))
     try:
         if ref is not None:
             report = _gate_commit(repo, config, chosen, head, scratch)
-            return GateOutcome(report, f"{ref} ({head[:7]})", chosen, detected)
+            return GateOutcome(report, f"{ref} ({head[:7]})", chosen, detected, config_from)
         if staged:
             index = index_file or _index_path(repo)
             if not index.is_file():
                 raise UsageError(f"there is no index file at {index}",
                                  hint="GIT_INDEX_FILE names a missing file: unset it, or judge the working tree")
             _refuse_unmerged(repo, index)
-            return GateOutcome(_gate_index(repo, config, chosen, head, index, scratch), "the index", chosen, detected)
+            return GateOutcome(_gate_index(repo, config, chosen, head, index, scratch), "the index", chosen, detected,
+                               config_from)
         index = _working_tree_index(repo, scratch)
         report = _gate_index(repo, config, chosen, head, index, scratch)
         return GateOutcome(report, "the working tree (untracked files included)", chosen, detected)
     finally:
         # The temporary worktree is already unregistered; logs are in the report's tails.
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _trusted_config(repo: Repo, base: Base, index: Path | None) -> tuple[Config, str]:
+    """The gate's configuration as the side being merged into has it, never as the change under
+    judgement does: each config file from the base commit, or, when the checkout holds one that
+    git does not track (neither HEAD nor INDEX has it), that local file of the user's."""
+    tracked = {name for name in CONFIG_FILES if _in_tree(repo, "HEAD", name)}
+    if index is not None and index.is_file():
+        listed = _git_with_index(repo, index, "ls-files", "-z", "--", *CONFIG_FILES).stdout
+        tracked.update(name for name in listed.split("\0") if name)
+    local = {name for name in CONFIG_FILES if name not in tracked and (repo.root / name).is_file()}
+
+    def read(name: str) -> bytes | None:
+        if name in local:
+            return (repo.root / name).read_bytes()
+        return _blob(repo, base.sha, name) if base.sha is not None else None
+
+    def where(name: str) -> Path:
+        return repo.root / name if name in local else Path(f"{(base.sha or 'empty')[:7]}:{name}")
+
+    config = config_from(read, where=where)
+    if config.source is None:
+        return config, "defaults (the base has no wswarm configuration)"
+    if config.source.name in local:
+        return config, f"{config.source.name} in the checkout (untracked)"
+    return config, f"the base's {config.source.name.split(':', 1)[-1]}"
+
+
+def _in_tree(repo: Repo, rev: str, name: str) -> bool:
+    sha = repo.ref_sha(rev)
+    return sha is not None and _blob(repo, sha, name) is not None
+
+
+def _blob(repo: Repo, commit: str, name: str) -> bytes | None:
+    try:
+        obj = repo.pygit[commit].peel(pygit2.Commit).tree[name]
+    except KeyError:
+        return None
+    return obj.data if isinstance(obj, pygit2.Blob) else None
 
 
 def _confinement(config: Config) -> Confinement:
@@ -209,7 +255,7 @@ def _refuse_unmerged(repo: Repo, index: Path) -> None:
 def _working_tree_index(repo: Repo, scratch: Path) -> Path:
     """A copy of the checkout's index with every change and untracked file added: the working
     tree as the next `git add -A` would record it, leaving the user's index alone."""
-    index = scratch / "index"
+    index = scratch / "judged-index"
     real = _index_path(repo)
     if real.exists():
         # A copy keeps skip-worktree (sparse checkout) and intent-to-add entries as the user has them.
@@ -222,22 +268,22 @@ def _working_tree_index(repo: Repo, scratch: Path) -> Path:
 
 def _gate_index(repo: Repo, config: Config, base: Base, head: Sha, index: Path, scratch: Path) -> GateReport:
     old = base.sha if base.sha is not None else _empty_tree(repo)
-    diff = ""
-    if config.gate.builtin:
-        # --output keeps git's bytes: text-mode capture would turn a lone CR into a line break.
-        out = scratch / "diff.patch"
-        _git_with_index(repo, index, "diff", "--cached", "--no-color", "--no-ext-diff", "-M", "--src-prefix=a/",
-                        "--dst-prefix=b/", f"--output={out}", old)
-        diff = out.read_bytes().decode("utf-8", errors="surrogateescape")
-    names = _git_with_index(repo, index, "diff", "--cached", "--name-only", "-z", "-M", old).stdout
+    # The index as a tree, written from a copy (write-tree may update the file it reads), so the
+    # diff compares objects only: no .gitattributes of the judged change decides what it shows.
+    copy = scratch / "judged-index"
+    if index != copy:
+        shutil.copyfile(index, copy)
+    tree = _git_with_index(repo, copy, "write-tree").stdout.strip()
+    diff = diff_text(repo, old, tree) if config.gate.builtin else ""
+    names = [c.path for c in changed_files(repo, old, tree)]
     history = (base.sha, head) if base.sha != head else None
 
     def blob_size(path: str) -> int | None:
-        res = _git_with_index(repo, index, "cat-file", "-s", f":{path}", check=False)
+        res = _git_with_index(repo, copy, "cat-file", "-s", f":{path}", check=False)
         return int(res.stdout) if res.returncode == 0 else None
 
     return run_gate_on_diff(repo=repo, worktree=repo.root, diff=diff, blob_size=blob_size, history=history,
-                            changed=[n for n in names.split("\0") if n], config=config.gate, declared_files=(),
+                            changed=names, config=config.gate, declared_files=(),
                             env={}, log_dir=scratch / "logs", confinement=_confinement(config))
 
 

@@ -18,7 +18,7 @@ from worktree_swarm.gate.baseline import judge
 from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.builtin import CHECK_NAMES, Finding, scan_diff
 from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tail
-from worktree_swarm.git.diff import FileChange, changed_files, diff_text
+from worktree_swarm.git.diff import PLAIN, FileChange, changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.sandbox import Confinement
 from worktree_swarm.types import Sha
@@ -164,8 +164,8 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
     revs = f"{base}..{head}" if base is not None else head
     if int(repo.git("rev-list", "--count", "--no-merges", revs).stdout) < 2:
         return []
-    raw = proc.git_bytes("log", "-p", "--reverse", "--no-merges", "--no-color", "--no-ext-diff", "-M",
-                         "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", revs, cwd=repo.root)
+    raw = proc.git_bytes(*repo.objects_only(), "log", "-p", "--reverse", "--no-merges", *PLAIN, "-M",
+                         "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", revs, cwd=repo.common_dir)
     found: list[Finding] = []
     for chunk in raw.decode("utf-8", errors="surrogateescape").split("\0")[1:]:
         commit, _, patch = chunk.partition("\n")

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from worktree_swarm import proc
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import Sha
 
 
 @dataclass(frozen=True)
@@ -17,19 +16,24 @@ class FileChange:
     old_path: str | None = None
 
 
-def diff_text(repo: Repo, base: Sha, head: Sha) -> str:
-    """The unified diff, decoded without newline translation (a lone CR stays inside its line).
+# What a diff shows is the bytes: no external diff program, no textconv filter.
+PLAIN = ("--no-color", "--no-ext-diff", "--no-textconv")
+
+
+def diff_text(repo: Repo, base: str, head: str) -> str:
+    """The unified diff between two commits (or trees), as their bytes say: decoded without
+    newline translation (a lone CR stays inside its line), attributes of no checkout applied.
 
     Prefixes are forced: a user's diff.noprefix would otherwise eat real top-level `a/` folders.
     """
-    raw = proc.git_bytes("diff", "--no-color", "--no-ext-diff", "-M", "--src-prefix=a/", "--dst-prefix=b/",
-                         base, head, cwd=repo.root)
+    raw = proc.git_bytes(*repo.objects_only(), "diff", *PLAIN, "-M", "--src-prefix=a/", "--dst-prefix=b/",
+                         base, head, cwd=repo.common_dir)
     return raw.decode("utf-8", errors="surrogateescape")
 
 
-def changed_files(repo: Repo, base: Sha, head: Sha) -> list[FileChange]:
+def changed_files(repo: Repo, base: str, head: str) -> list[FileChange]:
     """`git diff --numstat -z -M`: one entry per changed path; renames keep their source."""
-    out = repo.git("diff", "--numstat", "-z", "-M", base, head).stdout
+    out = repo.git(*repo.objects_only(), "diff", "--numstat", "-z", "-M", base, head, cwd=repo.common_dir).stdout
     records = out.split("\0")
     changes: list[FileChange] = []
     i = 0

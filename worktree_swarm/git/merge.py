@@ -36,7 +36,7 @@ def merge_tree(repo: Repo, ours: Sha, theirs: Sha) -> MergeTree:
     # exit 0 = clean, 1 = conflicts; anything else is an error, never "no conflicts". git also
     # exits 1 for "not something we can merge": a conflict always comes with a tree id.
     if res.returncode not in (0, 1) or not _OID.fullmatch(records[0]):
-        raise CommandError(res.argv, res.returncode, res.stdout + res.stderr)
+        raise CommandError(proc.display_argv(res.argv), res.returncode, res.stdout + res.stderr)
     paths: list[str] = []
     i = 1
     while i < len(records) and records[i] != "":

@@ -27,7 +27,7 @@ def git_version(text: str) -> tuple[int, ...]:
 
 def require_git(cwd: Path) -> None:
     """Refuse, before anything is created, a git too old for in-memory merges."""
-    text = proc.git("--version", cwd=cwd).stdout.strip()
+    text = proc.git("--version", cwd=cwd, as_configured=True).stdout.strip()
     if git_version(text) < MIN_GIT:
         raise UsageError(f"wswarm needs git {'.'.join(map(str, MIN_GIT))} or newer for in-memory merges "
                          f"(found {text or 'an unknown version'})",
@@ -83,6 +83,12 @@ class Repo:
 
     def git(self, *args: str | Path, cwd: Path | None = None, check: bool = True) -> proc.Result:
         return proc.git(*args, cwd=cwd or self.root, check=check)
+
+    def objects_only(self) -> tuple[str, ...]:
+        """git options that read the repository as a bare one: no working tree, no index, so no
+        .gitattributes of a checkout (an agent's `*.py -diff` would hide its lines from a diff)
+        and no user-wide attributes file either. Only what commits and trees hold counts."""
+        return ("--git-dir", str(self.common_dir), "-c", "core.bare=true", "-c", "core.attributesFile=/dev/null")
 
     def ref_sha(self, ref: str) -> Sha | None:
         """The commit a ref or revision points at, or None when it does not resolve."""
