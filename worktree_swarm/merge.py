@@ -1,12 +1,21 @@
-"""The merge train: one gated task branch at a time into the integration branch, in memory."""
+"""The merge train's one owner of the integration branch: merges in memory, ejections, and every
+move of the ref, each from the head the run recorded and never from wherever the ref is found."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from worktree_swarm.errors import EXIT_TASKS_FAILED, RefMovedError
 from worktree_swarm.git.merge import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
+from worktree_swarm.state import RunStore
 from worktree_swarm.types import BranchName, Sha
+
+
+class IntegrationMovedError(RefMovedError):
+    """Something other than the run moved its integration branch: the run stops, adopting nothing."""
+
+    exit_code = EXIT_TASKS_FAILED
 
 
 @dataclass(frozen=True)
@@ -25,17 +34,70 @@ def merge_message(task_id: str, description: str, body: str = "") -> str:
     return f"wswarm: merge {task_id} — {first}\n" + (f"\n{body.strip()}\n" if body.strip() else "")
 
 
-def merge_branch(repo: Repo, *, integration: BranchName, theirs: Sha, message: str) -> TrainResult:
-    """Merge THEIRS into INTEGRATION with one merge commit; the ref moves by compare-and-swap.
+class Integration:
+    """The run's integration branch as the run recorded it. A move is written ahead (pending), made
+    by compare-and-swap from the recorded head, then confirmed; a crash in between is settled by
+    `recover` from where git says the ref is."""
 
-    Nothing is checked out; a conflict leaves the integration branch exactly where it was.
-    """
-    ours = repo.branch_sha(integration)
-    if ours is None:
-        raise LookupError(f"integration branch {integration} does not exist")
-    merged = merge_tree(repo, ours, theirs)
-    if merged.tree is None:
-        return TrainResult(None, ours, merged.conflicts, merged.messages)
-    commit = commit_tree(repo, merged.tree, [ours, theirs], message)
-    repo.update_ref(integration, commit, ours, reason=message.splitlines()[0])
-    return TrainResult(commit, ours, messages=merged.messages)
+    def __init__(self, repo: Repo, store: RunStore) -> None:
+        self.repo = repo
+        self.store = store
+        run = store.run()
+        self.branch = BranchName(run.integration_branch)
+        # A run made before heads were recorded trusts the ref once, when it is first driven again.
+        self.head = Sha(run.integration_head or self.repo.branch_sha(self.branch) or run.base)
+        self._pending = run.integration_pending
+
+    def recover(self) -> list[str]:
+        """Settle a move a crash interrupted, put back a deleted branch, and refuse a ref that moved
+        elsewhere. Returns what was done, for the event log."""
+        done: list[str] = []
+        found = self.repo.branch_sha(self.branch)
+        if self._pending is not None:
+            if found == self._pending:
+                self.head = Sha(self._pending)
+                done.append(f"finished recording a move to {self._pending[:12]} that a crash interrupted")
+            self._pending = None
+            self.store.set_run(integration_head=self.head, integration_pending=None)
+        self.verify()
+        return done
+
+    def verify(self) -> None:
+        """The ref is where the run left it; a deleted one is recreated from the recorded head."""
+        found = self.repo.branch_sha(self.branch)
+        if found == self.head:
+            return
+        if found is None:
+            self.repo.update_ref(self.branch, self.head, None, reason="wswarm: recreate the deleted integration branch")
+            self.store.event("integration-restored", branch=self.branch, head=self.head)
+            return
+        self.store.event("integration-moved", branch=self.branch, expected=self.head, found=found)
+        raise IntegrationMovedError(
+            f"the integration branch {self.branch} was moved by something other than wswarm: it should be at "
+            f"{self.head[:12]}, it is at {found[:12]}; nothing was merged on top of it",
+            hint=f"inspect {found[:12]} (git log {self.head[:12]}..{found[:12]}); to continue the run, put the branch "
+                 f"back (git update-ref refs/heads/{self.branch} {self.head}) and run wswarm resume")
+
+    def move(self, new: Sha, *, reason: str) -> None:
+        """Move the branch from the recorded head to NEW (compare-and-swap), recording it first."""
+        self.verify()
+        self.store.set_run(integration_pending=new)
+        try:
+            self.repo.update_ref(self.branch, new, self.head, reason=reason)
+        except RefMovedError:
+            self.store.set_run(integration_pending=None)
+            self.verify()       # names what moved it
+            raise
+        self.head = new
+        self.store.set_run(integration_head=new, integration_pending=None)
+
+    def merge(self, theirs: Sha, message: str) -> TrainResult:
+        """Merge THEIRS onto the recorded head with one merge commit; a conflict moves nothing."""
+        self.verify()
+        ours = self.head
+        merged = merge_tree(self.repo, ours, theirs)
+        if merged.tree is None:
+            return TrainResult(None, ours, merged.conflicts, merged.messages)
+        commit = commit_tree(self.repo, merged.tree, [ours, theirs], message)
+        self.move(commit, reason=message.splitlines()[0])
+        return TrainResult(commit, ours, messages=merged.messages)

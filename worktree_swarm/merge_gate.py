@@ -14,7 +14,7 @@ from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.merge import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.types import Sha
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,8 @@ class Verdict:
     rebuilt: Rebuilt | None = None
 
 
-def judge(repo: Repo, prober: Prober, *, base: Sha, integration: BranchName) -> Verdict:
-    """Test the integration head; on failure bisect, and rebuild the branch without the culprit."""
-    head = repo.branch_sha(integration)
-    assert head is not None
+def judge(repo: Repo, prober: Prober, *, base: Sha, head: Sha) -> Verdict:
+    """Test the integration HEAD; on failure bisect, and rebuild the branch without the culprit."""
     report = prober.report(head)
     if report.passed:
         return Verdict(report)

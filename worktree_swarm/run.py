@@ -29,6 +29,7 @@ from worktree_swarm.git.slots import open_pool
 from worktree_swarm.git.worktrees import WorktreePool, list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.plan import Plan, Task, load_plan, plan_from_data
 from worktree_swarm.pr import render_pr
+from worktree_swarm.merge import IntegrationMovedError
 from worktree_swarm.state import RunStore, ensure_writable, find_run, runs_dir
 from worktree_swarm.swarm import Swarm, SwarmOptions
 from worktree_swarm.types import RunId, Sha
@@ -146,7 +147,10 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
         if row.state == "finished":
             raise UsageError(f"run {row.id} has already finished; there is nothing to resume",
                              hint="start a new run, or see it with: wswarm status")
-        if repo.branch_sha(row.integration_branch) is None:
+        store.migrate()
+        row = store.run()
+        if repo.branch_sha(row.integration_branch) is None and row.integration_head is None:
+            # A run made before heads were recorded: nothing says where the branch was.
             raise UsageError(f"the integration branch {row.integration_branch} of run {row.id} is gone",
                              hint="it cannot be resumed; start a new run")
         config, detected = with_detected_checks(load_config(repo.root), repo.root)
@@ -176,7 +180,7 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
     try:
         # Slots start checking out now, while the scheduler reads the state and plans its first launches.
         pool = open_pool(repo, config.worktree, size=options.agents, fresh_root=worktrees_dir(repo),
-                         start=repo.branch_sha(row.integration_branch) or Sha(row.base))
+                         start=Sha(row.integration_head or row.base))
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=pool,
                       agent_for=agent_for, options=options, pool_root=worktrees_dir(repo))
         pr_path = store.dir / "pr.md"
@@ -190,6 +194,13 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
                 store.event("run-interrupted", run=row.id)
                 raise Interrupted(f"interrupted: run {row.id} saved",
                                   hint=f"continue with: wswarm resume {row.id}") from None
+            except IntegrationMovedError:
+                # Stopped, adopting nothing: the PR body says what was found; resume once it is put back.
+                store.set_run(state="interrupted")
+                store.event("run-stopped", run=row.id, reason="the integration branch was moved by another process")
+                pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()),
+                                   encoding="utf-8")
+                raise
             except DiskFullError as exc:
                 # Nothing more can be written; the lock released at exit makes the run read as
                 # interrupted, and every state change before this one is intact.

@@ -23,7 +23,11 @@ from worktree_swarm.errors import DiskFullError, RunNotFoundError, UsageError, n
 from worktree_swarm.git.refs import encode
 from worktree_swarm.types import RunId
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version adds to the one before; a run made by an older wswarm is brought up to date
+# when opened, and one made by a newer wswarm is refused rather than misread.
+_MIGRATIONS = {2: ("ALTER TABLE run ADD COLUMN integration_head TEXT",
+                   "ALTER TABLE run ADD COLUMN integration_pending TEXT")}
 TASK_STATUSES = ("pending", "running", "gating", "merging", "merged", "failed", "blocked")
 ACTIVE_STATUSES = ("running", "gating", "merging")
 
@@ -33,7 +37,7 @@ CREATE TABLE run (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, base TEXT NOT NULL, base_ref TEXT NOT NULL,
     integration_branch TEXT NOT NULL, plan TEXT NOT NULL, options TEXT NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, finished REAL, cost_usd REAL NOT NULL DEFAULT 0,
-    merge_gate TEXT);
+    merge_gate TEXT, integration_head TEXT, integration_pending TEXT);
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, branch TEXT, reason TEXT, summary TEXT,
@@ -60,6 +64,10 @@ class RunRow:
     finished: float | None
     cost_usd: float
     merge_gate: str | None      # the merge-result gate's report as JSON, once it ran
+    # Where the integration branch is, as the run itself moved it: the branch moves only from this
+    # value; PENDING is a move started and not yet confirmed (a crash in between is resolved by git).
+    integration_head: str | None = None
+    integration_pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +134,8 @@ class RunStore:
             db.execute("BEGIN")
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute("INSERT INTO run (id, state, base, base_ref, integration_branch, plan, options, "
-                       "created, updated) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, base, base_ref, integration_branch, plan_json, json.dumps(options), now, now))
+                       "created, updated, integration_head) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, base, base_ref, integration_branch, plan_json, json.dumps(options), now, now, base))
             db.executemany("INSERT INTO tasks (id, position, status, updated) VALUES (?, ?, 'pending', ?)",
                            [(tid, i, now) for i, tid in enumerate(task_ids)])
             db.execute("COMMIT")
@@ -137,7 +145,31 @@ class RunStore:
     def open(cls, run_dir: Path) -> RunStore:
         if not (run_dir / "state.db").is_file():
             raise RunNotFoundError(f"{run_dir} holds no wswarm run")
-        return cls(run_dir)
+        store = cls(run_dir)
+        version = store._version()
+        if version > SCHEMA_VERSION:
+            store.close()
+            raise UsageError(f"run {run_dir.name} was made by a newer wswarm (state version {version}; "
+                             f"this one reads up to {SCHEMA_VERSION})", hint="upgrade wswarm to work with this run")
+        return store
+
+    def _version(self) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        return int(row[0]) if row is not None else 1
+
+    def migrate(self) -> None:
+        """Bring a run made by an older wswarm up to date (its driver does, before it writes)."""
+        version = self._version()
+        if version >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            db.execute("BEGIN")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
 
     def close(self) -> None:
         self.release_lock()

@@ -33,7 +33,7 @@ from worktree_swarm.git.refs import task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.guard import Guard
-from worktree_swarm.merge import merge_branch, merge_message
+from worktree_swarm.merge import Integration, merge_message
 from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.sandbox import Confinement, available as sandbox_available
@@ -75,6 +75,10 @@ class Swarm:
         run = store.run()
         self.run_id = RunId(run.id)
         self.integration = BranchName(run.integration_branch)
+        # The one owner of the integration branch: it moves only from the head this run recorded.
+        self.train = Integration(repo, store)
+        for note in self.train.recover():
+            store.event("integration-recovered", detail=note)
         self.cancel = threading.Event()
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed | unverified, once judged
@@ -110,8 +114,7 @@ class Swarm:
 
     def _load_state(self) -> None:
         """Rebuild the in-memory picture from the store; trust nothing that git does not confirm."""
-        head = self.repo.branch_sha(self.integration)
-        merges = self._train_merges(head)
+        merges = self._train_merges(self.train.head)
         attempts = self.store.attempts()
         for row in self.store.tasks():
             st = _TaskState(status=row.status, summary=row.summary or "")
@@ -146,10 +149,8 @@ class Swarm:
                 st.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
             self.state[row.id] = st
 
-    def _train_merges(self, head: Sha | None) -> dict[str, str]:
+    def _train_merges(self, head: Sha) -> dict[str, str]:
         """{merged branch head: merge commit} along the integration branch's first-parent chain."""
-        if head is None:
-            return {}
         return {m.theirs: m.commit for m in train(self.repo, Sha(self.store.run().base), head)}
 
     def _set(self, task_id: str, status: str, **fields: Any) -> None:
@@ -216,9 +217,10 @@ class Swarm:
 
         True when tasks were re-queued and the scheduler has work again.
         """
-        head = self.repo.branch_sha(self.integration)
+        self.train.verify()
+        head = self.train.head
         base = Sha(self.store.run().base)
-        if head is None or head == base or not any(not c.affected for c in self.config.gate.checks):
+        if head == base or not any(not c.affected for c in self.config.gate.checks):
             return False
         self.store.event("merge-gate-started", commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
@@ -226,7 +228,7 @@ class Swarm:
                         log_dir=self.store.dir / "merge-gate", cache=self.cache, cancel=self.cancel,
                         confinement=self.confinement)
         try:
-            verdict = judge(self.repo, prober, base=base, integration=self.integration)
+            verdict = judge(self.repo, prober, base=base, head=head)
         finally:
             prober.close()
         self.merge_gate = verdict.report.verdict
@@ -235,7 +237,7 @@ class Swarm:
             reason = "" if verdict.report.passed else "the base fails these checks too; nothing to blame"
             self.store.event(f"merge-gate-{self.merge_gate}", commit=head, reason=reason or None)
             return False
-        self.repo.update_ref(self.integration, verdict.rebuilt.head, head, reason="wswarm: eject a merge")
+        self.train.move(verdict.rebuilt.head, reason="wswarm: eject a merge")
         by_head = {a.head: a for a in self.store.attempts() if a.outcome == "merged"}
         guilty = by_head[verdict.guilty.theirs]
         self.store.event("merge-gate-failed", commit=head, guilty=guilty.task_id, new_head=verdict.rebuilt.head)
@@ -294,8 +296,8 @@ class Swarm:
         st = self.state[task_id]
         st.started += 1
         n = st.started
-        start = self.repo.branch_sha(self.integration)
-        assert start is not None, "the integration branch vanished"
+        self.train.verify()
+        start = self.train.head
         branch = task_branch(self.run_id, task_id, n)
         self._set(task_id, "running", attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
@@ -405,8 +407,7 @@ class Swarm:
         assert out.head is not None and out.report is not None
         body = f"Task {task_id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
         try:
-            merged = merge_branch(self.repo, integration=self.integration, theirs=out.head,
-                                  message=merge_message(task_id, out.task.description, body))
+            merged = self.train.merge(out.head, merge_message(task_id, out.task.description, body))
         except CommandError as exc:
             self.store.finish_attempt(task_id, out.n, outcome="error", head=out.head, reason=str(exc), **stats)
             raise
