@@ -7,14 +7,27 @@ Fake keys are assembled at run time, so this file holds no literal the secret pa
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import selectors
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import Repo, wswarm
+from conftest import Repo, write_plan, wswarm
+from live_run import WAITING_AGENT, LiveRun, wait_for
+from worktree_swarm.git.repo import Repo as GitRepo
+from worktree_swarm.ui.dashboard import Dashboard
 
 # --- search: a pattern that backtracks without end ----------------------------------------------
 
@@ -144,3 +157,129 @@ def test_a_key_named_file_renamed_away_is_still_found_in_the_branch_history(repo
     res = wswarm(repo.path, "gate", "--ref", "feature")
     assert res.returncode == 1 and AWS_KEY[4:] not in res.stdout
     assert "possible AWS access key id in the file's name: AKIA… (in commit" in res.stdout
+
+
+# --- the dashboard: a flood of connections --------------------------------------------------------
+
+@contextmanager
+def serving(dash: Dashboard) -> Iterator[Dashboard]:
+    thread = threading.Thread(target=dash.serve, daemon=True)
+    thread.start()
+    try:
+        yield dash
+    finally:
+        dash.stop()
+        thread.join(timeout=10)
+
+
+def request(dash: Dashboard, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        res = conn.getresponse()
+        return res.status, res.read().decode()
+    finally:
+        conn.close()
+
+
+def get(dash: Dashboard, path: str) -> str:
+    status, body = request(dash, path)
+    assert status == 200, body
+    return body
+
+
+def test_half_sent_requests_hold_no_thread_and_are_closed_after_the_timeout(repo: Repo) -> None:
+    dash = Dashboard(GitRepo.discover(repo.path), run="none", port=0, request_timeout=2.0)
+    before = threading.active_count()
+    flood: list[socket.socket] = []
+    trickle: list[socket.socket] = []
+    with serving(dash):
+        try:
+            for n in range(203):
+                sock = socket.create_connection(("127.0.0.1", dash.port), timeout=5)
+                sock.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1")   # and never the rest
+                (flood if n < 200 else trickle).append(sock)
+            opened = time.monotonic()
+            time.sleep(0.5)
+            threads = threading.active_count()
+            page = get(dash, "/")
+            answered = time.monotonic() - opened - 0.5
+            # Every connection ends with a 408, the slow ones too (a byte every 0.2 s is not a request).
+            replies: dict[socket.socket, bytes] = {}
+            with selectors.DefaultSelector() as selector:
+                for sock in flood + trickle:
+                    selector.register(sock, selectors.EVENT_READ)
+                while selector.get_map() and time.monotonic() - opened < 8:
+                    for sock in trickle:
+                        if sock not in replies:
+                            try:
+                                sock.sendall(b"x")
+                            except OSError:   # the server has closed it; the read below sees that
+                                pass
+                    for key, _ in selector.select(0.2):
+                        sock = key.fileobj  # type: ignore[assignment]
+                        try:
+                            data = sock.recv(4096)
+                        except ConnectionResetError:   # closed with our last bytes unread: a reset
+                            data = b""
+                        replies[sock] = replies.get(sock, b"") + data
+                        if not data:
+                            selector.unregister(sock)
+                            replies[sock] += b"<closed>"
+            closed = time.monotonic() - opened
+        finally:
+            for sock in flood + trickle:
+                sock.close()
+    # The serving thread, and no thread per connection (before: one each, 200 and more).
+    assert threads <= before + 1, threads - before
+    assert "<html" in page.lower() and answered < 2
+    assert len(replies) == 203 and all(r.endswith(b"<closed>") for r in replies.values())
+    assert all(replies[sock].startswith(b"HTTP/1.0 408 Request Timeout\r\n") for sock in flood)
+    assert 2 <= closed < 5
+
+
+def test_workers_are_few_and_an_event_stream_outlives_the_request_timeout(repo: Repo, agent_script: Any,
+                                                                          tmp_path: Path) -> None:
+    run = LiveRun(repo, agent_script(WAITING_AGENT), [{"id": "x", "description": "wait"}], tmp_path / "go")
+    run.wait_event("agent-started", "x")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.wait(timeout=30) == 130
+    dash = Dashboard(GitRepo.discover(repo.path), run=run.id, port=0, heartbeat=0.2, workers=2, request_timeout=1.0)
+    with serving(dash):
+        streams = [http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10) for _ in range(2)]
+        responses: list[http.client.HTTPResponse] = []
+        try:
+            for conn in streams:      # an interrupted run's stream stays open: each holds a worker
+                conn.request("GET", f"/api/runs/{run.id}/events?events=0")
+                responses.append(conn.getresponse())
+                assert responses[-1].status == 200
+            status, body = request(dash, "/")
+            assert (status, body) == (503, "503 Service Unavailable\n")
+            time.sleep(1.5)           # past the request timeout, the streams go on
+            for res in responses:
+                wait_for(lambda: res.readline() == b": ping\n", timeout=5, what="a heartbeat")
+            responses[0].close()      # the page went away: its worker is free at the next heartbeat
+            assert wait_for(lambda: request(dash, "/")[0] == 200, timeout=5, what="a free worker")
+        finally:
+            for res in responses:
+                res.close()
+            for conn in streams:
+                conn.close()
+
+
+def test_the_dashboard_shows_a_key_named_file_redacted(repo: Repo, agent_script: Any) -> None:
+    agent = agent_script(f'Path("keys").mkdir()\nPath("keys/{AWS_KEY}.txt").write_text("x\\n")\n')
+    write_plan(repo.path / "plan.json", [{"id": "leak", "description": "add a file"}])
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent, "--max-attempts", "1")
+    assert res.returncode == 1, res.stderr
+    run = next((repo.state_dir / "runs").iterdir()).name
+    with serving(Dashboard(GitRepo.discover(repo.path), run=run, port=0)) as dash:
+        answers = {path: get(dash, f"/api/runs/{run}/{path}")
+                   for path in ["tasks", "view", "status", "events", "tasks/leak/attempts/1/diff"]}
+    attempt = json.loads(answers["tasks"])[0]["attempts"][0]
+    assert [f["path"] for f in attempt["files"]] == ["keys/AKIA…[redacted].txt"]
+    assert "possible AWS access key id in the file's name" in answers["tasks"]
+    assert "+++ b/keys/AKIA…[redacted].txt" in answers["tasks/leak/attempts/1/diff"]
+    assert "keys/AKIA…[redacted].txt" in answers["events"]
+    for path, body in answers.items():
+        assert AWS_KEY[4:] not in body, path

@@ -8,20 +8,24 @@ by ui.feed — the page draws that and keeps no truth of its own. Assets ship in
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import selectors
+import socket
 import sys
 import threading
 import time
 import urllib.parse
 import webbrowser
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from worktree_swarm.errors import RunNotFoundError, UsageError, WswarmError, crash_log
+from worktree_swarm.gate.builtin import redact_secrets
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.state import RunStore, find_run
 from worktree_swarm.status import status_data
@@ -35,20 +39,24 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
 # Everything the page loads comes from this server: no CDN, no fonts from elsewhere.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+WORKERS = 32              # requests answered at once (an open page holds one, its event stream)
+REQUEST_TIMEOUT = 10.0    # seconds a client has to send its request head; also each write's limit
+WAITING = 256             # connections still sending their head; beyond it the oldest is dropped
+HEAD_LIMIT = 64 * 1024    # bytes of a request head
 
 
 class Dashboard:
     """The server for one repository; RUN is the run the page opens first."""
 
     def __init__(self, repo: Repo, *, run: str, port: int = DEFAULT_PORT, poll: float = 0.25,
-                 heartbeat: float = 15.0) -> None:
+                 heartbeat: float = 15.0, workers: int = WORKERS, request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.repo = repo
         self.run = run
         self.poll = poll
         self.heartbeat = heartbeat
         self.stopping = threading.Event()
         try:
-            self.httpd = ThreadingHTTPServer((HOST, port), _Handler)
+            self.httpd = _Server((HOST, port), _Handler, workers=workers, timeout=request_timeout)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise UsageError(f"port {port} on {HOST} is already in use",
@@ -92,8 +100,143 @@ def open_browser(url: str) -> bool:
     return webbrowser.open(url)
 
 
+class _Server(HTTPServer):
+    """An HTTP server whose threads never wait for a client to finish sending its request.
+
+    The serving thread reads every connection's request head itself, all of them in one selector,
+    and closes one that has not sent it within TIMEOUT; only a complete head gets a handler thread,
+    at most WORKERS at once, and one more is answered 503. A thread per connection, as
+    ThreadingHTTPServer has it, let 3,000 half-sent requests hold 3,000 threads.
+    """
+
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, workers: int,
+                 timeout: float) -> None:
+        super().__init__(address, handler)
+        self.request_timeout = timeout
+        self.slots = threading.BoundedSemaphore(workers)
+        self.heads: dict[socket.socket, bytes] = {}   # handed from the serving thread to a handler
+        # oldest first: (deadline, the head so far, the client's address)
+        self._waiting: dict[socket.socket, tuple[float, bytes, Any]] = {}
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._idle.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.socket, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    wait = poll_interval
+                    if self._waiting:
+                        wait = min(wait, max(next(iter(self._waiting.values()))[0] - time.monotonic(), 0))
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is self.socket:
+                            self._accept(selector)
+                        else:
+                            self._read(selector, key.fileobj)  # type: ignore[arg-type]
+                    now = time.monotonic()
+                    for conn, (deadline, _, _) in list(self._waiting.items()):
+                        if deadline > now:
+                            break
+                        self._drop(selector, conn, b"408 Request Timeout")
+        finally:
+            for conn in self._waiting:
+                conn.close()
+            self._waiting.clear()
+            self._stop.clear()
+            self._idle.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._idle.wait()
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        try:
+            conn, address = self.socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:   # out of file descriptors: let some close before trying again
+            self._stop.wait(0.05)
+            return
+        if len(self._waiting) >= WAITING:
+            self._drop(selector, next(iter(self._waiting)), b"503 Service Unavailable")
+        conn.setblocking(False)
+        self._waiting[conn] = (time.monotonic() + self.request_timeout, b"", address)
+        selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, selector: selectors.BaseSelector, conn: socket.socket) -> None:
+        if conn not in self._waiting:   # dropped earlier in this same round
+            return
+        deadline, head, address = self._waiting[conn]
+        try:
+            data = conn.recv(HEAD_LIMIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._drop(selector, conn, None)
+        head += data
+        if b"\r\n\r\n" not in head and b"\n\n" not in head:
+            if len(head) > HEAD_LIMIT:
+                return self._drop(selector, conn, b"431 Request Header Fields Too Large")
+            self._waiting[conn] = (deadline, head, address)
+            return
+        selector.unregister(conn)
+        del self._waiting[conn]
+        if not self.slots.acquire(blocking=False):
+            return self._refuse(conn, b"503 Service Unavailable")
+        conn.setblocking(True)
+        self.heads[conn] = head
+        threading.Thread(target=self._answer, args=(conn, address), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, address: Any) -> None:
+        try:
+            self.finish_request(conn, address)
+        except Exception:
+            self.handle_error(conn, address)
+        finally:
+            self.heads.pop(conn, None)
+            self.shutdown_request(conn)
+            self.slots.release()
+
+    def _drop(self, selector: selectors.BaseSelector, conn: socket.socket, status: bytes | None) -> None:
+        selector.unregister(conn)
+        del self._waiting[conn]
+        if status is None:
+            conn.close()
+        else:
+            self._refuse(conn, status)
+
+    @staticmethod
+    def _refuse(conn: socket.socket, status: bytes) -> None:
+        """Answer STATUS and close, never waiting for the client: a fresh socket takes a few
+        hundred bytes without blocking, and a client that has not read them has no answer."""
+        try:
+            conn.setblocking(False)
+            conn.send(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                      b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(status) + 1).encode() +
+                      b"\r\n\r\n" + status + b"\n")
+        except OSError:
+            pass   # it went away: nothing to tell it
+        finally:
+            conn.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "wswarm-dashboard"
+
+    def setup(self) -> None:
+        """Read the request from the head the server already took in; the socket's timeout (the
+        server's) then bounds every write, so a client that stops reading frees its thread."""
+        assert isinstance(self.server, _Server)
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
+        self.rfile.close()
+        self.rfile = io.BytesIO(self.server.heads.pop(self.request, b""))
 
     @property
     def dash(self) -> Dashboard:
@@ -117,8 +260,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": exc.message}, HTTPStatus.NOT_FOUND)
         except WswarmError as exc:
             self._json({"error": exc.message}, HTTPStatus.BAD_REQUEST)
-        except (BrokenPipeError, ConnectionResetError):
-            pass   # the page went away mid-answer
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass   # the page went away mid-answer, or stopped reading it
         except Exception as exc:  # a bug: the page gets one line, the traceback goes to a file
             log = crash_log()
             self._json({"error": f"internal error: {type(exc).__name__}: {exc}", "traceback": str(log)},
@@ -173,11 +316,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    # Every answer made of a run's data is redacted as the secrets check would: an agent can put a
+    # key in a file's name, which then sits in events, gate reports and diffs.
     def _json(self, data: object, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(data, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+        text = redact_secrets(json.dumps(data, ensure_ascii=False))
+        self._send(status, text.encode(), "application/json; charset=utf-8")
 
     def _text(self, text: str, kind: str = "text/plain") -> None:
-        self._send(HTTPStatus.OK, text.encode("utf-8", errors="surrogateescape"), f"{kind}; charset=utf-8")
+        self._send(HTTPStatus.OK, redact_secrets(text).encode("utf-8", errors="surrogateescape"),
+                   f"{kind}; charset=utf-8")
 
     def _static(self, name: str) -> None:
         if name not in STATIC:
@@ -234,5 +381,5 @@ class _Handler(BaseHTTPRequestHandler):
             dash.stopping.wait(dash.poll)
 
     def _write(self, text: str) -> None:
-        self.wfile.write(text.encode("utf-8", errors="surrogateescape"))
+        self.wfile.write(redact_secrets(text).encode("utf-8", errors="surrogateescape"))
         self.wfile.flush()
