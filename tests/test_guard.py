@@ -100,13 +100,20 @@ def test_well_behaved_agents_raise_nothing(repo: Repo, agent_script: object) -> 
 def test_compare_names_each_kind_of_change(repo: Repo) -> None:
     git_repo = GitRepo.discover(repo.path)
     repo.write("a.txt", "a\n")
-    before = guard.snapshot(git_repo)
+    own = "refs/heads/wswarm/run/"
+    before = guard.snapshot(git_repo, own=own)
     repo.git("branch", "feature")
-    repo.git("branch", "wswarm/run/tasks/x/1")          # wswarm's own branches are not the user's
+    repo.git("branch", "wswarm/run/tasks/x/1")          # the run's own branches are its own business
+    repo.git("branch", "wswarm/other/integration")      # another run's are not
+    repo.git("tag", "v9")
+    repo.git("config", "core.fsmonitor", "/tmp/evil.sh")
     repo.write("a.txt", "changed\n")
-    after = guard.snapshot(git_repo)
+    after = guard.snapshot(git_repo, own=own)
     assert [(c.kind, c.detail) for c in guard.compare(before, after)] == [
-        ("branch", "branch feature was created"), ("checkout", "files in the checkout changed: a.txt")]
+        ("branch", "branch feature was created"),
+        ("ref", "heads/wswarm/other/integration was created"), ("ref", "tags/v9 was created"),
+        ("code", ".git/config was changed (it decides what git runs)"),
+        ("checkout", "files in the checkout changed: a.txt")]
     assert guard.compare(after, after) == []
 
 

@@ -1,22 +1,30 @@
-"""Watch the git state agents share with the user: the user's checkout, their branches, the stash.
+"""Watch the git state agents share with the user: the checkout, refs, the stash, and the files
+that make git run code (config, hooks, info/attributes).
 
 A command agent runs with the user's permissions, so nothing stops it from switching the user's
-checkout, writing into it by absolute path, creating branches or popping the shared stash
-(FACTS.md: refs/stash is shared by every worktree). wswarm cannot prevent that; it notices it,
-restores the one thing it can restore without guessing (stash entries, which are commits), and
-says who ran while it happened.
+checkout, writing into it by absolute path, moving refs, popping the shared stash (refs/stash is
+shared by every worktree), or planting `core.fsmonitor` or a hook in the common dir for every later
+git call to run. wswarm cannot prevent that; it notices it, restores what it can restore without
+guessing (stash entries, which are commits; the code-bearing files, whose changed copies are kept
+aside), and says who ran while it happened.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from worktree_swarm import proc
 from worktree_swarm.git.repo import Repo
 
-# Branches of wswarm's own runs are not the user's.
+# Branches of wswarm's runs are not the user's.
 _OURS = "refs/heads/wswarm/"
+# Files in the common dir that decide what git executes, and the folder of its hooks.
+CODE_FILES = ("config", "config.worktree", "info/attributes")
+HOOKS = "hooks"
 
 
 @dataclass(frozen=True)
@@ -27,11 +35,13 @@ class Snapshot:
     branches: dict[str, str]                    # refs/heads/* but wswarm/*: name -> commit
     stash: tuple[tuple[str, str], ...]          # (commit, message), newest first
     checkout: frozenset[tuple[str, int, int]]   # changed/untracked files: (path, size, mtime_ns)
+    others: dict[str, str] = field(default_factory=dict)   # tags, remotes, notes, other runs' branches
+    code: dict[str, bytes] = field(default_factory=dict)    # CODE_FILES and hooks/*: path -> content
 
 
 @dataclass(frozen=True)
 class Change:
-    kind: str          # head | branch | stash-lost | stash-added | checkout
+    kind: str          # head | branch | ref | stash-lost | stash-added | checkout | code
     detail: str
 
 
@@ -39,34 +49,63 @@ class Change:
 class Findings:
     changes: list[Change] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)   # stash entries put back
+    put_back: list[str] = field(default_factory=list)   # code-bearing files restored
 
     def describe(self) -> str:
         text = "; ".join(c.detail for c in self.changes)
         if self.restored:
             text += f" (restored {len(self.restored)} stash entr{'y' if len(self.restored) == 1 else 'ies'})"
+        if self.put_back:
+            text += f" (put back: {', '.join(self.put_back)})"
         return text
 
     @property
     def git_state(self) -> bool:
-        """Changes only a git command makes: a switched checkout, a popped or dropped stash."""
-        return any(c.kind in ("head", "stash-lost") for c in self.changes)
+        """Changes no task has any business making: a switched checkout, a popped or dropped stash,
+        a file that makes git run code. They fail the attempts that ran."""
+        return any(c.kind in ("head", "stash-lost", "code") for c in self.changes)
 
 
-def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = None) -> Snapshot:
-    """Refs read through libgit2 (microseconds); the changed files are git status's (one process)."""
+def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = None, own: str = "") -> Snapshot:
+    """Refs read through libgit2 (microseconds), the code-bearing files read whole (a few KB); the
+    changed files are git status's (one process). Refs under OWN (the run's own prefix, moved by
+    its agents and its train) are left out."""
     pygit = repo.pygit
     head_ref = pygit.lookup_reference("HEAD")
     head = str(head_ref.target)      # a ref name when on a branch, else the commit id
     # Looked up with get(): a ref listed a moment ago may be deleted meanwhile (by the user, by an agent).
-    refs = {name: pygit.references.get(name)
-            for name in pygit.references if name.startswith("refs/heads/") and not name.startswith(_OURS)}
-    branches = {name: str(ref.target) for name, ref in refs.items() if ref is not None}
+    found = {name: pygit.references.get(name) for name in pygit.references
+             if name != "refs/stash" and not (own and name.startswith(own))}
+    refs = {name: str(ref.target) for name, ref in found.items() if ref is not None}
+    branches = {n: t for n, t in refs.items() if n.startswith("refs/heads/") and not n.startswith(_OURS)}
+    others = {n: t for n, t in refs.items() if n not in branches}
     stash_ref = pygit.references.get("refs/stash")
     stash: tuple[tuple[str, str], ...] = ()
     if stash_ref is not None:
         stash = tuple((str(entry.oid_new), entry.message) for entry in stash_ref.log())
     return Snapshot(head=head, branches=branches, stash=stash,
-                    checkout=_checkout_files(repo) if checkout is None else checkout)
+                    checkout=_checkout_files(repo) if checkout is None else checkout,
+                    others=others, code=_code_files(repo.common_dir))
+
+
+def _code_files(common: Path) -> dict[str, bytes]:
+    """The common dir's files that decide what git runs, by path; never through a link (a link in
+    their place is recorded as its target's name, so it shows as a change)."""
+    out: dict[str, bytes] = {}
+    names = list(CODE_FILES)
+    try:
+        names += [f"{HOOKS}/{entry.name}" for entry in os.scandir(common / HOOKS)]
+    except OSError:
+        pass
+    for name in names:
+        path = common / name
+        try:
+            out[name] = proc.read_bytes(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            out[name] = b"not a regular file: " + os.fsencode(os.readlink(path) if path.is_symlink() else "?")
+    return out
 
 
 def _checkout_files(repo: Repo) -> frozenset[tuple[str, int, int]]:
@@ -100,6 +139,18 @@ def compare(before: Snapshot, after: Snapshot) -> list[Change]:
                                             f"{old[:12]} to {sha[:12]}"))
     for name in sorted(set(before.branches) - set(after.branches)):
         changes.append(Change("branch", f"branch {name.removeprefix('refs/heads/')} was deleted"))
+    for name in sorted(set(before.others) | set(after.others)):
+        old_sha, new_sha = before.others.get(name), after.others.get(name)
+        if old_sha == new_sha:
+            continue
+        what = ("was created" if old_sha is None else "was deleted" if new_sha is None
+                else f"moved from {old_sha[:12]} to {new_sha[:12]}")
+        changes.append(Change("ref", f"{name.removeprefix('refs/')} {what}"))
+    for name in sorted(set(before.code) | set(after.code)):
+        if before.code.get(name) != after.code.get(name):
+            what = ("was added" if name not in before.code else "was removed" if name not in after.code
+                    else "was changed")
+            changes.append(Change("code", f".git/{name} {what} (it decides what git runs)"))
     lost = [entry for entry in before.stash if entry not in after.stash]
     added = [entry for entry in after.stash if entry not in before.stash]
     for _, message in lost:
@@ -124,27 +175,55 @@ def restore_stash(repo: Repo, before: Snapshot, after: Snapshot) -> list[str]:
     return restored
 
 
+def restore_code(repo: Repo, before: Snapshot, after: Snapshot) -> list[str]:
+    """Put the code-bearing files back as they were; a changed or added one is first kept aside
+    (under wswarm's folder, never run), so nothing anyone wrote is lost."""
+    aside = repo.state_dir / "tampered" / time.strftime("%Y%m%d-%H%M%S")
+    done: list[str] = []
+    for name in sorted(set(before.code) | set(after.code)):
+        if before.code.get(name) == after.code.get(name):
+            continue
+        path = repo.common_dir / name
+        if os.path.lexists(path):
+            aside.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside / name.replace("/", "%2F"))
+        if name in before.code:
+            tmp = path.with_name(f".{path.name}.wswarm-restore")
+            proc.write_new(tmp, before.code[name])
+            if name.startswith(f"{HOOKS}/"):
+                tmp.chmod(0o755)
+            os.replace(tmp, path)
+        done.append(f".git/{name}")
+    return done
+
+
 def _short(ref: str) -> str:
     return ref.removeprefix("refs/heads/") if ref.startswith("refs/") else ref[:12]
 
 
 class Guard:
-    """Watches the shared state across attempts; thread-safe, one per run."""
+    """Watches the shared state across attempts; thread-safe, one per run. OWN is the run's own ref
+    prefix (its task branches and integration branch, which it checks itself)."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Repo, *, own: str = "") -> None:
         self.repo = repo
+        self.own = own
         self._lock = threading.Lock()
-        self._last = snapshot(repo)
+        self._last = snapshot(repo, own=own)
 
     def check(self, *, scan_files: bool = True) -> Findings:
-        """What changed since the last check; lost stash entries are restored at once. Without
-        SCAN_FILES the checkout's files are not looked at (refs are µs; `git status` walks the tree)."""
+        """What changed since the last check; lost stash entries and code-bearing files are
+        restored at once (refs are reported: the user's own, or another run's, move too). Without SCAN_FILES the checkout's files are not looked at (refs
+        are µs; `git status` walks the tree)."""
         with self._lock:
             keep = None if scan_files else self._last.checkout
-            now = snapshot(self.repo, checkout=keep)
+            now = snapshot(self.repo, checkout=keep, own=self.own)
             findings = Findings(compare(self._last, now))
             if any(c.kind == "stash-lost" for c in findings.changes):
                 findings.restored = restore_stash(self.repo, self._last, now)
-                now = snapshot(self.repo, checkout=now.checkout)
+            if any(c.kind == "code" for c in findings.changes):
+                findings.put_back = restore_code(self.repo, self._last, now)
+            if findings.restored or findings.put_back:
+                now = snapshot(self.repo, checkout=now.checkout, own=self.own)
             self._last = now
             return findings

@@ -99,8 +99,19 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
             where = f" (kept for inspection: {md_code(t.branch)})" if t.status == "failed" and t.branch else ""
             lines.append(f"- {md_code(t.id)} {md_text(t.status)}: {md_text(_one_line(t.reason))}{where}")
     shared = [e for e in events if e.get("kind") == "shared-state-changed"]
+    moved = [e for e in events if e.get("kind") in ("integration-moved", "integration-restored")]
+    if shared or moved:
+        lines += ["", "## Warnings", ""]
+    for e in moved:
+        if e.get("kind") == "integration-moved":
+            lines.append(f"- The integration branch was moved by another process to {md_code(str(e.get('found')))} "
+                         f"(wswarm had it at {md_code(str(e.get('expected')))}): the run stopped, and that commit "
+                         "was not gated, merged or adopted.")
+        else:
+            lines.append(f"- The integration branch was deleted during the run and recreated at "
+                         f"{md_code(str(e.get('head')))}.")
     if shared:
-        lines += ["", "## Warnings", "", "The user's checkout, branches or stash changed during the run:", ""]
+        lines += ["The user's checkout, refs, stash or git's own configuration changed during the run:", ""]
         for e in shared:
             who = ", ".join(md_code(str(a)) for a in e.get("agents_running") or []) or "no agent"
             lines.append(f"- while {who} ran: {md_text(_one_line(str(e.get('detail', ''))))}")

@@ -29,7 +29,7 @@ from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.diff import FileChange, diff_text
-from worktree_swarm.git.refs import task_branch
+from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.guard import Guard
@@ -85,7 +85,7 @@ class Swarm:
         self._ports: dict[tuple[str, int], int] = {}
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wswarm-reaper")
         self._spent_announced = False
-        self.guard = Guard(repo)
+        self.guard = Guard(repo, own=f"refs/heads/{run_prefix(self.run_id)}")
         self._live: set[tuple[str, int]] = set()       # attempts running now
         self._window: set[tuple[str, int]] = set()     # attempts that ran since the last guard check
         self._suspects: set[tuple[str, int]] = set()   # ran while shared git state changed
@@ -376,7 +376,8 @@ class Swarm:
             out.kind = "agent-failed"
             out.reason = f"git state shared with the user changed while this agent ran{alone}: {self._suspect_reason}"
             out.feedback = (out.reason + "\nWork only inside your worktree: never switch the user's checkout, "
-                            "create branches, or use git stash (the stash is shared by every worktree).")
+                            "create branches, use git stash (the stash is shared by every worktree), or change "
+                            "git's configuration or hooks.")
 
     def _settle(self, out: Outcome) -> None:
         self._watch_shared_state(out)
