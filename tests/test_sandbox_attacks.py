@@ -237,3 +237,35 @@ def test_the_built_in_agents_work_is_checked_inside_the_sandbox(repo: Repo, tmp_
     assert victim.read_text() == "untouched\n"
     logs = "".join(p.read_text(errors="replace") for p in repo.state_dir.rglob("gate-tests.log"))
     assert "1 passed" in logs
+
+
+def test_a_pid_file_planted_in_a_sandbox_home_never_gets_a_process_killed(repo: Repo, tmp_path: Path) -> None:
+    # resume kills the process groups a dead run left behind, by the pid files it finds; a sandboxed
+    # command can write into its HOME and temp folders under the run's folder, so those never count.
+    import subprocess
+
+    from conftest import alive
+    from worktree_swarm.git.repo import Repo as GitRepo
+    from worktree_swarm.proc import write_new, _start_time
+    from worktree_swarm.run import _reconcile
+    from worktree_swarm.state import RunStore
+    from worktree_swarm.types import RunId
+
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    store = RunStore.create(tmp_path / "run", run_id=RunId("r1"), base="b" * 40, base_ref="main",
+                            integration_branch="wswarm/r1/integration", plan_json="[]", task_ids=[], options={})
+    try:
+        attempt = store.dir / "attempts" / "t" / "1"
+        for planted in (attempt / "scratch" / "home" / "x.pid", attempt / "gate-tests.log.scratch" / "tmp" / "y.pid"):
+            planted.parent.mkdir(parents=True)
+            write_new(planted, f"{victim.pid} {_start_time(victim.pid)}\n".encode())
+        write_new(attempt / "agent.pid", f"{orphan.pid} {_start_time(orphan.pid)}\n".encode())
+        killed, _ = _reconcile(GitRepo.discover(repo.path), store, RunId("r1"))
+        orphan.wait(timeout=10)
+        assert killed == 1 and alive(victim.pid)
+    finally:
+        store.close()
+        for p in (victim, orphan):
+            p.kill()
+            p.wait()

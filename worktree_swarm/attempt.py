@@ -168,7 +168,7 @@ class AttemptRunner:
         out.changes = changed_files(self.repo, out.start, out.head)
         self.store.set_task(task.id, status="gating")
         self.store.event("gate-started", task.id, attempt=out.n, agent=agent.name,
-                         files=[c.path for c in out.changes])
+                         files=[redact_secrets(c.path) for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
                             env=env, log_dir=adir, cache=self.cache, cancel=self.cancel,

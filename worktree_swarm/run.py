@@ -226,7 +226,7 @@ def _has_gitmodules(repo: Repo, commit: str) -> bool:
 def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:
     """After a crash: stop the agents and checks the dead orchestrator left running, and remove the
     worktrees of attempts that are over (a failed task's last one stays for inspection)."""
-    killed = sum(proc.kill_orphan(pidfile) for pidfile in store.dir.rglob("*.pid"))
+    killed = sum(proc.kill_orphan(pidfile) for pidfile in store.dir.rglob("*.pid") if _ours(pidfile, store.dir))
     keep = {t.worktree for t in store.tasks() if t.status == "failed" and t.worktree}
     # A failed task's slot the crash kept from being set aside; the other slots the dead run held
     # are reset by the next pool that claims them.
@@ -242,6 +242,14 @@ def _reconcile(repo: Repo, store: RunStore, run_id: RunId) -> tuple[int, int]:
             shutil.rmtree(folder, ignore_errors=True)
     prune_worktrees(repo)
     return killed, removed
+
+
+def _ours(pidfile: Path, run_dir: Path) -> bool:
+    """Whether wswarm wrote PIDFILE: not one an agent or a check left in the HOME or temp folder of a
+    sandbox (it could name any process of the user's, to be killed by the next resume)."""
+    parts = pidfile.relative_to(run_dir).parts[:-1]
+    return not any(part in ("home", "tmp") and (parent == "scratch" or parent.endswith(".scratch"))
+                   for parent, part in zip(parts, parts[1:]))
 
 
 def _stop_on_hangup() -> None:

@@ -425,7 +425,8 @@ class Swarm:
         self.store.finish_attempt(task_id, out.n, outcome="merged", head=out.head, gate=report_json, **stats)
         self._set(task_id, "merged", merge_commit=merged.merge_commit, summary=out.summary, reason=None,
                   worktree=None)
-        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit, files=st.files,
+        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit,
+                         files=[redact_secrets(path) for path in st.files],
                          agent=self.agent_for(out.task).name, gate=out.report.summary())
         self._release(out, keep=False)
 
