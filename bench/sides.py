@@ -67,7 +67,7 @@ def make_repo(path: Path, *, files: int, date: int, env: dict[str, str]) -> str:
     """M small files in one commit, packed as a real repository is; returns the commit id.
 
     The date is fixed so both sides' repositories are identical; later commits use the real clock,
-    so dates increase (older-than-parent dates make merge-base slow: shared/FACTS.md).
+    so dates increase (older-than-parent dates make merge-base slow).
     """
     path.mkdir(parents=True)
     git("init", "-q", cwd=path, env=env)

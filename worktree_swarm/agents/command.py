@@ -69,7 +69,7 @@ class CommandAgent(Agent):
 
 
 def agent_env(request: AgentRequest) -> dict[str, str]:
-    """The WSWARM_* contract of SPEC §5."""
+    """The WSWARM_* variables every command agent gets: the task, its attempt, its files."""
     env = {
         "WSWARM_RUN_ID": request.run_id,
         "WSWARM_TASK_ID": request.task.id,
