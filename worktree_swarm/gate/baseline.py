@@ -2,7 +2,9 @@
 
 A check that already fails on the base would otherwise send every task back. Failures are compared
 by identity — a test id, a type error without its line number (lines shift when code is added
-above), a security finding by rule and file — never by raw output.
+above), a security finding by rule and file — never by raw output. The base and the branch are
+checked in different folders (a base worktree, a task's slot, each with its own scratch and
+temporary folders), so the parts of paths that say where a check ran are set aside first.
 """
 
 from __future__ import annotations
@@ -10,52 +12,29 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from worktree_swarm.gate.report import CheckResult, tail
+from worktree_swarm.gate.report import NEW_FAILURES, CheckResult, normalise_paths, parse_output, tail
 
-_TEST_IDS = [
-    re.compile(r"^(?:FAILED|ERROR) (\S+)"),                          # pytest -rfE summary
-    re.compile(r"^(?:FAIL|ERROR): (\S+ \([^)]*\))"),                 # unittest
-    re.compile(r"^\s*(?:✕|×)\s+(.+?)(?:\s+\(\d+(?:\.\d+)?\s*m?s\))?$"),  # jest, vitest
-    re.compile(r"^not ok \d+ - (.+)$"),                              # TAP
-    re.compile(r"^--- FAIL: (\S+)"),                                 # go test
-]
-_DIAGNOSTICS = [
-    re.compile(r"^(?P<path>[^\s:]+):\d+(?::\d+)?: error: (?P<msg>.+)$"),          # mypy
-    re.compile(r"^(?P<path>[^\s(]+)\(\d+,\d+\): error (?P<msg>TS\d+: .+)$"),      # tsc
-    re.compile(r"^\s*(?P<path>\S+):\d+:\d+ - error: (?P<msg>.+)$"),               # pyright
-    re.compile(r"^(?P<path>[^\s:]+):\d+:\d+: (?P<msg>[A-Z]+\d+ .+)$"),             # ruff, flake8
-]
-_BANDIT_ISSUE = re.compile(r">> Issue: \[(?P<rule>[^\]]+)\]")
-_BANDIT_WHERE = re.compile(r"Location: (?P<path>[^:\s]+):\d+")
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 _MAX_SHOWN = 30
 
 
+def failures(output: str) -> dict[str, str]:
+    """The failures an output reports, by identity, each with the line that reported it; a tool
+    that names none is compared by its lines with numbers (timings, counts, lines) blanked out."""
+    lines = normalise_paths(output).splitlines()
+    known = {f.key: f.source for f in parse_output("\n".join(lines))}
+    if known:
+        return known
+    shown: dict[str, str] = {}
+    for line in lines:
+        if line.strip():
+            shown.setdefault(_DIGITS.sub("#", line.strip()), line.strip())
+    return shown
+
+
 def failure_keys(output: str) -> set[str]:
-    """The identities of the failures an output reports; falls back to its lines without numbers."""
-    lines = output.splitlines()
-    keys: set[str] = set()
-    for line in lines:
-        for rx in _TEST_IDS:
-            if m := rx.search(line):
-                keys.add(f"test {m.group(1).strip()}")
-                break
-        else:
-            for rx in _DIAGNOSTICS:
-                if m := rx.search(line):
-                    keys.add(f"{m.group('path')}: {m.group('msg').strip()}")
-                    break
-    rule: str | None = None
-    for line in lines:
-        if m := _BANDIT_ISSUE.search(line):
-            rule = m.group("rule")
-        elif rule and (m := _BANDIT_WHERE.search(line)):
-            keys.add(f"{m.group('path')}: {rule}")
-            rule = None
-    if keys:
-        return keys
-    # Unknown tools: compare lines, with numbers (timings, counts, line numbers) blanked out.
-    return {_DIGITS.sub("#", line.strip()) for line in lines if line.strip()}
+    """The identities of the failures an output reports."""
+    return set(failures(output))
 
 
 def judge(branch: CheckResult, branch_output: str, base: CheckResult | None, base_output: str) -> CheckResult:
@@ -65,16 +44,15 @@ def judge(branch: CheckResult, branch_output: str, base: CheckResult | None, bas
     known = failure_keys(base_output)
     if branch.status == "pass":
         return replace(branch, note=f"fixes the base's {_count(len(known), 'failure')}")
-    now = failure_keys(branch_output)
-    new = sorted(now - known)
-    fixed = known - now
+    now = failures(branch_output)
+    new = [line for key, line in now.items() if key not in known]
+    fixed = known - set(now)
     credit = f"; fixes {len(fixed)} of the base's" if fixed else ""
     if not new:
         return replace(branch, status="pass", output="",
                        note=f"fails as the base does: {_count(len(now), 'known failure')}, none new{credit}")
     shown = "\n".join(new[:_MAX_SHOWN]) + (f"\n[… {len(new) - _MAX_SHOWN} more]" if len(new) > _MAX_SHOWN else "")
-    return replace(branch, output=f"New failures (the base fails too, but not with these):\n{shown}\n\n"
-                                  f"{tail(branch_output, 20)}",
+    return replace(branch, output=f"{NEW_FAILURES}\n{shown}\n\n{tail(branch_output, 20)}",
                    note=f"{_count(len(new), 'new failure')} beyond the base's {len(known)}{credit}")
 
 

@@ -1,13 +1,22 @@
-"""A gate's verdict: each check, its status, its time, the tail of a failure's output."""
+"""A gate's verdict: each check, its status, its time, the tail of a failure's output; and what a
+failing check found, read from that output (the one place tool output is parsed)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from typing import Any, Literal
+
+from worktree_swarm.gate.builtin import redact_secrets
 
 CheckStatus = Literal["pass", "fail", "warn", "skipped", "not-run"]
 TAIL_LINES = 40
+MAX_FINDINGS = 20   # per check: a suite that fails 300 tests needs its first ones named, not all
+# How the baseline judgement starts the output of a check that fails beyond its base's failures.
+NEW_FAILURES = "New failures (the base fails too, but not with these):"
 
 
 @dataclass(frozen=True)
@@ -71,3 +80,208 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     if len(kept) <= lines:
         return "\n".join(kept)
     return f"[… {len(kept) - lines} lines cut …]\n" + "\n".join(kept[-lines:])
+
+
+# --- findings -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckFinding:
+    """One thing a failing or warning check found: where (when the tool says) and what.
+
+    KEY is its identity for comparing a branch with its base: a test id, a diagnostic without its
+    line number (lines shift when code is added above), a security rule in a file."""
+
+    check: str
+    path: str | None
+    line: int | None
+    message: str
+    status: CheckStatus = "fail"   # the check's: a warning's findings do not block a merge
+    key: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)   # the output line it was read from
+
+    @property
+    def where(self) -> str:
+        """`path:line`, `path`, or empty."""
+        if self.path is None:
+            return ""
+        return f"{self.path}:{self.line}" if self.line is not None else self.path
+
+    def data(self) -> dict[str, Any]:
+        return {"check": self.check, "path": self.path, "line": self.line, "message": self.message,
+                "status": self.status}
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+# Test runners' lines naming one failing test.
+_PYTEST = re.compile(r"^(?P<kind>FAILED|ERROR) (?P<id>[^\s(]\S*)(?: - (?P<msg>.*))?")   # pytest -rfE, not unittest's "FAILED (failures=2)"
+_UNITTEST = re.compile(r"^(?P<kind>FAIL|ERROR): (?P<id>\S+ \([^)]*\))")
+_OTHER_TESTS = [
+    re.compile(r"^\s*(?:✕|×)\s+(?P<id>.+?)(?:\s+\(\d+(?:\.\d+)?\s*m?s\))?$"),  # jest, vitest
+    re.compile(r"^not ok \d+ - (?P<id>.+)$"),                                   # TAP
+    re.compile(r"^--- FAIL: (?P<id>\S+)"),                                      # go test
+]
+# Diagnostics with a file and a line.
+_DIAGNOSTICS = [
+    re.compile(r"^(?P<path>[^\s:]+):(?P<line>\d+)(?::\d+)?: error: (?P<msg>.+)$"),          # mypy
+    re.compile(r"^(?P<path>[^\s(]+)\((?P<line>\d+),\d+\): error (?P<msg>TS\d+: .+)$"),      # tsc
+    re.compile(r"^\s*(?P<path>\S+):(?P<line>\d+):\d+ - error: (?P<msg>.+)$"),               # pyright
+    re.compile(r"^(?P<path>[^\s:]+):(?P<line>\d+):\d+: (?P<msg>[A-Z]+\d+ .+)$"),             # ruff, flake8
+]
+_BANDIT_ISSUE = re.compile(r">> Issue: \[(?P<rule>[^\]]+)\] ?(?P<msg>.*)")
+_BANDIT_WHERE = re.compile(r"Location: (?P<path>[^:\s]+):(?P<line>\d+)")
+_TRACEBACK_FILE = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+)')
+_UNITTEST_RULE = re.compile(r"^(?:=|-){20,}$")
+# The built-in checks' lines (gate/runner.py): `path:line: message` or `path: message`.
+_BUILTIN = re.compile(r"^(?P<path>.+?)(?::(?P<line>\d+))?: (?P<msg>.+)$")
+_CUT = re.compile(r"^\[… \d+ (?:lines cut|more)")
+
+_PATH_START = r"""[^\s'"`(),;=]*?"""
+_COMPONENT = r"""[^/\s'"`(),;:]+"""
+# Where wswarm checks code out: the task slots and the worktrees of a base, a merge result or a
+# task without slots. The same failure in two of them differs only by this part of its paths.
+_CHECKOUT = re.compile(rf"{_PATH_START}/wswarm/(?:slots/slot-|worktrees/){_COMPONENT}")
+# A confined check's HOME and TMPDIR, made beside its log (gate/runner.py confined()).
+_SCRATCH_HOME = re.compile(rf"{_PATH_START}\.scratch/home(?![^/\s'\"`(),;:])")
+# The folder made in a temporary folder (mkdtemp's random name, pytest's numbered base temp)
+# differs from run to run too; a file right in it keeps its name.
+_MADE_IN_TEMP = rf"""(?:/pytest-of-[^/\s'"`]+/pytest-\d+|/{_COMPONENT}(?=/))?"""
+_SCRATCH_TMP = re.compile(rf"{_PATH_START}\.scratch/tmp{_MADE_IN_TEMP}(?![^/\s'\"`(),;:])")
+CHECKOUT = "<checkout>"
+
+
+@cache
+def _temp_dirs() -> re.Pattern[str]:
+    roots = sorted({"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir().rstrip("/")}, key=len, reverse=True)
+    alternatives = "|".join(re.escape(r) for r in roots if r)
+    return re.compile(rf"""(?<![\w/.~-])(?:/private)?(?:{alternatives}|/var/folders/[^/\s]+/[^/\s]+/T)"""
+                      rf"""{_MADE_IN_TEMP}(?![^/\s'"`(),;:])""")
+
+
+def normalise_paths(text: str) -> str:
+    """TEXT with the parts of its paths that depend on where a check ran replaced by placeholders:
+    a wswarm checkout by `<checkout>`, a scratch or temporary folder by `<home>` or `<tmp>`."""
+    text = _SCRATCH_HOME.sub("<home>", text)
+    text = _SCRATCH_TMP.sub("<tmp>", text)
+    text = _CHECKOUT.sub(CHECKOUT, text)
+    return _temp_dirs().sub("<tmp>", text)
+
+
+def _local(path: str) -> str:
+    """PATH relative to the checkout it is in, when it is in one of wswarm's."""
+    found = _CHECKOUT.match(path)
+    if found is None:
+        return path
+    return path[found.end():].lstrip("/") or "."
+
+
+def parse_output(output: str, check: str = "") -> list[CheckFinding]:
+    """The failures a tool's output names: failing tests (pytest, unittest, jest, vitest, TAP, go),
+    diagnostics (mypy, tsc, pyright, ruff, flake8) and bandit's issues; each once, in order."""
+    lines = output.splitlines()
+    found: dict[str, CheckFinding] = {}
+
+    def add(f: CheckFinding) -> None:
+        found.setdefault(f.key, f)
+
+    rule: tuple[str, str] | None = None
+    for i, line in enumerate(lines):
+        if m := _PYTEST.match(line):
+            add(_pytest(check, m, line))
+        elif m := _UNITTEST.match(line):
+            add(_unittest(check, m, lines[i + 1:], line))
+        elif m := _BANDIT_ISSUE.search(line):
+            rule = (m.group("rule"), m.group("msg").strip())
+        elif rule and (m := _BANDIT_WHERE.search(line)):
+            path = m.group("path")
+            add(CheckFinding(check, _local(path), int(m.group("line")), f"[{rule[0]}] {rule[1]}".strip(),
+                             key=f"{path}: {rule[0]}", source=line))
+            rule = None
+        else:
+            for rx in _OTHER_TESTS:
+                if m := rx.search(line):
+                    name = m.group("id").strip()
+                    add(CheckFinding(check, None, None, f"{name} failed", key=f"test {name}", source=line))
+                    break
+            else:
+                for rx in _DIAGNOSTICS:
+                    if m := rx.search(line):
+                        path, msg = m.group("path"), m.group("msg").strip()
+                        add(CheckFinding(check, _local(path), int(m.group("line")), msg, key=f"{path}: {msg}",
+                                         source=line))
+                        break
+    return list(found.values())
+
+
+def _pytest(check: str, m: re.Match[str], line: str) -> CheckFinding:
+    node = m.group("id")
+    path, _, name = node.partition("::")
+    msg = (m.group("msg") or "").strip()
+    if m.group("kind") == "FAILED":
+        what = f"{name or path} failed"
+    else:
+        what = f"{name} errored" if name else "could not be collected"
+    return CheckFinding(check, _local(path), None, f"{what}: {msg}" if msg else what, key=f"test {node}",
+                        source=line)
+
+
+def _unittest(check: str, m: re.Match[str], after: list[str], line: str) -> CheckFinding:
+    """A unittest failure with the last frame of its traceback and the exception's line."""
+    test = m.group("id")
+    path: str | None = None
+    number: int | None = None
+    error = ""
+    for follow in after[1:] if after and _UNITTEST_RULE.match(after[0]) else after:
+        if _UNITTEST_RULE.match(follow) or _UNITTEST.match(follow):
+            break
+        if frame := _TRACEBACK_FILE.match(follow):
+            if "site-packages" not in frame.group("path") and "/lib/python" not in frame.group("path"):
+                path, number = _local(frame.group("path")), int(frame.group("line"))
+        elif follow.strip() and not follow.startswith((" ", "\t", "Traceback")):
+            error = follow.strip()
+    what = f"{test} {'failed' if m.group('kind') == 'FAIL' else 'errored'}"
+    return CheckFinding(check, path, number, f"{what}: {error}" if error else what, key=f"test {test}", source=line)
+
+
+def check_findings(result: CheckResult) -> list[CheckFinding]:
+    """What a failing or warning check found, from the tail of its output; a check whose output
+    names nothing gets one finding with its note and last line. Secrets stay cut to a preview."""
+    if result.status not in ("fail", "warn"):
+        return []
+    output = result.output
+    judged = output.startswith(NEW_FAILURES)
+    if judged:   # only what the branch newly fails; the tail below it repeats the known failures too
+        output = output[len(NEW_FAILURES):].lstrip("\n").split("\n\n", 1)[0]
+    lines = [line for line in output.splitlines() if line.strip() and not _CUT.match(line)]
+    if result.kind == "builtin":
+        found = []
+        for line in lines:
+            m = _BUILTIN.match(line)
+            found.append(CheckFinding(result.name, m.group("path"), int(m.group("line")) if m.group("line") else None,
+                                      m.group("msg"), source=line) if m
+                         else CheckFinding(result.name, None, None, line.strip(), source=line))
+    else:
+        found = parse_output(output, result.name)
+        if not found and judged:
+            found = [CheckFinding(result.name, None, None, line.strip(), source=line) for line in lines]
+    if not found:
+        last = lines[-1].strip() if lines else ""
+        message = ": ".join(part for part in (result.note, last) if part) or result.status
+        found = [CheckFinding(result.name, None, None, message)]
+    shown = [replace(f, path=f.path and redact_secrets(f.path), message=redact_secrets(f.message),
+                     status=result.status) for f in found[:MAX_FINDINGS]]
+    if len(found) > MAX_FINDINGS:
+        shown.append(CheckFinding(result.name, None, None, f"… and {len(found) - MAX_FINDINGS} more", result.status))
+    return shown
+
+
+def findings(report: GateReport) -> list[CheckFinding]:
+    """Every failing check's findings, then every warning's, in the report's order."""
+    return [f for status in ("fail", "warn") for r in report.results if r.status == status
+            for f in check_findings(r)]
+
+
+def findings_of(gate_json: str | None) -> list[CheckFinding]:
+    """The findings of a gate report kept as JSON (an attempt's `gate`), none without one."""
+    return findings(GateReport.from_json(gate_json)) if gate_json else []
