@@ -1,6 +1,7 @@
 """One attempt at one task, run on a worker thread: worktree, agent, leftovers committed, gate.
 
-It decides nothing about what follows; the orchestrator settles each Outcome.
+It decides nothing about what follows and writes no task row: it emits events, reports what a task
+row should say, and the orchestrator settles each Outcome.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class AttemptRunner:
 
     def __init__(self, *, repo: Repo, config: Config, store: RunStore, pool: WorktreePool, pool_root: Path,
                  agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
-                 agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement()) -> None:
+                 agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement(),
+                 report: Callable[[str, dict[str, Any]], None] = lambda task_id, fields: None) -> None:
         self.repo = repo
         self.config = config
         self.store = store
@@ -80,6 +82,8 @@ class AttemptRunner:
         self.agent_timeout = agent_timeout
         self.secret_values = secret_values
         self.confinement = confinement
+        # What a task row should now say; the orchestrator writes it (it alone writes task rows).
+        self.report = report
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
@@ -89,7 +93,7 @@ class AttemptRunner:
         out = Outcome(task=task, n=n, kind="error", branch=branch, start=start)
         try:
             out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
-            self.store.set_task(task.id, worktree=str(out.worktree))
+            self.report(task.id, {"worktree": str(out.worktree)})
             return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies)
         except DiskFullError:
             raise
@@ -166,7 +170,7 @@ class AttemptRunner:
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
         out.changes = changed_files(self.repo, out.start, out.head)
-        self.store.set_task(task.id, status="gating")
+        self.report(task.id, {"gating": True})
         self.store.event("gate-started", task.id, attempt=out.n, agent=agent.name,
                          files=[redact_secrets(c.path) for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.

@@ -21,6 +21,7 @@ from typing import Any
 
 from worktree_swarm.errors import DiskFullError, RunNotFoundError, UsageError, no_room
 from worktree_swarm.git.refs import encode
+from worktree_swarm.scheduler import ACTIVE
 from worktree_swarm.types import RunId
 
 SCHEMA_VERSION = 2
@@ -28,8 +29,8 @@ SCHEMA_VERSION = 2
 # when opened, and one made by a newer wswarm is refused rather than misread.
 _MIGRATIONS = {2: ("ALTER TABLE run ADD COLUMN integration_head TEXT",
                    "ALTER TABLE run ADD COLUMN integration_pending TEXT")}
-TASK_STATUSES = ("pending", "running", "gating", "merging", "merged", "failed", "blocked")
-ACTIVE_STATUSES = ("running", "gating", "merging")
+# Task statuses as stored (their one spelling is scheduler.TaskStatus); the ones of a task in flight.
+ACTIVE_STATUSES = tuple(str(status) for status in ACTIVE)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,13 +1,15 @@
-"""The scheduler: ready tasks -> agents in worktrees -> gate -> merge train -> re-queue or done.
+"""The orchestrator: ready tasks -> agents in worktrees -> gate -> merge train -> re-queue or done.
 
-One orchestrator thread owns every decision and every move of the integration branch; worker
-threads only run an attempt (agent, commit, gate) and hand back its outcome.
+One orchestrator thread carries out what the scheduler (scheduler.py) decides, writes every task
+and attempt row, and alone moves the integration branch (through merge.Integration); worker threads
+only run an attempt (agent, commit, gate), emit events, and hand back its outcome.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import threading
 import time
@@ -37,7 +39,8 @@ from worktree_swarm.merge import Integration, merge_message
 from worktree_swarm.merge_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.sandbox import Confinement, available as sandbox_available
-from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
+from worktree_swarm.scheduler import ACTIVE, AttemptKind, Decision, Scheduler, TaskStatus
+from worktree_swarm.state import AttemptRow, RunStore
 from worktree_swarm.types import BranchName, RunId, Sha
 
 FEEDBACK_DIFF_LINES = 200
@@ -53,10 +56,9 @@ class SwarmOptions:
 
 
 @dataclass
-class _TaskState:
-    status: str = "pending"
-    started: int = 0            # attempts started (numbers the branches)
-    charged: int = 0            # attempts that count against --max-attempts
+class _TaskData:
+    """What the orchestrator keeps about a task beside its scheduling state."""
+
     feedback: str | None = None
     summary: str = ""
     files: list[str] = field(default_factory=list)
@@ -101,13 +103,19 @@ class Swarm:
         self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
         self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                            lambda kind, data: self.store.event(kind, **data))
-        self.priority: dict[str, int] = {str(k): v for k, v in plan.priority().items()}
-        self.state: dict[str, _TaskState] = {}
+        self.sched = Scheduler(order=[str(t) for t in plan.ids()],
+                               dependencies={t.id: [str(d) for d in t.dependencies] for t in plan},
+                               priority={str(k): v for k, v in plan.priority().items()},
+                               max_attempts=options.max_attempts)
+        self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
+        # Worker threads never write task rows: what they have to say about a task comes here.
+        self._phases: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
         self.attempts = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
                                       agent_for=agent_for, cache=self.cache, cancel=self.cancel, run_id=self.run_id,
                                       agent_timeout=options.agent_timeout,
-                                      secret_values=secret_env_values(os.environ), confinement=self.confinement)
+                                      secret_values=secret_env_values(os.environ), confinement=self.confinement,
+                                      report=lambda task_id, fields: self._phases.put((task_id, fields)))
         self._load_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -117,45 +125,58 @@ class Swarm:
         merges = self._train_merges(self.train.head)
         attempts = self.store.attempts()
         for row in self.store.tasks():
-            st = _TaskState(status=row.status, summary=row.summary or "")
+            task = self.sched.tasks[row.id]
+            data = self.data[row.id]
+            data.summary = row.summary or ""
             mine = [a for a in attempts if a.task_id == row.id]
-            st.started = max((a.n for a in mine), default=0)
-            st.charged = sum(1 for a in mine if a.outcome not in ("interrupted", "running"))
+            task.attempts = {a.n: AttemptKind(a.outcome) for a in mine}
+            task.status = TaskStatus(row.status)
             landed = next((a for a in reversed(mine) if a.head in merges), None)
             if row.status == "merged" and landed is None:
-                st.status = "pending"
+                task.status = TaskStatus.PENDING
                 self.store.set_task(row.id, status="pending", merge_commit=None,
                                     reason="its merge is no longer on the integration branch")
             elif row.status != "merged" and landed is not None:
                 # Merged, then the process died before it could record that: git is the truth.
-                st.status = "merged"
+                task.status = TaskStatus.MERGED
+                task.attempts[landed.n] = AttemptKind.MERGED
                 self.store.finish_attempt(row.id, landed.n, outcome="merged", finished=landed.finished)
                 self.store.set_task(row.id, status="merged", merge_commit=merges[str(landed.head)], reason=None)
                 self.store.event("merged", row.id, attempt=landed.n, commit=merges[str(landed.head)],
                                  recovered=True)
             gated = mine[-1] if mine and mine[-1].outcome == "gated" and landed is None else None
-            if gated is not None and st.status != "merged":
+            if gated is not None and task.status != TaskStatus.MERGED:
                 # It passed its gate; only the merge was missing. The agent does not run again.
-                st.status = "merging"
-                st.charged -= 1   # counted again when it settles
+                task.status = TaskStatus.MERGING
                 self._recovered.append(gated)
-            elif st.status in ACTIVE_STATUSES:
-                st.status = "pending"
+            elif task.status in ACTIVE:
+                task.status = TaskStatus.PENDING
                 self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
-            if st.status == "merged" and mine:
-                st.files = json.loads(mine[-1].files or "[]")
-            if st.status == "pending" and mine:
+            if task.status == TaskStatus.MERGED and mine:
+                data.files = json.loads(mine[-1].files or "[]")
+            if task.status == TaskStatus.PENDING and mine:
                 saved = self.store.attempt_dir(row.id, mine[-1].n) / NEXT_FEEDBACK
-                st.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
-            self.state[row.id] = st
+                data.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
     def _train_merges(self, head: Sha) -> dict[str, str]:
         """{merged branch head: merge commit} along the integration branch's first-parent chain."""
         return {m.theirs: m.commit for m in train(self.repo, Sha(self.store.run().base), head)}
 
-    def _set(self, task_id: str, status: str, **fields: Any) -> None:
-        self.state[task_id].status = status
-        self.store.set_task(task_id, status=status, **fields)
+    def _record(self, task_id: str, **fields: Any) -> None:
+        """The task's row as the scheduler now has it, with FIELDS."""
+        self.store.set_task(task_id, status=str(self.sched.status(task_id)), **fields)
+
+    def _take_phases(self) -> None:
+        """What worker threads reported since the last look (a gate started, a worktree handed out)."""
+        while True:
+            try:
+                task_id, fields = self._phases.get_nowait()
+            except queue.Empty:
+                return
+            if fields.pop("gating", False):
+                self.sched.gating(task_id)
+                fields["status"] = str(self.sched.status(task_id))
+            self.store.set_task(task_id, **fields)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -173,7 +194,7 @@ class Swarm:
         finally:
             self._reap()
             self.throttle.admission.close()
-        return self.merge_gate != "failed" and all(st.status == "merged" for st in self.state.values())
+        return self.merge_gate != "failed" and self.sched.all_merged()
 
     def _drive(self) -> None:
         while self._recovered:
@@ -191,15 +212,17 @@ class Swarm:
         with ThreadPoolExecutor(max_workers=self.options.agents, thread_name_prefix="wswarm-agent") as pool:
             try:
                 while True:
+                    self._take_phases()
                     self._block_dependents()
-                    self._stop_when_spent(exclude=set(running.values()))
-                    for task_id in self._ready(exclude=set(running.values())):
+                    self._stop_when_spent()
+                    for task_id in self.sched.ready():
                         if len(running) >= self.options.agents or not self.throttle.admit(running=len(running)):
                             break
                         running[self._launch(pool, task_id)] = task_id
                     if not running:
                         break
                     done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    self._take_phases()
                     for future in done:
                         del running[future]
                         self._settle(future.result())
@@ -253,53 +276,35 @@ class Swarm:
             self.store.event("ejected", a.task_id, attempt=a.n, reason=reason)
             feedback = (f"{reason}.\nThe merged result of all tasks failed these checks:\n\n{verdict.report.render()}"
                         if culprit else reason + ". Redo the work on top of the current integration head.")
-            if culprit:
-                self.state[a.task_id].charged += 1
-            self._requeue(a.task_id, a.n, reason, feedback, charged=culprit)
+            self._follow(a.task_id, a.n, self.sched.eject(a.task_id, a.n, culprit=culprit), reason, feedback)
         return True
 
-    def _ready(self, *, exclude: set[str]) -> list[str]:
-        ready = [t.id for t in self.plan if self.state[t.id].status == "pending" and t.id not in exclude
-                 and all(self.state[d].status == "merged" for d in t.dependencies)]
-        # Longest chain of dependents first; file order breaks ties.
-        return sorted(ready, key=lambda tid: -self.priority[tid])
-
     def _block_dependents(self) -> None:
-        for task in self.plan:
-            if self.state[task.id].status != "pending":
-                continue
-            bad = [d for d in task.dependencies if self.state[d].status in ("failed", "blocked")]
-            if bad:
-                reason = f"depends on '{bad[0]}', which {self.state[bad[0]].status}"
-                self._set(task.id, "blocked", reason=reason)
-                self.store.event("blocked", task.id, reason=reason)
+        for blocked in self.sched.block_dependents():
+            self._record(blocked.task, reason=blocked.reason)
+            self.store.event("blocked", blocked.task, reason=blocked.reason)
 
-    def _stop_when_spent(self, *, exclude: set[str]) -> None:
+    def _stop_when_spent(self) -> None:
         """Past --max-cost no attempt starts: the tasks still waiting are blocked, saying why.
         Attempts already running finish (their spend is already committed to)."""
         limit = self.options.max_cost
-        waiting = [t for t, st in self.state.items() if st.status == "pending" and t not in exclude]
-        if limit is None or not waiting:
+        if limit is None or not any(self.sched.status(t) == TaskStatus.PENDING for t in self.sched.order):
             return
         spent = self.store.run().cost_usd
-        if spent < limit:
-            return
-        reason = f"not started: the run reached its spending limit (${spent:.2f} spent, --max-cost {limit:g})"
-        if not self._spent_announced:
+        blocked = self.sched.stop_when_spent(spent=spent, limit=limit)
+        if blocked and not self._spent_announced:
             self._spent_announced = True
             self.store.event("spending-limit", spent_usd=round(spent, 6), max_cost_usd=limit)
-        for task_id in waiting:
-            self._set(task_id, "blocked", reason=reason)
-            self.store.event("blocked", task_id, reason=reason)
+        for b in blocked:
+            self._record(b.task, reason=b.reason)
+            self.store.event("blocked", b.task, reason=b.reason)
 
     def _launch(self, pool: ThreadPoolExecutor, task_id: str) -> Future[Outcome]:
-        st = self.state[task_id]
-        st.started += 1
-        n = st.started
         self.train.verify()
+        n = self.sched.start(task_id)
         start = self.train.head
         branch = task_branch(self.run_id, task_id, n)
-        self._set(task_id, "running", attempts=n, branch=branch, reason=None)
+        self._record(task_id, attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
         self._live.add((task_id, n))
         self._window.add((task_id, n))
@@ -307,7 +312,7 @@ class Swarm:
         self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
         task = self.plan[task_id]
-        return pool.submit(self.attempts.run, task, n, branch, start, st.feedback,
+        return pool.submit(self.attempts.run, task, n, branch, start, self.data[task_id].feedback,
                            env=self._task_env(task, n), dependencies=self._dependency_summaries(task))
 
     # -- what an attempt is given -----------------------------------------------------------
@@ -336,8 +341,8 @@ class Swarm:
             if dep not in ancestors:
                 ancestors.add(dep)
                 stack.extend(self.plan[dep].dependencies)
-        return [{"id": tid, "description": self.plan[tid].description, "summary": self.state[tid].summary,
-                 "files": self.state[tid].files}
+        return [{"id": tid, "description": self.plan[tid].description, "summary": self.data[tid].summary,
+                 "files": self.data[tid].files}
                 for tid in self.plan.topological_order() if tid in ancestors]
 
 
@@ -387,44 +392,49 @@ class Swarm:
         if out.cost_usd:
             self.store.add_cost(task_id, out.cost_usd)
         stats = out.stats()
-        if out.kind == "interrupted":
-            self.store.finish_attempt(task_id, out.n, outcome="interrupted", head=out.head, reason=out.reason,
-                                      **stats)
-            self._set(task_id, "pending", reason="interrupted; will start again")
+        kind = AttemptKind(out.kind)
+        if kind == AttemptKind.INTERRUPTED:
+            self.sched.finish(task_id, out.n, kind)
+            self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
+            self._record(task_id, reason="interrupted; will start again")
             self._release(out, keep=False)
             return
-        self.state[task_id].charged += 1
         report_json = out.report.to_json() if out.report else None
-        if out.kind != "gated":
-            self.store.finish_attempt(task_id, out.n, outcome=out.kind, head=out.head, reason=out.reason,
+        if kind != AttemptKind.GATED:
+            decision = self.sched.finish(task_id, out.n, kind)
+            self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason,
                                       gate=report_json, **stats)
-            self.store.event(out.kind, task_id, attempt=out.n, reason=out.reason,
+            self.store.event(kind, task_id, attempt=out.n, reason=out.reason,
                              agent=self.agent_for(out.task).name, gate=out.report.summary() if out.report else None)
-            self._retry_or_fail(out, out.feedback)
+            self._retry_or_fail(out, decision, out.feedback)
             return
         # The head is on record before the ref moves, so a crash in between is recoverable.
-        self.store.finish_attempt(task_id, out.n, outcome="gated", head=out.head, gate=report_json, **stats)
-        self._set(task_id, "merging")
+        self.sched.finish(task_id, out.n, kind)
+        self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, gate=report_json, **stats)
+        self._record(task_id)
         assert out.head is not None and out.report is not None
         body = f"Task {task_id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
         try:
             merged = self.train.merge(out.head, merge_message(task_id, out.task.description, body))
         except CommandError as exc:
-            self.store.finish_attempt(task_id, out.n, outcome="error", head=out.head, reason=str(exc), **stats)
+            self.sched.finish(task_id, out.n, AttemptKind.ERROR)
+            self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.ERROR, head=out.head, reason=str(exc),
+                                      **stats)
             raise
         if merged.merge_commit is None:
             out.reason = reason = "merge conflict in " + ", ".join(merged.conflicts)
-            self.store.finish_attempt(task_id, out.n, outcome="conflict", head=out.head, reason=reason,
+            decision = self.sched.finish(task_id, out.n, AttemptKind.CONFLICT)
+            self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.CONFLICT, head=out.head, reason=reason,
                                       gate=report_json, **stats)
             self.store.event("conflict", task_id, attempt=out.n, files=merged.conflicts,
                              messages=merged.messages, agent=self.agent_for(out.task).name, gate=out.report.summary())
-            self._retry_or_fail(out, self._conflict_feedback(out, merged.conflicts, merged.messages))
+            self._retry_or_fail(out, decision, self._conflict_feedback(out, merged.conflicts, merged.messages))
             return
-        st = self.state[task_id]
+        st = self.data[task_id]
         st.summary, st.files = out.summary, [f[0] for f in json.loads(stats["files"])]
-        self.store.finish_attempt(task_id, out.n, outcome="merged", head=out.head, gate=report_json, **stats)
-        self._set(task_id, "merged", merge_commit=merged.merge_commit, summary=out.summary, reason=None,
-                  worktree=None)
+        self.sched.finish(task_id, out.n, AttemptKind.MERGED)
+        self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.MERGED, head=out.head, gate=report_json, **stats)
+        self._record(task_id, merge_commit=merged.merge_commit, summary=out.summary, reason=None, worktree=None)
         self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit,
                          files=[redact_secrets(path) for path in st.files],
                          agent=self.agent_for(out.task).name, gate=out.report.summary())
@@ -441,22 +451,23 @@ class Swarm:
                 "This attempt starts from the current integration head, which contains their work. "
                 "Redo your change on top of it.\n\nYour previous diff:\n" + shown)
 
-    def _retry_or_fail(self, out: Outcome, feedback: str) -> None:
-        self._requeue(out.task.id, out.n, out.reason, feedback, charged=True)
+    def _retry_or_fail(self, out: Outcome, decision: Decision, feedback: str) -> None:
+        self._follow(out.task.id, out.n, decision, out.reason, feedback)
         # A failed task's last worktree stays for inspection until `wswarm clean`.
-        self._release(out, keep=self.state[out.task.id].status == "failed")
+        self._release(out, keep=decision == Decision.GIVE_UP)
 
-    def _requeue(self, task_id: str, n: int, reason: str, feedback: str, *, charged: bool) -> None:
-        """Back to pending with FEEDBACK for the next attempt, or failed once attempts are spent."""
-        st = self.state[task_id]
-        if charged and st.charged >= self.options.max_attempts:
-            reason = f"{reason} (after {st.charged} attempt{'s' if st.charged != 1 else ''})"
-            self._set(task_id, "failed", reason=reason)
+    def _follow(self, task_id: str, n: int, decision: Decision, reason: str, feedback: str) -> None:
+        """Carry out the scheduler's word on attempt N: back to pending with FEEDBACK for the next
+        attempt, or failed once attempts are spent."""
+        if decision == Decision.GIVE_UP:
+            spent = self.sched.tasks[task_id].charged
+            reason = f"{reason} (after {spent} attempt{'s' if spent != 1 else ''})"
+            self._record(task_id, reason=reason)
             self.store.event("failed", task_id, attempt=n, reason=reason)
             return
-        st.feedback = feedback
+        self.data[task_id].feedback = feedback
         (self.store.attempt_dir(task_id, n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
-        self._set(task_id, "pending", reason=f"re-queued: {reason}", worktree=None)
+        self._record(task_id, reason=f"re-queued: {reason}", worktree=None)
         self.store.event("requeued", task_id, attempt=n, reason=reason)
 
     def _release(self, out: Outcome, *, keep: bool) -> None:
