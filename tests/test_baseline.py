@@ -55,9 +55,8 @@ def test_new_failures_are_named() -> None:
     judged = judge(result("fail", MYPY_NEW), MYPY_NEW, result("fail", MYPY_BASE), MYPY_BASE)
     assert judged.status == "fail"
     assert judged.note == "1 new failure beyond the base's 1"
-    # Named by the line the tool printed, line number included: the agent goes straight to it.
     assert judged.output.startswith("New failures (the base fails too, but not with these):\n"
-                                    "app/y.py:3: error: Name \"z\" is not defined  [name-defined]\n\n")
+                                    "app/y.py: Name \"z\" is not defined  [name-defined]\n")
 
 
 def test_fixing_a_base_failure_is_credited() -> None:

@@ -9,32 +9,20 @@ temporary folders), so the parts of paths that say where a check ran are set asi
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
-from worktree_swarm.gate.report import NEW_FAILURES, CheckResult, normalise_paths, parse_output, tail
+from worktree_swarm.gate.report import NEW_FAILURES, CheckResult, line_key, normalise_paths, parse_output, tail
 
-_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 _MAX_SHOWN = 30
 
 
-def failures(output: str) -> dict[str, str]:
-    """The failures an output reports, by identity, each with the line that reported it; a tool
-    that names none is compared by its lines with numbers (timings, counts, lines) blanked out."""
-    lines = normalise_paths(output).splitlines()
-    known = {f.key: f.source for f in parse_output("\n".join(lines))}
-    if known:
-        return known
-    shown: dict[str, str] = {}
-    for line in lines:
-        if line.strip():
-            shown.setdefault(_DIGITS.sub("#", line.strip()), line.strip())
-    return shown
-
-
 def failure_keys(output: str) -> set[str]:
-    """The identities of the failures an output reports."""
-    return set(failures(output))
+    """The identities of the failures an output reports; a tool that names none is compared by its
+    lines with numbers (timings, counts, line numbers) blanked out."""
+    keys = {f.key for f in parse_output(normalise_paths(output))}
+    if keys:
+        return keys
+    return {line_key(line) for line in output.splitlines() if line.strip()}
 
 
 def judge(branch: CheckResult, branch_output: str, base: CheckResult | None, base_output: str) -> CheckResult:
@@ -44,9 +32,9 @@ def judge(branch: CheckResult, branch_output: str, base: CheckResult | None, bas
     known = failure_keys(base_output)
     if branch.status == "pass":
         return replace(branch, note=f"fixes the base's {_count(len(known), 'failure')}")
-    now = failures(branch_output)
-    new = [line for key, line in now.items() if key not in known]
-    fixed = known - set(now)
+    now = failure_keys(branch_output)
+    new = sorted(now - known)
+    fixed = known - now
     credit = f"; fixes {len(fixed)} of the base's" if fixed else ""
     if not new:
         return replace(branch, status="pass", output="",

@@ -136,6 +136,7 @@ _UNITTEST_RULE = re.compile(r"^(?:=|-){20,}$")
 # The built-in checks' lines (gate/runner.py): `path:line: message` or `path: message`.
 _BUILTIN = re.compile(r"^(?P<path>.+?)(?::(?P<line>\d+))?: (?P<msg>.+)$")
 _CUT = re.compile(r"^\[… \d+ (?:lines cut|more)")
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 _PATH_START = r"""[^\s'"`(),;=]*?"""
 _COMPONENT = r"""[^/\s'"`(),;:]+"""
@@ -249,22 +250,13 @@ def check_findings(result: CheckResult) -> list[CheckFinding]:
     names nothing gets one finding with its note and last line. Secrets stay cut to a preview."""
     if result.status not in ("fail", "warn"):
         return []
-    output = result.output
-    judged = output.startswith(NEW_FAILURES)
-    if judged:   # only what the branch newly fails; the tail below it repeats the known failures too
-        output = output[len(NEW_FAILURES):].lstrip("\n").split("\n\n", 1)[0]
-    lines = [line for line in output.splitlines() if line.strip() and not _CUT.match(line)]
+    lines = [line for line in result.output.splitlines() if line.strip() and not _CUT.match(line)]
     if result.kind == "builtin":
-        found = []
-        for line in lines:
-            m = _BUILTIN.match(line)
-            found.append(CheckFinding(result.name, m.group("path"), int(m.group("line")) if m.group("line") else None,
-                                      m.group("msg"), source=line) if m
-                         else CheckFinding(result.name, None, None, line.strip(), source=line))
+        found = [_builtin(result.name, line) for line in lines]
+    elif result.output.startswith(NEW_FAILURES):
+        found = _new_failures(result.name, result.output[len(NEW_FAILURES):])
     else:
-        found = parse_output(output, result.name)
-        if not found and judged:
-            found = [CheckFinding(result.name, None, None, line.strip(), source=line) for line in lines]
+        found = parse_output(result.output, result.name)
     if not found:
         last = lines[-1].strip() if lines else ""
         message = ": ".join(part for part in (result.note, last) if part) or result.status
@@ -274,6 +266,40 @@ def check_findings(result: CheckResult) -> list[CheckFinding]:
     if len(found) > MAX_FINDINGS:
         shown.append(CheckFinding(result.name, None, None, f"… and {len(found) - MAX_FINDINGS} more", result.status))
     return shown
+
+
+def _builtin(check: str, line: str) -> CheckFinding:
+    m = _BUILTIN.match(line)
+    if m is None:
+        return CheckFinding(check, None, None, line.strip(), source=line)
+    return CheckFinding(check, m.group("path"), int(m.group("line")) if m.group("line") else None, m.group("msg"),
+                        source=line)
+
+
+def _new_failures(check: str, judged: str) -> list[CheckFinding]:
+    """The failures a branch adds to its base's (gate/baseline.py lists their identities, then the
+    tail of the output): each as the output reports it, file and line included, when it is there."""
+    listed, _, rest = judged.lstrip("\n").partition("\n\n")
+    reported = {normalise_paths(f.key): f for f in parse_output(rest, check)}
+    lines = {line_key(line): line.strip() for line in rest.splitlines() if line.strip()}
+    found = []
+    for key in (line.strip() for line in listed.splitlines() if line.strip() and not _CUT.match(line)):
+        if key in reported:
+            found.append(reported[key])
+        elif key in lines:   # an unknown tool's line, as it printed it
+            found.append(CheckFinding(check, None, None, lines[key]))
+        elif key.startswith("test "):
+            path, _, name = key[5:].partition("::")
+            found.append(CheckFinding(check, _local(path) if name else None, None, f"{name or path} failed"))
+        else:
+            found.append(CheckFinding(check, None, None, key.replace(CHECKOUT + "/", "")))
+    return found
+
+
+def line_key(line: str) -> str:
+    """How a line of an unknown tool's output is compared: where it ran and every number (timings,
+    counts, line numbers) set aside."""
+    return _DIGITS.sub("#", normalise_paths(line).strip())
 
 
 def findings(report: GateReport) -> list[CheckFinding]:
