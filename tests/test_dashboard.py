@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -326,3 +327,48 @@ def test_a_bug_behind_an_endpoint_is_a_500_with_its_traceback_in_a_file(repo: Re
     finally:
         dash.stop()
         thread.join(timeout=10)
+
+
+LEAKY_CLAUDE = """\
+#!{python}
+# Speaks the Claude Code CLI's stream-json; writes a key, so the gate fails the task.
+import json, sys
+from pathlib import Path
+sys.stdin.read()
+Path("cfg.py").write_text('AWS_KEY = "' + "AKIA" + "Z7Q2LMN4VWX8TR3P" + '"\\n')
+for kind in ({{"type": "system", "subtype": "init"}}, {{"type": "result", "subtype": "success", "is_error": False,
+                                                     "result": "done"}}):
+    print(json.dumps({{**kind, "session_id": "{session}"}}), flush=True)
+"""
+
+
+def test_the_attempt_view_shows_findings_and_the_claude_session(repo: Repo, tmp_path: Path) -> None:
+    chromium = need_tool("/usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    session = "9e8d7c6b-1111-4222-8333-444455556666"
+    claude = tmp_path / "claude"
+    claude.write_text(LEAKY_CLAUDE.format(python=sys.executable, session=session))
+    claude.chmod(0o755)
+    repo.write("wswarm.toml", f'[agents]\ndefault = "claude"\n\n[agents.claude]\nbinary = "{claude}"\n')
+    repo.commit_all("claude")
+    (tmp_path / "plan.json").write_text(json.dumps([task("cfg", files=["cfg.py"])]))
+    res = wswarm(repo.path, "start", "--plan", str(tmp_path / "plan.json"), "--max-attempts", "1")
+    assert res.returncode == 1, res.stderr
+    server = Server(repo)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url)
+            page.click('#tasks tr[data-task="cfg"]')
+            page.wait_for_selector('#detail .attempt[data-attempt="1"] .finding')
+            finding = page.inner_text("#detail .finding")
+            assert finding.startswith("secrets cfg.py:1 possible AWS access key id: AKIA")
+            assert "Z7Q2LMN4VWX8TR3P" not in page.content()
+            assert session in page.inner_text('#detail .attempt[data-attempt="1"] .session')
+            resume = page.inner_text("#detail .resume")
+            assert resume.startswith("cd ") and resume.endswith(f" && claude --resume {session}")
+            browser.close()
+    finally:
+        server.stop()

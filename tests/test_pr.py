@@ -101,3 +101,33 @@ def test_gate_report_render_and_round_trip() -> None:
     assert "--- tests (fail) ---\nE   assert 1 == 2" in text
     assert "--- declared-files (warn) ---\nx.py: outside" in text
     assert GateReport.from_json(report.to_json()) == report
+
+
+def test_findings_and_sessions_are_listed_escaped() -> None:
+    """What each failing or warning check found, under the attempt or task it explains; agent text
+    (a test name, a message) is escaped, so it adds no structure to the body."""
+    failed = GateReport((CheckResult("tests", "tests", "fail", 2.0, "FAILED tests/test_ui.py::test_<b>bold</b> - "
+                                     "assert '| x |' == '# y'\n1 failed in 0.1s", "exit 1"),
+                         CheckResult("secrets", "builtin", "pass", 0.0)))
+    warned = GateReport((CheckResult("tests", "tests", "pass", 1.0),
+                         CheckResult("declared-files", "builtin", "warn", 0.0, "docs/x.md: changed outside the "
+                                     "task's declared files", "1 finding")))
+    session = json.dumps({"cost_usd": 0.5, "session_id": "abc-123", "input_tokens": 10, "output_tokens": 5})
+    attempts = [dataclasses.replace(ATTEMPTS[0], gate=failed.to_json(), usage=session),
+                dataclasses.replace(ATTEMPTS[1], gate=warned.to_json(), usage=session.replace("abc", "def")),
+                *ATTEMPTS[2:4], dataclasses.replace(ATTEMPTS[4], gate=failed.to_json(), usage=session)]
+    body = render_pr(run_row(), TASKS, attempts + ATTEMPTS[5:])
+    # Re-queued: the attempt's findings and its session.
+    assert ("- `a` attempt 1: conflict — merge conflict in app.py\n"
+            "  - tests `tests/test_ui.py`: test\\_\\<b>bold\\</b> failed: assert '\\| x \\|' == '\\# y'\n"
+            "  - Claude Code session `abc-123`\n") in body
+    # Merged with a warning: under its gate line; its session under what it did.
+    assert ("- `a`: gate passed: tests ✓ 1.0s, declared-files !\n"
+            "  - declared-files (warning) `docs/x.md`: changed outside the task's declared files\n") in body
+    assert "### `a` — Add the API\n\nClaude Code session `def-123`.\n" in body
+    # Failed: the last attempt's findings and how to reopen its conversation.
+    assert ("- `b` failed: gate FAILED: tests ✗ (kept for inspection: `wswarm/r/tasks/b/3`)\n"
+            "  - tests `tests/test_ui.py`: test\\_\\<b>bold\\</b> failed: assert '\\| x \\|' == '\\# y'\n"
+            "  - Claude Code session `abc-123`: to look at the conversation or go on with it, run "
+            "`claude --resume abc-123` in the task's worktree (`wswarm status` shows where it is)\n") in body
+    assert "_<b>" not in body and "bold</b>" not in body      # every `<` escaped: no HTML

@@ -115,7 +115,10 @@ def test_logs_follow_prints_new_output_and_new_attempts(repo: Repo, agent_script
     finally:
         run.stop()
     headers = [line for line in out.splitlines() if line.startswith("==> ")]
-    assert headers[0] == "==> attempt 1: agent.log <==" and headers[-1] == "==> attempt 2: agent.log <=="
+    # Attempt 1's agent gave up before any gate; attempt 2's gate verdict follows its log.
+    assert headers == ["==> attempt 1: agent.log <==", "==> attempt 2: agent.log <==", "==> attempt 2: gate <=="]
+    verdict = out.split("==> attempt 2: gate <==\n")[1]
+    assert verdict.startswith("gate passed: conflict-markers ✓, secrets ✓") and verdict.count("\n") == 1
     one, two = out.split("==> attempt 2: agent.log <==\n")
     assert "flaky: giving up on attempt 1" in one and "flaky: wrote flaky.txt" in two
     assert "flaky: reading the task" in two and "other" not in out

@@ -1,25 +1,68 @@
-"""What `wswarm status` reports: the run and its tasks, as data (SPEC §8)."""
+"""What `wswarm status` reports: the run and its tasks, as data."""
 
 from __future__ import annotations
 
+import json
+import shlex
+from collections.abc import Sequence
 from typing import Any
 
-from worktree_swarm.gate.report import GateReport
-from worktree_swarm.state import ACTIVE_STATUSES, RunStore
+from worktree_swarm.gate.report import GateReport, findings_of
+from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
+
+# An attempt still going, or stopped by Ctrl-C: it has no verdict to show.
+_UNSETTLED = ("running", "interrupted")
+
+
+def session_id(attempt: AttemptRow) -> str | None:
+    """The Claude Code session an attempt ran in (its `agent-finished` usage), if it had one."""
+    if not attempt.usage:
+        return None
+    value = json.loads(attempt.usage).get("session_id")
+    return str(value) if value else None
+
+
+def last_session(attempts: Sequence[AttemptRow]) -> str | None:
+    """The session of the latest attempt that reported one."""
+    return next((s for a in reversed(attempts) if (s := session_id(a))), None)
+
+
+def resume_command(session: str, worktree: str | None) -> str:
+    """The shell command that reopens SESSION where the agent worked: `claude --resume` finds a
+    session by the folder it ran in."""
+    command = f"claude --resume {shlex.quote(session)}"
+    return f"cd {shlex.quote(worktree)} && {command}" if worktree else command
+
+
+def last_finished(attempts: Sequence[AttemptRow]) -> AttemptRow | None:
+    """The latest attempt with a verdict: the one whose findings explain where the task stands."""
+    return next((a for a in reversed(attempts) if a.outcome not in _UNSETTLED), None)
 
 
 def status_data(store: RunStore) -> dict[str, Any]:
-    """The SPEC §8 object. Tasks of a run nobody drives any more never claim to be running."""
+    """The run and its tasks. Tasks of a run nobody drives any more never claim to be running.
+
+    Each task carries the findings of its latest finished attempt (every failing or warning check's
+    file, line and message) and the Claude Code session id of its latest attempt that had one."""
     run = store.run()
     state = store.effective_state()
+    by_task: dict[str, list[AttemptRow]] = {}
+    for a in store.attempts():
+        by_task.setdefault(a.task_id, []).append(a)
     tasks = []
     for t in store.tasks():
         status, reason = t.status, t.reason
         if state == "interrupted" and status in ACTIVE_STATUSES:
             status, reason = "pending", f"interrupted while {t.status} (attempt {t.attempts}); wswarm resume continues"
+        attempts = sorted(by_task.get(t.id, []), key=lambda a: a.n)
+        finished = last_finished(attempts)
+        session = last_session(attempts)
         tasks.append({"id": t.id, "status": status, "attempts": t.attempts, "branch": t.branch,
                       "reason": reason, "merge_commit": t.merge_commit, "worktree": t.worktree,
-                      "cost_usd": round(t.cost_usd, 6)})
+                      "cost_usd": round(t.cost_usd, 6),
+                      "findings": [f.data() for f in findings_of(finished.gate if finished else None)],
+                      "session_id": session,
+                      "resume": resume_command(session, t.worktree) if session and status == "failed" else None})
     merge_gate = None
     if run.merge_gate:
         merge_gate = GateReport.from_json(run.merge_gate).verdict
@@ -27,4 +70,3 @@ def status_data(store: RunStore) -> dict[str, Any]:
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,
             "pr": str(store.dir / "pr.md") if (store.dir / "pr.md").exists() else None}
-

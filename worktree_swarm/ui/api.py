@@ -10,11 +10,13 @@ from typing import Any
 import networkx
 
 from worktree_swarm.errors import CommandError, RunNotFoundError
+from worktree_swarm.gate.report import findings_of
 from worktree_swarm.git.diff import diff_text
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.plan import plan_from_data
 from worktree_swarm.state import AttemptRow, RunStore, list_runs
+from worktree_swarm.status import last_session, resume_command, session_id
 from worktree_swarm.types import Sha
 
 LOG_LIMIT = 256 * 1024          # a log is sent from its tail: agents can write megabytes
@@ -42,11 +44,15 @@ def _loads(text: str | None) -> Any:
 
 
 def attempt_data(store: RunStore, a: AttemptRow) -> dict[str, Any]:
+    """One attempt: its outcome, gate report with what each failing or warning check found (file,
+    line, message), files, spend, Claude Code session and log names."""
     folder = store.dir / "attempts" / encode(a.task_id) / str(a.n)
     return {"n": a.n, "outcome": a.outcome, "branch": a.branch, "start": a.start, "head": a.head,
             "started": a.started, "finished": a.finished, "reason": a.reason, "gate": _loads(a.gate),
+            "findings": [f.data() for f in findings_of(a.gate)],
             "files": [{"path": p, "added": ad, "removed": rm} for p, ad, rm in _loads(a.files) or []],
             "added": a.added, "removed": a.removed, "cost_usd": round(a.cost_usd, 6), "usage": _loads(a.usage),
+            "session_id": session_id(a),
             "logs": sorted(p.name for p in folder.glob("*.log")) if folder.is_dir() else []}
 
 
@@ -54,14 +60,21 @@ def tasks_data(store: RunStore, task_id: str | None = None) -> list[dict[str, An
     """The plan's tasks with their state row and every attempt (gate report, files, spend)."""
     plan = {str(t["id"]): t for t in json.loads(store.run().plan)}
     attempts: dict[str, list[dict[str, Any]]] = {}
-    for a in store.attempts(task_id):
+    rows_of: dict[str, list[AttemptRow]] = {}
+    for a in sorted(store.attempts(task_id), key=lambda a: a.n):
         attempts.setdefault(a.task_id, []).append(attempt_data(store, a))
+        rows_of.setdefault(a.task_id, []).append(a)
     rows = [store.task(task_id)] if task_id is not None else store.tasks()
-    return [{"id": t.id, "type": plan[t.id].get("type", ""), "description": plan[t.id].get("description", ""),
-             "dependencies": plan[t.id].get("dependencies", []), "declared_files": plan[t.id].get("files", []),
-             "status": t.status, "attempts": sorted(attempts.get(t.id, []), key=lambda a: a["n"]),
-             "reason": t.reason, "summary": t.summary, "merge_commit": t.merge_commit,
-             "branch": t.branch, "cost_usd": round(t.cost_usd, 6)} for t in rows]
+    out = []
+    for t in rows:
+        session = last_session(rows_of.get(t.id, []))
+        out.append({"id": t.id, "type": plan[t.id].get("type", ""), "description": plan[t.id].get("description", ""),
+                    "dependencies": plan[t.id].get("dependencies", []), "declared_files": plan[t.id].get("files", []),
+                    "status": t.status, "attempts": attempts.get(t.id, []),
+                    "reason": t.reason, "summary": t.summary, "merge_commit": t.merge_commit,
+                    "branch": t.branch, "cost_usd": round(t.cost_usd, 6), "session_id": session,
+                    "resume": resume_command(session, t.worktree) if session and t.status == "failed" else None})
+    return out
 
 
 def _attempt(store: RunStore, task_id: str, n: int) -> AttemptRow:

@@ -86,6 +86,7 @@ class TaskView:
     commit: str | None = None
     cost_usd: float = 0.0
     merged_at: float | None = None
+    session_id: str | None = None     # the Claude Code session of the latest attempt that had one
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Feed:
             self.cost_by_agent[agent] = self.cost_by_agent.get(agent, 0.0) + cost
         if task is not None:
             task.cost_usd += cost
+            task.session_id = str(e["session_id"]) if e.get("session_id") else task.session_id
             if not e.get("ok") and e.get("error"):
                 task.activity = str(e["error"])
 
@@ -260,7 +262,8 @@ class Feed:
         if task is not None:
             self._free(task)
             task.status, task.reason, task.ended = "failed", e.get("reason"), task.ended or ts
-            self.alerts.append({"ts": ts, "task": task.id, "kind": "failed", "text": str(e.get("reason") or "")})
+            self.alerts.append({"ts": ts, "task": task.id, "kind": "failed", "text": str(e.get("reason") or ""),
+                                "session_id": task.session_id})
 
     def _on_blocked(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         if task is not None:

@@ -1,5 +1,6 @@
-"""`wswarm logs TASK [--follow]`: a task's attempt logs, and with --follow new output and new
-attempts as they come, the way `tail -f` follows several files."""
+"""`wswarm logs TASK [--follow]`: a task's attempt logs, each attempt's gate verdict with what its
+checks found, and with --follow new output and new attempts as they come, the way `tail -f`
+follows several files."""
 
 from __future__ import annotations
 
@@ -8,20 +9,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from worktree_swarm.gate.report import GateReport, findings
 from worktree_swarm.git.refs import encode
 from worktree_swarm.state import RunStore
 from worktree_swarm.ui.feed import SETTLED
 
+GATE_FILE = "gate.json"   # written once, when the attempt's gate has judged it
 
-def log_files(store: RunStore, task_id: str) -> list[tuple[int, Path]]:
-    """Every log of the task's attempts: (attempt, path), attempts in order, then by file name."""
+
+def log_files(store: RunStore, task_id: str, *, gate: bool = False) -> list[tuple[int, Path]]:
+    """Every log of the task's attempts: (attempt, path), attempts in order, then by file name; with
+    GATE, each attempt's gate report after its logs, once there is one."""
     root = store.dir / "attempts" / encode(task_id)
     if not root.is_dir():
         return []
     out: list[tuple[int, Path]] = []
     for attempt in sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
         out.extend((int(attempt.name), log) for log in sorted(attempt.glob("*.log")))
+        if gate and (attempt / GATE_FILE).is_file():
+            out.append((int(attempt.name), attempt / GATE_FILE))
     return out
+
+
+def gate_text(report: GateReport) -> str:
+    """The verdict, then each finding of a failing or warning check on a line of its own."""
+    lines = [report.summary()] + [f"  {f.check}: {f}" for f in findings(report)]
+    return "\n".join(lines) + "\n"
 
 
 class LogFollower:
@@ -34,10 +47,14 @@ class LogFollower:
         self._offsets: dict[Path, int] = {}
         self._decoders: dict[Path, codecs.IncrementalDecoder] = {}
         self._current: Path | None = None
+        self._gates: set[Path] = set()
         self._mid_line = False
 
     def step(self) -> None:
-        for attempt, path in log_files(self.store, self.task_id):
+        for attempt, path in log_files(self.store, self.task_id, gate=True):
+            if path.name == GATE_FILE:
+                self._gate(attempt, path)
+                continue
             first = path not in self._offsets
             offset = self._offsets.setdefault(path, 0)
             try:
@@ -58,6 +75,18 @@ class LogFollower:
             if text:
                 self.write(text)
                 self._mid_line = not text.endswith("\n")
+
+    def _gate(self, attempt: int, path: Path) -> None:
+        """The attempt's gate verdict and findings, once: the report is written whole, never grown."""
+        if path in self._gates:
+            return
+        try:
+            report = GateReport.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return   # still being written: read it on the next step
+        self._gates.add(path)
+        self.write(("\n" if self._mid_line else "") + f"==> attempt {attempt}: gate <==\n" + gate_text(report))
+        self._current, self._mid_line = path, False
 
     def finish(self) -> None:
         """End the output with a newline, like every log line does."""

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worktree_swarm.state import RunStore
+from worktree_swarm.status import status_data
 from worktree_swarm.ui.describe import details
 from worktree_swarm.ui.feed import EventTail, Feed
 
@@ -121,14 +122,39 @@ def _agents(view: dict[str, Any], rows: int) -> Table:
 
 def _tasks(view: dict[str, Any]) -> Table:
     table = Table(expand=True, box=None, pad_edge=False, header_style="bold dim")
-    for col, kw in (("task", {"no_wrap": True}), ("status", {}), ("try", {"justify": "right"}),
-                    ("time", {"justify": "right"}), ("activity / reason", {"ratio": 1, "no_wrap": True})):
+    sessions = any(t.get("session_id") for t in view["tasks"])   # a column only where Claude Code ran
+    columns: list[tuple[str, dict[str, Any]]] = [
+        ("task", {"no_wrap": True}), ("status", {}), ("try", {"justify": "right"}), ("time", {"justify": "right"}),
+        *([("claude session", {"no_wrap": True})] if sessions else []), ("activity / reason", {"ratio": 1, "no_wrap": True})]
+    for col, kw in columns:
         table.add_column(col, overflow="ellipsis", **kw)
     for t in view["tasks"]:
         detail = t["activity"] if t["status"] in ("running", "gating", "merging") else (t["reason"] or t["gate"] or "")
-        table.add_row(t["id"], Text(t["status"], style=COLOURS.get(t["status"], "")), str(t["attempt"] or ""),
-                      clock(t["elapsed"]), Text(detail or "", overflow="ellipsis", no_wrap=True))
+        cells: list[Any] = [t["id"], Text(t["status"], style=COLOURS.get(t["status"], "")), str(t["attempt"] or ""),
+                            clock(t["elapsed"])]
+        if sessions:
+            cells.append(t.get("session_id") or "")
+        table.add_row(*cells, Text(detail or "", overflow="ellipsis", no_wrap=True))
     return table
+
+
+def _findings(status: dict[str, Any], per_task: int = 5) -> list[Text]:
+    """Under the board: what failed tasks' checks found, and how to reopen their Claude sessions."""
+    lines: list[Text] = []
+    for t in status["tasks"]:
+        if t["status"] != "failed":
+            continue
+        found = t["findings"]
+        for f in found[:per_task]:
+            where = f"{f['path']}:{f['line']}" if f["path"] and f["line"] is not None else (f["path"] or "")
+            mark, style = ("!", "yellow") if f["status"] == "warn" else ("✗", "red")
+            lines.append(Text(f"{mark} {t['id']} {f['check']}: " + (f"{where}: " if where else "") + f["message"],
+                              style=style, overflow="ellipsis", no_wrap=True))
+        if len(found) > per_task:
+            lines.append(Text(f"  … {len(found) - per_task} more: wswarm logs {t['id']}", style="dim"))
+        if t.get("resume"):
+            lines.append(Text(f"  resume {t['id']}'s Claude session: {t['resume']}", style="dim", overflow="fold"))
+    return lines
 
 
 def _strip(view: dict[str, Any]) -> Text:
@@ -146,7 +172,10 @@ def _notes(view: dict[str, Any], limit: int) -> list[Text]:
         notes.append(Text(f"⚠ conflict: {c['task']} (attempt {c['attempt']}) in {', '.join(c['files'])}{with_}",
                           style="yellow", overflow="ellipsis", no_wrap=True))
     for a in view["alerts"][-3:]:
-        notes.append(Text(f"✗ {a['task'] or 'run'} {a['kind']}: {a['text']}", style="red", overflow="ellipsis", no_wrap=True))
+        # First, where a long reason cannot push it off a narrow screen; it runs in the task's worktree.
+        resume = f" (claude --resume {a['session_id']})" if a.get("session_id") else ""
+        notes.append(Text(f"✗ {a['task'] or 'run'} {a['kind']}{resume}: {a['text']}", style="red", overflow="ellipsis",
+                          no_wrap=True))
     return notes[-limit:] if limit > 0 else []
 
 
@@ -176,10 +205,11 @@ def render(view: dict[str, Any], *, height: int = 40, full: bool = False) -> Ren
 
 
 def board(store: RunStore) -> RenderableType:
-    """The static board of `wswarm status`: the whole event log folded once."""
+    """The static board of `wswarm status`: the whole event log folded once, then what the failed
+    tasks' checks found (from the run's state)."""
     b = Board(store)
     b.poll()
-    return render(b.view(), full=True)
+    return Group(render(b.view(), full=True), *_findings(status_data(store)))
 
 
 def plain_line(event: dict[str, Any]) -> str | None:

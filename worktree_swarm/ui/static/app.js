@@ -275,6 +275,10 @@ async function loadDetail(taskId) {
   const box = clear($("detail"));
   box.append(el("p", { class: "muted" }, "type " + task.type + " · status " + task.status +
     (task.reason ? " · " + task.reason : "") + (task.dependencies.length ? " · depends on " + task.dependencies.join(", ") : "")));
+  if (task.session_id) {
+    box.append(el("p", { class: "session" }, "Claude Code session ", el("code", { text: task.session_id }),
+      task.resume ? el("span", {}, " · resume it: ", el("code", { class: "resume", text: task.resume })) : null));
+  }
   if (!task.attempts.length) box.append(el("p", { class: "muted", text: "No attempt yet." }));
   for (const a of task.attempts.slice().reverse()) box.append(attemptCard(base, a));
 }
@@ -285,6 +289,14 @@ function attemptCard(base, a) {
       el("span", { class: "muted", text: " · " + clock((a.finished || Date.now() / 1000) - a.started) +
         (a.cost_usd ? " · " + money(a.cost_usd) : "") + (a.added !== null ? " · +" + a.added + " −" + a.removed : "") })));
   if (a.reason) card.append(el("p", { class: "reason", text: a.reason }));
+  if (a.findings.length) {
+    // What the failing and warning checks found, where: file and line, then the message.
+    card.append(el("ul", { class: "findings" }, ...a.findings.map((f) =>
+      el("li", { class: "finding" }, el("span", { class: "finding-check", text: f.check }), " ",
+        f.path ? el("code", { class: "finding-where", text: f.path + (f.line !== null ? ":" + f.line : "") }) : null,
+        f.path ? " " : null, el("span", { class: "finding-message", text: f.message })))));
+  }
+  if (a.session_id) card.append(el("p", { class: "muted session" }, "Claude Code session ", el("code", { text: a.session_id })));
   if (a.gate) {
     const table = el("table", { class: "gate" });
     table.append(el("tr", {}, el("th", { text: "check" }), el("th", { text: "kind" }), el("th", { text: "status" }),
