@@ -292,12 +292,14 @@ def test_in_the_sandbox_a_command_writes_only_the_worktree(wt: Path, tmp_path: P
 
 
 @pytest.mark.skipif(not IN_CI and not sandbox_available(), reason="bubblewrap cannot make a sandbox here (scripts/install-test-tools)")
-def test_in_the_sandbox_tools_installed_anywhere_still_run(wt: Path, tmp_path: Path) -> None:
+def test_in_the_sandbox_tools_installed_anywhere_still_run(wt: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Found in a clean-clone CI run: with a private /tmp, a project's venv under /tmp vanished.
     tool = tmp_path / "venv" / "bin" / "tool"
     tool.parent.mkdir(parents=True)
     tool.write_text("#!/bin/sh\necho tool ran in \"$PWD\"\n")
     tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")      # on PATH, as a venv's tools are
     text, is_error = call(wt, "run", runner(wt, sandbox=True), argv=[str(tool)])
     assert (text, is_error) == (f"exit status 0\ntool ran in {wt}\n", False)
 

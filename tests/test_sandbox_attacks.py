@@ -7,6 +7,7 @@ the checks that run its code (the gate, the setup step) must not either.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -22,7 +23,8 @@ from tests.fakeapi import FakeAnthropic, text, tool_use
 from worktree_swarm.agents.sandbox import NO_SANDBOX, Runner
 from worktree_swarm.agents.tool_specs import call_tool
 from worktree_swarm.agents.tools import Workspace
-from worktree_swarm.sandbox import available
+from worktree_swarm import proc
+from worktree_swarm.sandbox import available, untrusted_env
 
 needs_bwrap = pytest.mark.skipif(not IN_CI and not available(),
                                  reason="bubblewrap cannot make a sandbox here (scripts/install-test-tools)")
@@ -145,17 +147,24 @@ def home_outside_tmp(tmp_path: Path) -> Any:
 
 
 @needs_bwrap
-def test_credential_files_of_the_home_are_hidden(wt: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 home_outside_tmp: Path) -> None:
+def test_the_home_is_hidden_but_for_its_tools(wt: Path, monkeypatch: pytest.MonkeyPatch,
+                                              home_outside_tmp: Path) -> None:
     home = home_outside_tmp
     (home / ".ssh").mkdir()
     (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
-    (home / ".netrc").write_text("machine x password hunter2\n")
-    (home / "notes.txt").write_text("ordinary\n")
+    (home / ".cargo").mkdir()
+    (home / ".cargo" / "credentials.toml").write_text("token = 'hunter2'\n")
+    (home / "notes.txt").write_text("diary\n")
+    tool = home / ".local" / "bin" / "mytool"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho tool works\n")
+    tool.chmod(0o755)
     monkeypatch.setenv("HOME", str(home))
-    text, _ = run(sandboxed(wt), ["sh", "-c", f"cat {home}/.ssh/id_ed25519 {home}/.netrc {home}/notes.txt; echo end"])
-    assert "PRIVATE KEY" not in text and "hunter2" not in text
-    assert "ordinary" in text or str(home).startswith("/tmp/")
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
+    text, _ = run(sandboxed(wt), ["sh", "-c", f"cat {home}/.ssh/id_ed25519 {home}/.cargo/credentials.toml "
+                                              f"{home}/notes.txt; mytool"])
+    assert "PRIVATE KEY" not in text and "hunter2" not in text and "diary" not in text
+    assert "tool works" in text
 
 
 def test_without_bubblewrap_commands_are_refused_unless_allowed(wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,3 +278,155 @@ def test_a_pid_file_planted_in_a_sandbox_home_never_gets_a_process_killed(repo: 
         for p in (victim, orphan):
             p.kill()
             p.wait()
+
+
+# --- found by a red-team review: code left in the worktree, secrets in what the sandbox can read ----
+
+def configure_builtin(repo: Repo, checks: str = "") -> None:
+    repo.write("wswarm.toml", '[agents]\ndefault = "anthropic"\n' + checks)
+    repo.commit_all("config")
+
+
+# Run inside the sandbox: a bytecode file for app/core.py made from the old source, with the header
+# (mtime, size) of the new one. Never committed; a gate that imported it would judge other code.
+PLANT_PYC = textwrap.dedent("""
+    import os, py_compile, sys
+    p = "app/core.py"
+    new = open(p).read()
+    st = os.stat(p)
+    open(p, "w").write("VALUE = 1\\n")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    py_compile.compile(p, cfile="app/__pycache__/core.cpython-%d%d.pyc" % sys.version_info[:2])
+    open(p, "w").write(new)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    print("planted")
+""")
+
+
+@needs_bwrap
+def test_stale_bytecode_left_in_the_worktree_cannot_make_the_gate_pass(repo: Repo, tmp_path: Path,
+                                                                       fake_api: FakeAnthropic) -> None:
+    repo.write("tests/test_core.py", "from app.core import VALUE\n\ndef test_value():\n    assert VALUE == 1\n")
+    configure_builtin(repo, textwrap.dedent(f"""
+        [[gate.checks]]
+        name = "tests"
+        run = "{sys.executable} -m pytest -q -p no:cacheprovider tests"
+    """))
+    fake_api.on("bump the value", tool_use("write", {"path": "app/core.py", "content": "VALUE = 2\n"}))
+    fake_api.on("app/core.py (10 bytes)", tool_use("run", {"argv": ["python3", "-c", PLANT_PYC]}))
+    fake_api.on("planted", text("Bumped VALUE."))
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "type": "general", "description": "bump the value",
+                                                "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--max-attempts", "1")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [task] = wswarm(repo.path, "status", "--json").json()["tasks"]
+    assert task["status"] == "failed" and "tests ✗" in task["reason"]
+    [integration] = repo.branches("wswarm/*/integration")
+    assert repo.show(integration, "app/core.py") == "VALUE = 1"
+
+
+def nested_repo(marker: Path) -> str:
+    """Run inside the sandbox: a repository in the worktree whose own config has a clean filter;
+    a git command that looks inside it (wswarm's `git add`) would run the filter as the user."""
+    return textwrap.dedent(f"""
+        set -e
+        export GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@b GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@b
+        export GIT_AUTHOR_DATE='2001-01-01T00:00:00Z' GIT_COMMITTER_DATE='2001-01-01T00:00:00Z'
+        rm -rf lib && mkdir lib && cd lib
+        git init -q . && echo x > x && git add x && git commit -q -m x
+        printf '#!/bin/sh\\nenv > {marker}\\ncat\\n' > .git/f.sh
+        chmod +x .git/f.sh
+        git config filter.ev.clean "$PWD/.git/f.sh"
+        echo '* filter=ev' > .git/info/attributes
+        touch -d 2001-01-01 x
+        echo planted
+    """)
+
+
+@needs_bwrap
+def test_a_repository_made_inside_the_worktree_fails_the_attempt_and_runs_nothing(
+        repo: Repo, tmp_path: Path, fake_api: FakeAnthropic, home_outside_tmp: Path) -> None:
+    marker = home_outside_tmp / "filter-ran.txt"       # outside /tmp, which is private in the sandbox
+    configure_builtin(repo)
+    fake_api.on("task first", tool_use("run", {"argv": ["sh", "-c", nested_repo(marker)]}))
+    fake_api.on("planted", tool_use("write", {"path": "first.txt", "content": "hello\n"}))
+    fake_api.on("first.txt (6 bytes)", text("Done."))
+    fake_api.on("do not run `git init`", tool_use("write", {"path": "first.txt", "content": "hello\n"}))
+    plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "general", "description": "task first",
+                                                "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan))
+    assert not marker.exists(), marker.read_text()
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["kind"] == "agent-failed"]
+    assert failed and "made a git repository inside its worktree (lib/.git)" in failed[0]["reason"]
+    [integration] = repo.branches("wswarm/*/integration")
+    assert "lib" not in repo.git("ls-tree", "--name-only", integration).split(), res.stdout + res.stderr
+
+
+@needs_bwrap
+def test_a_folder_nested_thousands_deep_is_a_tool_error_not_a_crash(repo: Repo, tmp_path: Path,
+                                                                   fake_api: FakeAnthropic) -> None:
+    configure_builtin(repo)
+    deep = "d=.; for i in $(seq 1100); do d=$d/a; done; mkdir -p $d; echo deep"
+    fake_api.on("bump the value", tool_use("run", {"argv": ["sh", "-c", deep]}))
+    fake_api.on("deep", tool_use("list", {"recursive": True}))
+    fake_api.on("honest work", tool_use("write", {"path": "honest.txt", "content": "ok\n"}))
+    fake_api.on(None, text("Done."), times=0)
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "t", "type": "general", "description": "bump the value", "dependencies": [], "files": []},
+        {"id": "other", "type": "general", "description": "honest work", "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan))
+    assert "internal error" not in res.stderr, res.stderr
+    tasks = {t["id"]: t for t in wswarm(repo.path, "status", "--json").json()["tasks"]}
+    assert tasks["other"]["status"] == "merged"
+    proc.remove_tree(repo.path)           # shutil.rmtree (pytest's clean-up) recurses too deep for it
+
+
+@needs_bwrap
+def test_credentials_in_the_repositorys_config_are_not_readable_in_the_sandbox(repo: Repo, wt: Path) -> None:
+    # actions/checkout keeps the job's token in .git/config (persist-credentials, its default).
+    token = "eC1hY2Nlc3M6Z2hzX1NFQ1JFVA=="
+    repo.git("config", "http.https://github.com/.extraheader", f"AUTHORIZATION: basic {token}")
+    repo.git("remote", "add", "origin", "https://someone:ghp_secretsecret@github.com/o/r.git")
+    text, is_error = run(sandboxed(wt), ["git", "config", "--list"])
+    assert not is_error and "remote.origin.url=https://github.com/o/r.git" in text
+    assert token not in text and "ghp_secretsecret" not in text
+
+
+def test_a_url_with_a_password_in_it_is_a_credential_whatever_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:pw@db.internal/app")
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:pw@proxy:3128")
+    monkeypatch.setenv("DOCS_URL", "https://example.invalid/docs")
+    env = untrusted_env()
+    assert "DATABASE_URL" not in env and "HTTPS_PROXY" not in env and env["DOCS_URL"] == "https://example.invalid/docs"
+
+
+@needs_bwrap
+def test_naming_a_program_by_path_does_not_make_its_private_folder_visible(wt: Path) -> None:
+    other = Path("/tmp") / f"someone-elses-{os.getpid()}"
+    other.mkdir()
+    try:
+        (other / "secret.txt").write_text("PRIVATE\n")
+        (other / "tool.sh").write_text("#!/bin/sh\ncat $(dirname $0)/secret.txt\n")
+        (other / "tool.sh").chmod(0o755)
+        text, _ = run(sandboxed(wt), [str(other / "tool.sh")])
+        assert "PRIVATE" not in text
+    finally:
+        proc.remove_tree(other)
+
+
+def test_a_git_checkout_inside_an_ignored_folder_is_a_dependency_not_an_attack(repo: Repo, tmp_path: Path,
+                                                                              agent_script: Any) -> None:
+    # npm and others check git dependencies out, .git and all, into folders the repository ignores.
+    repo.write(".gitignore", "node_modules/\n")
+    repo.commit_all("ignore dependencies")
+    cmd = agent_script("""
+        import subprocess
+        subprocess.run(["git", "init", "-q", "node_modules/dep"], check=True)
+        Path("app/core.py").write_text("VALUE = 2\\n")
+    """)
+    plan = write_plan(tmp_path / "plan.json", [{"id": "t", "type": "general", "description": "d",
+                                                "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -7,7 +7,7 @@ row should say, and the orchestrator settles each Outcome.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -26,6 +26,7 @@ from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport, tail
 from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
+from worktree_swarm.git import residue
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
@@ -141,12 +142,21 @@ class AttemptRunner:
         if worktree.is_dir() and _read_link(worktree) != git_link:
             link = worktree / ".git"
             if link.is_dir() and not link.is_symlink():
-                shutil.rmtree(link)
+                proc.remove_tree(link)
             else:
                 link.unlink(missing_ok=True)
             link.write_bytes(git_link)
             out.kind, out.reason = "agent-failed", "the agent rewrote its worktree's .git file"
             out.feedback = out.reason + ": leave .git alone; it links the worktree to the repository."
+            return out
+        # A repository made inside the worktree has a config and attributes of its own, which the
+        # next git command in the worktree would follow (a filter driver runs as the user).
+        nested = self._nested_repositories(worktree)
+        if nested:
+            residue.remove(worktree, nested)
+            out.kind = "agent-failed"
+            out.reason = f"the agent made a git repository inside its worktree ({', '.join(nested[:3])})"
+            out.feedback = out.reason + ": do not run `git init` or clone into the worktree; add files instead."
             return out
         wrong_branch = self._left_branch(worktree, out.branch)
         if wrong_branch:
@@ -154,6 +164,9 @@ class AttemptRunner:
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
         self._commit_leftovers(task, worktree)
+        # The gate judges the commit: what was left out of it does not stay for the checks to find.
+        residue.remove(worktree, [p for p in self.repo.git("ls-files", "-z", "--others", "--exclude-standard",
+                                                           cwd=worktree).stdout.split("\0") if p])
         out.head = self.repo.branch_sha(out.branch)
         if not result.ok:
             out.kind = "timeout" if result.timed_out else "agent-failed"
@@ -249,6 +262,17 @@ class AttemptRunner:
         out.reason = "the worktree setup step failed" + ("" if res.returncode is None else f" (exit {res.returncode})")
         out.feedback = f"{out.reason}:\n{tail(log)}"
         return False
+
+    def _nested_repositories(self, worktree: Path) -> list[str]:
+        """Repositories inside WORKTREE that git would look into: not those in ignored folders (a
+        package manager's checkout of a git dependency), which no git command of ours enters."""
+        found = residue.nested_repositories(worktree, common_dir=self.repo.common_dir)
+        if not found:
+            return []
+        folders = "".join(os.path.dirname(path) + "\0" for path in found)
+        ignored = self.repo.git("check-ignore", "-z", "--stdin", cwd=worktree, check=False,
+                                input=folders).stdout.split("\0")
+        return [path for path in found if os.path.dirname(path) not in ignored]
 
     def _left_branch(self, worktree: Path, branch: BranchName) -> str | None:
         if not worktree.is_dir():

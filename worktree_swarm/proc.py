@@ -252,6 +252,13 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def remove_tree(path: Path) -> None:
+    """Delete PATH and everything under it, never following a link, however deep an agent nested
+    it (shutil.rmtree recurses, and a folder thousands deep is a RecursionError)."""
+    if os.path.lexists(path):
+        run("rm", "-rf", "--one-file-system", "--", path, cwd=Path("/"), check=False)
+
+
 def shell_argv(command: str) -> list[str]:
     """argv running a user's configured command string; task text never enters it."""
     return ["/bin/sh", "-c", command]

@@ -23,26 +23,36 @@ from pathlib import Path
 
 from worktree_swarm import proc
 
-# Hidden from the sandbox: where the user's home keeps credentials, keys and agent sockets.
+# The user's home is hidden but for what tools need (toolchains, user-installed packages); tools on
+# PATH anywhere in it are given back too. Credentials live in a home in too many places to list.
+_HOME_TOOLS = (".rustup", ".pyenv", ".nvm", ".volta", ".sdkman", ".local/lib", ".local/bin", ".local/pipx")
+# Inside what stays visible, these are hidden again, in case a tool folder holds them.
 _SECRET_DIRS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".claude", ".config/gcloud",
                 ".config/gh", ".config/anthropic", ".password-store", ".local/share/keyrings")
 _SECRET_FILES = (".netrc", ".git-credentials", ".pypirc", ".npmrc", ".claude.json", ".pgpass",
-                 ".config/git/credentials", ".vault-token")
+                 ".config/git/credentials", ".vault-token", ".cargo/credentials.toml", ".cargo/credentials")
+# In a repository's config: credentials a checkout keeps (actions/checkout's extraheader, a token in a
+# remote's URL); the sandbox reads a copy without them.
+_CONFIG_SECRET = re.compile(r"^\s*(extraheader|password|token|secret|credential\w*|helper)\s*=", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 # Folders made private (an empty tmpfs): host sockets and other processes' temp files live there.
 _PRIVATE = ("/tmp", "/run", "/var/run", "/var/tmp", "/dev/shm")
 
 
 # Credentials by name: the model API's keys, cloud and forge tokens, agent sockets.
 _CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
 _CREDENTIAL_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "AWS_", "AZURE_", "CLOUDSDK_", "GOOGLE_", "OPENAI_", "VAULT_",
                         "DOCKER_", "KUBECONFIG", "GPG_", "SSH_")
 
 
 def untrusted_env(extra: Mapping[str, str] | None = None, *, keep: Sequence[str] = ()) -> dict[str, str]:
     """The environment for code an agent wrote or could have changed: ours without credentials
-    (unless named in KEEP) or git's per-call variables, plus EXTRA."""
+    (unless named in KEEP) or git's per-call variables, plus EXTRA. A value holding a URL with a
+    password in it (DATABASE_URL, HTTPS_PROXY) is a credential too, whatever its name."""
     env = {k: v for k, v in proc.clean_env().items()
-           if k in keep or not (k.startswith(_CREDENTIAL_PREFIXES) or _CREDENTIAL_NAME.search(k))}
+           if k in keep or not (k.startswith(_CREDENTIAL_PREFIXES) or _CREDENTIAL_NAME.search(k)
+                                or _URL_PASSWORD.search(v))}
     env.update(extra or {})
     return env
 
@@ -75,7 +85,7 @@ class Sandbox:
     writable: tuple[Path, ...]
     readonly: tuple[Path, ...] = ()
     network: bool = False
-    visible: tuple[Path, ...] = ()       # kept readable even where a private folder hides its place
+    private: Path | None = None          # a folder outside the sandbox for the copies it reads instead
 
     def wrap(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> list[str]:
         """ARGV run by bwrap inside this sandbox, starting in CWD."""
@@ -86,12 +96,16 @@ class Sandbox:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         if runtime and os.path.isdir(runtime) and not _under(Path(runtime), _PRIVATE):
             args += ["--tmpfs", runtime]
-        args += _hide_secrets()
-        args += _hide_sockets()
+        home = _home()
+        if home is not None:
+            args += ["--tmpfs", str(home)]
         # Made private above, then given back read-only: the tools on PATH (a venv under /tmp),
         # the folders a cwd or a worktree's git dir lies in, and, with a network, the resolver.
-        for path in self._visible(env):
+        for path in self._visible(env, home):
             args += ["--ro-bind", str(path), str(path)]
+        args += _hide_secrets(home)
+        args += _hide_sockets()
+        args += self._clean_configs()
         for path in self.writable:
             args += ["--bind", str(path), str(path)]
         for path in self.readonly:
@@ -99,9 +113,11 @@ class Sandbox:
                 args += ["--ro-bind", str(path), str(path)]
         return [*args, "--chdir", str(cwd), "--", *argv]
 
-    def _visible(self, env: Mapping[str, str]) -> list[Path]:
-        # wswarm's own Python (a venv's checks often run with it) and what the caller names.
-        wanted: list[Path] = [Path(sys.prefix), Path(sys.base_prefix), *self.visible]
+    def _visible(self, env: Mapping[str, str], home: Path | None) -> list[Path]:
+        # wswarm's own Python (a venv's checks often run with it) and a home's toolchains.
+        wanted: list[Path] = [Path(sys.prefix), Path(sys.base_prefix)]
+        if home is not None:
+            wanted += [home / rel for rel in _HOME_TOOLS]
         for entry in env.get("PATH", "").split(os.pathsep):
             if entry and os.path.isabs(entry):
                 real = Path(os.path.realpath(entry))
@@ -114,11 +130,30 @@ class Sandbox:
                 wanted.append(git_dir.parent if git_dir.name == ".git" else git_dir)
         if self.network:
             wanted.append(Path(os.path.realpath("/etc/resolv.conf")))
+        hidden = [*_PRIVATE, *([str(home)] if home is not None else [])]
         seen: list[Path] = []
-        for path in wanted:
-            if _under(path, _PRIVATE) and path.exists() and not any(path.is_relative_to(s) for s in seen):
+        for path in sorted(set(wanted), key=lambda p: len(p.parts)):
+            if _under(path, hidden) and path.exists() and not any(path.is_relative_to(s) for s in seen):
                 seen.append(path)
         return seen
+
+    def _clean_configs(self) -> list[str]:
+        """The repository's config files, as the sandbox reads them: copies without credentials."""
+        if self.private is None:
+            return []
+        args: list[str] = []
+        for git_dir in filter(None, map(_linked_git_dir, self.writable)):
+            for name in ("config", "config.worktree"):
+                real = git_dir / name
+                try:
+                    text = proc.read_text(real)
+                except OSError:
+                    continue
+                self.private.mkdir(parents=True, exist_ok=True)
+                copy = self.private / f"{len(args)}-{name}"
+                proc.write_new(copy, clean_config(text).encode())
+                args += ["--ro-bind", str(copy), str(real)]
+        return args
 
 
 def _under(path: Path, tops: Sequence[str]) -> bool:
@@ -139,18 +174,33 @@ def _linked_git_dir(worktree: Path) -> Path | None:
     return target.parent.parent if target.parent.name == "worktrees" else target
 
 
-def _hide_secrets() -> list[str]:
+def clean_config(text: str) -> str:
+    """A git config's text without the credentials a checkout may keep in it."""
+    lines = [line for line in text.splitlines() if not _CONFIG_SECRET.match(line)]
+    return "\n".join(_URL_USERINFO.sub(r"\1", line) for line in lines) + "\n"
+
+
+def _home() -> Path | None:
+    """The user's home, to be hidden: not when it is the root or a folder wswarm's sandbox needs whole."""
     home = os.environ.get("HOME")
     if not home or not os.path.isdir(home):
+        return None
+    real = Path(os.path.realpath(home))
+    return None if real == Path("/") or _under(real, _PRIVATE) else real
+
+
+def _hide_secrets(home: Path | None) -> list[str]:
+    """Credential folders and files inside the parts of the home that stay visible."""
+    if home is None:
         return []
     args: list[str] = []
     for rel in _SECRET_DIRS:
         path = os.path.join(home, rel)
-        if os.path.isdir(path) and not os.path.islink(path) and not _under(Path(path), _PRIVATE):
+        if os.path.isdir(path) and not os.path.islink(path):
             args += ["--tmpfs", path]
     for rel in _SECRET_FILES:
         path = os.path.join(home, rel)
-        if os.path.isfile(path) and not os.path.islink(path) and not _under(Path(path), _PRIVATE):
+        if os.path.isfile(path) and not os.path.islink(path):
             args += ["--ro-bind", "/dev/null", path]
     return args
 
@@ -182,13 +232,16 @@ class Confinement:
                 scratch: Path) -> tuple[list[str], dict[str, str]]:
         """ARGV and its environment, ready to run in CWD; SCRATCH is made for HOME and TMPDIR."""
         full = untrusted_env(env, keep=self.pass_env)
+        home, tmp = scratch / "home", scratch / "tmp"
+        (tmp / "pycache").mkdir(parents=True, exist_ok=True)
+        # Python never reads bytecode from the tree: a stale .pyc left there (its source's size and
+        # mtime copied) would run other code than the source the gate is judging.
+        full.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
         if not self.sandboxed:
             return list(argv), full
-        home, tmp = scratch / "home", scratch / "tmp"
         home.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(parents=True, exist_ok=True)
         full.update(HOME=str(home), TMPDIR=str(tmp), PWD=str(cwd))
-        program = Path(os.path.realpath(argv[0])).parent if os.path.isabs(argv[0]) else None
+        # A program named by path is not made visible for being named: only what is on PATH is.
         box = Sandbox(writable=(cwd, home, tmp), readonly=(cwd / ".git",), network=self.network,
-                      visible=(program,) if program is not None else ())
+                      private=scratch / "private")
         return box.wrap(argv, cwd=cwd, env=full), full

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import textwrap
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import IO, Any
 import anthropic
 import httpx2
 
+from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.sandbox import Runner, describe
@@ -96,7 +96,7 @@ class AnthropicAgent(Agent):
                 return session.run()
         finally:
             # HOME and temp files of the run commands: caches, not results.
-            shutil.rmtree(scratch, ignore_errors=True)
+            proc.remove_tree(scratch)
 
 
 @dataclass

@@ -127,17 +127,27 @@ def list_dir(ws: Workspace, args: dict[str, Any]) -> str:
 
 
 def _walk(top: Path, recursive: bool) -> Iterator[Path]:
-    """Entries under TOP in name order, never entering .git or following a symbolic link."""
-    try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
-    except OSError as exc:
-        raise ToolError(f"cannot list {top.name!r}: {exc.strerror}") from None
-    for entry in entries:
+    """Entries under TOP in name order, depth first, never entering .git or following a symbolic
+    link. Iterative: a folder nested thousands deep is walked, not a RecursionError."""
+    stack: list[Iterator[os.DirEntry[str]]] = [iter(_entries(top))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
         if entry.name == ".git":
             continue
         yield Path(entry.path)
         if recursive and entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path), recursive)
+            stack.append(iter(_entries(Path(entry.path))))
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise ToolError(f"cannot list {folder.name!r}: {exc.strerror}") from None
 
 
 # --- read -----------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -194,7 +193,7 @@ def confined(argv: Sequence[str], *, worktree: Path, env: Mapping[str, str], log
         return proc.run_in_group(full, cwd=worktree, env=full_env, output=log, timeout=timeout, cancel=cancel,
                                  pidfile=log.with_suffix(".pid"))
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        proc.remove_tree(scratch)
 
 
 def run_check(check: CheckConfig, *, worktree: Path, changed: Sequence[str], env: Mapping[str, str],

@@ -81,8 +81,9 @@ class Repo:
         """Everything wswarm writes lives here, never in the working tree."""
         return self.common_dir / "wswarm"
 
-    def git(self, *args: str | Path, cwd: Path | None = None, check: bool = True) -> proc.Result:
-        return proc.git(*args, cwd=cwd or self.root, check=check)
+    def git(self, *args: str | Path, cwd: Path | None = None, check: bool = True,
+            input: str | None = None) -> proc.Result:
+        return proc.git(*args, cwd=cwd or self.root, check=check, input=input)
 
     def objects_only(self) -> tuple[str, ...]:
         """git options that read the repository as a bare one: no working tree, no index, so no
