@@ -858,9 +858,15 @@ def test_awkward_task_ids_get_distinct_branches(repo: Repo, agent_script: AgentS
         assert repo.git("log", "-1", "--format=%s", task_branches[i]) == f"{i}: Write the file of {i}"
     assert len({tasks[i]["merge_commit"] for i in ids}) == 5
     # Logs are found per task, and `a` is not confused with `a/b`.
-    assert wswarm(repo.path, "logs", "a/b").stdout == "==> attempt 1: agent.log <==\ntask a/b wrote out/a%2Fb.txt\n"
-    assert wswarm(repo.path, "logs", "ref%2Fx").stdout == \
-        "==> attempt 1: agent.log <==\ntask ref%2Fx wrote out/ref%252Fx.txt\n"
+    assert agent_logs(repo, "a/b") == "==> attempt 1: agent.log <==\ntask a/b wrote out/a%2Fb.txt\n"
+    assert agent_logs(repo, "ref%2Fx") == "==> attempt 1: agent.log <==\ntask ref%2Fx wrote out/ref%252Fx.txt\n"
+
+
+def agent_logs(repo: Repo, task_id: str) -> str:
+    """What `wswarm logs` prints of the agent's logs: everything before the first attempt's gate verdict."""
+    res = wswarm(repo.path, "logs", task_id)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split("\n==> attempt 1: gate <==")[0] + "\n"
 
 
 def test_many_agents_starting_at_once_all_get_a_worktree(repo: Repo, tmp_path: Path) -> None:
@@ -944,9 +950,7 @@ def test_status_json_logs_and_pr(repo: Repo, agent_script: AgentScript, rec_dir:
         {"id": "hello", "status": "merged", "attempts": 1, "branch": f"wswarm/{run}/tasks/hello/1", "reason": None},
         {"id": "bye", "status": "merged", "attempts": 1, "branch": f"wswarm/{run}/tasks/bye/1", "reason": None},
     ]
-    logs = wswarm(repo.path, "logs", "hello")
-    assert logs.returncode == 0, logs.stderr
-    assert logs.stdout == "==> attempt 1: agent.log <==\nhello from the agent\nsecond line\n"
+    assert agent_logs(repo, "hello") == "==> attempt 1: agent.log <==\nhello from the agent\nsecond line\n"
     assert (attempt_dir(repo, st, "hello", 1) / "agent.log").read_text() == "hello from the agent\nsecond line\n"
     pr_md = (run_dir(repo, st) / "pr.md").read_text()
     assert res.stdout == str(run_dir(repo, st) / "pr.md") + "\n"
@@ -977,7 +981,7 @@ def test_pr_and_logs_print_text_verbatim(repo: Repo, agent_script: AgentScript, 
     pr_md = (run_dir(repo, st) / "pr.md").read_text()
     assert wswarm(repo.path, "pr").stdout.rstrip("\n") == pr_md.rstrip("\n")
     log = (attempt_dir(repo, st, "text", 1) / "agent.log").read_text()
-    assert wswarm(repo.path, "logs", "text").stdout == "==> attempt 1: agent.log <==\n" + log
+    assert agent_logs(repo, "text") == "==> attempt 1: agent.log <==\n" + log
 
 
 # -- 17. --base ----------------------------------------------------------------------------------
