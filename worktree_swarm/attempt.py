@@ -19,7 +19,7 @@ from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.config import Config
-from worktree_swarm.errors import DiskFullError, WswarmError, no_room
+from worktree_swarm.errors import CommandError, DiskFullError, no_room
 from worktree_swarm.gate.builtin import redact_secrets, scrub_logs
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
@@ -96,13 +96,15 @@ class AttemptRunner:
             out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
             self.report(task.id, {"worktree": str(out.worktree)})
             return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies)
-        except DiskFullError:
-            raise
-        except (WswarmError, OSError, sqlite3.OperationalError) as exc:
+        except (OSError, sqlite3.OperationalError) as exc:
             if no_room(exc):
                 # A full disk is the machine's problem, not the task's: it stops the run (resumable)
                 # instead of costing the task an attempt.
                 raise DiskFullError(f"no space left to write: {exc}") from exc
+            raise       # not the task's doing either: the run stops, resumable, its traceback kept
+        except CommandError as exc:
+            # git or a process refused what the attempt left (an unreadable file, a broken branch):
+            # the attempt failed, and its agent hears why. Anything else is a bug, never a retry.
             out.kind, out.reason = "error", str(exc).splitlines()[0]
             out.feedback = str(exc)
             # The whole message (git's own words) stays with the attempt, not just its first line.

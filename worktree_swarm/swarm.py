@@ -226,13 +226,13 @@ class Swarm:
                     for future in done:
                         del running[future]
                         self._settle(future.result())
-            except BaseException:
+            except BaseException as first:
                 self.cancel.set()
                 for future in running:
                     try:
                         self._settle(future.result())
-                    except Exception:  # noqa: BLE001 — the first error is the one being raised
-                        pass
+                    except Exception as later:  # the first error is the one raised; later ones go with it
+                        first.add_note(f"while stopping the other attempts: {type(later).__name__}: {later}")
                 raise
 
     def _judge_merge_result(self) -> bool:
