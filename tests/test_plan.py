@@ -1,4 +1,4 @@
-"""Plan loading and validation (SPEC §3): every rejection names its culprit; the DAG is right."""
+"""Plan loading and validation: every rejection names its culprit; the DAG is right."""
 
 from __future__ import annotations
 
@@ -109,6 +109,50 @@ def test_to_json_round_trips() -> None:
     assert "command" not in json.loads(text)[0]
 
 
+def test_the_goal_is_read_and_written_with_the_tasks(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"goal": " add a /health endpoint\n", "tasks": ORIGIN_PLAN}))
+    plan = load_plan(path)
+    assert plan.goal == "add a /health endpoint"
+    assert json.loads(plan.to_file_json()) == {"goal": "add a /health endpoint", "tasks": json.loads(plan.to_json())}
+    assert parse_plan(plan.to_file_json(), fmt="json", source="again").goal == plan.goal
+    toml = tmp_path / "plan.toml"
+    toml.write_text('goal = "ship it"\n\n[[tasks]]\nid = "a"\ndescription = "x"\n')
+    assert load_plan(toml).goal == "ship it"
+    # Without a goal: the bare array, as before; the state keeps the tasks alone either way.
+    bare = plan_of(task("a"))
+    assert bare.goal is None and bare.to_file_json() == bare.to_json()
+    assert bare.with_goal("g").goal == "g" and bare.with_goal("g").tasks == bare.tasks
+
+
+@pytest.mark.parametrize(("tasks", "width"), [
+    ([task("a")], 1),
+    ([task("a"), task("b", "a"), task("c", "b")], 1),
+    ([task("a"), task("b"), task("c")], 3),
+    (ORIGIN_PLAN, 3),          # the two tests and the docs
+    # An antichain not found level by level: b and c are on different levels.
+    ([task("a"), task("b", "a"), task("c"), task("d", "c"), task("e", "d")], 2),
+    ([task("top"), *[task(f"m{i}", "top") for i in range(5)], task("bottom", *[f"m{i}" for i in range(5)])], 5),
+])
+def test_width_is_the_most_tasks_that_can_run_at_once(tasks: list[dict[str, object]], width: int) -> None:
+    plan = plan_of(*tasks)
+    assert plan.width() == width
+    antichains = (set(c) for c in networkx.antichains(plan.graph))
+    assert width == max(len(c) for c in antichains)
+
+
+def test_width_among_some_tasks_counts_order_through_the_others() -> None:
+    # a → m → b: with m merged, a and b still cannot run side by side (resume never reruns a).
+    plan = plan_of(task("a"), task("m", "a"), task("b", "m"), task("c"))
+    assert plan.width(["a", "b"]) == 1
+    assert plan.width(["b", "c"]) == 2
+
+
+def test_width_of_a_long_chain_is_quick() -> None:
+    chain = plan_of(task("t0"), *[task(f"t{i}", f"t{i - 1}") for i in range(1, 1000)])
+    assert chain.width() == 1
+
+
 def test_priority_on_a_chain_and_a_diamond() -> None:
     assert plan_of(task("a"), task("b", "a"), task("c", "b")).priority() == {"a": 3, "b": 2, "c": 1}
     diamond = plan_of(task("top"), task("left", "top"), task("right", "top"), task("bottom", "left", "right"))
@@ -148,6 +192,9 @@ def test_allow_command_false_rejects_command() -> None:
     ({}, "no tasks"),
     ({"tasks": [task("a")], "version": 1, "name": "x"}, "unknown top-level keys 'name', 'version'"),
     ({"tasks": "a"}, "'tasks' must be an array"),
+    ({"goal": 3, "tasks": [task("a")]}, "'goal' must be a string, got a number"),
+    ({"goal": "  ", "tasks": [task("a")]}, "'goal' is empty"),
+    ({"goal": "a\x1b[2Jb", "tasks": [task("a")]}, "'goal' contains the control character"),
     ("a plan", "must be an array of task objects, got a string"),
     (None, "got null"),
     ([task(f"t{i}") for i in range(1001)], "1001 tasks, more than 1000"),
