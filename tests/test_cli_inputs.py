@@ -1,9 +1,10 @@
-"""Bad input through the real command line (SPEC §2, §3, §4, §7): one line naming the culprit,
+"""Bad input through the real command line: one line naming the culprit,
 exit code 2, no traceback, and nothing created — no ref, no worktree, no state folder."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ BAD_INPUTS = [
     Bad("config-default-agent-unknown", "{config}: agents.default names agent 'ghost', which is not configured",
         config='[agents]\ndefault = "ghost"\n'),
     Bad("base-unknown", "wswarm: 'nosuchref' does not name a commit in {repo}", args=("--base", "nosuchref")),
-    Bad("no-agent", "no agent is configured to run task 'a'", agent_cmd=False),
+    Bad("no-agent", "no agent is configured, and there is none to choose", agent_cmd=False),
     Bad("agent-binary-missing", "agent program 'no-such-binary-xyz' is not installed (not found on PATH)",
         agent_cmd=False, args=("--agent-cmd", "no-such-binary-xyz --flag")),
     Bad("agent-binary-missing-after-assignment", "agent program 'no-such-binary-xyz' is not installed",
@@ -137,6 +138,8 @@ BAD_INPUTS = [
         agent_cmd=False, config='[agents]\ncommand = "no-such-binary-xyz --flag"\n'),
     Bad("task-agent-ghost", "task 'a' asks for agent 'ghost', which is not configured",
         plan=plan_text(t("a", agent="ghost"))),
+    Bad("task-command-with-agent-ghost", "task 'a' asks for agent 'ghost', which is not configured",
+        plan=plan_text(t("a", agent="ghost", command="true")), agent_cmd=False),
     Bad("task-command-binary-missing", "agent program 'no-such-binary-xyz' is not installed",
         plan=plan_text(t("a"), t("b", command="no-such-binary-xyz"))),
 ]
@@ -144,7 +147,12 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.name for c in BAD_INPUTS])
 def test_bad_start_input_is_one_line_exit_2_and_creates_nothing(repo: Repo, tmp_path: Path, agent_script: Any,
-                                                                 case: Bad) -> None:
+                                                                 case: Bad, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a configured agent wswarm would choose claude on PATH or the built-in agent with a key.
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                                                if not (Path(d) / "claude").exists()))
     # The plan lives outside the repository, so the user's `git status` is the repository's alone.
     plans = tmp_path / "plans"
     plans.mkdir()

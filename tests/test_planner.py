@@ -57,7 +57,7 @@ def test_plan_command_writes_the_models_plan_and_shows_what_it_sent(repo: Repo, 
     res = wswarm(repo.path, "plan", "add a greeting", "-o", "plan.json")
 
     assert res.returncode == 0, res.stderr
-    assert json.loads((repo.path / "plan.json").read_text()) == GOOD
+    assert json.loads((repo.path / "plan.json").read_text()) == {"goal": "add a greeting", "tasks": GOOD}
     assert "add-greeting" in res.stderr and "$0.0150" in res.stderr      # 1000 x $5/M + 400 x $25/M
     assert KEY not in res.stdout + res.stderr
     [sent] = fake_api.messages()
@@ -76,11 +76,11 @@ def test_plan_command_writes_the_models_plan_and_shows_what_it_sent(repo: Repo, 
     assert "files" in body["system"] and "dependency" in body["system"]
 
 
-def test_plan_without_output_prints_the_json_array(repo: Repo, fake_api: FakeAnthropic) -> None:
+def test_plan_without_output_prints_the_plan_with_its_goal(repo: Repo, fake_api: FakeAnthropic) -> None:
     fake_api.on(None, submit(GOOD))
     res = wswarm(repo.path, "plan", "add a greeting")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == GOOD
+    assert json.loads(res.stdout) == {"goal": "add a greeting", "tasks": GOOD}
     assert not repo.state_dir.exists()
 
 
@@ -227,7 +227,7 @@ def test_plan_refuses_to_overwrite_unless_forced(repo: Repo, fake_api: FakeAnthr
     assert (repo.path / "plan.json").read_text() == "mine\n" and fake_api.messages() == []
     res = wswarm(repo.path, "plan", "g", "-o", "plan.json", "--force")
     assert res.returncode == 0, res.stderr
-    assert json.loads((repo.path / "plan.json").read_text()) == GOOD
+    assert json.loads((repo.path / "plan.json").read_text()) == {"goal": "g", "tasks": GOOD}
 
 
 # -- wswarm start "GOAL" --------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_start_goal_plans_then_runs_the_plan_to_the_end(repo: Repo, fake_api: Fa
     assert res.returncode == 0, res.stderr
     assert "one" in res.stderr and "$1.0000" in res.stderr
     [run] = runs(repo)
-    assert json.loads((run / "plan.json").read_text()) == tasks
+    assert json.loads((run / "plan.json").read_text()) == {"goal": "write two files", "tasks": tasks}
     status = wswarm(repo.path, "status", "--json").json()
     assert [t["status"] for t in status["tasks"]] == ["merged", "merged"]
     assert status["cost_usd"] == pytest.approx(1.0)
@@ -281,8 +281,10 @@ def test_start_goal_without_a_terminal_or_yes_refuses_before_planning(repo: Repo
 
 
 def test_start_goal_checks_the_agents_before_paying_for_a_plan(repo: Repo, fake_api: FakeAnthropic) -> None:
-    res = wswarm(repo.path, "start", "g", "--yes")
-    assert res.returncode == 2 and "no agent is configured" in res.stderr
+    repo.write("wswarm.toml", '[roles.backend]\nagent = "ghost"\n')
+    res = wswarm(repo.path, "start", "g", "--yes", "--agent-cmd", "true")
+    assert res.returncode == 2
+    assert res.stderr.startswith("wswarm: the role 'backend' asks for agent 'ghost', which is not configured")
     assert fake_api.messages() == [] and not repo.state_dir.exists()
 
 
@@ -309,7 +311,7 @@ def test_start_goal_asks_on_a_terminal_and_keeps_a_declined_plan(repo: Repo, fak
     assert proc.returncode == 2, proc.stderr
     assert "Run these 2 tasks?" in proc.stderr and "not started" in proc.stderr
     [saved] = (repo.state_dir / "planner").iterdir()
-    assert json.loads(saved.read_text()) == GOOD
+    assert json.loads(saved.read_text()) == {"goal": "g", "tasks": GOOD}
     assert runs(repo) == []
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from worktree_swarm.errors import UsageError
 from worktree_swarm.git.refs import run_prefix, task_branch_prefix
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.slot_files import forget_slot, remove_slots
+from worktree_swarm.git.slot_files import count_slots, forget_slot, remove_slots
 from worktree_swarm.git.worktrees import list_worktrees, prune_worktrees, remove_worktree
 from worktree_swarm.state import RunStore, find_run, list_runs
 from worktree_swarm.types import RunId
@@ -22,6 +22,7 @@ class Cleaned:
     branches: int
     slots: int | None = None        # removed with --slots
     slots_in_use: int = 0           # held by a run in progress, left alone
+    slots_kept: int = 0             # without --slots: the reusable slots that stay
 
 
 def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forget: bool,
@@ -59,6 +60,6 @@ def clean(*, cwd: Path, run: str | None, all_runs: bool, integration: bool, forg
             shutil.rmtree(folder)
     prune_worktrees(repo)
     if not slots:
-        return Cleaned([f.name for f in folders], worktrees, branches)
+        return Cleaned([f.name for f in folders], worktrees, branches, slots_kept=count_slots(repo))
     removed, busy = remove_slots(repo)
     return Cleaned([f.name for f in folders], worktrees, branches, removed, busy)

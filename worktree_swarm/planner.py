@@ -1,4 +1,4 @@
-"""The planner: a model turns a goal and a picture of the repository into a validated plan (SPEC §3).
+"""The planner: a model turns a goal and a picture of the repository into a validated plan.
 
 The model must answer through the `submit_plan` tool, whose input schema is the plan; the answer goes
 through the same validation as a user's plan file plus the planner's own rules, with one repair round.
@@ -10,21 +10,20 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx
 
 from worktree_swarm.agents.pricing import cost_usd
-from worktree_swarm.agents.registry import agent_for_task
+from worktree_swarm.agents.registry import DefaultAgent, agent_for_type, default_agent, types_use_default
 from worktree_swarm.config import DEFAULT_PLANNER_MODEL, Config, load_config
 from worktree_swarm.errors import PlanError, UsageError, WswarmError
 from worktree_swarm.gate.builtin import glob_regex
 from worktree_swarm.git.repo import Repo, require_git
-from worktree_swarm.plan import Plan, Task, plan_from_data
+from worktree_swarm.plan import Plan, plan_from_data
 from worktree_swarm.repo_picture import Picture, take_picture
-from worktree_swarm.types import TaskId
 
 if TYPE_CHECKING:
     import anthropic
@@ -89,6 +88,7 @@ class Planned:
     output_tokens: int
     cost_usd: float
     rounds: int                 # 1, or 2 when the first answer needed the repair round
+    default_agent: str | None = None    # the agent wswarm chose for the run, none being configured
 
     def usage(self) -> dict[str, object]:
         return {"model": self.model, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
@@ -101,27 +101,36 @@ def plan_goal(*, cwd: Path, goal: str, base: str = "HEAD", model: str | None = N
               rejected_path: Path | None = None, agent_cmd: str | None = None, check_agents: bool = False,
               client: anthropic.Anthropic | None = None, notify: Callable[[str], None] = lambda _: None) -> Planned:
     """Validate everything that needs no model (repository, base, config, the key and, for a run, the
-    agents), then ask the model. A refused answer is saved to REJECTED_PATH (default: under the state dir)."""
+    agents), then ask the model. A refused answer is saved to REJECTED_PATH (default: under the state dir).
+    The plan carries GOAL."""
+    from worktree_swarm.run import config_note, has_uncommitted_work
+
     if not goal.strip():
         raise UsageError("the goal is empty", hint='say what the swarm should achieve: wswarm plan "add a login page"')
     repo = Repo.discover(cwd)
     require_git(repo.root)
     config = load_config(repo.root)
     sha = repo.resolve_commit(base)
+    agent = None
     if check_agents:
-        preflight_agents(config, agent_cmd=agent_cmd)
+        agent = preflight_agents(config, agent_cmd=agent_cmd)
+        for line in (agent.note(), config_note(repo.root, config)):
+            if line:
+                notify(line)
     if client is None:
         client = make_client()
     picture = take_picture(repo, sha, base_ref=base, config=config)
     chosen = model or config.planner.model or DEFAULT_PLANNER_MODEL
-    if repo.is_dirty():
+    if has_uncommitted_work(repo):
         notify(f"warning: {repo.root} has uncommitted changes; the planner sees only {base} = {sha[:12]}")
     count = len(picture.files)
     notify(f"planning with {chosen} ({count} tracked file{'' if count == 1 else 's'} at {base} = {sha[:12]})")
     saved = rejected_path or repo.state_dir / "planner" / f"rejected-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    return ask_model(client, goal=goal, picture=picture, model=chosen, task_types=task_types(config),
-                     max_tokens=max_tokens or config.planner.max_tokens or DEFAULT_MAX_TOKENS, rejected_path=saved,
-                     notify=notify)
+    planned = ask_model(client, goal=goal, picture=picture, model=chosen, task_types=task_types(config),
+                        max_tokens=max_tokens or config.planner.max_tokens or DEFAULT_MAX_TOKENS,
+                        rejected_path=saved, notify=notify)
+    return replace(planned, plan=planned.plan.with_goal(goal.strip()),
+                   default_agent=agent.chosen if agent else None)
 
 
 def make_client() -> anthropic.Anthropic:
@@ -135,11 +144,14 @@ def make_client() -> anthropic.Anthropic:
     return anthropic.Anthropic()
 
 
-def preflight_agents(config: Config, *, agent_cmd: str | None) -> None:
-    """Every agent a planned task could get (one per task type) exists, before the model is paid."""
-    for type_ in {*task_types(config), "general"}:
-        agent_for_task(config, Task(id=TaskId("preflight"), type=type_, description="-"),
-                       agent_cmd=agent_cmd).check_available()
+def preflight_agents(config: Config, *, agent_cmd: str | None) -> DefaultAgent:
+    """Every agent a planned task could get (one per task type) exists, before the model is paid;
+    with no agent configured, the one wswarm chose."""
+    types = sorted({*task_types(config), "general"})
+    chosen = default_agent(config, agent_cmd=agent_cmd, needed=types_use_default(config, types))
+    for type_ in types:
+        agent_for_type(chosen.config, type_, agent_cmd=agent_cmd).check_available()
+    return chosen
 
 
 def task_types(config: Config) -> list[str]:
@@ -149,7 +161,7 @@ def task_types(config: Config) -> list[str]:
 # -- the conversation ---------------------------------------------------------------------------------
 
 def plan_schema(types: Sequence[str]) -> dict[str, Any]:
-    """The input schema of submit_plan: SPEC §3's task fields a model may set (no command, no agent)."""
+    """The input schema of submit_plan: the task fields a model may set (no command, no agent)."""
     task = {
         "type": "object",
         "properties": {
@@ -376,8 +388,8 @@ def _norm(pattern: str) -> str:
 def plan_to_file(*, cwd: Path, goal: str, output: Path | None, force: bool = False, base: str = "HEAD",
                  model: str | None = None, max_tokens: int | None = None, client: anthropic.Anthropic | None = None,
                  notify: Callable[[str], None] = lambda _: None) -> Planned:
-    """`wswarm plan`: plan GOAL and write it to OUTPUT (a JSON array); a refused answer goes next to
-    it as NAME.rejected.json. An existing OUTPUT is refused before the model is asked."""
+    """`wswarm plan`: plan GOAL and write it to OUTPUT (`{"goal": GOAL, "tasks": [...]}`); a refused
+    answer goes next to it as NAME.rejected.json. An existing OUTPUT is refused before the model is asked."""
     rejected = None
     if output is not None:
         output = cwd / output
@@ -391,7 +403,7 @@ def plan_to_file(*, cwd: Path, goal: str, output: Path | None, force: bool = Fal
     planned = plan_goal(cwd=cwd, goal=goal, base=base, model=model, max_tokens=max_tokens, rejected_path=rejected,
                         client=client, notify=notify)
     if output is not None:
-        _write(output, planned.plan.to_json() + "\n")
+        _write(output, planned.plan.to_file_json() + "\n")
     return planned
 
 
@@ -399,7 +411,7 @@ def save_plan(*, cwd: Path, plan: Plan) -> Path:
     """Keep a plan the user did not run (it was paid for) under the state dir; return its path."""
     path = Repo.discover(cwd).state_dir / "planner" / f"plan-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, plan.to_json() + "\n")
+    _write(path, plan.to_file_json() + "\n")
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import tomllib
 import shutil
 import signal
 import threading
@@ -18,7 +19,7 @@ import pygit2
 
 from worktree_swarm import proc
 from worktree_swarm.agents.base import Agent
-from worktree_swarm.agents.registry import agent_for_task
+from worktree_swarm.agents.registry import agent_for_task, default_agent, uses_default
 from worktree_swarm.config import Config, load_config
 from worktree_swarm.errors import EXIT_INTERRUPTED, DiskFullError, UsageError, WswarmError
 from worktree_swarm.gate.detect import with_detected_checks
@@ -45,15 +46,17 @@ class Interrupted(WswarmError):
 @dataclass(frozen=True)
 class StartOptions:
     plan_path: Path | None = None       # a plan file, or
-    plan: Plan | None = None            # a plan already built (by the planner)
+    plan: Plan | None = None            # a plan already built (by the planner, which told the user
+                                        # which agent and configuration are used)
     base: str = "HEAD"
     agents: int | None = None
     max_attempts: int | None = None
     agent_cmd: str | None = None
     timeout: float | None = None
-    title: str | None = None
+    title: str | None = None            # the run's (and the PR's) title; default: the plan's goal
     max_cost: float | None = None       # USD; default [limits] max_cost_usd
     planner_usage: Mapping[str, Any] | None = None   # what planning it cost: Planned.usage()
+    default_agent: str | None = None    # the agent the planner chose for tasks naming none (and said so)
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,15 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     """Validate the plan, config, base and agents; only then create the run and drive it."""
     repo = Repo.discover(cwd)
     require_git(repo.root)
-    config, detected = with_detected_checks(load_config(repo.root), repo.root)
+    loaded = load_config(repo.root)
     plan = _the_plan(options)
+    choice = default_agent(loaded, agent_cmd=options.agent_cmd, needed=uses_default(loaded, plan),
+                           recorded=options.default_agent)
+    if options.plan is None:        # a planned plan: the planner has said both already
+        for line in (choice.note(), config_note(repo.root, loaded)):
+            if line:
+                notify(line)
+    config, detected = with_detected_checks(choice.config, repo.root)
     base = repo.resolve_commit(options.base)
     repo.check_identity()
     swarm_options = SwarmOptions(
@@ -90,7 +100,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     if _has_gitmodules(repo, base) and not config.worktree.setup:
         notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
                "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
-    if repo.is_dirty():
+    if has_uncommitted_work(repo):
         notify(f"warning: {repo.root} has uncommitted changes; they are not included "
                f"(tasks start from {options.base} = {base[:12]})")
 
@@ -100,9 +110,9 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     run_dir = runs_dir(repo.state_dir) / run_id
     opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
             "agent_timeout": swarm_options.agent_timeout, "agent_cmd": options.agent_cmd,
-            "title": options.title or (options.plan_path.stem if options.plan_path else "plan"),
+            "title": options.title or plan.goal or (options.plan_path.stem if options.plan_path else "plan"),
             "plan_path": str(options.plan_path or run_dir / "plan.json"),
-            "max_cost": swarm_options.max_cost,
+            "max_cost": swarm_options.max_cost, "default_agent": choice.chosen,
             # The PR's base must be a branch: HEAD means the branch checked out right now.
             "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
     store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
@@ -115,12 +125,14 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if options.plan_path is None:
-        (run_dir / "plan.json").write_text(plan.to_json() + "\n", encoding="utf-8")
+        (run_dir / "plan.json").write_text(plan.to_file_json() + "\n", encoding="utf-8")
     if options.planner_usage:
         store.add_run_cost(float(options.planner_usage.get("cost_usd") or 0.0))
         store.event("planned", run=run_id, **options.planner_usage)
     store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
-    notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents, integration branch {branch}")
+    slots = slots_needed(plan, store, swarm_options.agents)
+    at_once = f" (at most {slots} at once: the plan allows no more)" if slots < swarm_options.agents else ""
+    notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")
     if detected:
         notify(detected)
     return _drive(repo, config, plan, store, swarm_options, agent_for, view)
@@ -153,9 +165,12 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
             # A run made before heads were recorded: nothing says where the branch was.
             raise UsageError(f"the integration branch {row.integration_branch} of run {row.id} is gone",
                              hint="it cannot be resumed; start a new run")
-        config, detected = with_detected_checks(load_config(repo.root), repo.root)
+        loaded = load_config(repo.root)
         plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
         o = row.options
+        choice = default_agent(loaded, agent_cmd=o.get("agent_cmd"), needed=uses_default(loaded, plan),
+                               recorded=o.get("default_agent"))
+        config, detected = with_detected_checks(choice.config, repo.root)
         swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
                                      agent_timeout=float(o["agent_timeout"]),
                                      max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
@@ -166,6 +181,8 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
     store.set_run(state="running")
     killed, removed = _reconcile(repo, store, RunId(row.id))
     store.event("run-resumed", run=row.id, orphans_killed=killed, worktrees_removed=removed)
+    if choice.note():
+        notify(str(choice.note()))
     notify(f"resuming run {row.id}" + (f": stopped {killed} orphaned agent or check process group(s)"
                                        if killed else ""))
     if detected:
@@ -179,8 +196,8 @@ def _drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swa
     pool: WorktreePool | None = None
     try:
         # Slots start checking out now, while the scheduler reads the state and plans its first launches.
-        pool = open_pool(repo, config.worktree, size=options.agents, fresh_root=worktrees_dir(repo),
-                         start=Sha(row.integration_head or row.base))
+        pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
+                         fresh_root=worktrees_dir(repo), start=Sha(row.integration_head or row.base))
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=pool,
                       agent_for=agent_for, options=options, pool_root=worktrees_dir(repo))
         pr_path = store.dir / "pr.md"
@@ -273,3 +290,31 @@ def agent_resolver(config: Config, plan: Plan, *, agent_cmd: str | None) -> Call
     for agent in {id(a): a for a in agents.values()}.values():
         agent.check_available()
     return lambda task: agents[task.id]
+
+
+def slots_needed(plan: Plan, store: RunStore, agents: int) -> int:
+    """Worktrees the run can use at once: no more than AGENTS, nor than the unmerged tasks that can
+    run side by side (a dependent starts only once what it depends on is merged)."""
+    open_tasks = [t.id for t in store.tasks() if t.status != "merged" and t.id in plan]
+    return max(1, min(agents, plan.width(open_tasks) if open_tasks else 1))
+
+
+def has_uncommitted_work(repo: Repo) -> bool:
+    """Uncommitted changes in the user's checkout, besides an untracked wswarm.toml (read from the
+    checkout by wswarm itself, so it is not left out of anything)."""
+    out = repo.git("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal").stdout
+    return any(line.strip() and line != "?? wswarm.toml" for line in out.splitlines())
+
+
+def config_note(root: Path, config: Config) -> str | None:
+    """One line when wswarm.toml is used while pyproject.toml also has a [tool.wswarm] table."""
+    if config.source is None or config.source.name != "wswarm.toml":
+        return None
+    try:
+        data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "wswarm" not in tool:
+        return None
+    return "config: wswarm.toml is used; the [tool.wswarm] table in pyproject.toml is ignored"

@@ -54,6 +54,12 @@ def forget_slot(repo: Repo, path: Path) -> None:
         (root / f"{path.name}.lock").unlink(missing_ok=True)
 
 
+def count_slots(repo: Repo) -> int:
+    """The slots (worktree folders) the repository has, in use or not."""
+    root = slots_dir(repo)
+    return sum(1 for p in root.glob("slot-*") if p.is_dir()) if root.is_dir() else 0
+
+
 def remove_slots(repo: Repo) -> tuple[int, int]:
     """Remove every slot no running process holds: (removed, in use and left alone)."""
     root = slots_dir(repo)
