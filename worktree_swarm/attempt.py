@@ -284,14 +284,23 @@ class AttemptRunner:
             return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
         return None
 
-    def _commit_leftovers(self, task: Task, worktree: Path) -> None:
-        """Commit what the agent left uncommitted, with the user's identity."""
-        self.repo.git("add", "-A", cwd=worktree)
+    def _commit_leftovers(self, task: Task, worktree: Path) -> list[str]:
+        """Commit what the agent left uncommitted, with the user's identity, except new generated
+        files no one commits (bytecode, node_modules, editor swap files, coverage data, tool caches)
+        even where no .gitignore says so. Returns what was left out, also written to the attempt's
+        leftovers.log; tracked files of those kinds are committed like any other."""
+        left_out = _generated_files(self.repo, worktree)
+        # Pathspec excludes, not an excludes file: `-c core.excludesFile` would replace the user's own.
+        self.repo.git("add", "-A", "--", ".", *(f":(exclude,glob){p}" for p in GENERATED), cwd=worktree)
+        self.repo.git("add", "-u", cwd=worktree)
+        if left_out:
+            _log_left_out(self.store.attempt_dir(task.id, self.store.task(task.id).attempts), left_out)
         if self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
-            return
+            return left_out
         # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
         proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
                  input=f"{task.id}: {task.description}\n")
+        return left_out
 
 
 def _read_link(worktree: Path) -> bytes:
@@ -300,3 +309,31 @@ def _read_link(worktree: Path) -> bytes:
         return (worktree / ".git").read_bytes() if (worktree / ".git").is_file() else b""
     except OSError:
         return b""
+
+
+# What tools leave in a checkout and no user commits: left out of the leftover commit when new.
+GENERATED_DIRS = ("__pycache__", "node_modules", "htmlcov", ".pytest_cache", ".mypy_cache", ".ruff_cache")
+GENERATED_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp", "*.swo", "*~", ".coverage", ".coverage.*")
+GENERATED = tuple(f"**/{name}/**" for name in GENERATED_DIRS) + tuple(f"**/{name}" for name in GENERATED_FILES)
+
+
+def _generated_files(repo: Repo, worktree: Path) -> list[str]:
+    """The untracked, not ignored generated files in WORKTREE: a folder of them as `folder/ (N files)`."""
+    out = repo.git("ls-files", "-z", "--others", "--exclude-standard", "--",
+                   *(f":(glob){p}" for p in GENERATED), cwd=worktree).stdout
+    counts: dict[str, int] = {}
+    for path in filter(None, out.split("\0")):
+        parts = path.split("/")
+        top = next((i for i, part in enumerate(parts[:-1]) if part in GENERATED_DIRS), None)
+        key = path if top is None else "/".join(parts[:top + 1]) + "/"
+        counts[key] = counts.get(key, 0) + 1
+    return [key if not key.endswith("/") else f"{key} ({n} file{'s' if n > 1 else ''})"
+            for key, n in sorted(counts.items())]
+
+
+def _log_left_out(adir: Path, left_out: list[str]) -> None:
+    text = ("Not committed with the agent's leftovers: generated files no one commits (add them in a commit "
+            "of your own, or have the agent commit them, if they belong in the repository):\n"
+            + "".join(f"  {entry}\n" for entry in left_out))
+    with open(adir / "leftovers.log", "a", encoding="utf-8", errors="replace") as log:
+        log.write(text)
