@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from worktree_swarm import __version__
 from worktree_swarm.errors import WswarmError, crash_log
@@ -19,12 +22,68 @@ from worktree_swarm.ui.live import watch
 if TYPE_CHECKING:
     from worktree_swarm.planner import Planned
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+_REQUIRED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
+
+
+def _usage(pieces: list[str]) -> list[str]:
+    """Usage lines as the docs write them: `wswarm logs [OPTIONS] TASK`, not typer's `{task}`."""
+    return [_REQUIRED.sub(r"\1\2", piece) for piece in pieces]
+
+
+def _untyped_flags(params: list[Any]) -> None:
+    """A flag takes no value: no `<bool>` beside --help, --version, --yes."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return _usage(super().collect_usage_pieces(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return _usage(super().collect_usage_pieces(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _Console(SafeConsole):
+    """Output whose reader may go away (`wswarm start | head -2`): the run is not stopped for it."""
+
+    def on_broken_pipe(self) -> None:
+        # rich's own exits the process (and points fd 1 at /dev/null whichever stream broke).
+        self.quiet = True
+        _to_devnull(self.file)
+
+
+def _to_devnull(stream: IO[str]) -> None:
+    """Send what STREAM still gets (and what its buffer holds) to /dev/null: the reader is gone,
+    and Python's own flush at exit must not fail the command either."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
                   help="Run many coding agents on one repository: a task DAG, a worktree per task, "
                        "a quality gate, an in-memory merge train, one combined PR.")
 # Much of what these show was written by a model or an agent: never markup, never a control sequence.
-out = SafeConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 T = TypeVar("T")
 EXIT_INTERNAL = 3
 
@@ -56,18 +115,24 @@ def _emit(text: str) -> None:
 def _write(text: str) -> None:
     """TEXT to stdout: byte for byte into a file or a pipe; on a terminal without the control sequences
     an agent's output may carry (a title change, a cleared screen, a rewritten line)."""
-    sys.stdout.write(terminal_text(text) if sys.stdout.isatty() else text)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(terminal_text(text) if sys.stdout.isatty() else text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _to_devnull(sys.stdout)
 
 
 def _notify(message: str) -> None:
     err.print(message, markup=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def start(
-    goal: Annotated[str | None, typer.Argument(help="What the swarm should achieve; a model plans it.")] = None,
+    goal: Annotated[str | None, typer.Argument(metavar="GOAL",
+                                               help="What the swarm should achieve; a model plans it.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", "-p", help="A plan file (JSON or TOML) to run.")] = None,
+    title: Annotated[str | None, typer.Option(help="The run's and the PR's title. Default: the goal "
+                                                   "(a plan file's \"goal\"), else the file's name.")] = None,
     base: Annotated[str, typer.Option(help="The commit tasks start from.")] = "HEAD",
     agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once.")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=20, help="Attempts per task.")] = None,
@@ -81,13 +146,22 @@ def start(
 ) -> None:
     """Plan GOAL with the model (or take --plan), then run it: a worktree per task, the gate, one branch."""
     from worktree_swarm import run
+    from worktree_swarm.errors import UsageError
 
+    def one_goal() -> None:
+        if goal is not None and plan is not None:
+            raise UsageError("give a goal or --plan, not both: a plan file is run as it is (its own \"goal\" "
+                             "names the run; --title \"TITLE\" renames it)")
+
+    _call(one_goal)
     planned = None
     if plan is None:
         planned = _plan_for_start(goal, base=base, model=model, max_tokens=max_tokens, agent_cmd=agent_cmd, yes=yes)
     options = run.StartOptions(plan_path=plan, plan=planned.plan if planned else None, base=base, agents=agents,
-                               max_attempts=max_attempts, agent_cmd=agent_cmd, timeout=timeout, title=goal,
-                               max_cost=max_cost, planner_usage=planned.usage() if planned else None)
+                               max_attempts=max_attempts, agent_cmd=agent_cmd, timeout=timeout,
+                               title=title or goal, max_cost=max_cost,
+                               planner_usage=planned.usage() if planned else None,
+                               default_agent=planned.default_agent if planned else None)
     result = _call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
     _finish(result)
@@ -137,10 +211,11 @@ def _show_plan(planned: Planned) -> None:
               f"${planned.cost_usd:.4f}" + (" (after one repair round)" if planned.rounds > 1 else ""), markup=False)
 
 
-@app.command("plan")
+@app.command("plan", cls=Command)
 def plan_cmd(
-    goal: Annotated[str, typer.Argument(help="What the swarm should achieve.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan here (JSON).")] = None,
+    goal: Annotated[str, typer.Argument(metavar="GOAL", help="What the swarm should achieve.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan, with its goal, "
+                                                "here (JSON).")] = None,
     base: Annotated[str, typer.Option(help="The commit the planner looks at (and tasks will start from).")] = "HEAD",
     model: Annotated[str | None, typer.Option(help="The planner's model.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
@@ -153,7 +228,7 @@ def plan_cmd(
                                                  model=model, max_tokens=max_tokens, notify=_notify))
     _show_plan(planned)
     if output is None:
-        _emit(planned.plan.to_json())
+        _emit(planned.plan.to_file_json())
     else:
         _notify(f"wrote {output}; run it with: wswarm start --plan {output}")
 
@@ -169,7 +244,7 @@ def _finish(result: object) -> None:
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(cls=Command)
 def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
            ) -> None:
     """Continue an interrupted run; finished work is kept."""
@@ -180,10 +255,10 @@ def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Def
     _finish(result)
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object (SPEC §8).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object (with --all: an array of them).")] = False,
     all_runs: Annotated[bool, typer.Option("--all", help="List every run.")] = False,
     watch_: Annotated[bool, typer.Option("--watch", help="Follow the run live until it finishes or stops.")] = False,
 ) -> None:
@@ -214,6 +289,8 @@ def status(
     if isinstance(loaded, list):
         if as_json:
             _emit(json.dumps(loaded, indent=2))
+        elif not loaded:
+            _notify('no runs yet (start one with: wswarm start "GOAL", or wswarm demo)')
         for row in [] if as_json else loaded:
             tasks = row["tasks"]
             assert isinstance(tasks, list)
@@ -231,11 +308,13 @@ def status(
         loaded.close()
 
 
-@app.command()
+@app.command(cls=Command)
 def pr(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     push: Annotated[str | None, typer.Option(metavar="REMOTE", help="Push the integration branch.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the PR with gh (needs --push).")] = False,
+    title: Annotated[str | None, typer.Option(help="The PR's title here. Default: the run's title "
+                                                   "(start --title, or its goal).")] = None,
 ) -> None:
     """Print the combined PR body; optionally push the branch and open the PR."""
     from worktree_swarm import pr as prmod
@@ -248,6 +327,8 @@ def pr(
         store = RunStore.open(find_run(repo.state_dir, run_id))
         try:
             row, tasks = store.run(), store.tasks()
+            if title is not None:
+                row = dataclasses.replace(row, options={**row.options, "title": title})
             body = prmod.render_pr(row, tasks, store.attempts(), store.events())
         finally:
             store.close()
@@ -266,7 +347,7 @@ def pr(
     _emit(_call(go))
 
 
-@app.command()
+@app.command(cls=Command)
 def clean(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="Every run of this repository.")] = False,
@@ -284,11 +365,14 @@ def clean(
         removed += f", {done.slots} slots"
     busy = f" ({done.slots_in_use} slots in use by a running wswarm were left alone)" if done.slots_in_use else ""
     _emit((f"cleaned {', '.join(done.runs)}: {removed} removed" if done.runs else f"removed {done.slots} slots") + busy)
+    if done.slots_kept:
+        _notify(f"kept {done.slots_kept} reusable worktree slot{'s' if done.slots_kept > 1 else ''} for the next "
+                "runs; remove them with: wswarm clean --slots")
 
 
-@app.command()
+@app.command(cls=Command)
 def logs(
-    task: Annotated[str, typer.Argument(help="The task id.")],
+    task: Annotated[str, typer.Argument(metavar="TASK", help="The task id.")],
     run_id: Annotated[str | None, typer.Option("--run", metavar="RUN", help="Default: the newest run.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output and new attempts "
                                          "until the task is settled or the run stops.")] = False,
@@ -296,12 +380,14 @@ def logs(
     """Print a task's attempt logs (agent output, setup and gate checks)."""
     from worktree_swarm.git.repo import Repo
     from worktree_swarm.state import RunStore, find_run
-    from worktree_swarm.ui.follow import LogFollower
+    from worktree_swarm.ui.follow import LogFollower, log_files
 
     def go() -> None:
         store = RunStore.open(find_run(Repo.discover(Path.cwd()).state_dir, run_id))
         try:
-            store.task(task)
+            row = store.task(task)
+            if not log_files(store, task):
+                _notify(_no_logs_yet(task, row.status, following=follow and store.is_live()))
             follower = LogFollower(store, task, _write)
             if follow:
                 follower.follow()
@@ -314,7 +400,18 @@ def logs(
     _call(go)
 
 
-@app.command()
+def _no_logs_yet(task: str, status: str, *, following: bool) -> str:
+    """Why a task has no log to show, instead of a blank screen."""
+    if status == "pending":
+        what = f"task {task} has not started yet (it waits for its dependencies or a free agent)"
+    elif status == "blocked":
+        what = f"task {task} never started: a task it depends on failed"
+    else:
+        what = f"task {task} has no logs yet ({status})"
+    return what + ("; waiting for its output (Ctrl-C stops waiting)" if following else "")
+
+
+@app.command(cls=Command)
 def dashboard(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1; 0 picks a free one.")] = 8767,
@@ -331,7 +428,7 @@ def dashboard(
     server.serve()
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the sample repository.")] = None,
 ) -> None:
@@ -347,7 +444,7 @@ def demo(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(cls=Command)
 def gate(
     ref: Annotated[str | None, typer.Option("--ref", metavar="REF",
                                             help="Judge this commit, checked out in a temporary worktree.")] = None,
@@ -377,11 +474,11 @@ def gate(
     raise typer.Exit(0 if outcome.report.passed else 1)
 
 
-hook_app = typer.Typer(no_args_is_help=True, help="git's pre-merge-commit hook: the gate before every merge commit.")
+hook_app = typer.Typer(no_args_is_help=True, cls=Group, help="git's pre-merge-commit hook: the gate before every merge commit.")
 app.add_typer(hook_app, name="hook")
 
 
-@hook_app.command("install")
+@hook_app.command("install", cls=Command)
 def hook_install() -> None:
     """Install the pre-merge-commit hook for every worktree of this repository (an existing hook is chained)."""
     from worktree_swarm import hooks
@@ -396,9 +493,24 @@ def hook_install() -> None:
                     "look in their own folder")
     if done.chained is not None:
         _notify(f"your previous hook is kept as {done.chained} and runs first; its failure blocks the merge too")
+    _notify(_fast_forward_note(Path.cwd()))
 
 
-@hook_app.command("uninstall")
+def _fast_forward_note(cwd: Path) -> str:
+    """git runs pre-merge-commit only when a merge makes a merge commit; say what merge.ff means for it."""
+    from worktree_swarm import proc
+
+    ff = proc.git("config", "--get", "merge.ff", cwd=cwd, check=False, as_configured=True).stdout.strip().lower()
+    note = "note: git runs this hook only for merges that make a merge commit; a fast-forward merge skips it"
+    if ff == "false":
+        return note + " (merge.ff = false here: every merge makes one)"
+    if ff == "only":
+        return note + ", and merge.ff = only here allows nothing else: the hook never runs"
+    return note + (" (to gate every merge here: git config merge.ff false, so git merge and git pull always "
+                   "make a merge commit; or merge with --no-ff)")
+
+
+@hook_app.command("uninstall", cls=Command)
 def hook_uninstall() -> None:
     """Remove wswarm's pre-merge-commit hook and restore the hook it replaced."""
     from worktree_swarm import hooks
@@ -420,12 +532,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version.")] = False) -> None:
+                                                help="Print the version and exit.")] = False) -> None:
     pass
 
 
 def main() -> None:
     try:
-        app()
+        # The same usage lines whether run as `wswarm` or `python -m worktree_swarm` (as the hook runs it).
+        app(prog_name="wswarm")
     except KeyboardInterrupt:
         sys.exit(130)
