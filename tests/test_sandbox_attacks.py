@@ -430,3 +430,78 @@ def test_a_git_checkout_inside_an_ignored_folder_is_a_dependency_not_an_attack(r
                                                 "dependencies": [], "files": []}])
     res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --- a second red-team round ---------------------------------------------------------------------
+
+def nested_repo_disguised_as_submodule(marker: Path) -> str:
+    """Run in the sandbox: a nested repository whose `.git` file says `gitdir:  g` (git reads " g",
+    a folder in the worktree), beside a link `g` into the common dir's modules folder."""
+    return textwrap.dedent(f"""
+        set -e
+        export GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@b GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@b
+        COMMON=$(dirname $(dirname $(sed 's/^gitdir: //' .git)))
+        rm -rf lib && mkdir lib && cd lib
+        git init -q . && echo x > x && git add x && git commit -q -m x
+        mv .git " g"
+        printf 'gitdir:  g\\n' > .git
+        ln -s "$COMMON/modules/g" g
+        printf '#!/bin/sh\\nenv > {marker}\\ncat\\n' > " g/f.sh"; chmod +x " g/f.sh"
+        git config filter.ev.clean "'$PWD/ g/f.sh'"
+        echo '* filter=ev' > " g/info/attributes"
+        touch -d 2001-01-01 x
+        echo planted
+    """)
+
+
+@needs_bwrap
+def test_a_nested_repository_dressed_as_a_submodule_is_still_refused(repo: Repo, tmp_path: Path,
+                                                                     fake_api: FakeAnthropic) -> None:
+    marker = Path("/tmp") / f"wswarm-nested-{os.getpid()}-{tmp_path.name}.env"   # only code outside can write it
+    try:
+        configure_builtin(repo)
+        fake_api.on("task first", tool_use("run", {"argv": ["sh", "-c", nested_repo_disguised_as_submodule(marker)]}))
+        fake_api.on("planted", tool_use("write", {"path": "first.txt", "content": "hello\n"}))
+        fake_api.on(None, text("Done."), times=0)
+        plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "general", "description": "task first",
+                                                    "dependencies": [], "files": []}])
+        res = wswarm(repo.path, "start", "--plan", str(plan), "--max-attempts", "1")
+        assert not marker.exists(), res.stdout + res.stderr
+        [task] = wswarm(repo.path, "status", "--json").json()["tasks"]
+        assert task["status"] == "failed" and "git repository inside its worktree" in task["reason"]
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+@needs_bwrap
+def test_a_bin_folder_on_path_does_not_give_the_home_back(wt: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          home_outside_tmp: Path) -> None:
+    home = home_outside_tmp
+    (home / "diary.txt").write_text("secret thoughts\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home}/bin:{home}/.local/bin:{os.environ['PATH']}")   # ~/bin need not exist
+    text, _ = run(sandboxed(wt), ["sh", "-c", f"cat {home}/diary.txt; echo end"])
+    assert "secret thoughts" not in text
+
+
+@needs_bwrap
+def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(repo: Repo, tmp_path: Path,
+                                                           fake_api: FakeAnthropic) -> None:
+    configure_builtin(repo)
+    fake_api.on("bad name", tool_use("run", {"argv": ["python3", "-c",
+                                                      "open(b'bad\\xffname.txt', 'wb').write(b'x'); print('planted')"]}))
+    fake_api.on("planted", tool_use("list", {"recursive": True}))
+    fake_api.on(None, text("Done."), times=0)
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "t", "type": "general", "description": "bad name", "dependencies": [], "files": []}])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--max-attempts", "1")
+    assert "internal error" not in res.stderr, res.stderr
+    assert any("name.txt" in json.dumps(m.body) for m in fake_api.messages())
+
+
+def test_everyday_secret_names_never_reach_untrusted_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ("MYSQL_PWD", "DB_PASS", "SMTP_PASS", "GITHUB_PAT", "SENTRY_DSN")
+    for name in names:
+        monkeypatch.setenv(name, "s3cr3t" if name != "SENTRY_DSN" else "https://abc123key@o1.ingest.sentry.io/1")
+    env = untrusted_env()
+    assert not set(names) & set(env) and "PATH" in env and "PWD" not in names

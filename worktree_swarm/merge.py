@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pygit2
+
 from worktree_swarm.errors import EXIT_TASKS_FAILED, RefMovedError
 from worktree_swarm.git.merge import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
@@ -54,13 +56,28 @@ class Integration:
         done: list[str] = []
         found = self.repo.branch_sha(self.branch)
         if self._pending is not None:
-            if found == self._pending:
+            if found == self._pending and self._our_merge(Sha(self._pending)):
                 self.head = Sha(self._pending)
                 done.append(f"finished recording a move to {self._pending[:12]} that a crash interrupted")
             self._pending = None
             self.store.set_run(integration_head=self.head, integration_pending=None)
         self.verify()
         return done
+
+    def _our_merge(self, commit: Sha) -> bool:
+        """Whether COMMIT is a merge the train would have made: on the recorded head, of the head of
+        an attempt that passed its gate, with the tree merge-tree makes of the two. A pending value
+        is only a claim (the state file is writable by anything running as the user); git's objects
+        are checked instead of it being believed."""
+        try:
+            parents = [Sha(str(p)) for p in self.repo.pygit[commit].peel(pygit2.Commit).parent_ids]
+        except (KeyError, ValueError):
+            return False
+        gated = {a.head for a in self.store.attempts() if a.outcome in ("gated", "merged") and a.head}
+        if len(parents) != 2 or parents[0] != self.head or parents[1] not in gated:
+            return False
+        merged = merge_tree(self.repo, parents[0], parents[1])
+        return merged.tree is not None and merged.tree == self.repo.tree_of(commit)
 
     def verify(self) -> None:
         """The ref is where the run left it; a deleted one is recreated from the recorded head."""

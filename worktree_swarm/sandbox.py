@@ -40,8 +40,9 @@ _PRIVATE = ("/tmp", "/run", "/var/run", "/var/tmp", "/dev/shm")
 
 
 # Credentials by name: the model API's keys, cloud and forge tokens, agent sockets.
-_CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
+_CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|CREDENTIAL|AUTH|COOKIE|DSN|PRIVATE|_PWD$|_PAT$",
+                              re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"://[^/@\s]+@")
 _CREDENTIAL_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "AWS_", "AZURE_", "CLOUDSDK_", "GOOGLE_", "OPENAI_", "VAULT_",
                         "DOCKER_", "KUBECONFIG", "GPG_", "SSH_")
 
@@ -121,8 +122,12 @@ class Sandbox:
         for entry in env.get("PATH", "").split(os.pathsep):
             if entry and os.path.isabs(entry):
                 real = Path(os.path.realpath(entry))
-                # A venv's or a prefix's bin/: its lib/ is needed too.
-                wanted.append(real.parent if real.name == "bin" else real)
+                wanted.append(real)
+                # A venv's or a prefix's bin/ needs its lib/ too; never a home given back whole (~/bin).
+                prefix = real.parent
+                if real.name == "bin" and ((prefix / "pyvenv.cfg").exists() or (prefix / "lib").is_dir()):
+                    if home is None or (prefix != home and prefix.parent != home):
+                        wanted.append(prefix)
         for path in self.writable:
             git_dir = _linked_git_dir(path)
             if git_dir is not None:

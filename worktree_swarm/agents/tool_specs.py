@@ -69,6 +69,14 @@ TOOL_SPECS: list[dict[str, Any]] = [
 
 
 def call_tool(name: str, args: Any, *, workspace: Workspace, runner: Runner) -> tuple[str, bool]:
+    """Carry out one tool call: (text for the model, whether it is an error), as valid UTF-8 text
+    whatever file names or bytes the worktree holds (a name that is not UTF-8 would otherwise
+    break the request to the API)."""
+    text, is_error = _call_tool(name, args, workspace=workspace, runner=runner)
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"), is_error
+
+
+def _call_tool(name: str, args: Any, *, workspace: Workspace, runner: Runner) -> tuple[str, bool]:
     """Carry out one tool call: (text for the model, whether it is an error). Never raises for a
     refusal or a failing file operation: the model is told and decides what to do next."""
     handlers: dict[str, Callable[[dict[str, Any]], str]] = {

@@ -17,7 +17,7 @@ def nested_repositories(root: Path, *, common_dir: Path) -> list[str]:
     A submodule's `.git` file pointing into the common dir's modules folder is wswarm's own
     checkout of a submodule and is not listed."""
     found: list[str] = []
-    modules = os.path.realpath(common_dir / "modules")
+    modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
     stack = [str(root)]
     while stack:
         folder = stack.pop()
@@ -38,16 +38,19 @@ def nested_repositories(root: Path, *, common_dir: Path) -> list[str]:
 
 
 def _points_into(gitfile: str, folder: str) -> bool:
+    """Whether the `.git` file points into FOLDER, read exactly as git reads it (bytes; only the
+    line end stripped: `gitdir:  g` names " g"), with no link on the way."""
     try:
         with open(gitfile, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
-            text = f.read(4096).decode("utf-8", errors="replace")
+            raw = f.read(4096)
     except OSError:
         return False
-    if not text.startswith("gitdir: "):
+    if not raw.startswith(b"gitdir: "):
         return False
-    target = os.path.realpath(os.path.join(os.path.dirname(gitfile), text.removeprefix("gitdir: ").strip()))
-    return target.startswith(folder + os.sep)
-
+    named = os.path.join(os.fsencode(os.path.dirname(gitfile)), raw[len(b"gitdir: "):].split(b"\n")[0].rstrip(b"\r"))
+    plain = os.path.normpath(os.fsdecode(named))
+    # Spelled into FOLDER and really there: a link in the worktree pointing into it does not count.
+    return plain.startswith(folder + os.sep) and os.path.realpath(plain) == plain
 
 def remove(root: Path, relative: list[str]) -> None:
     """Delete the entries at RELATIVE paths under ROOT (a link is removed, never followed)."""
