@@ -166,3 +166,22 @@ def test_an_agent_that_rewrites_its_git_link_fails_and_nothing_lands_elsewhere(r
     assert repo.git("log", "-1", "--format=%s", "main") == "plan"      # run() committed the plan last
     assert repo.git("status", "--porcelain", "--untracked-files=no") == ""
     idle_slots(repo)
+
+
+def test_a_hooks_folder_swapped_for_a_link_is_put_back_without_touching_its_target(repo: Repo,
+                                                                                   tmp_path: Path) -> None:
+    git_repo = GitRepo.discover(repo.path)
+    hooks = repo.path / ".git" / "hooks"
+    (hooks / "pre-merge-commit").write_text("#!/bin/sh\nexit 0\n")
+    before = guard.snapshot(git_repo)
+    users = tmp_path / "users-folder"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine\n")
+    hooks.rename(tmp_path / "old-hooks")
+    hooks.symlink_to(users, target_is_directory=True)
+    after = guard.snapshot(git_repo)
+    assert any(c.kind == "code" for c in guard.compare(before, after))
+    guard.restore_code(git_repo, before, after)
+    assert hooks.is_dir() and not hooks.is_symlink()
+    assert (hooks / "pre-merge-commit").read_text() == "#!/bin/sh\nexit 0\n"
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]

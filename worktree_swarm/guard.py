@@ -93,10 +93,14 @@ def _code_files(common: Path) -> dict[str, bytes]:
     their place is recorded as its target's name, so it shows as a change)."""
     out: dict[str, bytes] = {}
     names = list(CODE_FILES)
-    try:
-        names += [f"{HOOKS}/{entry.name}" for entry in os.scandir(common / HOOKS)]
-    except OSError:
-        pass
+    if (common / HOOKS).is_symlink():
+        # The hooks folder itself swapped for a link: one change, never a folder to walk through.
+        out[HOOKS] = b"a link to " + os.fsencode(os.readlink(common / HOOKS))
+    else:
+        try:
+            names += [f"{HOOKS}/{entry.name}" for entry in os.scandir(common / HOOKS)]
+        except OSError:
+            pass
     for name in names:
         path = common / name
         try:
@@ -180,8 +184,15 @@ def restore_code(repo: Repo, before: Snapshot, after: Snapshot) -> list[str]:
     (under wswarm's folder, never run), so nothing anyone wrote is lost."""
     aside = repo.state_dir / "tampered" / time.strftime("%Y%m%d-%H%M%S")
     done: list[str] = []
+    hooks = repo.common_dir / HOOKS
+    if hooks.is_symlink():
+        # Put aside the link itself (never what it points at) and make the folder again.
+        aside.mkdir(parents=True, exist_ok=True)
+        os.replace(hooks, aside / HOOKS)
+        hooks.mkdir()
+        done.append(f".git/{HOOKS}")
     for name in sorted(set(before.code) | set(after.code)):
-        if before.code.get(name) == after.code.get(name):
+        if before.code.get(name) == after.code.get(name) or name == HOOKS:
             continue
         path = repo.common_dir / name
         if os.path.lexists(path):
