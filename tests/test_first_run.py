@@ -204,6 +204,10 @@ def test_leftover_commits_leave_generated_files_out_and_say_so(repo: Repo, tmp_p
     for entry in (".DS_Store", ".coverage", "app/.health.py.swp", "app/health.py~", "app/__pycache__/ (1 file)",
                   "node_modules/ (1 file)", "htmlcov/ (1 file)", ".pytest_cache/ (1 file)"):
         assert f"  {entry}\n" in logs, logs
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    [excluded] = [e for e in events if e["kind"] == "leftovers-excluded"]
+    assert "node_modules/ (1 file)" in excluded["files"] and excluded["attempt"] == 1
 
 
 # -- smaller ones --------------------------------------------------------------------------------------

@@ -165,7 +165,9 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        self._commit_leftovers(task, worktree)
+        left_out = self._commit_leftovers(task, worktree)
+        if left_out:
+            self.store.event("leftovers-excluded", task.id, attempt=out.n, files=[redact_secrets(p) for p in left_out])
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
         residue.remove(worktree, [p for p in self.repo.git("ls-files", "-z", "--others", "--exclude-standard",
                                                            cwd=worktree).stdout.split("\0") if p])

@@ -59,6 +59,8 @@ def _describe(event: dict[str, Any]) -> str:
             (" (recovered)" if event.get("recovered") else "")
     if kind == "conflict":
         return f"merge conflict in {files}{at}"
+    if kind == "leftovers-excluded":
+        return f"not committed (generated files): {files}"
     if kind in ("requeued", "failed", "blocked", "ejected", "gate-failed", "agent-failed", "timeout", "no-op",
                 "error"):
         label = {"requeued": "re-queued", "gate-failed": "gate failed", "agent-failed": "agent failed",
