@@ -47,13 +47,16 @@ _CREDENTIAL_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "AWS_", "AZURE_", "CLOUDSDK_", 
                         "DOCKER_", "KUBECONFIG", "GPG_", "SSH_")
 
 
+def is_credential(name: str, value: str) -> bool:
+    """Whether an environment variable holds a credential, by its name or by its value."""
+    return bool(name.startswith(_CREDENTIAL_PREFIXES) or _CREDENTIAL_NAME.search(name) or _URL_PASSWORD.search(value))
+
+
 def untrusted_env(extra: Mapping[str, str] | None = None, *, keep: Sequence[str] = ()) -> dict[str, str]:
     """The environment for code an agent wrote or could have changed: ours without credentials
     (unless named in KEEP) or git's per-call variables, plus EXTRA. A value holding a URL with a
     password in it (DATABASE_URL, HTTPS_PROXY) is a credential too, whatever its name."""
-    env = {k: v for k, v in proc.clean_env().items()
-           if k in keep or not (k.startswith(_CREDENTIAL_PREFIXES) or _CREDENTIAL_NAME.search(k)
-                                or _URL_PASSWORD.search(v))}
+    env = {k: v for k, v in proc.clean_env().items() if k in keep or not is_credential(k, v)}
     env.update(extra or {})
     return env
 

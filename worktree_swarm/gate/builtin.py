@@ -15,6 +15,8 @@ from typing import Literal
 
 from unidiff.patch import PatchedFile, PatchSet
 
+from worktree_swarm.sandbox import is_credential
+
 Severity = Literal["fail", "warn"]
 
 CHECK_NAMES = ("conflict-markers", "secrets", "binaries", "declared-files")
@@ -138,12 +140,10 @@ def _secrets(path: str, added: list[tuple[int | None, str]], *, where: str = "")
     return findings
 
 
-_SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
-
-
 def secret_env_values(environ: Mapping[str, str]) -> list[str]:
-    """Values of environment variables whose names say they are secrets (long enough to matter)."""
-    return [v for k, v in environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 8]
+    """Values of environment variables that hold credentials (the rule the sandbox keeps them out
+    by), long enough to matter."""
+    return [v for k, v in environ.items() if is_credential(k, v) and len(v) >= 8]
 
 
 def redact_secrets(text: str, *, known: Iterable[str] = ()) -> str:
