@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import default_tmp, filesystem, machine  # noqa: E402
 from sides import BenchError, bench_env, git  # noqa: E402
 
-from worktree_swarm.admission import folder_bytes  # noqa: E402
+from worktree_swarm.swarm.admission import folder_bytes  # noqa: E402
 from worktree_swarm.git.repo import Repo  # noqa: E402
 from worktree_swarm.git.slots import SlotPool  # noqa: E402
-from worktree_swarm.types import BranchName, Sha  # noqa: E402
+from worktree_swarm.util.types import BranchName, Sha  # noqa: E402
 
 FILES_PER_DIR = 50
 

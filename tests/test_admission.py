@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import Repo, wswarm, write_plan
-from worktree_swarm.admission import Admission, Throttle
+from worktree_swarm.swarm.admission import Admission, Throttle
 from worktree_swarm.config import LimitsConfig, parse_config
-from worktree_swarm.errors import ConfigError
+from worktree_swarm.util.errors import ConfigError
 
 # Each agent records when it ran; "pair" agents wait (up to 10 s) for their partner to be running too.
 AGENT = textwrap.dedent("""

@@ -22,9 +22,9 @@ from worktree_swarm.agents.pricing import cost_usd, price_of
 from worktree_swarm.agents.registry import make_agent
 from worktree_swarm.agents.tool_loop import AnthropicAgent
 from worktree_swarm.config import DEFAULT_AGENT_MODEL, AgentConfig
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.plan import Task
-from worktree_swarm.types import RunId, Sha, TaskId
+from worktree_swarm.util.types import RunId, Sha, TaskId
 
 SECRET = "TOP-SECRET-OUTSIDE-0451"
 KEY = "sk-ant-test-0123456789abcdef0123456789"          # what the fake_api fixture exports

@@ -30,10 +30,10 @@ from worktree_swarm.agents.claude_permit import answer, decide
 from worktree_swarm.agents.claude_stream import parse_stream, tool_activity
 from worktree_swarm.agents.registry import make_agent
 from worktree_swarm.config import AgentConfig
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.plan import Task
-from worktree_swarm.state import RunStore
-from worktree_swarm.types import RunId, Sha, TaskId
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.util.types import RunId, Sha, TaskId
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from worktree_swarm.config import load_config
-from worktree_swarm.errors import ConfigError
+from worktree_swarm.util.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str, name: str = "wswarm.toml") -> Path:

@@ -17,7 +17,7 @@ from rich.console import Console
 from conftest import Repo, wswarm, write_plan
 from worktree_swarm.gate.baseline import judge
 from worktree_swarm.gate.report import CheckResult, GateReport, check_findings, findings
-from worktree_swarm.state import RunStore
+from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.ui.api import tasks_data
 from worktree_swarm.ui.feed import EventTail, Feed
 from worktree_swarm.ui.live import render

@@ -136,7 +136,7 @@ def test_a_probe_whose_setup_failed_runs_and_remembers_nothing(repo: Repo, tmp_p
     from worktree_swarm.gate.cache import GateCache, cache_key
     from worktree_swarm.gate.probe import Prober
     from worktree_swarm.git.repo import Repo as GitRepo
-    from worktree_swarm.types import Sha
+    from worktree_swarm.util.types import Sha
 
     counter = tmp_path / "ran"
     check = CheckConfig(name="count", run=f"echo ran >> {counter}")

@@ -15,15 +15,15 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import Repo, git
-from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError, UsageError
+from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError, UsageError
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
-from worktree_swarm.git.merge import MergeTree, commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import MergeTree, commit_tree, merge_tree
 from worktree_swarm.git.refs import encode, integration_branch, task_branch, task_branch_prefix
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreeInfo, list_worktrees, remove_worktree
-from worktree_swarm.merge import Integration, IntegrationMovedError, merge_message
-from worktree_swarm.state import RunStore, find_run, list_runs
-from worktree_swarm.types import BranchName, RunId, Sha
+from worktree_swarm.train.integration import Integration, IntegrationMovedError, merge_message
+from worktree_swarm.store.run_store import RunStore, find_run, list_runs
+from worktree_swarm.util.types import BranchName, RunId, Sha
 
 RUN = RunId("20240101-000000-abcd")
 
@@ -646,7 +646,7 @@ def test_a_run_of_an_older_wswarm_is_brought_up_to_date_and_one_of_a_newer_is_re
 HOLDER = """\
 import sys, time
 from pathlib import Path
-from worktree_swarm.state import RunStore
+from worktree_swarm.store.run_store import RunStore
 store = RunStore.open(Path(sys.argv[1]))
 print("locked" if store.acquire_lock() else "refused", flush=True)
 time.sleep(120)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Repo, idle_slots, wswarm, write_plan
-from worktree_swarm import guard
+from worktree_swarm.swarm import guard
 from worktree_swarm.git.repo import Repo as GitRepo
 
 # Attempt 1 misbehaves as told by MISCHIEF; attempt 2 (with the feedback) does its work properly.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Repo, wswarm
-from worktree_swarm import hooks
+from worktree_swarm.commands import hook as hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<" * 7 + " HEAD\n"      # built at run time: this file holds no conflict marker line

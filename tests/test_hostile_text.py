@@ -29,12 +29,12 @@ from markdown_it.token import Token
 
 from conftest import WSWARM, Repo, Result, git, wswarm, write_plan
 from tests.fakeapi import FakeAnthropic, tool_use
-from worktree_swarm.errors import crash_log
+from worktree_swarm.util.errors import crash_log
 from worktree_swarm.gate.report import CheckResult, GateReport
-from worktree_swarm.pr import render_pr
-from worktree_swarm.state import AttemptRow, RunRow, TaskRow
-from worktree_swarm.textsafe import md_cell, md_code, md_fence, md_text, terminal_text
-from worktree_swarm.types import RunId
+from worktree_swarm.commands.pr import render_pr
+from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
+from worktree_swarm.util.textsafe import md_cell, md_code, md_fence, md_text, terminal_text
+from worktree_swarm.util.types import RunId
 
 # What a terminal acts on: a window title (OSC 0, BEL-terminated), a cleared screen, a colour.
 TITLE = "\x1b]0;pwned\x07"

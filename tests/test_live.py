@@ -15,7 +15,7 @@ from rich.console import Console
 
 from conftest import Repo, wswarm
 from live_run import WAITING_AGENT, LiveRun, need_tool, wait_for
-from worktree_swarm.state import RunStore
+from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.ui.feed import RECENT, EventTail, Feed
 from worktree_swarm.ui.live import render
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from conftest import Repo, idle_slots, wswarm, write_plan
-from worktree_swarm.merge_gate import first_bad
+from worktree_swarm.train.result_gate import first_bad
 
 # Imports every module of the package and calls its main(): green on each branch alone, red when
 # one branch renames what another one starts to use.

@@ -8,9 +8,9 @@ import pathlib
 import networkx
 import pytest
 
-from worktree_swarm.errors import EXIT_USAGE, PlanError, UsageError
+from worktree_swarm.util.errors import EXIT_USAGE, PlanError, UsageError
 from worktree_swarm.plan import Plan, Task, load_plan, parse_plan, plan_from_data, validate_task_id
-from worktree_swarm.types import TaskId
+from worktree_swarm.util.types import TaskId
 
 # The meta-agent's plan from the ORIGIN article, verbatim in shape.
 ORIGIN_PLAN: list[dict[str, object]] = [

@@ -6,9 +6,9 @@ import dataclasses
 import json
 
 from worktree_swarm.gate.report import CheckResult, GateReport
-from worktree_swarm.pr import clean_run_ratio, pr_title, render_pr
-from worktree_swarm.state import AttemptRow, RunRow, TaskRow
-from worktree_swarm.types import RunId
+from worktree_swarm.commands.pr import clean_run_ratio, pr_title, render_pr
+from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
+from worktree_swarm.util.types import RunId
 
 PLAN = [
     {"id": "a", "type": "backend", "description": "Add the API", "dependencies": [], "files": []},

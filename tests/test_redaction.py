@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import Repo, wswarm, write_plan
-from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
+from worktree_swarm.util.redact import redact_secrets, secret_env_values
 
 GITHUB = "gh" + "p_" + "Q7x9" * 9
 ANTHROPIC = "sk-" + "ant-" + "api03-" + "Zr8kQ2" * 5

@@ -23,7 +23,7 @@ from tests.fakeapi import FakeAnthropic, text, tool_use
 from worktree_swarm.agents.sandbox import NO_SANDBOX, Runner
 from worktree_swarm.agents.tool_specs import call_tool
 from worktree_swarm.agents.tools import Workspace
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.sandbox import available, untrusted_env
 
 needs_bwrap = pytest.mark.skipif(not IN_CI and not available(),
@@ -255,10 +255,10 @@ def test_a_pid_file_planted_in_a_sandbox_home_never_gets_a_process_killed(repo: 
 
     from conftest import alive
     from worktree_swarm.git.repo import Repo as GitRepo
-    from worktree_swarm.proc import write_new, _start_time
-    from worktree_swarm.run import _reconcile
-    from worktree_swarm.state import RunStore
-    from worktree_swarm.types import RunId
+    from worktree_swarm.util.proc import write_new, _start_time
+    from worktree_swarm.swarm.recovery import reconcile as _reconcile
+    from worktree_swarm.store.run_store import RunStore
+    from worktree_swarm.util.types import RunId
 
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
     orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)

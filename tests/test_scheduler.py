@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from worktree_swarm.scheduler import AttemptKind, Decision, Scheduler, TaskState, TaskStatus, charged
+from worktree_swarm.swarm.scheduler import AttemptKind, Decision, Scheduler, TaskState, TaskStatus, charged
 
 K = AttemptKind
 

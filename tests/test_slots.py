@@ -20,7 +20,7 @@ from conftest import Repo, git, wswarm, write_plan
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.git.slot_files import slots_dir
 from worktree_swarm.git.slots import SlotPool
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.util.types import BranchName, Sha
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ import sys
 from pathlib import Path
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.slots import SlotPool
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.util.types import BranchName, Sha
 repo, start, size, mess = Repo.discover(Path.cwd()), Sha(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "mess"
 pool = SlotPool(repo, size=size, start=start).open()
 held = [pool.acquire(name=f"held{i}", branch=BranchName(f"held{i}"), start=start) for i in range(size)]

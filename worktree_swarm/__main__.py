@@ -1,3 +1,3 @@
-from worktree_swarm.cli.main import main
+from worktree_swarm.cli import main
 
 main()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import ConfigError
+from worktree_swarm.util.errors import ConfigError
 
 CHECK_KINDS = ("tests", "types", "security", "lint", "custom")
 AGENT_KINDS = ("command", "claude", "anthropic")

@@ -15,8 +15,8 @@ from typing import Literal
 import networkx
 import pygit2
 
-from worktree_swarm.errors import PlanError
-from worktree_swarm.types import TaskId
+from worktree_swarm.util.errors import PlanError
+from worktree_swarm.util.types import TaskId
 
 MAX_PLAN_BYTES = 5 * 1024 * 1024
 MAX_TASKS = 1000

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
+from worktree_swarm.util.redact import is_credential
 
 # The user's home is hidden but for what tools need (toolchains, user-installed packages); tools on
 # PATH anywhere in it are given back too. Credentials live in a home in too many places to list.
@@ -37,19 +38,6 @@ _CONFIG_SECRET = re.compile(r"^\s*(extraheader|password|token|secret|credential\
 _URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 # Folders made private (an empty tmpfs): host sockets and other processes' temp files live there.
 _PRIVATE = ("/tmp", "/run", "/var/run", "/var/tmp", "/dev/shm")
-
-
-# Credentials by name: the model API's keys, cloud and forge tokens, agent sockets.
-_CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|CREDENTIAL|AUTH|COOKIE|DSN|PRIVATE|_PWD$|_PAT$",
-                              re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"://[^/@\s]+@")
-_CREDENTIAL_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "AWS_", "AZURE_", "CLOUDSDK_", "GOOGLE_", "OPENAI_", "VAULT_",
-                        "DOCKER_", "KUBECONFIG", "GPG_", "SSH_")
-
-
-def is_credential(name: str, value: str) -> bool:
-    """Whether an environment variable holds a credential, by its name or by its value."""
-    return bool(name.startswith(_CREDENTIAL_PREFIXES) or _CREDENTIAL_NAME.search(name) or _URL_PASSWORD.search(value))
 
 
 def untrusted_env(extra: Mapping[str, str] | None = None, *, keep: Sequence[str] = ()) -> dict[str, str]:

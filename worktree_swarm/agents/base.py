@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.plan import Task
-from worktree_swarm.types import RunId, Sha
+from worktree_swarm.util.types import RunId, Sha
 
 
 @dataclass(frozen=True)

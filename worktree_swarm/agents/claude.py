@@ -11,14 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.agents import claude_permit
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.agents.claude_stream import StreamState
 from worktree_swarm.agents.command import agent_env
 from worktree_swarm.config import AgentConfig
-from worktree_swarm.errors import UsageError
-from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
+from worktree_swarm.util.errors import UsageError
+from worktree_swarm.util.redact import redact_secrets, secret_env_values
 
 # Nothing but the model API: no telemetry, error reports, update checks or other side traffic.
 QUIET_ENV = {"DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",

@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 
 # Colour codes and other terminal controls in an agent's output would garble the views' lines.
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")

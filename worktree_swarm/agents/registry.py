@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.agents.command import CommandAgent
 from worktree_swarm.config import AGENT_KINDS, AgentConfig, Config, SandboxConfig
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.plan import Task
 
 CHOOSE_HINT = ('set [agents] default = "claude" | "anthropic" in wswarm.toml (the Claude Code CLI, or the '

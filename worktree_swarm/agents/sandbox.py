@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.agents.tools import ToolError, Workspace
-from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.util.redact import redact_secrets
 from worktree_swarm.sandbox import Confinement, available
 
 NO_SANDBOX = ("commands cannot run: bubblewrap, which keeps them in a sandbox, is not available on this machine "

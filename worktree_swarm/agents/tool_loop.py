@@ -13,7 +13,7 @@ from typing import IO, Any
 import anthropic
 import httpx2
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
 from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.sandbox import Runner, describe
@@ -21,8 +21,8 @@ from worktree_swarm.sandbox import available as sandbox_available
 from worktree_swarm.agents.tool_specs import TOOL_SPECS, call_tool
 from worktree_swarm.agents.tools import Workspace
 from worktree_swarm.config import DEFAULT_AGENT_MODEL, AgentConfig
-from worktree_swarm.errors import UsageError
-from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
+from worktree_swarm.util.errors import UsageError
+from worktree_swarm.util.redact import redact_secrets, secret_env_values
 
 DEFAULT_MAX_TURNS = 50
 DEFAULT_MAX_TOKENS = 8192          # per reply; streaming, so larger values are allowed too

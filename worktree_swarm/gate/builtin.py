@@ -6,16 +6,15 @@ The input is the text of ``git diff --no-color --no-ext-diff -M BASE HEAD`` (def
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from unidiff.patch import PatchedFile, PatchSet
 
-from worktree_swarm.sandbox import is_credential
+from worktree_swarm.util.globs import glob_regex
+from worktree_swarm.util.redact import SECRET_PATTERNS, is_placeholder, preview, redact_secrets
 
 Severity = Literal["fail", "warn"]
 
@@ -92,92 +91,25 @@ def _conflict_markers(path: str, added: list[tuple[int | None, str]]) -> list[Fi
 # --- secrets ----------------------------------------------------------------------------------
 
 # (kind, pattern); the group "secret" is the variable part that the placeholder rule looks at.
-# Order matters: a span already reported (sk-ant-...) is not reported again under a later kind.
-_SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [(kind, re.compile(rx)) for kind, rx in [
-    ("PEM private key", r"-----BEGIN (?P<secret>(?:(?:RSA|EC|DSA|OPENSSH|PGP|ENCRYPTED) )?"
-                        r"PRIVATE KEY(?: BLOCK)?)-----"),
-    ("AWS access key id", r"(?<![A-Z0-9])(?:AKIA|ASIA)(?P<secret>[A-Z0-9]{16})(?![A-Z0-9])"),
-    ("AWS secret access key", r"(?i:aws_secret_access_key)[\"']?\s*[:=]\s*[\"']?"
-                              r"(?P<secret>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
-    ("GitHub token", r"\bgh[pousr]_(?P<secret>[A-Za-z0-9]{36})\b"),
-    ("GitHub token", r"\bgithub_pat_(?P<secret>[A-Za-z0-9_]{82})\b"),
-    ("Anthropic API key", r"\bsk-ant-(?P<secret>[A-Za-z0-9_-]{20,})"),
-    ("OpenAI API key", r"\bsk-(?:proj|svcacct|admin)-(?P<secret>[A-Za-z0-9_-]{20,})"),
-    ("OpenAI API key", r"\bsk-(?P<secret>[A-Za-z0-9]{20,})\b"),
-    ("Slack token", r"\bxox[abposr]-(?P<secret>[A-Za-z0-9-]{10,})"),
-    ("Google API key", r"\bAIza(?P<secret>[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
-    ("Stripe live key", r"\b[sr]k_live_(?P<secret>[A-Za-z0-9]{20,})\b"),
-]]
-
-# Documentation and templates are full of fake keys: AWS's own AKIAIOSFODNN7EXAMPLE, "ghp_xxxx…",
-# "sk-<your key>", "${TOKEN}". A secret part made of one repeated character or holding one of these
-# is a placeholder, not a leak. (Most patterns cannot contain "<" or "${"; the check is cheap.)
-_PLACEHOLDER_HINTS = ("EXAMPLE", "example", "xxxx", "XXXX", "<", ">", "${")
-
-
-def _is_placeholder(secret: str) -> bool:
-    return len(set(secret)) <= 1 or any(h in secret for h in _PLACEHOLDER_HINTS)
-
-
 def _secrets(path: str, added: list[tuple[int | None, str]], *, where: str = "") -> list[Finding]:
     findings = []
     for line_no, text in added:
         taken: list[tuple[int, int]] = []
         on_line: list[tuple[int, Finding]] = []
-        for kind, pattern in _SECRET_PATTERNS:
+        for kind, pattern in SECRET_PATTERNS:
             for match in pattern.finditer(text):
                 start, end = match.span()
                 if any(start < e and s < end for s, e in taken):
                     continue
-                if kind != "PEM private key" and _is_placeholder(match.group("secret")):
+                if kind != "PEM private key" and is_placeholder(match.group("secret")):
                     continue
                 taken.append((start, end))
                 # the assignment's key name says nothing; preview the value's start instead
                 shown = match.group("secret") if kind.startswith("AWS secret") else match.group()
                 on_line.append((start, Finding("secrets", path, line_no,
-                                               f"possible {kind}{where}: {_redact(shown)}", "fail")))
+                                               f"possible {kind}{where}: {preview(shown)}", "fail")))
         findings += [finding for _, finding in sorted(on_line, key=lambda pair: pair[0])]
     return findings
-
-
-def secret_env_values(environ: Mapping[str, str]) -> list[str]:
-    """Values of environment variables that hold credentials (the rule the sandbox keeps them out
-    by), long enough to matter."""
-    return [v for k, v in environ.items() if is_credential(k, v) and len(v) >= 8]
-
-
-def redact_secrets(text: str, *, known: Iterable[str] = ()) -> str:
-    """TEXT with every secret the secrets check would flag, and every KNOWN value, cut to a preview."""
-    for value in sorted(set(known), key=len, reverse=True):
-        text = text.replace(value, "[redacted]")
-    for kind, pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group() if kind != "PEM private key" and
-                           _is_placeholder(m.group("secret")) else _redact(m.group()) + "[redacted]", text)
-    return text
-
-
-def scrub_logs(folder: Path, *, known: Iterable[str]) -> None:
-    """Redact secrets (KNOWN values, and whatever the secrets check would flag) in every file under
-    FOLDER — logs, raw agent streams — so nothing wswarm keeps holds a key an agent or a check
-    printed. Only a file that held one is rewritten, atomically."""
-    known = list(known)
-    for path in folder.rglob("*"):
-        if not path.is_file() or path.is_symlink():
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-        except OSError:
-            continue
-        clean = redact_secrets(text, known=known)
-        if clean != text:
-            tmp = path.with_name(path.name + ".scrub")
-            tmp.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
-            os.replace(tmp, path)
-
-
-def _redact(value: str) -> str:
-    """At most the first four characters, so a reader can find the line but not use the key."""
-    return value[:4] + "…"
 
 
 # --- binaries ---------------------------------------------------------------------------------
@@ -200,53 +132,6 @@ def _human(size: int) -> str:
 
 
 # --- declared files ---------------------------------------------------------------------------
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a repo-relative glob: ``*`` and ``?`` stay within one directory, ``**`` crosses
-    directories, ``[...]`` is a class; ``dir/`` or a literal ``dir`` matches everything under it."""
-    pattern = pattern.removeprefix("./").lstrip("/")
-    is_dir = pattern.endswith("/")
-    pattern = pattern.rstrip("/")
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[" and (end := _class_end(pattern, i)) > 0:
-            body = pattern[i + 1:end]
-            negate = body[:1] in ("!", "^")
-            body = body[1:] if negate else body
-            body = re.sub(r"([\\\[\]])", r"\\\1", body)
-            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
-            i = end + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    literal = not any(ch in pattern for ch in "*?[")
-    suffix = "/.*" if is_dir else "(?:/.*)?" if literal else ""
-    return re.compile("".join(out) + suffix)
-
-
-def _class_end(pattern: str, start: int) -> int:
-    """Index of the "]" closing the class opened at ``start``, or -1 (then "[" is literal)."""
-    i = start + 1
-    if pattern[i:i + 1] in ("!", "^"):
-        i += 1
-    if pattern[i:i + 1] == "]":  # a leading "]" is a member, as in fnmatch
-        i += 1
-    return pattern.find("]", i)
-
 
 # --- paths ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.config import CheckConfig, Config
 
 # Directories that hold installed, generated or vendored code, never the project's own.

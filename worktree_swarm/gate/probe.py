@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.gate.cache import GateCache, cache_key
 from worktree_swarm.gate.report import CheckResult, GateReport
@@ -13,7 +13,7 @@ from worktree_swarm.gate.runner import run_check, run_setup
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
 from worktree_swarm.sandbox import Confinement
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 
 class Prober:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any, Literal
 
-from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.util.redact import redact_secrets
 
 CheckStatus = Literal["pass", "fail", "warn", "skipped", "not-run"]
 TAIL_LINES = 40

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pygit2
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.config import CheckConfig, GateConfig
 from worktree_swarm.gate.baseline import judge
 from worktree_swarm.gate.cache import GateCache, cache_key
@@ -20,7 +20,7 @@ from worktree_swarm.gate.report import CheckResult, CheckStatus, GateReport, tai
 from worktree_swarm.git.diff import PLAIN, FileChange, changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.sandbox import Confinement
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 # sh's "command not found": the check could not run at all, which is never a pass.
 _NOT_FOUND = 127

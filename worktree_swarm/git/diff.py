@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.git.repo import Repo
 
 

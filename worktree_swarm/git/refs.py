@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worktree_swarm.types import BranchName, RunId
+from worktree_swarm.util.types import BranchName, RunId
 
 
 def encode(task_id: str) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pygit2
 
-from worktree_swarm import proc
-from worktree_swarm.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
-from worktree_swarm.types import Sha
+from worktree_swarm.util import proc
+from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
+from worktree_swarm.util.types import Sha
 
 ZERO_SHA = Sha("0" * 40)
 # `git merge-tree --write-tree`, the merge train's in-memory merge, arrived in git 2.38.

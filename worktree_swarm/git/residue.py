@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 
 
 def nested_repositories(root: Path, *, common_dir: Path) -> list[str]:

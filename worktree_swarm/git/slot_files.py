@@ -14,10 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import WswarmError
+from worktree_swarm.util.errors import WswarmError
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import list_worktrees, remove_worktree
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
+from worktree_swarm.store import layout
 
 # What an operation an agent started and did not finish (or a git killed mid-command) leaves in a
 # worktree's own git dir. A fresh worktree has none of them; `logs` would let `@{-1}` name the
@@ -32,7 +33,7 @@ TRANSIENT_DIRS = ("rebase-merge", "rebase-apply", "sequencer", "logs", "refs", "
 
 def slots_dir(repo: Repo) -> Path:
     """Where every slot of the repository lives, next to the runs' state."""
-    return repo.state_dir / "slots"
+    return layout.slots_dir(repo.state_dir)
 
 
 # -- outside a run: resume and clean ---------------------------------------------------------------

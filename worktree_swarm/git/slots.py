@@ -21,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.config import WorktreeConfig
-from worktree_swarm.errors import WswarmError
+from worktree_swarm.util.errors import WswarmError
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.slot_files import (TRANSIENT_DIRS, TRANSIENT_FILES, admin_dir, read_meta, real, slots_dir,
                                            try_lock, write_head, write_meta)
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreePool, list_worktrees, remove_worktree
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.util.types import BranchName, Sha
 
 # A waiting acquire makes one more slot after this long: a lost release must not hang the run.
 _WAIT_BEFORE_EXTRA = 30.0

@@ -7,9 +7,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.errors import CommandError
+from worktree_swarm.util.errors import CommandError
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.util.types import BranchName, Sha
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from typing import Any
 
 import networkx
 
-from worktree_swarm.errors import CommandError, RunNotFoundError
+from worktree_swarm.util.errors import CommandError, RunNotFoundError
 from worktree_swarm.gate.report import findings_of
 from worktree_swarm.git.diff import diff_text
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.plan import plan_from_data
-from worktree_swarm.state import AttemptRow, RunStore, list_runs
-from worktree_swarm.status import last_session, resume_command, session_id
-from worktree_swarm.types import Sha
+from worktree_swarm.store.run_store import AttemptRow, RunStore, list_runs
+from worktree_swarm.commands.status import last_session, resume_command, session_id
+from worktree_swarm.util.types import Sha
 
 LOG_LIMIT = 256 * 1024          # a log is sent from its tail: agents can write megabytes
 DIFF_LIMIT = 2 * 1024 * 1024

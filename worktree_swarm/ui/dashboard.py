@@ -24,13 +24,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import RunNotFoundError, UsageError, WswarmError, crash_log
-from worktree_swarm.gate.builtin import redact_secrets
+from worktree_swarm.util.errors import RunNotFoundError, UsageError, WswarmError, crash_log
+from worktree_swarm.util.redact import redact_secrets
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.state import RunStore, find_run
-from worktree_swarm.status import status_data
+from worktree_swarm.store.run_store import RunStore, find_run
+from worktree_swarm.commands.status import status_data
 from worktree_swarm.ui import api
 from worktree_swarm.ui.feed import EventTail, Feed
+from worktree_swarm.store import layout
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8767
@@ -285,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(status_data(store))
             if rest == ["view"]:
                 feed = Feed.for_store(store)
-                feed.apply_all(EventTail(store.dir / "events.jsonl").read())
+                feed.apply_all(EventTail(store.dir / layout.EVENTS).read())
                 return self._json(feed.view(live=store.is_live()))
             if rest == ["dag"]:
                 return self._json(api.dag(store))
@@ -355,7 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, store: RunStore, since: int, *, raw: bool) -> None:
         dash = self.dash
-        tail, feed = EventTail(store.dir / "events.jsonl"), Feed.for_store(store)
+        tail, feed = EventTail(store.dir / layout.EVENTS), Feed.for_store(store)
         self._write("retry: 2000\n\n")
         sent_view = last_beat = 0.0
         while not dash.stopping.is_set():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worktree_swarm.textsafe import one_line
+from worktree_swarm.util.textsafe import one_line
 
 _HIDDEN = ("ts", "kind", "task", "log", "run", "messages")
 

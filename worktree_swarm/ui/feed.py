@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from worktree_swarm.ui.describe import describe
 
 if TYPE_CHECKING:
-    from worktree_swarm.state import RunStore
+    from worktree_swarm.store.run_store import RunStore
 
 RECENT = 50
 ACTIVE = ("running", "gating", "merging")

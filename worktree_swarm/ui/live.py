@@ -18,10 +18,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from worktree_swarm.state import RunStore
-from worktree_swarm.status import status_data
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.commands.status import status_data
 from worktree_swarm.ui.describe import details
 from worktree_swarm.ui.feed import EventTail, Feed
+from worktree_swarm.store import layout
 
 COLOURS = {"pending": "dim", "running": "cyan", "gating": "yellow", "merging": "magenta",
            "merged": "green", "failed": "red", "blocked": "red dim", "idle": "dim"}
@@ -35,7 +36,7 @@ class Board:
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        self.tail = EventTail(store.dir / "events.jsonl")
+        self.tail = EventTail(store.dir / layout.EVENTS)
         self.feed = Feed.for_store(store)
         self.opened = time.monotonic()
 

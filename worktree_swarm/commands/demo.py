@@ -9,11 +9,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import proc
-from worktree_swarm.errors import UsageError
-from worktree_swarm.run import Notify, StartOptions, View, start
+from worktree_swarm.util import proc
+from worktree_swarm.util.errors import UsageError
+from worktree_swarm.commands.start import StartOptions, start
+from worktree_swarm.swarm.session import Notify, View
 
-AGENT = Path(__file__).parent / "demo_agents" / "agent.py"
+AGENT = Path(__file__).parent.parent / "demo_agents" / "agent.py"
 
 _COMPONENT = '''"""The {name} component."""
 

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm import proc
-from worktree_swarm.errors import CommandError, UsageError
+from worktree_swarm.util import proc
+from worktree_swarm.util.errors import CommandError, UsageError
 from worktree_swarm.gate.report import GateReport, findings_of
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.state import AttemptRow, RunRow, TaskRow
-from worktree_swarm.status import last_finished, last_session, session_id
-from worktree_swarm.textsafe import md_cell, md_code, md_fence, md_text, one_line
+from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
+from worktree_swarm.commands.status import last_finished, last_session, session_id
+from worktree_swarm.util.textsafe import md_cell, md_code, md_fence, md_text, one_line
 
 _MARK = {"merged": "✅ merged", "failed": "❌ failed", "blocked": "⛔ blocked"}
 

@@ -6,13 +6,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.git.refs import run_prefix, task_branch_prefix
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.slot_files import count_slots, forget_slot, remove_slots
 from worktree_swarm.git.worktrees import list_worktrees, prune_worktrees, remove_worktree
-from worktree_swarm.state import RunStore, find_run, list_runs
-from worktree_swarm.types import RunId
+from worktree_swarm.store.run_store import RunStore, find_run, list_runs
+from worktree_swarm.util.types import RunId
 
 
 @dataclass(frozen=True)

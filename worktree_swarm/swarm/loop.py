@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 
-from worktree_swarm import admission
+from worktree_swarm.swarm import admission
 from worktree_swarm.agents.base import Agent
-from worktree_swarm.attempt import AttemptRunner, Outcome
+from worktree_swarm.swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.config import Config
-from worktree_swarm.errors import CommandError
+from worktree_swarm.util.errors import CommandError
 from worktree_swarm.agents.command import last_lines
-from worktree_swarm.gate.builtin import redact_secrets, secret_env_values
+from worktree_swarm.util.redact import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
@@ -34,17 +34,17 @@ from worktree_swarm.git.diff import FileChange, diff_text
 from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
-from worktree_swarm.guard import Guard
-from worktree_swarm.merge import Integration, merge_message
-from worktree_swarm.merge_gate import judge, train
+from worktree_swarm.swarm.guard import Guard
+from worktree_swarm.train.integration import Integration, merge_message
+from worktree_swarm.train.result_gate import judge, train
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.sandbox import Confinement, available as sandbox_available
-from worktree_swarm.scheduler import ACTIVE, AttemptKind, Decision, Scheduler, TaskStatus
-from worktree_swarm.state import AttemptRow, RunStore
-from worktree_swarm.types import BranchName, RunId, Sha
+from worktree_swarm.swarm.scheduler import ACTIVE, AttemptKind, Decision, Scheduler, TaskStatus
+from worktree_swarm.store.run_store import AttemptRow, RunStore
+from worktree_swarm.util.types import BranchName, RunId, Sha
+from worktree_swarm.store import layout
 
 FEEDBACK_DIFF_LINES = 200
-NEXT_FEEDBACK = "feedback-for-next-attempt.txt"
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Swarm:
         confined = any(agent_for(task).confined for task in plan)
         self.confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
                                        pass_env=config.gate.pass_env)
-        self.cache = GateCache(repo.state_dir / "gate-cache.db", enabled=config.gate.cache)
+        self.cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
         self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                            lambda kind, data: self.store.event(kind, **data))
         self.sched = Scheduler(order=[str(t) for t in plan.ids()],
@@ -155,7 +155,7 @@ class Swarm:
             if task.status == TaskStatus.MERGED and mine:
                 data.files = json.loads(mine[-1].files or "[]")
             if task.status == TaskStatus.PENDING and mine:
-                saved = self.store.attempt_dir(row.id, mine[-1].n) / NEXT_FEEDBACK
+                saved = self.store.attempt_dir(row.id, mine[-1].n) / layout.NEXT_FEEDBACK
                 data.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
     def _train_merges(self, head: Sha) -> dict[str, str]:
@@ -202,7 +202,7 @@ class Swarm:
             files = json.loads(a.files or "[]")
             self.store.event("merge-recovered", a.task_id, attempt=a.n)
             # The summary is what the agent's log ends with, as when the attempt first finished.
-            log = self.store.attempt_dir(a.task_id, a.n) / "agent.log"
+            log = self.store.attempt_dir(a.task_id, a.n) / layout.AGENT_LOG
             summary = redact_secrets(last_lines(log, 5), known=self.attempts.secret_values)
             self._settle(Outcome(task=self.plan[a.task_id], n=a.n, kind="gated", branch=BranchName(a.branch),
                                  start=Sha(a.start), head=Sha(str(a.head)), summary=summary,
@@ -248,7 +248,7 @@ class Swarm:
         self.store.event("merge-gate-started", commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
                         env={"WSWARM_RUN_ID": self.run_id, "WSWARM_PORT": str(self._free_port())},
-                        log_dir=self.store.dir / "merge-gate", cache=self.cache, cancel=self.cancel,
+                        log_dir=self.store.dir / layout.MERGE_GATE, cache=self.cache, cancel=self.cancel,
                         confinement=self.confinement)
         try:
             verdict = judge(self.repo, prober, base=base, head=head)
@@ -466,7 +466,7 @@ class Swarm:
             self.store.event("failed", task_id, attempt=n, reason=reason)
             return
         self.data[task_id].feedback = feedback
-        (self.store.attempt_dir(task_id, n) / NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
+        (self.store.attempt_dir(task_id, n) / layout.NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
         self._record(task_id, reason=f"re-queued: {reason}", worktree=None)
         self.store.event("requeued", task_id, attempt=n, reason=reason)
 

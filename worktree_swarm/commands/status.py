@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from worktree_swarm.gate.report import GateReport, findings_of
-from worktree_swarm.state import ACTIVE_STATUSES, AttemptRow, RunStore
+from worktree_swarm.store.run_store import ACTIVE_STATUSES, AttemptRow, RunStore
+from worktree_swarm.store import layout
 
 # An attempt still going, or stopped by Ctrl-C: it has no verdict to show.
 _UNSETTLED = ("running", "interrupted")
@@ -69,4 +70,4 @@ def status_data(store: RunStore) -> dict[str, Any]:
     return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,
-            "pr": str(store.dir / "pr.md") if (store.dir / "pr.md").exists() else None}
+            "pr": str(store.dir / layout.PR_BODY) if (store.dir / layout.PR_BODY).exists() else None}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from worktree_swarm import proc
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util import proc
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.git.repo import Repo
 
 HOOK_NAME = "pre-merge-commit"

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.merge import commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 
 @dataclass(frozen=True)

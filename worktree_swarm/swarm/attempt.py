@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.config import Config
-from worktree_swarm.errors import CommandError, DiskFullError, no_room
-from worktree_swarm.gate.builtin import redact_secrets, scrub_logs
+from worktree_swarm.util.errors import CommandError, DiskFullError, no_room
+from worktree_swarm.util.redact import redact_secrets, scrub_logs
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport, tail
@@ -32,8 +32,9 @@ from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
 from worktree_swarm.sandbox import Confinement
-from worktree_swarm.state import RunStore
-from worktree_swarm.types import BranchName, RunId, Sha
+from worktree_swarm.store import layout
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.util.types import BranchName, RunId, Sha
 
 
 @dataclass
@@ -237,7 +238,7 @@ class AttemptRunner:
             feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
         return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
-                            feedback_path=feedback_path, log_path=adir / "agent.log",
+                            feedback_path=feedback_path, log_path=adir / layout.AGENT_LOG,
                             task_prompt_path=adir / "task-prompt.md", hold_fds=self.pool.holds(worktree),
                             timeout=self._timeout(task), env=env, system_prompt=system_prompt(role),
                             model=role_config.model if (role_config := self.config.roles.get(task.type)) else None,

@@ -19,11 +19,11 @@ import networkx
 from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.registry import DefaultAgent, agent_for_type, default_agent, types_use_default
 from worktree_swarm.config import DEFAULT_PLANNER_MODEL, Config, load_config
-from worktree_swarm.errors import PlanError, UsageError, WswarmError
-from worktree_swarm.gate.builtin import glob_regex
+from worktree_swarm.util.errors import PlanError, UsageError, WswarmError
+from worktree_swarm.util.globs import glob_regex
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, plan_from_data
-from worktree_swarm.repo_picture import Picture, take_picture
+from worktree_swarm.planner.repo_picture import Picture, take_picture
 
 if TYPE_CHECKING:
     import anthropic
@@ -103,7 +103,7 @@ def plan_goal(*, cwd: Path, goal: str, base: str = "HEAD", model: str | None = N
     """Validate everything that needs no model (repository, base, config, the key and, for a run, the
     agents), then ask the model. A refused answer is saved to REJECTED_PATH (default: under the state dir).
     The plan carries GOAL."""
-    from worktree_swarm.run import config_note, has_uncommitted_work
+    from worktree_swarm.commands.start import config_note, has_uncommitted_work
 
     if not goal.strip():
         raise UsageError("the goal is empty", hint='say what the swarm should achieve: wswarm plan "add a login page"')

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from worktree_swarm.gate.report import GateReport, findings
 from worktree_swarm.git.refs import encode
-from worktree_swarm.state import RunStore
+from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.ui.feed import SETTLED
 
 GATE_FILE = "gate.json"   # written once, when the attempt's gate has judged it

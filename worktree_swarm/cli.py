@@ -15,12 +15,12 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from worktree_swarm import __version__
-from worktree_swarm.errors import WswarmError, crash_log
-from worktree_swarm.textsafe import SafeConsole, terminal_text
+from worktree_swarm.util.errors import WswarmError, crash_log
+from worktree_swarm.util.textsafe import SafeConsole, terminal_text
 from worktree_swarm.ui.live import watch
 
 if TYPE_CHECKING:
-    from worktree_swarm.planner import Planned
+    from worktree_swarm.planner.model import Planned
 
 _REQUIRED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
 
@@ -145,8 +145,8 @@ def start(
                                                    help="Start no new attempt once the run has spent this.")] = None,
 ) -> None:
     """Plan GOAL with the model (or take --plan), then run it: a worktree per task, the gate, one branch."""
-    from worktree_swarm import run
-    from worktree_swarm.errors import UsageError
+    from worktree_swarm.commands import start as run
+    from worktree_swarm.util.errors import UsageError
 
     def one_goal() -> None:
         if goal is not None and plan is not None:
@@ -169,8 +169,8 @@ def start(
 
 def _plan_for_start(goal: str | None, *, base: str, model: str | None, max_tokens: int | None,
                     agent_cmd: str | None, yes: bool) -> Planned:
-    from worktree_swarm import planner
-    from worktree_swarm.errors import UsageError
+    from worktree_swarm.planner import model as planner
+    from worktree_swarm.util.errors import UsageError
 
     def check() -> None:
         if goal is None:
@@ -222,7 +222,7 @@ def plan_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,
 ) -> None:
     """Only plan: the model writes the plan for you to review and edit, then run it with start --plan."""
-    from worktree_swarm import planner
+    from worktree_swarm.planner import model as planner
 
     planned = _call(lambda: planner.plan_to_file(cwd=Path.cwd(), goal=goal, output=output, force=force, base=base,
                                                  model=model, max_tokens=max_tokens, notify=_notify))
@@ -234,7 +234,7 @@ def plan_cmd(
 
 
 def _finish(result: object) -> None:
-    from worktree_swarm.run import RunResult
+    from worktree_swarm.swarm.session import RunResult
 
     assert isinstance(result, RunResult)
     verdict = "every task merged" if result.all_merged else "finished with failed or blocked tasks"
@@ -248,7 +248,7 @@ def _finish(result: object) -> None:
 def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
            ) -> None:
     """Continue an interrupted run; finished work is kept."""
-    from worktree_swarm import run
+    from worktree_swarm.commands import resume as run
 
     result = _call(lambda: run.resume(cwd=Path.cwd(), run=run_id, notify=_notify,
                                       view=lambda store: watch(store, err)))
@@ -263,10 +263,10 @@ def status(
     watch_: Annotated[bool, typer.Option("--watch", help="Follow the run live until it finishes or stops.")] = False,
 ) -> None:
     """Runs and their tasks; safe to use from another terminal during a run."""
-    from worktree_swarm.errors import UsageError
+    from worktree_swarm.util.errors import UsageError
     from worktree_swarm.git.repo import Repo
-    from worktree_swarm.state import RunStore, find_run, list_runs
-    from worktree_swarm.status import status_data
+    from worktree_swarm.store.run_store import RunStore, find_run, list_runs
+    from worktree_swarm.commands.status import status_data
     from worktree_swarm.ui.live import attach, board
 
     def load() -> list[dict[str, object]] | RunStore:
@@ -317,10 +317,10 @@ def pr(
                                                    "(start --title, or its goal).")] = None,
 ) -> None:
     """Print the combined PR body; optionally push the branch and open the PR."""
-    from worktree_swarm import pr as prmod
-    from worktree_swarm.errors import UsageError
+    from worktree_swarm.commands import pr as prmod
+    from worktree_swarm.util.errors import UsageError
     from worktree_swarm.git.repo import Repo
-    from worktree_swarm.state import RunStore, find_run
+    from worktree_swarm.store.run_store import RunStore, find_run
 
     def go() -> str:
         repo = Repo.discover(Path.cwd())
@@ -338,7 +338,8 @@ def pr(
             prmod.push(repo, remote=push, branch=row.integration_branch)
             _notify(f"pushed {row.integration_branch} to {push}")
         if open_:
-            path = store.dir / "pr.md"
+            from worktree_swarm.store import layout
+            path = store.dir / layout.PR_BODY
             path.write_text(body, encoding="utf-8")
             _notify(prmod.open_pr(repo, title=prmod.pr_title(row, tasks), body=path, base=prmod.base_name(row),
                                   branch=row.integration_branch))
@@ -356,7 +357,7 @@ def clean(
     slots: Annotated[bool, typer.Option("--slots", help="Remove the reusable worktree slots too.")] = False,
 ) -> None:
     """Remove a run's worktrees and task branches (the integration branch stays unless asked)."""
-    from worktree_swarm.clean import clean as do_clean
+    from worktree_swarm.commands.clean import clean as do_clean
 
     done = _call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
                                   forget=forget, slots=slots))
@@ -379,8 +380,8 @@ def logs(
 ) -> None:
     """Print a task's attempt logs (agent output, setup and gate checks)."""
     from worktree_swarm.git.repo import Repo
-    from worktree_swarm.state import RunStore, find_run
-    from worktree_swarm.ui.follow import LogFollower, log_files
+    from worktree_swarm.store.run_store import RunStore, find_run
+    from worktree_swarm.commands.logs import LogFollower, log_files
 
     def go() -> None:
         store = RunStore.open(find_run(Repo.discover(Path.cwd()).state_dir, run_id))
@@ -433,7 +434,7 @@ def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Where to build the sample repository.")] = None,
 ) -> None:
     """A complete swarm on a throwaway sample repository with scripted agents; no API key."""
-    from worktree_swarm import demo as demomod
+    from worktree_swarm.commands import demo as demomod
 
     result = _call(lambda: demomod.run_demo(directory=directory, notify=_notify,
                                             view=lambda store: watch(store, err)))
@@ -458,7 +459,7 @@ def gate(
 
     Exit 0 when it passes, 1 when a check fails, 2 for bad input.
     """
-    from worktree_swarm.gate.on_demand import gate as run_gate
+    from worktree_swarm.commands.gate import gate as run_gate
 
     # Inside git's hooks GIT_INDEX_FILE names the index being committed (relative to the cwd git gave us).
     index = os.environ.get("GIT_INDEX_FILE") if staged else None
@@ -481,7 +482,7 @@ app.add_typer(hook_app, name="hook")
 @hook_app.command("install", cls=Command)
 def hook_install() -> None:
     """Install the pre-merge-commit hook for every worktree of this repository (an existing hook is chained)."""
-    from worktree_swarm import hooks
+    from worktree_swarm.commands import hook as hooks
 
     done = _call(lambda: hooks.install(cwd=Path.cwd(), python=sys.executable))
     where = done.location
@@ -498,7 +499,7 @@ def hook_install() -> None:
 
 def _fast_forward_note(cwd: Path) -> str:
     """git runs pre-merge-commit only when a merge makes a merge commit; say what merge.ff means for it."""
-    from worktree_swarm import proc
+    from worktree_swarm.util import proc
 
     ff = proc.git("config", "--get", "merge.ff", cwd=cwd, check=False, as_configured=True).stdout.strip().lower()
     note = "note: git runs this hook only for merges that make a merge commit; a fast-forward merge skips it"
@@ -513,7 +514,7 @@ def _fast_forward_note(cwd: Path) -> str:
 @hook_app.command("uninstall", cls=Command)
 def hook_uninstall() -> None:
     """Remove wswarm's pre-merge-commit hook and restore the hook it replaced."""
-    from worktree_swarm import hooks
+    from worktree_swarm.commands import hook as hooks
 
     done = _call(lambda: hooks.uninstall(cwd=Path.cwd()))
     if done.removed:

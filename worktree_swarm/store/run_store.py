@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worktree_swarm.errors import DiskFullError, RunNotFoundError, UsageError, no_room
+from worktree_swarm.util.errors import DiskFullError, RunNotFoundError, UsageError, no_room
 from worktree_swarm.git.refs import encode
-from worktree_swarm.scheduler import ACTIVE
-from worktree_swarm.types import RunId
+from worktree_swarm.swarm.scheduler import ACTIVE
+from worktree_swarm.util.types import RunId
+from worktree_swarm.store import layout
+from worktree_swarm.store.layout import runs_dir
 
 SCHEMA_VERSION = 2
 # What each version adds to the one before; a run made by an older wswarm is brought up to date
@@ -110,12 +112,12 @@ class RunStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
-        self._db = sqlite3.connect(run_dir / "state.db", check_same_thread=False, isolation_level=None,
+        self._db = sqlite3.connect(run_dir / layout.STATE_DB, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
-        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        self._events = open(run_dir / layout.EVENTS, "a", encoding="utf-8")
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- creation and lookup -------------------------------------------------------------------
@@ -144,7 +146,7 @@ class RunStore:
 
     @classmethod
     def open(cls, run_dir: Path) -> RunStore:
-        if not (run_dir / "state.db").is_file():
+        if not (run_dir / layout.STATE_DB).is_file():
             raise RunNotFoundError(f"{run_dir} holds no wswarm run")
         store = cls(run_dir)
         version = store._version()
@@ -202,7 +204,7 @@ class RunStore:
         self._lock_fd = fd
         # A crash can cut the last event short; end it so the next one starts a line of its own.
         # Only the lock holder may: a reader doing it could split a line being written.
-        events = self.dir / "events.jsonl"
+        events = self.dir / layout.EVENTS
         if events.stat().st_size:
             with open(events, "rb") as f:
                 f.seek(-1, os.SEEK_END)
@@ -327,7 +329,7 @@ class RunStore:
         return record
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.dir / "events.jsonl"
+        path = self.dir / layout.EVENTS
         out: list[dict[str, Any]] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -356,16 +358,12 @@ def ensure_writable(state_dir: Path) -> None:
                          hint="it lives under the repository's git common dir; make that writable") from None
 
 
-def runs_dir(state_dir: Path) -> Path:
-    return state_dir / "runs"
-
-
 def list_runs(state_dir: Path) -> list[Path]:
     """Run folders, oldest first (run ids start with their UTC start time)."""
     root = runs_dir(state_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "state.db").is_file())
+    return sorted(p for p in root.iterdir() if (p / layout.STATE_DB).is_file())
 
 
 def find_run(state_dir: Path, run_id: str | None) -> Path:

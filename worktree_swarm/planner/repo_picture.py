@@ -14,7 +14,7 @@ import pygit2
 from worktree_swarm.config import Config
 from worktree_swarm.gate.detect import detect_checks
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 MAX_TREE_ENTRIES = 200
 README_LINES = 40

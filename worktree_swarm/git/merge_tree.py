@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from worktree_swarm import proc
-from worktree_swarm.errors import CommandError
+from worktree_swarm.util import proc
+from worktree_swarm.util.errors import CommandError
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 

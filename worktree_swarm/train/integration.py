@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import pygit2
 
-from worktree_swarm.errors import EXIT_TASKS_FAILED, RefMovedError
-from worktree_swarm.git.merge import commit_tree, merge_tree
+from worktree_swarm.util.errors import EXIT_TASKS_FAILED, RefMovedError
+from worktree_swarm.git.merge_tree import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.state import RunStore
-from worktree_swarm.types import BranchName, Sha
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.util.types import BranchName, Sha
 
 
 class IntegrationMovedError(RefMovedError):

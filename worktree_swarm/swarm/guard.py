@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.git.repo import Repo
 
 # Branches of wswarm's runs are not the user's.

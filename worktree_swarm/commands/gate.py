@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pygit2
 
-from worktree_swarm import proc
+from worktree_swarm.util import proc
 from worktree_swarm.config import CONFIG_FILES, Config, config_from, load_config
-from worktree_swarm.errors import UsageError
+from worktree_swarm.util.errors import UsageError
 from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.gate.runner import run_gate_on_diff, run_setup, tree_blob_size
@@ -19,7 +19,7 @@ from worktree_swarm.git.diff import changed_files, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import add_worktree, remove_worktree
 from worktree_swarm.sandbox import Confinement
-from worktree_swarm.types import Sha
+from worktree_swarm.util.types import Sha
 
 # Where `git merge`/`git pull` users keep their mainline, in the order a default base looks for it.
 _MAINLINES = ("refs/remotes/origin/HEAD", "refs/heads/main", "refs/heads/master")

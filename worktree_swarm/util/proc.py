@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.errors import CommandError
+from worktree_swarm.util.errors import CommandError
 
 # git exports these while hooks run; inherited, they would point our git calls at the wrong repository.
 _GIT_LEAKS = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_COMMON_DIR",

@@ -1,0 +1,142 @@
+"""`wswarm start`: validate the plan, configuration, base and agents; only then create the run and drive it."""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from worktree_swarm.agents.registry import default_agent, uses_default
+from worktree_swarm.config import Config, load_config
+from worktree_swarm.util.errors import UsageError
+from worktree_swarm.gate.detect import with_detected_checks
+from worktree_swarm.git.refs import integration_branch
+from worktree_swarm.git.repo import Repo, require_git
+from worktree_swarm.plan import Plan, load_plan
+from worktree_swarm.store import layout
+from worktree_swarm.store.run_store import RunStore, ensure_writable, runs_dir
+from worktree_swarm.swarm.loop import SwarmOptions
+from worktree_swarm.util.types import RunId
+from worktree_swarm.swarm.session import Notify, RunResult, View, agent_resolver, drive, slots_needed
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    plan_path: Path | None = None       # a plan file, or
+    plan: Plan | None = None            # a plan already built (by the planner, which told the user
+                                        # which agent and configuration are used)
+    base: str = "HEAD"
+    agents: int | None = None
+    max_attempts: int | None = None
+    agent_cmd: str | None = None
+    timeout: float | None = None
+    title: str | None = None            # the run's (and the PR's) title; default: the plan's goal
+    max_cost: float | None = None       # USD; default [limits] max_cost_usd
+    planner_usage: Mapping[str, Any] | None = None   # what planning it cost: Planned.usage()
+    default_agent: str | None = None    # the agent the planner chose for tasks naming none (and said so)
+
+
+def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
+    """Validate the plan, config, base and agents; only then create the run and drive it."""
+    repo = Repo.discover(cwd)
+    require_git(repo.root)
+    loaded = load_config(repo.root)
+    plan = _the_plan(options)
+    choice = default_agent(loaded, agent_cmd=options.agent_cmd, needed=uses_default(loaded, plan),
+                           recorded=options.default_agent)
+    if options.plan is None:        # a planned plan: the planner has said both already
+        for line in (choice.note(), config_note(repo.root, loaded)):
+            if line:
+                notify(line)
+    config, detected = with_detected_checks(choice.config, repo.root)
+    base = repo.resolve_commit(options.base)
+    repo.check_identity()
+    swarm_options = SwarmOptions(
+        agents=options.agents or config.agents.concurrency,
+        max_attempts=options.max_attempts or config.agents.max_attempts,
+        agent_timeout=options.timeout or config.agents.timeout,
+        max_cost=options.max_cost if options.max_cost is not None else config.limits.max_cost_usd,
+    )
+    agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
+    if _has_gitmodules(repo, base) and not config.worktree.setup:
+        notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
+               "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
+    if has_uncommitted_work(repo):
+        notify(f"warning: {repo.root} has uncommitted changes; they are not included "
+               f"(tasks start from {options.base} = {base[:12]})")
+
+    ensure_writable(repo.state_dir)
+    run_id = RunId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2))
+    branch = integration_branch(run_id)
+    run_dir = runs_dir(repo.state_dir) / run_id
+    opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
+            "agent_timeout": swarm_options.agent_timeout, "agent_cmd": options.agent_cmd,
+            "title": options.title or plan.goal or (options.plan_path.stem if options.plan_path else "plan"),
+            "plan_path": str(options.plan_path or run_dir / layout.PLAN),
+            "max_cost": swarm_options.max_cost, "default_agent": choice.chosen,
+            # The PR's base must be a branch: HEAD means the branch checked out right now.
+            "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
+    store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
+                            plan_json=plan.to_json(), task_ids=[str(t) for t in plan.ids()], options=opts)
+    try:
+        store.acquire_lock()
+        repo.update_ref(branch, base, None, reason=f"wswarm: start run {run_id}")
+    except BaseException:
+        store.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if options.plan_path is None:
+        (run_dir / layout.PLAN).write_text(plan.to_file_json() + "\n", encoding="utf-8")
+    if options.planner_usage:
+        store.add_run_cost(float(options.planner_usage.get("cost_usd") or 0.0))
+        store.event("planned", run=run_id, **options.planner_usage)
+    store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
+    slots = slots_needed(plan, store, swarm_options.agents)
+    at_once = f" (at most {slots} at once: the plan allows no more)" if slots < swarm_options.agents else ""
+    notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")
+    if detected:
+        notify(detected)
+    return drive(repo, config, plan, store, swarm_options, agent_for, view)
+
+
+def _the_plan(options: StartOptions) -> Plan:
+    if options.plan is not None:
+        return options.plan
+    if options.plan_path is None:
+        raise UsageError("no plan to run", hint="pass --plan plan.json, or a goal for the planner")
+    return load_plan(options.plan_path)
+
+
+def _has_gitmodules(repo: Repo, commit: str) -> bool:
+    try:
+        return ".gitmodules" in repo.pygit[commit].peel(pygit2.Commit).tree
+    except (KeyError, ValueError):
+        return False
+
+
+def has_uncommitted_work(repo: Repo) -> bool:
+    """Uncommitted changes in the user's checkout, besides an untracked wswarm.toml (read from the
+    checkout by wswarm itself, so it is not left out of anything)."""
+    out = repo.git("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal").stdout
+    return any(line.strip() and line != "?? wswarm.toml" for line in out.splitlines())
+
+
+def config_note(root: Path, config: Config) -> str | None:
+    """One line when wswarm.toml is used while pyproject.toml also has a [tool.wswarm] table."""
+    if config.source is None or config.source.name != "wswarm.toml":
+        return None
+    try:
+        data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "wswarm" not in tool:
+        return None
+    return "config: wswarm.toml is used; the [tool.wswarm] table in pyproject.toml is ignored"

@@ -1,0 +1,121 @@
+"""Driving a run: the view, signals and the swarm, from a created or resumed run to its PR body."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from worktree_swarm.agents.base import Agent
+from worktree_swarm.agents.registry import agent_for_task
+from worktree_swarm.config import Config
+from worktree_swarm.util.errors import EXIT_INTERRUPTED, DiskFullError, WswarmError
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.git.slots import open_pool
+from worktree_swarm.git.worktrees import WorktreePool
+from worktree_swarm.plan import Plan, Task
+from worktree_swarm.commands.pr import render_pr
+from worktree_swarm.train.integration import IntegrationMovedError
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.swarm.loop import Swarm, SwarmOptions
+from worktree_swarm.util.types import RunId, Sha
+from worktree_swarm.store import layout
+
+Notify = Callable[[str], None]
+View = Callable[[RunStore], AbstractContextManager[object]]
+
+
+class Interrupted(WswarmError):
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: RunId
+    integration_branch: str
+    pr_path: Path
+    all_merged: bool
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.all_merged else 1
+
+
+def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: SwarmOptions,
+           agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
+    row = store.run()
+    pool: WorktreePool | None = None
+    try:
+        # Slots start checking out now, while the scheduler reads the state and plans its first launches.
+        pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
+                         fresh_root=layout.worktrees_dir(repo.state_dir), start=Sha(row.integration_head or row.base))
+        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=pool,
+                      agent_for=agent_for, options=options, pool_root=layout.worktrees_dir(repo.state_dir))
+        pr_path = store.dir / layout.PR_BODY
+        _stop_on_hangup()
+        # The view closes after the state is final, so its last frame tells the truth.
+        with (view(store) if view else nullcontext()):
+            try:
+                all_merged = swarm.run()
+            except KeyboardInterrupt:
+                store.set_run(state="interrupted")
+                store.event("run-interrupted", run=row.id)
+                raise Interrupted(f"interrupted: run {row.id} saved",
+                                  hint=f"continue with: wswarm resume {row.id}") from None
+            except IntegrationMovedError:
+                # Stopped, adopting nothing: the PR body says what was found; resume once it is put back.
+                store.set_run(state="interrupted")
+                store.event("run-stopped", run=row.id, reason="the integration branch was moved by another process")
+                pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()),
+                                   encoding="utf-8")
+                raise
+            except DiskFullError as exc:
+                # Nothing more can be written; the lock released at exit makes the run read as
+                # interrupted, and every state change before this one is intact.
+                raise DiskFullError(f"run {row.id} stopped: {exc.message}",
+                                    hint=f"free some disk space, then continue with: wswarm resume {row.id}") from None
+            pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()), encoding="utf-8")
+            store.set_run(state="finished", finished=time.time())
+            store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
+        return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
+    finally:
+        if pool is not None:
+            pool.close()
+        store.close()
+
+
+def _stop_on_hangup() -> None:
+    """SIGTERM and SIGHUP stop a run like Ctrl-C: agents run in sessions of their own and would
+    otherwise outlive the orchestrator."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
+def agent_resolver(config: Config, plan: Plan, *, agent_cmd: str | None) -> Callable[[Task], Agent]:
+    """Which agent runs each task; every one is checked before anything is created."""
+    agents: dict[str, Agent] = {}
+    for task in plan:
+        agents[task.id] = agent_for_task(config, task, agent_cmd=agent_cmd)
+    for agent in {id(a): a for a in agents.values()}.values():
+        agent.check_available()
+    return lambda task: agents[task.id]
+
+
+def slots_needed(plan: Plan, store: RunStore, agents: int) -> int:
+    """Worktrees the run can use at once: no more than AGENTS, nor than the unmerged tasks that can
+    run side by side (a dependent starts only once what it depends on is merged)."""
+    open_tasks = [t.id for t in store.tasks() if t.status != "merged" and t.id in plan]
+    return max(1, min(agents, plan.width(open_tasks) if open_tasks else 1))
+
+
