@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.redis_server import redis_server, redis_session  # noqa: F401  (fixtures)
+
 WSWARM = [sys.executable, "-m", "worktree_swarm"]
 
 
