@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
@@ -33,7 +33,6 @@ from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
 from worktree_swarm.sandbox import Confinement
 from worktree_swarm.store import layout
-from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.util.types import BranchName, RunId, Sha
 
 
@@ -65,10 +64,21 @@ class Outcome:
 
 
 
+class AttemptLog(Protocol):
+    """Where an attempt keeps its files and reports its events: the run's store on the integrator's
+    machine (`RunStore`), a folder and an event stream on a worker's."""
+
+    def attempt_dir(self, task_id: str, n: int) -> Path:
+        """The attempt's folder (made if missing): prompts, logs, gate.json."""
+
+    def event(self, kind: str, task: str | None = None, **data: Any) -> object:
+        """Record one event of the run."""
+
+
 class AttemptRunner:
     """Everything an attempt needs, shared by the worker threads; it holds no scheduling state."""
 
-    def __init__(self, *, repo: Repo, config: Config, store: RunStore, pool: WorktreePool, pool_root: Path,
+    def __init__(self, *, repo: Repo, config: Config, store: AttemptLog, pool: WorktreePool, pool_root: Path,
                  agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
                  agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement(),
                  report: Callable[[str, dict[str, Any]], None] = lambda task_id, fields: None) -> None:
@@ -166,7 +176,7 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        left_out = self._commit_leftovers(task, worktree)
+        left_out = self._commit_leftovers(task, out.n, worktree)
         if left_out:
             self.store.event("leftovers-excluded", task.id, attempt=out.n, files=[redact_secrets(p) for p in left_out])
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
@@ -287,7 +297,7 @@ class AttemptRunner:
             return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
         return None
 
-    def _commit_leftovers(self, task: Task, worktree: Path) -> list[str]:
+    def _commit_leftovers(self, task: Task, n: int, worktree: Path) -> list[str]:
         """Commit what the agent left uncommitted, with the user's identity, except new generated
         files no one commits (bytecode, node_modules, editor swap files, coverage data, tool caches)
         even where no .gitignore says so. Returns what was left out, also written to the attempt's
@@ -297,7 +307,7 @@ class AttemptRunner:
         self.repo.git("add", "-A", "--", ".", *(f":(exclude,glob){p}" for p in GENERATED), cwd=worktree)
         self.repo.git("add", "-u", cwd=worktree)
         if left_out:
-            _log_left_out(self.store.attempt_dir(task.id, self.store.task(task.id).attempts), left_out)
+            _log_left_out(self.store.attempt_dir(task.id, n), left_out)
         if self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
             return left_out
         # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
