@@ -256,6 +256,28 @@ def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Def
 
 
 @app.command(cls=Command)
+def retry(
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN", show_default=False,
+                                                 help="Default: the newest run.")] = None,
+    tasks: Annotated[list[str] | None, typer.Argument(metavar="TASK", show_default=False,
+                                                      help="Only these (and what they blocked). "
+                                                           "Default: every failed task.")] = None,
+    agent_cmd: Annotated[str | None, typer.Option(help="Command line run as each retried task's agent.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(min=1, max=20, help="Attempts each retried task gets now. "
+                                                     "Default: the run's.")] = None,
+    agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once. Default: the run's.")] = None,
+) -> None:
+    """New attempts for a finished run's failed tasks and the tasks they blocked, on its integration branch."""
+    from worktree_swarm.commands import retry as run
+
+    options = run.RetryOptions(run=run_id, tasks=tuple(tasks or ()), agent_cmd=agent_cmd,
+                               max_attempts=max_attempts, agents=agents)
+    result = _call(lambda: run.retry(cwd=Path.cwd(), options=options, notify=_notify,
+                                     view=lambda store: watch(store, err)))
+    _finish(result)
+
+
+@app.command(cls=Command)
 def status(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object (with --all: an array of them).")] = False,

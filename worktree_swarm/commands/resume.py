@@ -1,65 +1,108 @@
-"""`wswarm resume`: continue an interrupted run; merged work is kept (after checking it), the rest starts again."""
+"""`wswarm resume`: continue an interrupted run; merged work is kept (after checking it), the rest starts again.
+
+What resume and retry share is here too: taking a run's lock, rebuilding what drives it from what the
+run recorded, and handing it back to the swarm.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
-from worktree_swarm.agents.registry import default_agent, uses_default
-from worktree_swarm.config import load_config
+from worktree_swarm.agents.base import Agent
+from worktree_swarm.agents.registry import DefaultAgent, default_agent, uses_default
+from worktree_swarm.config import Config, load_config
 from worktree_swarm.util.errors import UsageError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.repo import Repo, require_git
-from worktree_swarm.plan import plan_from_data
-from worktree_swarm.store.run_store import RunStore, find_run
+from worktree_swarm.plan import Plan, Task, plan_from_data
+from worktree_swarm.store.run_store import RunRow, RunStore, find_run
 from worktree_swarm.swarm.loop import SwarmOptions
 from worktree_swarm.util.types import RunId
 from worktree_swarm.swarm.session import Notify, RunResult, View, agent_resolver, drive
 from worktree_swarm.swarm.recovery import reconcile
 
 
+@dataclass(frozen=True)
+class Driving:
+    """Everything a run is driven with, rebuilt from what it recorded and checked before any change."""
+
+    config: Config
+    detected: str | None        # the line announcing detected gate checks
+    plan: Plan
+    options: SwarmOptions
+    agent_for: Callable[[Task], Agent]
+    choice: DefaultAgent
+
+
 def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = None) -> RunResult:
     """Continue an interrupted run: merged work is kept (after checking it), the rest starts again."""
     repo = Repo.discover(cwd)
     require_git(repo.root)
-    store = RunStore.open(find_run(repo.state_dir, run))
+    store = locked_run(repo, run)
     try:
         row = store.run()
-        if not store.acquire_lock():
-            raise UsageError(f"run {row.id} is being driven by another wswarm process right now",
-                             hint="watch it with: wswarm status --watch")
         if row.state == "finished":
             raise UsageError(f"run {row.id} has already finished; there is nothing to resume",
-                             hint="start a new run, or see it with: wswarm status")
+                             hint=f"retry its failed tasks with: wswarm retry {row.id}")
         store.migrate()
         row = store.run()
         if repo.branch_sha(row.integration_branch) is None and row.integration_head is None:
             # A run made before heads were recorded: nothing says where the branch was.
             raise UsageError(f"the integration branch {row.integration_branch} of run {row.id} is gone",
                              hint="it cannot be resumed; start a new run")
-        loaded = load_config(repo.root)
-        plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
-        o = row.options
-        choice = default_agent(loaded, agent_cmd=o.get("agent_cmd"), needed=uses_default(loaded, plan),
-                               recorded=o.get("default_agent"))
-        config, detected = with_detected_checks(choice.config, repo.root)
-        swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
-                                     agent_timeout=float(o["agent_timeout"]),
-                                     max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
-        agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))
+        driving = prepare(repo, row, row.options)
     except BaseException:
         store.close()
         raise
-    store.set_run(state="running")
+    return carry_on(repo, store, driving, notify, view, event="run-resumed", says=f"resuming run {row.id}")
+
+
+def locked_run(repo: Repo, run: str | None) -> RunStore:
+    """The run RUN (default: the newest), its lock held by this process; refused while another
+    process drives it."""
+    store = RunStore.open(find_run(repo.state_dir, run))
+    try:
+        if not store.acquire_lock():
+            raise UsageError(f"run {store.run().id} is being driven by another wswarm process right now",
+                             hint="watch it with: wswarm status --watch")
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def prepare(repo: Repo, row: RunRow, options: dict[str, Any]) -> Driving:
+    """What drives run ROW with OPTIONS (its recorded options, or a retry's overrides of them): the
+    configuration, the plan, the agents (each checked available). Changes nothing."""
+    loaded = load_config(repo.root)
+    plan = plan_from_data(json.loads(row.plan), source=f"run {row.id}")
+    o = options
+    choice = default_agent(loaded, agent_cmd=o.get("agent_cmd"), needed=uses_default(loaded, plan),
+                           recorded=o.get("default_agent"))
+    config, detected = with_detected_checks(choice.config, repo.root)
+    swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
+                                 agent_timeout=float(o["agent_timeout"]),
+                                 max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
+    agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))
+    return Driving(config, detected, plan, swarm_options, agent_for, choice)
+
+
+def carry_on(repo: Repo, store: RunStore, driving: Driving, notify: Notify, view: View | None, *,
+             event: str, says: str, **data: Any) -> RunResult:
+    """Drive the locked run in STORE again: marked running, what a dead orchestrator left behind
+    cleared, EVENT (with DATA) logged and SAYS told, then the swarm until the PR body is written."""
+    row = store.run()
+    store.set_run(state="running", finished=None)
     killed, removed = reconcile(repo, store, RunId(row.id))
-    store.event("run-resumed", run=row.id, orphans_killed=killed, worktrees_removed=removed)
-    if choice.note():
-        notify(str(choice.note()))
-    notify(f"resuming run {row.id}" + (f": stopped {killed} orphaned agent or check process group(s)"
-                                       if killed else ""))
-    if detected:
-        notify(detected)
-    return drive(repo, config, plan, store, swarm_options, agent_for, view)
-
-
+    store.event(event, run=row.id, orphans_killed=killed, worktrees_removed=removed, **data)
+    if driving.choice.note():
+        notify(str(driving.choice.note()))
+    notify(says + (f": stopped {killed} orphaned agent or check process group(s)" if killed else ""))
+    if driving.detected:
+        notify(driving.detected)
+    return drive(repo, driving.config, driving.plan, store, driving.options, driving.agent_for, view)

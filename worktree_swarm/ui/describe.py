@@ -59,6 +59,8 @@ def _describe(event: dict[str, Any]) -> str:
             (" (recovered)" if event.get("recovered") else "")
     if kind == "conflict":
         return f"merge conflict in {files}{at}"
+    if kind == "held":
+        return f"held: waiting for {event.get('waiting_for')}: {event.get('reason') or ''}".rstrip(": ")
     if kind == "leftovers-excluded":
         return f"not committed (generated files): {files}"
     if kind in ("requeued", "failed", "blocked", "ejected", "gate-failed", "agent-failed", "timeout", "no-op",
@@ -75,6 +77,10 @@ def _describe(event: dict[str, Any]) -> str:
         return "run interrupted; wswarm resume continues"
     if kind == "run-resumed":
         return "run resumed"
+    if kind == "run-retried":
+        overrides = event.get("overrides") or {}
+        given = ", ".join(f"--{k.replace('_', '-')} {short(v)}" for k, v in overrides.items())
+        return f"run retried: {short(event.get('tasks') or [])}" + (f" ({given})" if given else "")
     if kind == "planned":
         cost = f" for ${float(event['cost_usd']):.4f}" if event.get("cost_usd") else ""
         return f"planned by {event.get('model') or 'the model'}{cost}"
