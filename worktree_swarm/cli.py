@@ -1,4 +1,8 @@
-"""The `wswarm` command line."""
+"""The `wswarm` command line.
+
+Each command imports what it needs inside its body: `--help` and the read-only commands must not
+pay for pygit2, the model client or the live view. (`status --json` and `--version` are answered
+before this module is loaded at all: see `__main__`.)"""
 
 from __future__ import annotations
 
@@ -8,19 +12,20 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from worktree_swarm import __version__
-from worktree_swarm.util.errors import WswarmError, crash_log
-from worktree_swarm.util.textsafe import SafeConsole, terminal_text
-from worktree_swarm.ui.live import watch
+from worktree_swarm import __version__, output
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from worktree_swarm.planner.model import Planned
+    from worktree_swarm.store.run_store import RunStore
 
 _REQUIRED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
 
@@ -55,75 +60,33 @@ class Group(TyperGroup):
         super().format_help(ctx, formatter)
 
 
-class _Console(SafeConsole):
-    """Output whose reader may go away (`wswarm start | head -2`): the run is not stopped for it."""
+def watch(store: RunStore, console: Console) -> AbstractContextManager[None]:
+    """The live view of a run being driven (loaded only by the commands that drive one)."""
+    from worktree_swarm.ui.live import watch as live
 
-    def on_broken_pipe(self) -> None:
-        # rich's own exits the process (and points fd 1 at /dev/null whichever stream broke).
-        self.quiet = True
-        _to_devnull(self.file)
-
-
-def _to_devnull(stream: IO[str]) -> None:
-    """Send what STREAM still gets (and what its buffer holds) to /dev/null: the reader is gone,
-    and Python's own flush at exit must not fail the command either."""
-    try:
-        fd = stream.fileno()
-    except (OSError, ValueError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
+    return live(store, console)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
                   help="Run many coding agents on one repository: a task DAG, a worktree per task, "
                        "a quality gate, an in-memory merge train, one combined PR.")
 # Much of what these show was written by a model or an agent: never markup, never a control sequence.
-out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = output.console()
+err = output.stderr_console()
 T = TypeVar("T")
-EXIT_INTERNAL = 3
+EXIT_INTERNAL = output.EXIT_INTERNAL
+_emit = output.emit
+_write = output.write
+_notify = output.notify
 
 
 def _call(fn: Callable[[], T]) -> T:
-    """Run a core function; expected errors become one line, a hint and their exit code."""
+    """Run a core function; expected errors become one line, a hint and their exit code; a bug keeps
+    its whole traceback in a crash log and shows one line."""
     try:
         return fn()
-    except WswarmError as exc:
-        err.print(f"wswarm: {exc.message}", markup=False)
-        if exc.hint:
-            err.print(f"hint: {exc.hint}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("wswarm: interrupted")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug: keep the whole traceback, show one line
-        log = crash_log()
-        err.print(f"wswarm: internal error: {type(exc).__name__}: {exc}", markup=False)
-        err.print(f"hint: the traceback is in {log}; please report it", markup=False)
-        raise typer.Exit(EXIT_INTERNAL) from None
-
-
-def _emit(text: str) -> None:
-    """Data (a PR body, a log, JSON) goes to stdout as it is: no markup, emoji codes or tab expansion."""
-    _write(text if text.endswith("\n") else text + "\n")
-
-
-def _write(text: str) -> None:
-    """TEXT to stdout: byte for byte into a file or a pipe; on a terminal without the control sequences
-    an agent's output may carry (a title change, a cleared screen, a rewritten line)."""
-    try:
-        sys.stdout.write(terminal_text(text) if sys.stdout.isatty() else text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _to_devnull(sys.stdout)
-
-
-def _notify(message: str) -> None:
-    err.print(message, markup=False)
+    except (Exception, KeyboardInterrupt) as exc:
+        raise typer.Exit(output.failed(exc)) from None
 
 
 @app.command(cls=Command)
@@ -285,29 +248,25 @@ def status(
     watch_: Annotated[bool, typer.Option("--watch", help="Follow the run live until it finishes or stops.")] = False,
 ) -> None:
     """Runs and their tasks; safe to use from another terminal during a run."""
+    # `status --json [RUN]` and `status --all --json` usually never get here (see __main__); what
+    # they print is made by the same functions either way.
     from worktree_swarm.util.errors import UsageError
-    from worktree_swarm.git.repo import Repo
-    from worktree_swarm.store.run_store import RunStore, find_run, list_runs
-    from worktree_swarm.commands.status import status_data
-    from worktree_swarm.ui.live import attach, board
+    from worktree_swarm.commands.status import all_status, open_run, run_status
 
-    def load() -> list[dict[str, object]] | RunStore:
+    def load() -> list[dict[str, Any]] | dict[str, Any] | RunStore:
         if watch_ and (as_json or all_runs):
             raise UsageError("--watch follows one run on the terminal; it does not combine with "
                              + ("--json" if as_json else "--all"), hint="wswarm status --watch [RUN]")
-        repo = Repo.discover(Path.cwd())
         if all_runs:
-            rows = []
-            for folder in list_runs(repo.state_dir):
-                store = RunStore.open(folder)
-                try:
-                    rows.append(status_data(store))
-                finally:
-                    store.close()
-            return rows
-        return RunStore.open(find_run(repo.state_dir, run_id))
+            return all_status(Path.cwd())
+        if as_json:
+            return run_status(Path.cwd(), run_id)
+        return open_run(Path.cwd(), run_id)
 
     loaded = _call(load)
+    if isinstance(loaded, dict):
+        _emit(json.dumps(loaded, indent=2))
+        return
     if isinstance(loaded, list):
         if as_json:
             _emit(json.dumps(loaded, indent=2))
@@ -319,10 +278,11 @@ def status(
             merged = sum(t["status"] == "merged" for t in tasks)
             _emit(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  {row['integration_branch']}")
         return
+    from worktree_swarm.ui.live import attach, board
+    from worktree_swarm.util.textsafe import SafeConsole
+
     try:
-        if as_json:
-            _emit(json.dumps(status_data(loaded), indent=2))
-        elif watch_:
+        if watch_:
             attach(loaded, SafeConsole(highlight=False, markup=False, emoji=False))
         else:
             out.print(board(loaded))

@@ -1,14 +1,19 @@
-"""What `wswarm status` reports: the run and its tasks, as data."""
+"""What `wswarm status` reports: the run and its tasks, as data.
+
+`status --json` is answered without typer (see `__main__`), so this module and what it imports
+stay light: no pygit2, rich or model client on this path."""
 
 from __future__ import annotations
 
 import json
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from worktree_swarm.gate.report import GateReport, findings_of
-from worktree_swarm.store.run_store import ACTIVE_STATUSES, AttemptRow, RunStore
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.store.run_store import ACTIVE_STATUSES, AttemptRow, RunStore, find_run, list_runs
 from worktree_swarm.store import layout
 
 # An attempt still going, or stopped by Ctrl-C: it has no verdict to show.
@@ -71,3 +76,29 @@ def status_data(store: RunStore) -> dict[str, Any]:
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,
             "pr": str(store.dir / layout.PR_BODY) if (store.dir / layout.PR_BODY).exists() else None}
+
+
+def open_run(cwd: Path, run_id: str | None) -> RunStore:
+    """The store of RUN_ID (default: the newest run) of the repository at CWD; the caller closes it."""
+    return RunStore.open(find_run(Repo.discover(cwd).state_dir, run_id))
+
+
+def run_status(cwd: Path, run_id: str | None) -> dict[str, Any]:
+    """`status --json`: the status of RUN_ID (default: the newest run)."""
+    store = open_run(cwd, run_id)
+    try:
+        return status_data(store)
+    finally:
+        store.close()
+
+
+def all_status(cwd: Path) -> list[dict[str, Any]]:
+    """`status --all`: the status of every run of the repository at CWD, oldest first."""
+    rows = []
+    for folder in list_runs(Repo.discover(cwd).state_dir):
+        store = RunStore.open(folder)
+        try:
+            rows.append(status_data(store))
+        finally:
+            store.close()
+    return rows

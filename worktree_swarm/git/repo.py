@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-
-import pygit2
+from typing import TYPE_CHECKING
 
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
 from worktree_swarm.util.types import Sha
+
+if TYPE_CHECKING:
+    import pygit2
 
 ZERO_SHA = Sha("0" * 40)
 # `git merge-tree --write-tree`, the merge train's in-memory merge, arrived in git 2.38.
@@ -63,13 +65,16 @@ class Repo:
         if not common.is_absolute():
             common = (cwd / common).resolve()
         repo = cls(root=root, common_dir=common)
-        if repo.ref_sha("HEAD") is None:
+        # Asked of git, not pygit2: read-only commands such as `status` need no pygit2 at all.
+        if proc.git("rev-parse", "--verify", "-q", "HEAD^{commit}", cwd=cwd, check=False).returncode != 0:
             raise NotARepositoryError(f"the repository at {root} has no commits yet",
                                       hint="commit something first: tasks start from a commit")
         return repo
 
     @property
     def pygit(self) -> pygit2.Repository:
+        import pygit2   # here, not at the top: it costs read-only commands a third of their time
+
         repo = getattr(self._local, "repo", None)
         if repo is None:
             repo = pygit2.Repository(str(self.root))
@@ -93,6 +98,8 @@ class Repo:
 
     def ref_sha(self, ref: str) -> Sha | None:
         """The commit a ref or revision points at, or None when it does not resolve."""
+        import pygit2
+
         try:
             obj = self.pygit.revparse_single(ref)
         except (KeyError, ValueError, pygit2.GitError):
@@ -109,6 +116,8 @@ class Repo:
 
     def branch_sha(self, branch: str) -> Sha | None:
         """The tip of refs/heads/BRANCH, read fresh (pygit2 does not cache refs)."""
+        import pygit2
+
         try:
             ref = self.pygit.references.get(f"refs/heads/{branch}")
         except (ValueError, pygit2.GitError):
@@ -117,6 +126,8 @@ class Repo:
 
     def tree_of(self, commit: str) -> str:
         """The id of COMMIT's tree: what checks and no-op tests compare."""
+        import pygit2
+
         return str(self.pygit[commit].peel(pygit2.Commit).tree_id)
 
     def current_branch(self) -> str | None:
