@@ -15,6 +15,7 @@ from worktree_swarm.git.repo import Repo
 from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
 from worktree_swarm.commands.status import last_finished, last_session, session_id
 from worktree_swarm.util.textsafe import md_cell, md_code, md_fence, md_text, one_line
+from worktree_swarm.ui.describe import base_failing_text
 
 _MARK = {"merged": "✅ merged", "failed": "❌ failed", "blocked": "⛔ blocked"}
 
@@ -113,8 +114,12 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
                              "(`wswarm status` shows where it is)")
     shared = [e for e in events if e.get("kind") == "shared-state-changed"]
     moved = [e for e in events if e.get("kind") in ("integration-moved", "integration-restored")]
-    if shared or moved:
+    base_failing = list({str(e.get("check")): e for e in events if e.get("kind") == "base-failing"}.values())
+    if shared or moved or base_failing:
         lines += ["", "## Warnings", ""]
+    for e in base_failing:
+        text = base_failing_text(e)
+        lines.append(f"- {md_text(text[0].upper() + text[1:])}.")
     for e in moved:
         if e.get("kind") == "integration-moved":
             lines.append(f"- The integration branch was moved by another process to {md_code(str(e.get('found')))} "

@@ -9,8 +9,12 @@ temporary folders), so the parts of paths that say where a check ran are set asi
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 
+from worktree_swarm.config import CheckConfig
+from worktree_swarm.gate.detect import is_detected
 from worktree_swarm.gate.report import NEW_FAILURES, CheckResult, line_key, normalise_paths, parse_output, tail
 
 _MAX_SHOWN = 30
@@ -46,3 +50,28 @@ def judge(branch: CheckResult, branch_output: str, base: CheckResult | None, bas
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+class BaseFailing:
+    """Tells once per check (as a `base-failing` event) that it fails where tasks start, before any
+    task's change: every task is then judged only on failures beyond those, and a detected check
+    failing there usually runs the wrong way for the project. Known only once a branch fails the
+    check and the base is probed; checking the base up front would cost a whole run of the checks
+    before the first agent starts. Thread-safe: attempts gate side by side."""
+
+    def __init__(self, emit: Callable[..., object]) -> None:
+        self._emit = emit
+        self._told: set[str] = set()
+        self._lock = threading.Lock()
+
+    def saw(self, check: CheckConfig, result: CheckResult, output: str, commit: str) -> None:
+        """The base's RESULT for CHECK at COMMIT is known."""
+        if result.status != "fail":
+            return
+        with self._lock:
+            if check.name in self._told:
+                return
+            self._told.add(check.name)
+        self._emit("base-failing", check=check.name, commit=commit, failures=len(failure_keys(output)),
+                   detected=is_detected(check))
+

@@ -234,12 +234,24 @@ def _can_import(python: str, module: str) -> bool:
     return res.returncode == 0
 
 
+# Every check detection made in this process: a detected check that fails on the base is usually
+# run the wrong way for the project (say, its tests without the package importable), which the
+# user is told once, with the hint to configure it.
+_DETECTED: set[CheckConfig] = set()
+
+
+def is_detected(check: CheckConfig) -> bool:
+    """Whether CHECK is one that detection chose (not one the configuration names)."""
+    return check in _DETECTED
+
+
 def with_detected_checks(config: Config, root: Path) -> tuple[Config, str | None]:
     """CONFIG as it is when checks are configured; else with the checks detected in ROOT (the
     missing ones kept aside to be reported as not run) and the one line that announces them."""
     if config.gate.checks:
         return config, None
     found = detect_checks(root)
+    _DETECTED.update(d.check for d in found)
     gate = replace(config.gate, checks=tuple(d.check for d in found if d.installed),
                    not_installed=tuple((d.check.name, d.check.kind, d.missing or "not installed")
                                        for d in found if not d.installed))

@@ -18,12 +18,13 @@ from typing import Any, Protocol
 from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest
 from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
-from worktree_swarm.config import Config
+from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.util.errors import CommandError, DiskFullError, no_room
 from worktree_swarm.util.redact import redact_secrets, scrub_logs
+from worktree_swarm.gate.baseline import BaseFailing
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
-from worktree_swarm.gate.report import GateReport, tail
+from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git import residue
@@ -96,6 +97,7 @@ class AttemptRunner:
         self.confinement = confinement
         # What a task row should now say; the orchestrator writes it (it alone writes task rows).
         self.report = report
+        self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
@@ -206,8 +208,14 @@ class AttemptRunner:
                             env=env, log_dir=adir, cache=self.cache, cancel=self.cancel,
                             confinement=self.confinement)
         start = out.start
+
+        def baseline(check: CheckConfig) -> tuple[CheckResult, str]:
+            result, output = base_probe.result(check, start)
+            self.base_failing.saw(check, result, output, start)
+            return result, output
+
         memory = Memory(cache=self.cache, tree=self.repo.tree_of(out.head), setup=self.config.worktree.setup,
-                        base_tree=self.repo.tree_of(start), baseline=lambda check: base_probe.result(check, start))
+                        base_tree=self.repo.tree_of(start), baseline=baseline)
         try:
             report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
                               config=self.config.gate, declared_files=task.files, changes=out.changes,

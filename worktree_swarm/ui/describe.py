@@ -7,6 +7,7 @@ control characters."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from worktree_swarm.util.textsafe import one_line
@@ -59,6 +60,8 @@ def _describe(event: dict[str, Any]) -> str:
             (" (recovered)" if event.get("recovered") else "")
     if kind == "conflict":
         return f"merge conflict in {files}{at}"
+    if kind == "news":
+        return f"told that {event.get('about')} merged (head {short(event.get('head') or '')})"
     if kind == "held":
         return f"held: waiting for {event.get('waiting_for')}: {event.get('reason') or ''}".rstrip(": ")
     if kind == "leftovers-excluded":
@@ -77,6 +80,8 @@ def _describe(event: dict[str, Any]) -> str:
         return "run interrupted; wswarm resume continues"
     if kind == "run-resumed":
         return "run resumed"
+    if kind == "base-failing":
+        return base_failing_text(event)
     if kind == "run-retried":
         overrides = event.get("overrides") or {}
         given = ", ".join(f"--{k.replace('_', '-')} {short(v)}" for k, v in overrides.items())
@@ -98,3 +103,14 @@ def _describe(event: dict[str, Any]) -> str:
         guilty = f"; ejecting {event['guilty']}" if event.get("guilty") else ""
         return f"merge-result gate {verdict} on {short(event.get('commit') or '')}{guilty}"
     return f"{kind} {details(event)}".strip()
+
+
+def base_failing_text(event: Mapping[str, Any]) -> str:
+    """The one line a `base-failing` event is told as (the live view, the PR body's warnings)."""
+    n = int(event.get("failures") or 0)
+    check, commit = str(event.get("check")), str(event.get("commit") or "")[:12]
+    text = (f"the {'detected ' if event.get('detected') else ''}check {check} fails on the base itself "
+            f"({commit}, {n} failure{'' if n == 1 else 's'}): tasks are judged only on failures beyond those")
+    if event.get("detected"):
+        text += "; configure it in [[gate.checks]] (wswarm.toml) to run it the way the project needs"
+    return text
