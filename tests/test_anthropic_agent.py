@@ -337,3 +337,43 @@ def test_wswarm_start_with_the_anthropic_agent_merges_its_work(fake_api: FakeAnt
         if path.is_file():
             assert KEY not in path.read_text(errors="replace"), path
     assert os.environ["ANTHROPIC_API_KEY"] == KEY
+
+
+# -- news of work merged while the agent runs -----------------------------------------------------
+
+def test_news_posted_while_a_tool_runs_is_in_the_next_request_after_the_tool_results(
+        fake_api: FakeAnthropic, wt: Path) -> None:
+    from worktree_swarm.agents.base import News
+    item = {"task": "pricing", "summary": "Moved prices to pricing.py", "files": ["pricing.py"], "head": "c0ffee" * 6}
+    fake_api.on(None, tool_use("write", {"path": "a.txt", "content": "a\n"}))
+    fake_api.on(None, tool_use("write", {"path": "b.txt", "content": "b\n"}))
+    fake_api.on(None, text("Done, and I know about pricing."))
+    adir = wt.parent / "attempt"
+    adir.mkdir()
+    (adir / "prompt.md").write_text("# Task `greet`\n")
+    news = News(adir / "news.jsonl")
+    lines: list[str] = []
+
+    def activity(line: str) -> None:
+        lines.append(line)
+        if line == "Write a.txt":           # the merge lands while the first tool call runs
+            news.post(item)
+
+    request = AgentRequest(run_id=RunId("r1"), task=Task(TaskId("greet"), "general", "Add a greeting."),
+                           attempt=1, worktree=wt, base=Sha("0" * 40), prompt_path=adir / "prompt.md",
+                           task_json_path=adir / "task.json", feedback_path=None, log_path=adir / "agent.log",
+                           timeout=60, activity=activity, news=news)
+    result = AnthropicAgent(AgentConfig(name="anthropic", kind="anthropic")).run(request, cancel=threading.Event())
+
+    assert result.ok, result.error
+    sent = [m.body["messages"] for m in fake_api.messages()]
+    told = News.text(item)
+    assert told not in json.dumps(sent[0])
+    # After the merge: the user message that answers the tool call carries the news after its result.
+    last = sent[1][-1]
+    assert last["role"] == "user" and [b["type"] for b in last["content"]] == ["tool_result", "text"]
+    assert last["content"][1]["text"] == told and "git merge " + item["head"] in told
+    assert [m["role"] for m in sent[2]] == ["user", "assistant", "user", "assistant", "user"]
+    assert json.dumps(sent[2]).count("News while you work") == 1       # told once, not again each turn
+    assert "## news\n\n" + told in request.log_path.read_text()
+    assert f"News: 'pricing' merged (integration head {item['head'][:12]})" in lines

@@ -2,14 +2,65 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from worktree_swarm.plan import Task
+from worktree_swarm.util import proc
 from worktree_swarm.util.types import RunId, Sha
+
+
+class News:
+    """Word of work merged into the integration branch while an attempt runs.
+
+    Each item is appended to a JSON-lines file (a command agent reads it at $WSWARM_NEWS) and queued
+    for model-backed agents, which pass it on to the model before its next turn."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._queue: list[dict[str, Any]] = []
+        self._posted = threading.Event()
+
+    def post(self, item: Mapping[str, Any]) -> None:
+        """Queue ITEM and append it to the file as one JSON line (written whole, in one call)."""
+        with self._lock:
+            self._queue.append(dict(item))
+            if self.path is not None:
+                # The agent can write its attempt's folder: a link planted at the name is refused.
+                fd = proc.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                with os.fdopen(fd, "ab") as out:
+                    out.write((json.dumps(item, ensure_ascii=False) + "\n").encode())
+            self._posted.set()
+
+    def take(self) -> list[dict[str, Any]]:
+        """Items posted since the last call, oldest first."""
+        with self._lock:
+            items, self._queue = self._queue, []
+            self._posted.clear()
+            return items
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to TIMEOUT seconds for an item not yet taken; True when there is one."""
+        return self._posted.wait(timeout)
+
+    @staticmethod
+    def text(item: Mapping[str, Any]) -> str:
+        """One item as a message to a model."""
+        if item.get("message"):
+            return str(item["message"])
+        files = ", ".join(str(f) for f in item.get("files") or []) or "no files"
+        return (f"News while you work: task '{item.get('task')}' was merged into the integration branch "
+                f"(now at {item.get('head')}). It changed: {files}.\n"
+                f"Its summary: {item.get('summary') or '(none)'}\n"
+                f"If your change touches the same code, you may bring its work into your branch with "
+                f"`git merge {item.get('head')}` and adapt to it.")
 
 
 @dataclass(frozen=True)
@@ -34,6 +85,7 @@ class AgentRequest:
     task_prompt_path: Path | None = None   # prompt_path's text without the role: for model-backed agents
     model: str | None = None            # the role's model, when it names one
     hold_fds: tuple[int, ...] = ()      # lock fds every process the agent starts inherits (WorktreePool.holds)
+    news: News = field(default_factory=News, compare=False)   # merged work it should hear of while it runs
 
     def first_message(self) -> str:
         """What a model-backed agent sends first: the prompt without the role its system prompt holds."""

@@ -14,7 +14,7 @@ import anthropic
 import httpx2
 
 from worktree_swarm.util import proc
-from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
+from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult, News
 from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.sandbox import Runner, describe
 from worktree_swarm.sandbox import available as sandbox_available
@@ -119,6 +119,7 @@ class _Session:
     cache_write: int = 0
     cache_read: int = 0
     summary: str = ""
+    news: list[dict[str, Any]] = field(default_factory=list)    # posted, not yet told to the model
 
     def run(self) -> AgentResult:
         spec = self.agent.spec
@@ -136,6 +137,7 @@ class _Session:
                     raise _Stop(f"the agent used its {max_turns} turns without finishing "
                                 f"(raise max_turns in [agents.{self.agent.name}])")
                 self._check_time()
+                self._tell_news()
                 self.turns += 1
                 reply = self._ask(client)
                 if self._answer(reply):
@@ -148,6 +150,23 @@ class _Session:
                 client.close()
         self._write(f"\n## summary\n\n{self.summary or '(no summary)'}\n")
         return self._result(ok=True)
+
+    def _tell_news(self) -> None:
+        """Add news of work merged meanwhile to the user message the next turn sends: after its
+        tool results (or its text), so user and assistant messages still alternate."""
+        self.news += self.request.news.take()
+        last = self.messages[-1]
+        if not self.news or last["role"] != "user":     # a paused turn continues its assistant message
+            return
+        content = last["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        for item in self.news:
+            told = News.text(item)
+            blocks.append({"type": "text", "text": told})
+            self._write(f"\n## news\n\n{told}\n")
+            self.request.activity(f"News: '{item.get('task')}' merged (integration head {str(item.get('head'))[:12]})")
+        last["content"] = blocks
+        self.news = []
 
     def _ask(self, client: anthropic.Anthropic) -> Any:
         """One reply. Retries (overloaded, rate limited, connection lost) are ours, not the SDK's,
