@@ -482,6 +482,23 @@ def test_diff_text_keeps_a_lone_cr_and_ignores_noprefix(repo: Repo) -> None:
     assert text.encode("utf-8", "surrogateescape") == plain
 
 
+def test_changed_files_hands_diff_text_the_same_patch_git_diff_prints(repo: Repo) -> None:
+    repo.write("old.txt", "1\n2\n3\n4\n5\n")
+    base = Sha(repo.commit_all("base"))
+    repo.git("mv", "old.txt", "new name ü.txt")
+    repo.write("tab\tname.txt", "t\n")
+    (repo.path / "cr.txt").write_bytes(b"one\rstill one\n")
+    (repo.path / "image.bin").write_bytes(b"\x00\x01\xff" * 8)
+    head = Sha(repo.commit_all("change"))
+    git_repo = gitrepo(repo)
+    changes = changed_files(git_repo, base, head)
+    assert [c.path for c in changes] == ["cr.txt", "image.bin", "new name ü.txt", "tab\tname.txt"]
+    # Taken from changed_files' process, then computed again: both are git's own patch.
+    kept, again = diff_text(git_repo, base, head), diff_text(git_repo, base, head)
+    assert kept == again and "\nrename from old.txt\n" in kept and "+one\rstill one" in kept.split("\n")
+    assert diff_text(git_repo, base, head, ["cr.txt"]).startswith("diff --git a/cr.txt b/cr.txt")
+
+
 def test_diff_text_keeps_undecodable_bytes(repo: Repo) -> None:
     base = sha(repo, "HEAD")
     (repo.path / "latin1.txt").write_bytes(b"caf\xe9\n")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pygit2
 
 from worktree_swarm.util import proc
+from worktree_swarm.util.errors import CommandError
 from worktree_swarm.config import CheckConfig, GateConfig
 from worktree_swarm.gate.baseline import judge
 from worktree_swarm.gate.cache import GateCache, cache_key
@@ -161,7 +162,7 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
     reach the integration branch's history.
     """
     revs = f"{base}..{head}" if base is not None else head
-    if int(repo.git("rev-list", "--count", "--no-merges", revs).stdout) < 2:
+    if not _two_commits(repo, base, head):
         return []
     raw = proc.git_bytes(*repo.objects_only(), "log", "-p", "--reverse", "--no-merges", *PLAIN, "-M",
                          "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", revs, cwd=repo.common_dir)
@@ -173,6 +174,24 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
                 seen.add((f.path, f.message))
                 found.append(replace(f, message=f"{f.message} (in commit {commit}, still in the branch's history)"))
     return found
+
+
+def _two_commits(repo: Repo, base: Sha | None, head: Sha) -> bool:
+    """Whether BASE..HEAD (from the root when BASE is None) holds at least two commits that are not
+    merges: read in this process, stopping at the second (nearly always there is one)."""
+    try:
+        walker = repo.pygit.walk(repo.pygit[head].peel(pygit2.Commit).id)
+        if base is not None:
+            walker.hide(repo.pygit[base].peel(pygit2.Commit).id)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise CommandError(["git", "rev-list", f"{base}..{head}" if base else head], 128, str(exc)) from exc
+    found = 0
+    for commit in walker:
+        if len(commit.parent_ids) < 2:
+            found += 1
+            if found == 2:
+                return True
+    return False
 
 
 def run_setup(command: str, *, worktree: Path, env: Mapping[str, str], log: Path, timeout: float,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worktree_swarm.util import proc
@@ -18,23 +22,48 @@ class FileChange:
 
 # What a diff shows is the bytes: no external diff program, no textconv filter.
 PLAIN = ("--no-color", "--no-ext-diff", "--no-textconv")
+# Prefixes are forced: a user's diff.noprefix would otherwise eat real top-level `a/` folders.
+_PATCH = (*PLAIN, "-M", "--src-prefix=a/", "--dst-prefix=b/")
+
+# The patch `changed_files` got in the same git process as the counts, kept for the `diff_text` of
+# the same two commits that nearly always follows (an attempt lists its files, then the gate reads
+# its diff): one process instead of two per attempt. Taken once; the oldest go first.
+_patches: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+_patches_lock = threading.Lock()
+_KEEP = 8
+# Only commit ids name the same diff at both calls; a ref may move in between.
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def diff_text(repo: Repo, base: str, head: str) -> str:
+def diff_text(repo: Repo, base: str, head: str, paths: Sequence[str] = ()) -> str:
     """The unified diff between two commits (or trees), as their bytes say: decoded without
     newline translation (a lone CR stays inside its line), attributes of no checkout applied.
 
     Prefixes are forced: a user's diff.noprefix would otherwise eat real top-level `a/` folders.
     """
-    raw = proc.git_bytes(*repo.objects_only(), "diff", *PLAIN, "-M", "--src-prefix=a/", "--dst-prefix=b/",
-                         base, head, cwd=repo.common_dir)
+    if not paths and _OID.fullmatch(base) and _OID.fullmatch(head):
+        with _patches_lock:
+            kept = _patches.pop((str(repo.common_dir), base, head), None)
+        if kept is not None:
+            return kept
+    raw = proc.git_bytes(*repo.objects_only(), "diff", *_PATCH, base, head, *(("--", *paths) if paths else ()),
+                         cwd=repo.common_dir)
     return raw.decode("utf-8", errors="surrogateescape")
 
 
 def changed_files(repo: Repo, base: str, head: str) -> list[FileChange]:
     """`git diff --numstat -z -M`: one entry per changed path; renames keep their source."""
-    out = repo.git(*repo.objects_only(), "diff", "--numstat", "-z", "-M", base, head, cwd=repo.common_dir).stdout
-    records = out.split("\0")
+    # One process for the counts and the patch (`diff_text` takes it): numstat's records, each ended
+    # by NUL, then one more NUL, then the patch. No record is empty, so the first NUL NUL ends them.
+    raw = proc.git_bytes(*repo.objects_only(), "diff", *_PATCH, "--numstat", "-z", "-p", base, head,
+                         cwd=repo.common_dir)
+    stat, _, patch = raw.partition(b"\0\0")
+    if _OID.fullmatch(base) and _OID.fullmatch(head):
+        with _patches_lock:
+            _patches[(str(repo.common_dir), base, head)] = patch.decode("utf-8", errors="surrogateescape")
+            while len(_patches) > _KEEP:
+                _patches.popitem(last=False)
+    records = stat.decode("utf-8", errors="replace").split("\0")
     changes: list[FileChange] = []
     i = 0
     while i < len(records) and records[i]:

@@ -3,6 +3,15 @@
 One process (the orchestrator) writes; any number of `status` processes read while it runs (WAL).
 The orchestrator holds an flock on run.lock for as long as it lives, so a run whose database says
 "running" but whose lock is free was interrupted: status reports that instead of a lie.
+
+Durability. Every write is in the WAL before it returns, so a crash of the process loses nothing.
+Only a crash of the machine can lose the last writes, and those are not synced one by one (an fsync
+costs ~0.2 ms each on a disk, ten of them per task): a rolled-back task or attempt row is rebuilt
+from git on resume (merged tasks from the integration branch, unfinished ones run again). The
+writes that must outlive a machine crash are those made ahead of git making or moving a ref (an
+attempt's start, before its task branch; a move of the integration branch), which are synced
+(`durable`); a sync also makes every earlier write durable, since the WAL is written in order. The
+event log is a record of what happened, not synced.
 """
 
 from __future__ import annotations
@@ -115,6 +124,11 @@ class RunStore:
         self._db = sqlite3.connect(run_dir / layout.STATE_DB, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.row_factory = sqlite3.Row
+        # Per connection, not stored in the file. Only in WAL mode: with a rollback journal a
+        # machine crash could corrupt the database, not just lose its last writes.
+        self._wal = False
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            self._use_wal()
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._events = open(run_dir / layout.EVENTS, "a", encoding="utf-8")
@@ -131,6 +145,7 @@ class RunStore:
         now = time.time()
         with store._tx() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            store._use_wal()
         with store._tx() as db:
             db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
         with store._tx() as db:
@@ -179,11 +194,22 @@ class RunStore:
         self._events.close()
         self._db.close()
 
+    def _use_wal(self) -> None:
+        self._wal = True
+        self._db.execute("PRAGMA synchronous=NORMAL")
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, alone; with DURABLE, what is committed meanwhile is on disk when it ends."""
         with self._lock:
             try:
-                yield self._db
+                if durable and self._wal:
+                    self._db.execute("PRAGMA synchronous=FULL")
+                try:
+                    yield self._db
+                finally:
+                    if durable and self._wal:
+                        self._db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.OperationalError as exc:
                 if no_room(exc):
                     raise DiskFullError(f"no space left to write the run's state ({exc})") from exc
@@ -272,16 +298,20 @@ class RunStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def set_run(self, **fields: Any) -> None:
+    def set_run(self, *, durable: bool = False, **fields: Any) -> None:
+        """Update the run's row; DURABLE for a write that must survive a machine crash (one made
+        ahead of moving a ref), which syncs it and everything written before it."""
         fields["updated"] = time.time()
-        self._update("run", "1 = 1", (), fields)
+        self._update("run", "1 = 1", (), fields, durable=durable)
 
     def set_task(self, task_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
         self._update("tasks", "id = ?", (task_id,), fields)
 
     def start_attempt(self, task_id: str, n: int, *, branch: str, start: str) -> None:
-        with self._tx() as db:
+        """Record an attempt about to start. Durable: its task branch is made next, and a row lost to a
+        machine crash would have the resumed run number the attempt again, onto a branch that exists."""
+        with self._tx(durable=True) as db:
             db.execute("INSERT OR REPLACE INTO attempts (task_id, n, outcome, branch, start, started) "
                        "VALUES (?, ?, 'running', ?, ?, ?)", (task_id, n, branch, start, time.time()))
 
@@ -301,10 +331,11 @@ class RunStore:
         with self._tx() as db:
             db.execute("UPDATE run SET cost_usd = cost_usd + ?", (usd,))
 
-    def _update(self, table: str, where: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    def _update(self, table: str, where: str, args: tuple[Any, ...], fields: dict[str, Any], *,
+                durable: bool = False) -> None:
         # Column names come from our own keyword arguments, never from task or model text.
         columns = ", ".join(f"{name} = ?" for name in fields)
-        with self._tx() as db:
+        with self._tx(durable=durable) as db:
             db.execute(f"UPDATE {table} SET {columns} WHERE {where}", (*fields.values(), *args))
 
     # -- events --------------------------------------------------------------------------------

@@ -98,7 +98,9 @@ class Integration:
     def move(self, new: Sha, *, reason: str) -> None:
         """Move the branch from the recorded head to NEW (compare-and-swap), recording it first."""
         self.verify()
-        self.store.set_run(integration_pending=new)
+        # On disk before the ref moves (git may make the move durable): a machine crash in between
+        # must leave a claim `recover` can check, never a branch the run does not know it moved.
+        self.store.set_run(integration_pending=new, durable=True)
         try:
             self.repo.update_ref(self.branch, new, self.head, reason=reason)
         except RefMovedError:
