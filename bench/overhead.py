@@ -6,9 +6,10 @@ For every (N, K) and every repeat, two identical repositories of M small files a
 one, `wswarm start` runs a plan of N independent tasks (task i appends a line to its own file)
 with K agents; on the other, a minimal raw-git orchestrator does the same work with K threads:
 worktree add, the same agent command, add + commit, then (one at a time) merge-tree + commit-tree +
-a compare-and-swap update-ref, and worktree remove. Printed side by side: wall time and its ratio,
-CPU time and its ratio, wswarm's start-up time and peak RSS, and how busy other processes kept the
-machine meanwhile. Both integration trees must be equal and every task merged, or the bench fails.
+a compare-and-swap update-ref, and worktree remove (with --baseline slot: one worktree per thread,
+switched per task with checkout --force -B + clean, the limit of a loop that reuses worktrees).
+Printed side by side: wall time and its ratio, CPU time and its ratio, wswarm's start-up time and
+peak RSS, and how busy other processes kept the machine meanwhile. Both integration trees must be equal and every task merged, or the bench fails.
 
 Standard library only; wswarm runs as a subprocess (this checkout's venv by default). See README.md.
 """
@@ -26,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from machine import QUIET_CORES, cpu_seconds, default_tmp, machine, machine_busy, read_trace, wait_for_idle
-from sides import (AGENT_CMD, BenchError, bench_env, check_result, find_wswarm, make_repo, run_raw, run_wswarm,
-                   task_ids, write_plan)
+from sides import (AGENT_CMD, BASELINES, BenchError, bench_env, check_result, find_wswarm, make_repo, run_raw,
+                   run_wswarm, task_ids, write_plan)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Case:
     tasks: int
     files: int
     agents: int
+    baseline: str
     pairs: list[Pair] = field(default_factory=list)
     # side -> git command -> [processes, seconds], summed over the repeats (with --git-trace)
     git: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {"raw": {}, "wswarm": {}})
@@ -72,7 +74,8 @@ class Case:
         quiet = [p for p in self.pairs if max(p.raw_other_cores, p.wswarm_other_cores) < QUIET_CORES]
         rss = [p.peak_rss_mb for p in self.pairs if p.peak_rss_mb is not None]
         startup = [p.startup for p in self.pairs if p.startup is not None]
-        return {"tasks": self.tasks, "files": self.files, "agents": self.agents, "repeats": len(self.pairs),
+        return {"tasks": self.tasks, "files": self.files, "agents": self.agents, "baseline": self.baseline,
+                "repeats": len(self.pairs),
                 "raw_s": stats([p.raw for p in self.pairs]), "wswarm_s": stats([p.wswarm for p in self.pairs]),
                 "ratio": stats([p.ratio for p in self.pairs]), "overhead_ms_per_task": stats(overhead),
                 "quiet_pairs": len(quiet),
@@ -113,7 +116,7 @@ def measure(case: Case, *, repeat: int, root: Path, wswarm: list[str], env: dict
                 busy0 = machine_busy()
                 t0, cpu0 = time.perf_counter(), cpu_seconds()
                 raw_branch = run_raw(raw_repo, ids, agents=case.agents, base=base, env=env,
-                                     trace=here / "trace-raw.json" if git_trace else None)
+                                     baseline=case.baseline, trace=here / "trace-raw.json" if git_trace else None)
                 raw_s, raw_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
                 other[side] = max(0.0, machine_busy() - busy0 - raw_cpu) / raw_s
             else:
@@ -147,7 +150,7 @@ def render(cases: list[Case], info: dict[str, object]) -> str:
         assert isinstance(s, dict)
         return f"{s['median']:{spec}} ({s['min']:{spec}}–{s['max']:{spec}})"
 
-    lines = [f"wswarm overhead vs raw git — {info['date']}, {info['cores']} cores, {info['git']}, "
+    lines = [f"wswarm overhead vs raw git ({cases[0].baseline} worktrees) — {info['date']}, {info['cores']} cores, {info['git']}, "
              f"Python {info['python']}, repositories on {info['filesystem']}, wswarm at {info['wswarm_commit']}",
              "median (min–max) over the repeats; ratio = wswarm / raw git wall time; CPU ratio = the same for "
              "user+system seconds; ms/task = (wswarm − raw) / N; other = cores busy with other processes "
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", "-k", type=int, nargs="+", default=[2], metavar="K",
                         help="tasks at once, the same on both sides (default 2)")
     parser.add_argument("--repeat", "-r", type=int, default=3, metavar="R", help="pairs per row (default 3)")
+    parser.add_argument("--baseline", choices=BASELINES, default="fresh",
+                        help="the raw-git side: a fresh worktree per task (default), or one kept worktree per "
+                             "thread switched with checkout --force -B + clean (the limit for wswarm's slots)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--wswarm", metavar="PATH",
                         help="the wswarm executable (default: the venv's, i.e. this checkout's code); e.g. a "
@@ -217,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         date = int(time.time()) - 3600
         info = machine(root, args.wswarm)
         print(f"repositories under {root} on {info['filesystem']}", file=sys.stderr)
-        cases = [Case(n, args.files, k) for n in args.tasks for k in args.agents]
+        cases = [Case(n, args.files, k, args.baseline) for n in args.tasks for k in args.agents]
         try:
             for case in cases:
                 measure(case, repeat=args.repeat, root=root, wswarm=wswarm, env=env, date=date,

@@ -78,6 +78,10 @@ def make_repo(path: Path, *, files: int, date: int, env: dict[str, str]) -> str:
             p.parent.mkdir(parents=True, exist_ok=True)
             made.add(p.parent)
         p.write_text(f"file {j}\n" + "".join(f"line {k} of file {j}\n" for k in range(1, 6)), encoding="utf-8")
+        # Dated like a checkout made before the index: files written in the second the index is
+        # written are "racily clean", so every `git status` that may not rewrite the index (wswarm's
+        # watch on the user's checkout) would re-read all of them, which no real checkout makes it do.
+        os.utime(p, (date, date))
     dated = dict(env, GIT_AUTHOR_DATE=f"{date} +0000", GIT_COMMITTER_DATE=f"{date} +0000")
     git("add", "-A", cwd=path, env=dated)
     git("commit", "-q", "-m", f"{files} files", cwd=path, env=dated)
@@ -111,11 +115,17 @@ def check_result(repo: Path, *, base: str, ref: str, ids: list[str], env: dict[s
 
 # -- the raw-git baseline ------------------------------------------------------------------------
 
+BASELINES = ("fresh", "slot")
+
+
 def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str, str],
-            trace: Path | None = None) -> str:
+            trace: Path | None = None, baseline: str = "fresh") -> str:
     """The least any orchestrator must do per task, K tasks at a time, merges one at a time.
 
-    Returns the integration branch.
+    BASELINE "fresh": a new worktree per task (`worktree add -b`, `worktree remove`). "slot": the
+    physical limit of a loop that keeps one worktree per thread, made once (timed too) and switched
+    per task with `checkout --force -B` + `clean -ffd`, as wswarm's slots are. Returns the
+    integration branch.
     """
     if trace is not None:
         env = dict(env, GIT_TRACE2_EVENT=str(trace))
@@ -133,13 +143,20 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
     wt_root = repo / ".git" / "bench-worktrees"
     wt_root.mkdir()
 
+    local = threading.local()
+
     def one(i: int, tid: str) -> None:
         branch = f"bench/tasks/{tid}"
-        wt = wt_root / f"raw-{i:05d}"  # unique basenames: parallel worktree add can fail otherwise
         with merge_lock:
             start = head[0]
-        with admin_lock:
-            git("worktree", "add", "--quiet", "-b", branch, wt, start, cwd=repo, env=env)
+        if baseline == "slot":
+            wt = local.slot
+            git("checkout", "--force", "--quiet", "-B", branch, start, cwd=wt, env=env)
+            git("clean", "-ffdq", cwd=wt, env=env)
+        else:
+            wt = wt_root / f"raw-{i:05d}"  # unique basenames: parallel worktree add can fail otherwise
+            with admin_lock:
+                git("worktree", "add", "--quiet", "-b", branch, wt, start, cwd=repo, env=env)
         task_env = dict(env, WSWARM_TASK_ID=tid, WSWARM_ATTEMPT="1", WSWARM_WORKTREE=str(wt))
         subprocess.run(["/bin/sh", "-c", AGENT_CMD], cwd=wt, env=task_env, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, check=True)
@@ -155,10 +172,17 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
                          input=f"merge {tid}\n").strip()
             git("update-ref", f"refs/heads/{integration}", commit, ours, cwd=repo, env=env)
             head[0] = commit
-        with admin_lock:
-            git("worktree", "remove", "--force", wt, cwd=repo, env=env)
+        if baseline == "fresh":
+            with admin_lock:
+                git("worktree", "remove", "--force", wt, cwd=repo, env=env)
 
-    def worker() -> None:
+    def worker(k: int) -> None:
+        if baseline == "slot":
+            local.slot = wt_root / f"slot-{k}"
+            try:   # distinct basenames, and no removal yet: parallel adds are safe
+                git("worktree", "add", "--quiet", "--detach", local.slot, base, cwd=repo, env=env)
+            except BaseException as exc:  # noqa: BLE001 — re-raised by the caller below
+                errors.append(exc)
         while not errors:
             try:
                 i, tid = todo.get_nowait()
@@ -169,7 +193,7 @@ def run_raw(repo: Path, ids: list[str], *, agents: int, base: str, env: dict[str
             except BaseException as exc:  # noqa: BLE001 — re-raised by the caller below
                 errors.append(exc)
 
-    threads = [threading.Thread(target=worker, name=f"raw-{k}") for k in range(agents)]
+    threads = [threading.Thread(target=worker, args=(k,), name=f"raw-{k}") for k in range(agents)]
     for t in threads:
         t.start()
     for t in threads:
