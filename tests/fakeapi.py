@@ -70,6 +70,18 @@ class Request:
     def last_user_text(self) -> str:
         return last_user_text(self.body)
 
+    def since_last_reply(self) -> str:
+        return since_last_reply(self.body)
+
+
+def since_last_reply(body: dict[str, Any]) -> str:
+    """Everything the request adds after the model's last reply, as JSON text: tool results, and
+    what the Claude Code CLI adds beside them (a message the user sent mid-turn goes into the
+    tool result's text for some models, into a separate `system`-role message for others)."""
+    messages = body.get("messages") or []
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    return json.dumps(messages[last + 1:], ensure_ascii=False)
+
 
 def last_user_text(body: dict[str, Any]) -> str:
     """All text of the last user message: its text blocks and the text of its tool results."""

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 
 from conftest import Repo, alive, unavailable, wswarm, write_plan
 from tests.fakeapi import FakeAnthropic, text, tool_use
-from worktree_swarm.agents.base import AgentRequest, AgentResult
+from worktree_swarm.agents.base import AgentRequest, AgentResult, News
 from worktree_swarm.agents.claude import ClaudeCodeAgent
 from worktree_swarm.agents.claude_permit import answer, decide
 from worktree_swarm.agents.claude_stream import parse_stream, tool_activity
@@ -453,3 +454,68 @@ def test_tool_activity_lines() -> None:
     assert tool_activity("WebFetch", {"url": "https://example.com"}) == "WebFetch: https://example.com"
     assert tool_activity("TodoWrite", {"todos": []}) == "TodoWrite"
     assert len(tool_activity("Bash", {"command": "x" * 1000})) < 220
+
+
+# -- news of work merged while the CLI runs -------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["claude-sonnet-5-5", "claude-sonnet-4-5"])
+def test_news_sent_while_a_tool_runs_reaches_the_model_in_the_same_turn(
+        model: str, claude_cli: Path, fake_api: FakeAnthropic, repo: Repo, tmp_path: Path) -> None:
+    wt = worktree(repo, tmp_path)
+    item = {"task": "pricing", "summary": "Moved prices to pricing.py", "files": ["pricing.py"], "head": "c0ffee" * 6}
+    # The command runs until the test lets it go: once the CLI has taken the news in.
+    fake_api.on("TASK-NEWS", tool_use("Bash", {"command": "until [ -e go ]; do sleep 0.05; done; echo WAITED",
+                                               "description": "wait"}))
+    fake_api.on("WAITED", text("Done, on top of pricing."))
+    activity: list[str] = []
+    request = make_request(wt, tmp_path, "TASK-NEWS: wait for the merge", activity, model=model)
+
+    def release() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "[news] queued" not in request.log_path.read_text():
+            time.sleep(0.05)
+        (wt / "go").touch()
+
+    releaser = threading.Thread(target=release, daemon=True)
+
+    def on_activity(line: str) -> None:
+        activity.append(line)
+        if line.startswith("Bash:"):            # the merge lands while the command runs
+            request.news.post(item)
+            releaser.start()
+
+    request = replace(request, activity=on_activity, news=News(tmp_path / "news.jsonl"))
+    agent = make_agent(AgentConfig(name="claude", kind="claude", binary=str(claude_cli), max_turns=5))
+    result = agent.run(request, cancel=threading.Event())
+    releaser.join()
+
+    assert result.ok, result.error
+    assert result.summary == "Done, on top of pricing."
+    told = "task 'pricing' was merged into the integration branch"
+    [before] = [r for r in fake_api.messages() if r.rule == 0]
+    [after] = [r for r in fake_api.messages() if r.rule == 1]
+    assert told not in before.since_last_reply()
+    assert told in after.since_last_reply() and f"git merge {item['head']}" in after.since_last_reply()
+    # One turn, one result: stdin was closed at the result, and the CLI left by itself.
+    stream = (request.log_path.parent / "agent.stream.jsonl").read_text().splitlines()
+    assert [json.loads(line)["type"] for line in stream].count("result") == 1
+    assert result.turns == stream_result(request)["num_turns"] == 2
+    label = f"'pricing' merged (integration head {item['head'][:12]})"
+    assert f"News told to the model: {label}" in activity
+    log = request.log_path.read_text()
+    assert f"[news] sent: {label}" in log and f"[news] told to the model: {label}" in log
+
+
+def test_parser_sums_the_turns_of_a_session_that_ran_a_turn_more_for_news() -> None:
+    result = json.loads(RECORDED[-1])
+    # A message read after a result starts a new turn: a second init and result. Usage and turns are
+    # per turn; the cost is the session's so far.
+    second = json.dumps(dict(result, num_turns=1, result="Merged their work too.",
+                             total_cost_usd=result["total_cost_usd"] + 0.001,
+                             usage={"input_tokens": 10, "output_tokens": 5}))
+    state = parse_stream([*RECORDED, RECORDED[0], second])
+    alone = parse_stream(RECORDED)
+    assert state.turns == alone.turns + 1 == 4
+    assert (state.input_tokens, state.output_tokens) == (alone.input_tokens + 10, alone.output_tokens + 5)
+    assert state.cost_usd == pytest.approx(alone.cost_usd + 0.001)
+    assert state.result_text == "Merged their work too." and state.verdict(0) is None

@@ -7,13 +7,15 @@ import os
 import shutil
 import sys
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from worktree_swarm.util import proc
 from worktree_swarm.agents import claude_permit
-from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult
+from worktree_swarm.agents.base import Agent, AgentRequest, AgentResult, News
 from worktree_swarm.agents.claude_stream import StreamState
 from worktree_swarm.agents.command import agent_env
 from worktree_swarm.config import AgentConfig
@@ -38,8 +40,9 @@ INSTALL_HINT = ("install it with `npm install -g @anthropic-ai/claude-code`, or 
 
 
 class ClaudeCodeAgent(Agent):
-    """Runs `claude -p` with the task's prompt on stdin and reads its stream-json output as it
-    arrives: tool calls become activity, the final `result` the attempt's outcome and cost."""
+    """Runs `claude -p` with the task's prompt as the first stream-json line on stdin, then news of
+    merged work as further lines while it works, and reads its stream-json output as it arrives:
+    tool calls become activity, the `result` the attempt's outcome and cost."""
 
     def __init__(self, spec: AgentConfig) -> None:
         self.spec = spec
@@ -58,11 +61,13 @@ class ClaudeCodeAgent(Agent):
                              hint=INSTALL_HINT.format(name=self.name))
 
     def argv(self, executable: str, request: AgentRequest) -> list[str]:
-        """The command line; the prompt goes on stdin (no length limit, never read as a flag)."""
+        """The command line; the prompt goes on stdin (no length limit, never read as a flag), as
+        stream-json, so further user messages (news) can follow it while the CLI works."""
         # The permission server runs by path (-I: no user site, no PYTHON* variables): stdlib only.
         permit = {"mcpServers": {"wswarm": {"command": sys.executable,
                                             "args": ["-I", str(PERMIT_SCRIPT), str(request.worktree)]}}}
-        argv = [executable, "-p", "--output-format", "stream-json", "--verbose", *PERMISSION_FLAGS,
+        argv = [executable, "-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+                *PERMISSION_FLAGS,
                 "--mcp-config", json.dumps(permit)]
         if request.system_prompt:
             argv += ["--append-system-prompt", request.system_prompt]
@@ -86,17 +91,20 @@ class ClaudeCodeAgent(Agent):
         stream_path.write_bytes(b"")
         stderr_path.write_bytes(b"")
         state = StreamState(cwd=request.worktree)
-        follower = _Follower(stream_path, request, state, secrets=secret_env_values(env))
+        inbox = _Inbox(request, state)
+        follower = _Follower(stream_path, request, state, secrets=secret_env_values(env), on_result=inbox.close)
+        inbox.start(follower.write)
         try:
             outcome = proc.run_in_group(self.argv(executable, request), cwd=request.worktree, env=env,
                                         output=stream_path, timeout=request.timeout, cancel=cancel,
                                         pidfile=request.log_path.with_suffix(".pid"),
-                                        stdin=request.task_prompt_path or request.prompt_path, stderr=stderr_path,
-                                        pass_fds=request.hold_fds)
+                                        stdin=inbox.read_end, stderr=stderr_path, pass_fds=request.hold_fds)
+            inbox.close()
             follower.finish()
             stderr = stderr_path.read_text(encoding="utf-8", errors="replace").strip()
             follower.write(["[stderr] " + line for line in stderr.splitlines()])
         finally:
+            inbox.stop()
             follower.close()
         return self._result(state, outcome, request, stderr=stderr, transcript=follower.tail)
 
@@ -126,18 +134,79 @@ def _cap(summary: str) -> str:
     return summary[:SUMMARY_CHARS] + "\n[… cut; the whole text is in the attempt's log]"
 
 
+def user_line(content: str, *, uuid_: str | None = None) -> bytes:
+    """One stream-json input line carrying CONTENT as the user's message. Built by json.dumps only:
+    a line the CLI cannot parse ends the whole session."""
+    line: dict[str, Any] = {"type": "user", "message": {"role": "user", "content": content}}
+    if uuid_ is not None:
+        line["uuid"] = uuid_          # the CLI reports the message's progress (command_lifecycle) by it
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
+
+
+class _Inbox:
+    """The CLI's stdin, a pipe: the prompt first, then each news item as it is posted, until the
+    first `result` (the CLI starts a new turn for every line it reads after one, and exits only at
+    EOF), a timeout or a cancel. A line read while a tool runs reaches the model in the same turn."""
+
+    def __init__(self, request: AgentRequest, state: StreamState) -> None:
+        self.request = request
+        self.state = state
+        self.prompt = user_line(request.first_message())
+        self.read_end, self._write_end = os.pipe()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claude-news-{request.task.id}", daemon=True)
+        self._log: Callable[[list[str]], None] = lambda lines: None
+
+    def start(self, log: Callable[[list[str]], None]) -> None:
+        self._log = log
+        self._thread.start()
+
+    def close(self) -> None:
+        """Send nothing more; stdin reaches EOF within a moment (the writer thread closes it)."""
+        self._closing.set()
+
+    def stop(self) -> None:
+        """Close, and let the writer finish (at once: the CLI has exited, so a write fails)."""
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        try:
+            with os.fdopen(self._write_end, "wb") as pipe:
+                pipe.write(self.prompt)
+                pipe.flush()
+                while not self._closing.is_set():
+                    if not self.request.news.wait(0.1):
+                        continue
+                    for item in self.request.news.take():
+                        if self._closing.is_set():
+                            return
+                        label = f"'{item.get('task')}' merged (integration head {str(item.get('head'))[:12]})"
+                        key = str(uuid.uuid4())
+                        self.state.news[key] = label
+                        pipe.write(user_line(News.text(item), uuid_=key))
+                        pipe.flush()
+                        self._log([f"[news] sent: {label}"])
+        except OSError:         # the CLI is gone (EPIPE): nothing more to tell it
+            pass
+
+
 class _Follower:
     """Reads the stream file while the CLI writes it: each complete line updates the state, adds
     to the readable transcript (request.log_path) and reports activity."""
 
-    def __init__(self, stream: Path, request: AgentRequest, state: StreamState, *, secrets: list[str]) -> None:
+    def __init__(self, stream: Path, request: AgentRequest, state: StreamState, *, secrets: list[str],
+                 on_result: Callable[[], None] = lambda: None) -> None:
         self.stream = stream
+        self.on_result = on_result
         self.request = request
         self.state = state
         self.secrets = secrets
         self.tail: list[str] = []           # the transcript's last lines, for a failure's summary
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._writing = threading.Lock()        # the news writer adds lines too
         self._thread = threading.Thread(target=self._run, name=f"claude-stream-{request.task.id}", daemon=True)
         self._log: IO[str] = open(request.log_path, "a", encoding="utf-8", errors="replace")
         self._thread.start()
@@ -152,16 +221,20 @@ class _Follower:
     def close(self) -> None:
         self._done.set()
         self._thread.join()
-        self._log.close()
+        with self._writing:
+            self._log.close()
 
     def write(self, lines: list[str]) -> None:
         """Add lines to the transcript, secrets cut out."""
         if not lines:
             return
         text = redact_secrets("\n".join(lines), known=self.secrets)
-        self._log.write(text + "\n")
-        self._log.flush()
-        self.tail = (self.tail + text.splitlines())[-40:]
+        with self._writing:
+            if self._log.closed:
+                return
+            self._log.write(text + "\n")
+            self._log.flush()
+            self.tail = (self.tail + text.splitlines())[-40:]
 
     def _run(self) -> None:
         try:
@@ -185,6 +258,8 @@ class _Follower:
 
     def _line(self, raw: bytes) -> None:
         fed = self.state.feed(raw.decode("utf-8", errors="replace"))
+        if self.state.result is not None:
+            self.on_result()
         self.write(fed.log)
         for line in fed.activity:
             self.request.activity(line)

@@ -29,12 +29,17 @@ class StreamState:
     cwd: Path | None = None
     session_id: str | None = None
     model: str | None = None
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None        # the last `result`
+    # Every `result`: a session runs one turn more for each message that reached it after a result,
+    # and each reports that turn's usage and turns, with the session's cost so far.
+    results: list[dict[str, Any]] = field(default_factory=list)
     bad_line: str | None = None                 # the first stdout line that is not stream-json
     tool_uses: int = 0
     cli_cwd: Path | None = None                 # the directory the CLI says it runs in (symlinks resolved)
-    # Usage of each assistant message by id: the only measure of spending when no result arrives
-    # (a timeout or a crash). The CLI repeats a message's usage on each of its content blocks.
+    news: dict[str, str] = field(default_factory=dict)     # the uuid of each news line sent -> what it said
+    # Usage of each assistant message by id since the last result: the only measure of spending
+    # for a turn that ends without one (a timeout or a crash). The CLI repeats a message's usage on
+    # each of its content blocks.
     _usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def feed(self, line: str) -> Fed:
@@ -58,8 +63,12 @@ class StreamState:
             return self._user(event)
         if kind == "result":
             self.result = event
+            self.results.append(event)
+            self._usage.clear()
             self.session_id = _text(event.get("session_id")) or self.session_id
             return Fed(self._result_lines(event), [])
+        if kind == "command_lifecycle":
+            return self._lifecycle(event)
         return Fed([f"[{kind}] {_short(json.dumps(event, ensure_ascii=False))}"], [])
 
     # -- the event kinds -------------------------------------------------------------------------
@@ -111,6 +120,18 @@ class StreamState:
                 log.append(f"  {'error: ' if block.get('is_error') else ''}{_short(first)}")
         return Fed(log, [])
 
+    def _lifecycle(self, event: dict[str, Any]) -> Fed:
+        """A queued user message's progress: for a news line, when the CLI took it in, and when it
+        went to the model (`started`: in the next request of the running turn, or a turn of its own)."""
+        label = self.news.get(str(event.get("command_uuid")))
+        if label is None:
+            return Fed([], [])          # the prompt's own progress says nothing new
+        if event.get("state") == "queued":
+            return Fed([f"[news] queued: {label}"], [])
+        if event.get("state") == "started":
+            return Fed([f"[news] told to the model: {label}"], [f"News told to the model: {label}"])
+        return Fed([], [])
+
     def _result_lines(self, event: dict[str, Any]) -> list[str]:
         verdict = "error" if event.get("is_error") else "ok"
         seconds = (event.get("duration_ms") or 0) / 1000
@@ -136,13 +157,15 @@ class StreamState:
 
     @property
     def turns(self) -> int | None:
-        turns = self.result.get("num_turns") if self.result else None
-        return turns if isinstance(turns, int) else None
+        counts = [r.get("num_turns") for r in self.results]
+        return sum(n for n in counts if isinstance(n, int)) if any(isinstance(n, int) for n in counts) else None
 
-    def _tokens(self) -> tuple[int, int, int, int]:
-        """(input, output, cache write, cache read) tokens: the result's totals, else the sum of
-        the messages seen (a lower bound: a message's usage is known only as far as it streamed)."""
-        usages = [self.result.get("usage") or {}] if self.result else list(self._usage.values())
+    def _tokens(self, *, pending_only: bool = False) -> tuple[int, int, int, int]:
+        """(input, output, cache write, cache read) tokens: the results' totals, plus the sum of the
+        messages seen since the last one (a lower bound: a message's usage is known only as far as
+        it streamed)."""
+        usages = [] if pending_only else [r.get("usage") or {} for r in self.results]
+        usages += list(self._usage.values())
         keys = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         sums = [sum(_int(u.get(k)) for u in usages if isinstance(u, dict)) for k in keys]
         return sums[0], sums[1], sums[2], sums[3]
@@ -158,14 +181,14 @@ class StreamState:
 
     @property
     def cost_usd(self) -> float:
-        if self.result is not None:
-            cost = self.result.get("total_cost_usd")
-            return float(cost) if isinstance(cost, (int, float)) else 0.0
+        """The last result's cost (the session's so far), plus an estimate for a turn cut off after it."""
+        reported = self.result.get("total_cost_usd") if self.result is not None else 0.0
+        spent = float(reported) if isinstance(reported, (int, float)) else 0.0
         if not self._usage or not self.model:
-            return 0.0
-        plain, out, write, read = self._tokens()
-        return cost_usd(self.model, input_tokens=plain, output_tokens=out, cache_write_tokens=write,
-                        cache_read_tokens=read)
+            return spent
+        plain, out, write, read = self._tokens(pending_only=True)
+        return spent + cost_usd(self.model, input_tokens=plain, output_tokens=out, cache_write_tokens=write,
+                                cache_read_tokens=read)
 
     def verdict(self, returncode: int | None) -> str | None:
         """Why the attempt failed, or None when it succeeded. Both the exit code and `is_error`

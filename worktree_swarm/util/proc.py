@@ -152,14 +152,16 @@ def run_in_group(
     timeout: float,
     cancel: threading.Event | None = None,
     pidfile: Path | None = None,
-    stdin: Path | None = None,
+    stdin: Path | int | None = None,
     stderr: Path | None = None,
     pass_fds: Sequence[int] = (),
 ) -> GroupResult:
     """Run argv in its own process group, stdin closed, stdout+stderr appended to OUTPUT.
 
-    STDIN, when given, is a file fed to the process as its stdin; STDERR, when given, receives
-    stderr (appended) instead of OUTPUT, for a child whose stdout is a machine-readable stream.
+    STDIN, when given, is a file fed to the process as its stdin, or the read end of a pipe (a
+    descriptor, closed here once the child has it: a writer then fails when the child is gone).
+    STDERR, when given, receives stderr (appended) instead of OUTPUT, for a child whose stdout is a
+    machine-readable stream.
     PASS_FDS are inherited by the child (lock files it should hold for as long as it lives).
 
     On timeout or cancel the whole group is killed (TERM, then KILL): agents and test runners
@@ -170,12 +172,16 @@ def run_in_group(
     with contextlib.ExitStack() as files:
         append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         out = files.enter_context(os.fdopen(open_regular(output, append), "ab"))
-        source = (subprocess.DEVNULL if stdin is None
+        source = (stdin if isinstance(stdin, int) else subprocess.DEVNULL if stdin is None
                   else files.enter_context(os.fdopen(open_regular(stdin, os.O_RDONLY), "rb")))
         errors = (subprocess.STDOUT if stderr is None
                   else files.enter_context(os.fdopen(open_regular(stderr, append), "ab")))
-        child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=source,
-                                 stdout=out, stderr=errors, start_new_session=True, pass_fds=tuple(pass_fds))
+        try:
+            child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=source,
+                                     stdout=out, stderr=errors, start_new_session=True, pass_fds=tuple(pass_fds))
+        finally:
+            if isinstance(stdin, int):
+                os.close(stdin)
         timed_out = cancelled = False
         try:
             if pidfile is not None:
