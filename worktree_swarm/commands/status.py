@@ -15,6 +15,7 @@ from worktree_swarm.gate.report import GateReport, findings_of
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.store.run_store import ACTIVE_STATUSES, AttemptRow, RunStore, find_run, list_runs
 from worktree_swarm.store import layout
+from worktree_swarm.store.metrics import Figures, run_figures, wanted
 
 # An attempt still going, or stopped by Ctrl-C: it has no verdict to show.
 _UNSETTLED = ("running", "interrupted")
@@ -52,11 +53,13 @@ def status_data(store: RunStore) -> dict[str, Any]:
     file, line and message) and the Claude Code session id of its latest attempt that had one."""
     run = store.run()
     state = store.effective_state()
+    all_attempts = store.attempts()
+    task_rows = store.tasks()
     by_task: dict[str, list[AttemptRow]] = {}
-    for a in store.attempts():
+    for a in all_attempts:
         by_task.setdefault(a.task_id, []).append(a)
     tasks = []
-    for t in store.tasks():
+    for t in task_rows:
         status, reason = t.status, t.reason
         if state == "interrupted" and status in ACTIVE_STATUSES:
             status, reason = "pending", f"interrupted while {t.status} (attempt {t.attempts}); wswarm resume continues"
@@ -75,7 +78,31 @@ def status_data(store: RunStore) -> dict[str, Any]:
     return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,
-            "pr": str(store.dir / layout.PR_BODY) if (store.dir / layout.PR_BODY).exists() else None}
+            "pr": str(store.dir / layout.PR_BODY) if (store.dir / layout.PR_BODY).exists() else None,
+            "figures": run_figures(task_rows, all_attempts, figure_events(store.dir), state=state, run=run.id).data()}
+
+
+def figure_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of the run in RUN_DIR that its figures read; the rest of the log is not parsed
+    (agent activity makes most of a long one)."""
+    out: list[dict[str, Any]] = []
+    try:
+        text = (run_dir / layout.EVENTS).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        if wanted(line):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+    return out
+
+
+def store_figures(store: RunStore) -> Figures:
+    """The figures of the run in STORE (see store/metrics.py)."""
+    return run_figures(store.tasks(), store.attempts(), figure_events(store.dir), state=store.effective_state(),
+                       run=store.run().id)
 
 
 def open_run(cwd: Path, run_id: str | None) -> RunStore:
