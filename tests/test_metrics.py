@@ -189,3 +189,32 @@ def test_lines_of_other_kinds_and_quoted_kinds_are_skipped() -> None:
 
 def test_figures_default_to_nothing() -> None:
     assert Figures().data()["wasted"]["attempts"] == 0
+
+
+def test_the_pr_body_says_what_the_run_cost() -> None:
+    import json
+
+    from worktree_swarm.commands.pr import render_pr
+    from worktree_swarm.store.run_store import RunRow
+    from worktree_swarm.util.types import RunId
+
+    plan = [{"id": t, "type": "general", "description": t, "dependencies": [], "files": []} for t in "abc"]
+    run = RunRow(id=RunId("r1"), state="finished", base="f" * 40, base_ref="main", integration_branch="i",
+                 plan=json.dumps(plan), options={}, created=0.0, updated=0.0, finished=1.0, cost_usd=2.0,
+                 merge_gate=None)
+    tasks = [task("a", "merged"), task("b", "merged"), task("c", "failed")]
+    attempts = [attempt("a", 1, "interrupted", started=0, finished=3, cost=0.05), attempt("a", 2, "merged"),
+                attempt("b", 1, "conflict", started=0, finished=90, cost=0.5), attempt("b", 2, "merged"),
+                attempt("c", 1, "timeout", started=0, finished=30.5, cost=1.0)]
+    events = [ev(1, "conflict-forecast", "b", attempt=1, other="a"), ev(5, "held", "b"),
+              ev(20, "attempt-started", "b", attempt=2)]
+    body = render_pr(run, tasks, attempts, events)
+    section = body.split("## What it cost\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section == [
+        "- Attempts: 5 for 3 tasks, 1.50 per merged task; 1 of 3 merged at their first attempt. "
+        "The run did not complete: 2 of 3 tasks merged.",
+        "- Wasted attempts: 2 (1 conflict, 1 timed out) — 2m00s of attempt time, $1.50 of model spend.",
+        "- Interrupted attempts (not the tasks' fault, not counted as waste): 1, 3.0s, $0.05.",
+        "- Held back (waiting for an overlapping task): 1 task(s), 15.0s in all; longest `b`, 15.0s.",
+        "- Conflict forecasts: 1 came true, 0 did not; 0 conflict(s) came unforecast."]
+    assert "## What it cost" not in render_pr(run, tasks, [], [])

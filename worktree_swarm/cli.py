@@ -331,6 +331,25 @@ def pr(
 
 
 @app.command(cls=Command)
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: each run's figures and the total.")] = False,
+) -> None:
+    """What every run of this repository cost: attempts, waste by cause, holds, forecasts, clean runs."""
+    from worktree_swarm.commands import stats as statsmod
+
+    data = _call(lambda: statsmod.stats(cwd=Path.cwd()))
+    if as_json:
+        _emit(json.dumps(data, indent=2))
+    elif not data["runs"]:
+        _notify('no runs yet (start one with: wswarm start "GOAL", or wswarm demo)')
+    elif sys.stdout.isatty():
+        out.print(statsmod.table(data))
+        out.print(statsmod.summary(data))
+    else:
+        _emit(statsmod.render(data))
+
+
+@app.command(cls=Command)
 def clean(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="Every run of this repository.")] = False,

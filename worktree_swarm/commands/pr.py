@@ -12,6 +12,7 @@ from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError, UsageError
 from worktree_swarm.gate.report import GateReport, findings_of
 from worktree_swarm.git.repo import Repo
+from worktree_swarm.store.metrics import Figures, run_figures
 from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
 from worktree_swarm.commands.status import last_finished, last_session, session_id
 from worktree_swarm.util.textsafe import md_cell, md_code, md_fence, md_text, one_line
@@ -20,10 +21,13 @@ from worktree_swarm.ui.describe import base_failing_text
 _MARK = {"merged": "✅ merged", "failed": "❌ failed", "blocked": "⛔ blocked"}
 
 
+_CAUSES = {"conflict": "conflict", "gate": "gate failed", "agent": "agent failed", "timeout": "timed out",
+           "no_op": "no-op", "ejected": "ejected", "error": "error"}
+
+
 def clean_run_ratio(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> tuple[int, int]:
-    """(tasks merged on their first attempt, all tasks)."""
-    first = {a.task_id for a in attempts if a.n == 1 and a.outcome == "merged"}
-    return len(first), len(tasks)
+    """(tasks merged on their first attempt, interrupted attempts aside; all tasks)."""
+    return run_figures(tasks, attempts, (), state="finished").first_try, len(tasks)
 
 
 def base_name(run: RunRow) -> str:
@@ -133,6 +137,7 @@ def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptR
         for e in shared:
             who = ", ".join(md_code(str(a)) for a in e.get("agents_running") or []) or "no agent"
             lines.append(f"- while {who} ran: {md_text(_one_line(str(e.get('detail', ''))))}")
+    lines += cost_section(run_figures(tasks, attempts, events, state=run.state, run=run.id), spent=spent)
     if merged:
         lines += ["", "## What each task did", ""]
         for t in merged:
@@ -156,6 +161,44 @@ def finding_lines(gate_json: str | None) -> list[str]:
         warning = " (warning)" if f.status == "warn" else ""
         out.append(f"  - {md_text(f.check)}{warning}{where}: {md_text(f.message)}")
     return out
+
+
+def cost_section(f: Figures, *, spent: bool) -> list[str]:
+    """The "What it cost" section: attempts, waste by cause with its time (and spend, when the run
+    spent any), interrupted attempts, holds, and the conflict forecast's record (see store/metrics.py)."""
+    if not f.attempts:
+        return []
+    per = f"{f.per_merged_task:.2f} per merged task" if f.per_merged_task is not None else "no task merged"
+    verdict = ("The run completed cleanly: every task merged at its first attempt." if f.clean else
+               "The run completed: every task merged, some after wasted attempts." if f.completed else
+               f"The run did not complete: {f.merged} of {f.tasks} tasks merged.")
+    lines = ["", "## What it cost", "",
+             f"- Attempts: {f.attempts} for {f.tasks} tasks, {per}; {f.first_try} of {f.tasks} merged at their "
+             f"first attempt. {verdict}"]
+    waste = f"- Wasted attempts: {f.wasted_attempts}"
+    if f.wasted_attempts:
+        causes = ", ".join(f"{n} {_CAUSES.get(cause, cause)}" for cause, n in f.wasted.items() if n)
+        waste += f" ({causes}) — {_duration(f.wasted_seconds)} of attempt time"
+        waste += f", ${f.wasted_cost_usd:.2f} of model spend" if spent else ""
+    lines.append(waste + ".")
+    if f.interrupted:
+        lines.append(f"- Interrupted attempts (not the tasks' fault, not counted as waste): {f.interrupted}, "
+                     f"{_duration(f.interrupted_seconds)}" + (f", ${f.interrupted_cost_usd:.2f}" if spent else "") + ".")
+    if f.held:
+        (_, task), longest = max(f.held.items(), key=lambda kv: (kv[1], kv[0]))
+        lines.append(f"- Held back (waiting for an overlapping task): {len(f.held)} task(s), "
+                     f"{_duration(sum(f.held.values()))} in all; longest {md_code(task)}, {_duration(longest)}.")
+    if f.forecast or f.unforecast:
+        lines.append(f"- Conflict forecasts: {f.forecast_true} came true, {f.forecast_false} did not; "
+                     f"{f.unforecast} conflict(s) came unforecast.")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def spend_line(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> str:

@@ -121,7 +121,7 @@ class Figures:
             "interrupted": {"attempts": self.interrupted, "seconds": round(self.interrupted_seconds, 3),
                             "cost_usd": round(self.interrupted_cost_usd, 6)},
             "held": {"tasks": len(self.held), "holds": self.holds, "open": self.held_open,
-                     "seconds": round(sum(self.held.values()), 3),
+                     "seconds": round(float(sum(self.held.values())), 3),
                      "longest": held_longest},
             "forecast": {"attempts": self.forecast, "came_true": self.forecast_true,
                          "did_not": self.forecast_false, "unforecast": self.unforecast},

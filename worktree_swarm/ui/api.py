@@ -1,5 +1,6 @@
-"""The dashboard's data: runs, a run's tasks with their attempts, gate reports, diffs and logs, and
-the task DAG laid out in layers. Plain data for the HTTP server to send as JSON or text."""
+"""The dashboard's data: runs, a run's tasks with their attempts, gate reports, diffs and logs, the
+task DAG laid out in layers, and what the run cost. Plain data for the HTTP server to send as JSON
+or text."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.plan import plan_from_data
 from worktree_swarm.store.run_store import AttemptRow, RunStore, list_runs
-from worktree_swarm.commands.status import last_session, resume_command, session_id
+from worktree_swarm.commands.status import last_session, resume_command, session_id, store_figures
 from worktree_swarm.util.types import Sha
 
 LOG_LIMIT = 256 * 1024          # a log is sent from its tail: agents can write megabytes
@@ -37,6 +38,11 @@ def runs_index(state_dir: Path) -> list[dict[str, Any]]:
         finally:
             store.close()
     return out
+
+
+def figures(store: RunStore) -> dict[str, Any]:
+    """What the run cost so far: the `figures` of `status --json` (see store/metrics.py)."""
+    return store_figures(store).data()
 
 
 def _loads(text: str | None) -> Any:

@@ -1,8 +1,9 @@
 """`wswarm dashboard`: the web command center, a stdlib HTTP server on 127.0.0.1.
 
-JSON endpoints for runs, tasks (attempts, gate reports, diffs, logs) and the DAG; a server-sent
-event stream that tails the run's events.jsonl and sends, beside each event, the view model folded
-by ui.feed — the page draws that and keeps no truth of its own. Assets ship in ui/static/.
+JSON endpoints for runs, tasks (attempts, gate reports, diffs, logs), the DAG and what the run
+cost (its figures); a server-sent event stream that tails the run's events.jsonl and sends, beside
+each event, the view model folded by ui.feed — the page draws that and keeps no truth of its own.
+Assets ship in ui/static/.
 """
 
 from __future__ import annotations
@@ -290,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(feed.view(live=store.is_live()))
             if rest == ["dag"]:
                 return self._json(api.dag(store))
+            if rest == ["figures"]:
+                return self._json(api.figures(store))
             if rest == ["tasks"]:
                 return self._json(api.tasks_data(store))
             if len(rest) == 2 and rest[0] == "tasks":
