@@ -92,6 +92,10 @@ def test_wswarm_toml_wins_over_pyproject(tmp_path: Path) -> None:
     ("[[gate.checks]]\nname = \"t\"\nrun = \"x\"\nextra = 1\n", "unknown key gate.checks[0].extra"),
     ("[worktree]\nsetup_inputs = [1]\n", "worktree.setup_inputs must be a list of strings"),
     ("[roles.x]\nsystem = 3\n", "roles.x.system must be a string"),
+    ("[scheduler]\noverlap = \"never\"\n", "scheduler.overlap is 'never'; use one of avoid, serialize, ignore"),
+    ("[scheduler]\nretry_wait = 0\n", "scheduler.retry_wait must be greater than 0"),
+    ("[scheduler]\nforecasts = 1\n", "unknown key scheduler.forecasts"),
+    ("[scheduler]\non_forecast = \"panic\"\n", "scheduler.on_forecast is 'panic'; use one of warn, notify"),
     ("gate = 3\n", "[gate] must be a table"),
     ("not toml [", "not valid TOML"),
 ])
@@ -105,3 +109,9 @@ def test_rejections_name_the_key(tmp_path: Path, text: str, message: str) -> Non
 def test_pyproject_unknown_key_is_named_with_its_prefix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key tool\.wswarm\.gate\.nope"):
         load_config(write(tmp_path, "[tool.wswarm.gate]\nnope = 1\n", "pyproject.toml"))
+
+
+def test_scheduler_section(tmp_path: Path) -> None:
+    assert (load_config(tmp_path).scheduler.overlap, load_config(tmp_path).scheduler.retry_wait) == ("avoid", None)
+    config = load_config(write(tmp_path, "[scheduler]\noverlap = \"serialize\"\nretry_wait = 90\n"))
+    assert (config.scheduler.overlap, config.scheduler.retry_wait) == ("serialize", 90.0)

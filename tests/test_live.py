@@ -40,7 +40,8 @@ def fold(run_dir: Path, lines: int | None = None) -> Feed:
 def finished_run(repo: Repo, agent_script: Any, tmp_path: Path) -> LiveRun:
     """A run with a conflict (a and b write shared.txt), a failure (c fails its only attempt),
     a task blocked behind it (d), and a dependent that merges (e after a)."""
-    tasks = [task("a", type="backend"), task("b"), task("c"), task("d", dependencies=["c"]),
+    # c declares its file: its retries need not wait for a and b, whose files are not known.
+    tasks = [task("a", type="backend"), task("b"), task("c", files=["c.txt"]), task("d", dependencies=["c"]),
              task("e", dependencies=["a"], type="docs")]
     run = LiveRun(repo, agent_script(WAITING_AGENT), tasks, tmp_path / "go", shared="a,b",
                   extra=("--max-attempts", "2"))

@@ -21,7 +21,8 @@ from worktree_swarm.config import DEFAULT_PLANNER_MODEL, Config
 from worktree_swarm.util.errors import PlanError
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.plan import plan_from_data
-from worktree_swarm.planner.model import (PlannerError, PlanRefused, check_planned, patterns_overlap, plan_to_file,
+from worktree_swarm.util.globs import patterns_overlap
+from worktree_swarm.planner.model import (PlannerError, PlanRefused, check_planned, plan_to_file,
                                     unordered_overlaps)
 from worktree_swarm.planner.repo_picture import file_tree, human_size, languages, readme_head, take_picture
 

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from worktree_swarm.swarm.scheduler import AttemptKind, Decision, Scheduler, TaskState, TaskStatus, charged
+from worktree_swarm.swarm.scheduler import (AttemptKind, Decision, Held, Overlap, Scheduler, TaskState, TaskStatus,
+                                             charged)
 
 K = AttemptKind
 
@@ -161,3 +162,118 @@ def test_any_plan_with_any_outcomes_ends_and_keeps_its_invariants(seed: int) -> 
             assert s.tasks[t].attempts == {}
         if s.status(t) == TaskStatus.FAILED:
             assert s.tasks[t].charged == max_attempts
+
+
+# -- overlap: which ready task starts beside what runs, and retries from a moved head ----------------
+
+def overlapping(*ids: str, files: dict[str, list[str]], overlap: Overlap = Overlap.AVOID, tracked: list[str] | None = None,
+                retry_wait: float = 60.0) -> Scheduler:
+    return Scheduler(order=list(ids), dependencies={}, priority={}, max_attempts=3, files=files,
+                     tracked=tracked or [], overlap=overlap, retry_wait=retry_wait)
+
+
+@pytest.mark.parametrize(("p", "q", "tracked", "expected"), [
+    (["pricing.py"], ["pricing.py"], [], "'pricing.py'"),
+    (["src/*.py"], ["src/cart.py"], [], "'src/*.py' / 'src/cart.py'"),
+    (["src/"], ["src/a/b.py"], [], "'src/' / 'src/a/b.py'"),
+    (["src/*.py"], ["*/cart.py"], ["src/cart.py", "src/x.py"], "'src/cart.py' (patterns 'src/*.py' and '*/cart.py')"),
+    (["src/*.py"], ["docs/*.md"], ["src/cart.py", "docs/a.md"], None),
+    ([], ["src/a.py"], [], None),
+])
+def test_declared_patterns_overlap_when_they_can_match_one_path(p: list[str], q: list[str], tracked: list[str],
+                                                                expected: str | None) -> None:
+    s = overlapping("a", "b", files={"a": p, "b": q}, tracked=tracked)
+    assert s.overlaps("a", "b") == expected
+    assert (s.overlaps("b", "a") is None) == (expected is None)
+
+
+def test_files_an_attempt_changed_count_as_much_as_declared_ones() -> None:
+    s = overlapping("a", "b", "c", files={"b": ["app/*.py"]})
+    assert s.overlaps("a", "b") is None and s.overlaps("a", "c") is None
+    s.learn("a", ["app/core.py", "README.md"])
+    assert s.overlaps("a", "b") == "app/core.py"
+    s.learn("c", ["README.md"])
+    assert s.overlaps("a", "c") == "README.md"
+    assert s.overlaps("b", "c") is None
+    # a task nothing is known of overlaps nothing, unless asked to assume the worst
+    t = overlapping("x", "y", files={})
+    assert t.overlaps("x", "y") is None and t.overlaps("x", "y", unknown=True) == "its files are not known"
+
+
+def test_avoid_starts_a_disjoint_task_first_and_an_overlapping_one_only_to_fill_an_idle_agent() -> None:
+    s = overlapping("a", "b", "c", files={"a": ["pricing.py"], "b": ["pricing.py"], "c": ["cart.py"]})
+    assert s.pick(head="h", now=0) == "a"
+    s.start("a", head="h")
+    assert s.held(head="h", now=0) == [Held("b", "a", "both change 'pricing.py'")]
+    assert s.pick(head="h", now=0) == "c"       # b waits: c overlaps nothing running
+    s.start("c", head="h")
+    assert s.held(head="h", now=0) == []         # nothing disjoint left: b is not held back, only short of an agent
+    assert s.pick(head="h", now=0) == "b"       # and an agent would otherwise sit idle
+
+
+def test_serialize_never_runs_two_overlapping_tasks_at_once() -> None:
+    s = overlapping("a", "b", files={"a": ["pricing.py"], "b": ["pricing.py"]}, overlap=Overlap.SERIALIZE)
+    s.start("a", head="h")
+    assert s.pick(head="h", now=0) is None
+    assert s.held(head="h", now=0) == [Held("b", "a", "both change 'pricing.py'")]
+    s.finish("a", 1, K.GATED)
+    assert s.pick(head="h", now=0) is None       # merging is still running
+    s.finish("a", 1, K.MERGED)
+    assert s.pick(head="h2", now=0) == "b" and s.held(head="h2", now=0) == []
+
+
+def test_ignore_starts_in_priority_order_whatever_overlaps() -> None:
+    s = overlapping("a", "b", files={"a": ["p.py"], "b": ["p.py"]}, overlap=Overlap.IGNORE)
+    s.start("a", head="h")
+    assert s.pick(head="h", now=0) == "b" and s.held(head="h", now=0) == []
+
+
+def test_a_retry_waits_for_overlapping_work_instead_of_failing_again_on_the_same_head() -> None:
+    s = overlapping("needs-file", "adds-file", files={}, retry_wait=30)
+    s.start("adds-file", head="h0")
+    s.start("needs-file", head="h0")
+    assert s.finish("needs-file", 1, K.AGENT_FAILED, now=100) == Decision.RETRY
+    # same head, work that may overlap (its files are not known) still running: it waits
+    assert s.pick(head="h0", now=101) is None
+    [held] = s.held(head="h0", now=101)
+    assert (held.task, held.waiting_for) == ("needs-file", "adds-file")
+    assert "failed on this head" in held.reason
+    # the head moved (the other task merged): it starts, from the new head
+    s.finish("adds-file", 1, K.GATED)
+    s.finish("adds-file", 1, K.MERGED)
+    assert s.pick(head="h1", now=102) == "needs-file"
+
+
+def test_a_retry_starts_at_once_when_nothing_overlapping_runs_or_when_the_wait_is_over() -> None:
+    s = overlapping("a", "b", files={"a": ["a.py"], "b": ["b.py"]}, retry_wait=30)
+    s.start("a", head="h0")
+    s.start("b", head="h0")
+    s.finish("a", 1, K.GATE_FAILED, now=100)
+    assert s.pick(head="h0", now=101) == "a"     # b runs, but it changes other files
+    t = overlapping("a", "b", files={}, retry_wait=30)
+    assert overlapping("a", files={}, overlap=Overlap.IGNORE).retry_wait == 60.0
+    t.start("a", head="h0")
+    t.start("b", head="h0")
+    t.finish("a", 1, K.GATE_FAILED, now=100)
+    assert t.pick(head="h0", now=129) is None
+    assert t.pick(head="h0", now=130) == "a"     # bounded: never waits past retry_wait
+    t.start("a", head="h0")
+    assert t.tasks["a"].failed_head is None       # a new attempt clears the wait
+
+
+def test_a_conflict_retry_never_waits_the_head_has_moved() -> None:
+    s = overlapping("a", "b", "c", files={})
+    for t in "abc":
+        s.start(t, head="h0")
+    s.finish("b", 1, K.GATED)
+    s.finish("b", 1, K.MERGED)                   # the integration head is now h1
+    s.finish("a", 1, K.CONFLICT, now=5)
+    assert s.pick(head="h1", now=6) == "a"       # c still runs, but a's retry starts from a new head
+
+
+def test_ignore_retries_at_once_as_before() -> None:
+    s = overlapping("a", "b", files={}, overlap=Overlap.IGNORE)
+    s.start("a", head="h0")
+    s.start("b", head="h0")
+    s.finish("a", 1, K.AGENT_FAILED, now=1)
+    assert s.pick(head="h0", now=2) == "a" and s.held(head="h0", now=2) == []

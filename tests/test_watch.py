@@ -94,7 +94,9 @@ def test_status_watch_of_a_finished_run_returns_at_once_and_refuses_json(repo: R
 
 
 def test_logs_follow_prints_new_output_and_new_attempts(repo: Repo, agent_script: Any, tmp_path: Path) -> None:
-    run = LiveRun(repo, agent_script(WAITING_AGENT), [task("flaky"), task("other")], tmp_path / "go")
+    # Declared files that do not overlap: attempt 2 starts while `other` still runs.
+    run = LiveRun(repo, agent_script(WAITING_AGENT), [task("flaky", files=["flaky.txt"]), task("other", files=["other.txt"])],
+                  tmp_path / "go")
     try:
         run.fail("flaky", 1)
         run.wait_event("agent-activity", "flaky")

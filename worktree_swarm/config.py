@@ -102,6 +102,18 @@ class SandboxConfig:
     required: bool = True       # without bubblewrap, refuse to run agent-written code (false: run it unconfined)
 
 
+OVERLAP_POLICIES = ("avoid", "serialize", "ignore")
+FORECAST_ACTIONS = ("warn", "notify")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    overlap: str = "avoid"            # avoid | serialize | ignore: tasks whose files overlap a running task's
+    retry_wait: float | None = None   # seconds a retry waits for an overlapping task to settle (default: agent timeout)
+    forecast: bool = True             # snapshot running worktrees and forecast conflicts
+    on_forecast: str = "notify"       # warn (an event) | notify (an event, and the agent is told)
+
+
 @dataclass(frozen=True)
 class Config:
     gate: GateConfig = GateConfig()
@@ -111,6 +123,7 @@ class Config:
     planner: PlannerConfig = PlannerConfig()
     limits: LimitsConfig = LimitsConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     source: Path | None = None
 
 
@@ -206,7 +219,7 @@ class _Section:
 
 def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Config:
     top = _Section(data, prefix, source)
-    top.only("gate", "worktree", "agents", "roles", "planner", "limits", "sandbox")
+    top.only("gate", "worktree", "agents", "roles", "planner", "limits", "sandbox", "scheduler")
     return Config(
         gate=_gate(_Section(data.get("gate", {}), f"{prefix}gate.", source)),
         worktree=_worktree(_Section(data.get("worktree", {}), f"{prefix}worktree.", source)),
@@ -216,6 +229,7 @@ def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Con
         planner=_planner(_Section(data.get("planner", {}), f"{prefix}planner.", source)),
         limits=_limits(_Section(data.get("limits", {}), f"{prefix}limits.", source)),
         sandbox=_sandbox(_Section(data.get("sandbox", {}), f"{prefix}sandbox.", source)),
+        scheduler=_scheduler(_Section(data.get("scheduler", {}), f"{prefix}scheduler.", source)),
         source=source,
     )
 
@@ -245,6 +259,18 @@ def _gate(s: _Section) -> GateConfig:
 def _sandbox(s: _Section) -> SandboxConfig:
     s.only("network", "required")
     return SandboxConfig(network=s.flag("network", False), required=s.flag("required", True))
+
+
+def _scheduler(s: _Section) -> SchedulerConfig:
+    s.only("overlap", "retry_wait", "forecast", "on_forecast")
+    overlap = s.text("overlap", "avoid") or "avoid"
+    if overlap not in OVERLAP_POLICIES:
+        raise ConfigError(f"{s.source}: {s.where}overlap is {overlap!r}; use one of {', '.join(OVERLAP_POLICIES)}")
+    action = s.text("on_forecast", "notify") or "notify"
+    if action not in FORECAST_ACTIONS:
+        raise ConfigError(f"{s.source}: {s.where}on_forecast is {action!r}; use one of {', '.join(FORECAST_ACTIONS)}")
+    return SchedulerConfig(overlap=overlap, retry_wait=s.number("retry_wait", None), forecast=s.flag("forecast", True),
+                           on_forecast=action)
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

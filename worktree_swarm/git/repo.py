@@ -130,6 +130,10 @@ class Repo:
 
         return str(self.pygit[commit].peel(pygit2.Commit).tree_id)
 
+    def tracked_files(self, commit: str) -> list[str]:
+        """Every file path in COMMIT's tree."""
+        return [p for p in self.git("ls-tree", "-r", "-z", "--name-only", commit).stdout.split("\0") if p]
+
     def current_branch(self) -> str | None:
         """The branch checked out where wswarm runs, or None on a detached HEAD."""
         if self.pygit.head_is_detached:

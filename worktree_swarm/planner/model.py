@@ -20,7 +20,7 @@ from worktree_swarm.agents.pricing import cost_usd
 from worktree_swarm.agents.registry import DefaultAgent, agent_for_type, default_agent, types_use_default
 from worktree_swarm.config import DEFAULT_PLANNER_MODEL, Config, load_config
 from worktree_swarm.util.errors import PlanError, UsageError, WswarmError
-from worktree_swarm.util.globs import glob_regex
+from worktree_swarm.util.globs import TrackedFiles, patterns_overlap
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, plan_from_data
 from worktree_swarm.planner.repo_picture import Picture, take_picture
@@ -347,40 +347,6 @@ def unordered_overlaps(plan: Plan, files: Collection[str] = ()) -> list[tuple[st
             if where:
                 found.append((a.id, b.id, where))
     return found
-
-
-class TrackedFiles:
-    """The tracked files each `files` pattern matches, computed once per pattern."""
-
-    def __init__(self, files: Collection[str]) -> None:
-        self.files = sorted(files)
-        self._matching: dict[str, frozenset[str]] = {}
-
-    def matching(self, pattern: str) -> frozenset[str]:
-        if pattern not in self._matching:
-            regex = glob_regex(pattern)
-            self._matching[pattern] = frozenset(f for f in self.files if regex.fullmatch(f))
-        return self._matching[pattern]
-
-
-def patterns_overlap(p: str, q: str, files: Collection[str] | TrackedFiles = ()) -> str | None:
-    """What two `files` patterns may both match, phrased for a message; None when they cannot.
-
-    Same pattern, one matching the other's text (a glob and a path, or a directory and a path
-    in it), or a tracked file both match. Patterns are read as the gate reads them."""
-    p_norm, q_norm = _norm(p), _norm(q)
-    if p_norm == q_norm:
-        return repr(p)
-    rp, rq = glob_regex(p_norm), glob_regex(q_norm)
-    if rp.fullmatch(q_norm.rstrip("/")) or rq.fullmatch(p_norm.rstrip("/")):
-        return f"{p!r} / {q!r}"
-    tracked = files if isinstance(files, TrackedFiles) else TrackedFiles(files)
-    both = tracked.matching(p_norm) & tracked.matching(q_norm)
-    return f"{min(both)!r} (patterns {p!r} and {q!r})" if both else None
-
-
-def _norm(pattern: str) -> str:
-    return pattern.strip().removeprefix("./")
 
 
 # -- files ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from worktree_swarm.util import proc
-from worktree_swarm.agents.base import Agent, AgentRequest
+from worktree_swarm.agents.base import Agent, AgentRequest, News
 from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.config import CheckConfig, Config
 from worktree_swarm.util.errors import CommandError, DiskFullError, no_room
@@ -28,7 +28,7 @@ from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git import residue
-from worktree_swarm.git.refs import encode
+from worktree_swarm.git.refs import encode, integration_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
@@ -97,6 +97,7 @@ class AttemptRunner:
         self.confinement = confinement
         # What a task row should now say; the orchestrator writes it (it alone writes task rows).
         self.report = report
+        self.news: dict[tuple[str, int], News] = {}    # the news box of each attempt, set by its executor
         self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
@@ -194,12 +195,15 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", "the task branch no longer contains its starting commit"
             out.feedback = out.reason + ": do not reset or rewrite the branch's history."
             return out
+        # An agent may bring merged work into its branch (`git merge` of the integration head it was
+        # told of): its own change is what the branch adds to the newest integration commit it holds.
+        base = self._own_base(out.start, out.head)
         # Empty commits change nothing either: compare trees, not commit ids.
-        if self.repo.tree_of(out.head) == self.repo.tree_of(out.start):
+        if self.repo.tree_of(out.head) == self.repo.tree_of(base):
             out.kind, out.reason = "no-op", "no-op: the agent changed nothing"
             out.feedback = "Your previous attempt changed no files. The task needs changes to the repository."
             return out
-        out.changes = changed_files(self.repo, out.start, out.head)
+        out.changes = changed_files(self.repo, base, out.head)
         self.report(task.id, {"gating": True})
         self.store.event("gate-started", task.id, attempt=out.n, agent=agent.name,
                          files=[redact_secrets(c.path) for c in out.changes])
@@ -207,7 +211,7 @@ class AttemptRunner:
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
                             env=env, log_dir=adir, cache=self.cache, cancel=self.cancel,
                             confinement=self.confinement)
-        start = out.start
+        start = base
 
         def baseline(check: CheckConfig) -> tuple[CheckResult, str]:
             result, output = base_probe.result(check, start)
@@ -217,7 +221,7 @@ class AttemptRunner:
         memory = Memory(cache=self.cache, tree=self.repo.tree_of(out.head), setup=self.config.worktree.setup,
                         base_tree=self.repo.tree_of(start), baseline=baseline)
         try:
-            report = run_gate(repo=self.repo, worktree=worktree, base=out.start, head=out.head,
+            report = run_gate(repo=self.repo, worktree=worktree, base=base, head=out.head,
                               config=self.config.gate, declared_files=task.files, changes=out.changes,
                               env=env, log_dir=adir, cancel=self.cancel, memory=memory,
                               confinement=self.confinement)
@@ -235,6 +239,16 @@ class AttemptRunner:
             out.kind, out.reason = "gate-failed", report.summary()
             out.feedback = report.render()
         return out
+
+    def _own_base(self, start: Sha, head: Sha) -> Sha:
+        """START, or the newest commit of the integration branch that HEAD holds when the agent merged
+        the integration head into its branch."""
+        integration = self.repo.branch_sha(integration_branch(self.run_id))
+        if integration is None:
+            return start
+        found = self.repo.pygit.merge_base(head, integration)
+        newest = Sha(str(found)) if found is not None else start
+        return newest if newest != start and self.repo.is_ancestor(start, newest) else start
 
     def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
                  env: dict[str, str], deps: list[dict[str, Any]], *, agent: str) -> AgentRequest:
@@ -254,7 +268,12 @@ class AttemptRunner:
         if feedback:
             feedback_path = adir / "feedback.txt"
             feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
-        return AgentRequest(run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
+        # News of work merged while it runs: a file from the start, so a command agent can always read it.
+        news = self.news.get((task.id, out.n)) or News()
+        if news.path is not None:
+            os.close(proc.open_regular(news.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+            env = {**env, "WSWARM_NEWS": str(news.path)}
+        return AgentRequest(news=news, run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
                             feedback_path=feedback_path, log_path=adir / layout.AGENT_LOG,
                             task_prompt_path=adir / "task-prompt.md", hold_fds=self.pool.holds(worktree),

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-from worktree_swarm.swarm import admission
 from worktree_swarm.agents.base import Agent
-from worktree_swarm.swarm.attempt import AttemptRunner, Outcome
+from worktree_swarm.swarm.attempt import Outcome
+from worktree_swarm.swarm.executor import AttemptRequest, Executor
+from worktree_swarm.swarm.forecast import Forecast, Forecaster
 from worktree_swarm.config import Config
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.agents.command import last_lines
@@ -30,16 +29,15 @@ from worktree_swarm.util.redact import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.diff import FileChange, diff_text
+from worktree_swarm.git.diff import FileChange, changed_files, diff_text
 from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.swarm.guard import Guard
 from worktree_swarm.train.integration import Integration, merge_message
 from worktree_swarm.train.result_gate import judge, train
 from worktree_swarm.plan import Plan, Task
-from worktree_swarm.sandbox import Confinement, available as sandbox_available
-from worktree_swarm.swarm.scheduler import ACTIVE, AttemptKind, Decision, Scheduler, TaskStatus
+from worktree_swarm.sandbox import Confinement
+from worktree_swarm.swarm.scheduler import ACTIVE, AttemptKind, Decision, Overlap, Scheduler, TaskStatus
 from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.util.types import BranchName, RunId, Sha
 from worktree_swarm.store import layout
@@ -65,13 +63,14 @@ class _TaskData:
 
 
 class Swarm:
-    def __init__(self, *, repo: Repo, config: Config, plan: Plan, store: RunStore, pool: WorktreePool,
-                 agent_for: Callable[[Task], Agent], options: SwarmOptions, pool_root: Path) -> None:
+    def __init__(self, *, repo: Repo, config: Config, plan: Plan, store: RunStore, executor: Executor,
+                 agent_for: Callable[[Task], Agent], options: SwarmOptions, pool_root: Path,
+                 confinement: Confinement, cache: GateCache) -> None:
         self.repo = repo
         self.config = config
         self.plan = plan
         self.store = store
-        self.pool = pool
+        self.executor = executor
         self.agent_for = agent_for
         self.options = options
         run = store.run()
@@ -85,7 +84,6 @@ class Swarm:
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed | unverified, once judged
         self._ports: dict[tuple[str, int], int] = {}
-        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wswarm-reaper")
         self._spent_announced = False
         self.guard = Guard(repo, own=f"refs/heads/{run_prefix(self.run_id)}")
         self._live: set[tuple[str, int]] = set()       # attempts running now
@@ -94,28 +92,22 @@ class Swarm:
         self._suspect_reason = ""
         self._scanned = time.monotonic()               # when the checkout's files were last scanned
         self._file_window: set[tuple[str, int]] = set()  # attempts that ran since that scan
-        self._removals: list[Future[None]] = []
-        # Code a confined agent wrote runs only in the sandbox: its setup and its checks, and every
-        # probe and merge-result check of a run that holds such work.
-        confined = any(agent_for(task).confined for task in plan)
-        self.confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
-                                       pass_env=config.gate.pass_env)
-        self.cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
-        self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
-                                           lambda kind, data: self.store.event(kind, **data))
+        self.confinement = confinement
+        self.cache = cache
+        self.secret_values = secret_env_values(os.environ)
+        declared = {str(t.id): list(t.files) for t in plan if t.files}
         self.sched = Scheduler(order=[str(t) for t in plan.ids()],
                                dependencies={t.id: [str(d) for d in t.dependencies] for t in plan},
                                priority={str(k): v for k, v in plan.priority().items()},
-                               max_attempts=options.max_attempts)
+                               max_attempts=options.max_attempts, files=declared,
+                               # whether two declared patterns can match one path is judged on the base's files
+                               tracked=repo.tracked_files(Sha(run.base)) if declared else (),
+                               overlap=Overlap(config.scheduler.overlap),
+                               retry_wait=config.scheduler.retry_wait or options.agent_timeout)
+        self._held: dict[str, tuple[str, str]] = {}    # task -> (waiting for, why), as last announced
+        self._forecasts: dict[tuple[str, int, str], Forecast] = {}   # (task, attempt, other) -> standing forecast
         self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
-        # Worker threads never write task rows: what they have to say about a task comes here.
-        self._phases: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
-        self.attempts = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
-                                      agent_for=agent_for, cache=self.cache, cancel=self.cancel, run_id=self.run_id,
-                                      agent_timeout=options.agent_timeout,
-                                      secret_values=secret_env_values(os.environ), confinement=self.confinement,
-                                      report=lambda task_id, fields: self._phases.put((task_id, fields)))
         self._load_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -124,12 +116,17 @@ class Swarm:
         """Rebuild the in-memory picture from the store; trust nothing that git does not confirm."""
         merges = self._train_merges(self.train.head)
         attempts = self.store.attempts()
+        # Attempts granted on top of max_attempts by `wswarm retry`, per task.
+        budget = self.store.run().options.get("budget") or {}
         for row in self.store.tasks():
             task = self.sched.tasks[row.id]
+            task.budget = int(budget.get(row.id, 0))
             data = self.data[row.id]
             data.summary = row.summary or ""
             mine = [a for a in attempts if a.task_id == row.id]
             task.attempts = {a.n: AttemptKind(a.outcome) for a in mine}
+            for a in mine:
+                self.sched.learn(row.id, (path for path, _, _ in json.loads(a.files or "[]")))
             task.status = TaskStatus(row.status)
             landed = next((a for a in reversed(mine) if a.head in merges), None)
             if row.status == "merged" and landed is None:
@@ -167,12 +164,8 @@ class Swarm:
         self.store.set_task(task_id, status=str(self.sched.status(task_id)), **fields)
 
     def _take_phases(self) -> None:
-        """What worker threads reported since the last look (a gate started, a worktree handed out)."""
-        while True:
-            try:
-                task_id, fields = self._phases.get_nowait()
-            except queue.Empty:
-                return
+        """What running attempts reported since the last look (a gate started, a worktree handed out)."""
+        for task_id, fields in self.executor.phases():
             if fields.pop("gating", False):
                 self.sched.gating(task_id)
                 fields["status"] = str(self.sched.status(task_id))
@@ -193,7 +186,6 @@ class Swarm:
             self._watch_shared_state(None)      # the last word on the checkout's files
         finally:
             self._reap()
-            self.throttle.admission.close()
         return self.merge_gate != "failed" and self.sched.all_merged()
 
     def _drive(self) -> None:
@@ -203,37 +195,47 @@ class Swarm:
             self.store.event("merge-recovered", a.task_id, attempt=a.n)
             # The summary is what the agent's log ends with, as when the attempt first finished.
             log = self.store.attempt_dir(a.task_id, a.n) / layout.AGENT_LOG
-            summary = redact_secrets(last_lines(log, 5), known=self.attempts.secret_values)
+            summary = redact_secrets(last_lines(log, 5), known=self.secret_values)
             self._settle(Outcome(task=self.plan[a.task_id], n=a.n, kind="gated", branch=BranchName(a.branch),
                                  start=Sha(a.start), head=Sha(str(a.head)), summary=summary,
                                  report=GateReport.from_json(a.gate or '{"checks": []}'),
                                  changes=[FileChange(p, added, removed) for p, added, removed in files]))
-        running: dict[Future[Outcome], str] = {}
-        with ThreadPoolExecutor(max_workers=self.options.agents, thread_name_prefix="wswarm-agent") as pool:
-            try:
-                while True:
-                    self._take_phases()
-                    self._block_dependents()
-                    self._stop_when_spent()
-                    for task_id in self.sched.ready():
-                        if len(running) >= self.options.agents or not self.throttle.admit(running=len(running)):
-                            break
-                        running[self._launch(pool, task_id)] = task_id
-                    if not running:
-                        break
-                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-                    self._take_phases()
-                    for future in done:
-                        del running[future]
-                        self._settle(future.result())
-            except BaseException as first:
-                self.cancel.set()
-                for future in running:
-                    try:
-                        self._settle(future.result())
-                    except Exception as later:  # the first error is the one raised; later ones go with it
-                        first.add_note(f"while stopping the other attempts: {type(later).__name__}: {later}")
-                raise
+        forecaster = (Forecaster(self.repo, running=self.executor.worktrees, head=lambda: self.train.head)
+                      if self.config.scheduler.forecast else None)
+        if forecaster is not None:
+            forecaster.start()
+        try:
+            while True:
+                self._take_phases()
+                self._take_forecast(forecaster)
+                self._block_dependents()
+                self._stop_when_spent()
+                while ((task_id := self.sched.pick(head=self.train.head, now=time.monotonic())) is not None
+                       and self.executor.has_room()):
+                    self._launch(task_id)
+                self._announce_held()
+                if not self.executor.running():
+                    break
+                done = self.executor.wait(0.5)
+                self._take_phases()
+                for outcome in done:
+                    self._settle(outcome)
+        except BaseException as first:
+            if forecaster is not None:
+                forecaster.stop()
+                forecaster = None
+            outcomes, errors = self.executor.stop()
+            for error in errors:   # the first error is the one raised; later ones go with it
+                first.add_note(f"while stopping the other attempts: {type(error).__name__}: {error}")
+            for outcome in outcomes:
+                try:
+                    self._settle(outcome)
+                except Exception as later:
+                    first.add_note(f"while stopping the other attempts: {type(later).__name__}: {later}")
+            raise
+        finally:
+            if forecaster is not None:
+                forecaster.stop()
 
     def _judge_merge_result(self) -> bool:
         """Run the configured checks on the integration head; eject the merge that broke it.
@@ -279,6 +281,38 @@ class Swarm:
             self._follow(a.task_id, a.n, self.sched.eject(a.task_id, a.n, culprit=culprit), reason, feedback)
         return True
 
+    def _take_forecast(self, forecaster: Forecaster | None) -> None:
+        """The newest round of conflict forecasts: what running attempts have changed so far (so the
+        scheduler knows their files), and the conflicts their work would meet, raised and cleared."""
+        latest = forecaster.take() if forecaster is not None else None
+        if latest is None:
+            return
+        for (task_id, n), paths in latest.touched.items():
+            if (task_id, n) in self._live:
+                self.sched.learn(task_id, paths)
+        now = {(f.key[0], f.key[1], f.other): f for f in latest.forecasts if f.key in self._live}
+        for key, f in now.items():
+            if key in self._forecasts and self._forecasts[key].paths == f.paths:
+                continue
+            other = f.other or "integration head"
+            self.store.event("conflict-forecast", f.key[0], attempt=f.key[1], other=other, files=list(f.paths),
+                             messages=list(f.messages), head=latest.head)
+            if self.config.scheduler.on_forecast == "notify":
+                self.executor.tell(f.key, {"message": _forecast_text(f, latest.head)})
+        for key, f in self._forecasts.items():
+            if key not in now and f.key in self._live:
+                self.store.event("conflict-forecast-cleared", f.key[0], attempt=f.key[1],
+                                 other=f.other or "integration head")
+        self._forecasts = now
+
+    def _announce_held(self) -> None:
+        """A `held` event when a ready task is held back, or held for another reason than before."""
+        now = {h.task: (h.waiting_for, h.reason) for h in self.sched.held(head=self.train.head, now=time.monotonic())}
+        for task_id, (waiting_for, why) in now.items():
+            if self._held.get(task_id) != (waiting_for, why):
+                self.store.event("held", task_id, waiting_for=waiting_for, reason=why)
+        self._held = now
+
     def _block_dependents(self) -> None:
         for blocked in self.sched.block_dependents():
             self._record(blocked.task, reason=blocked.reason)
@@ -299,10 +333,10 @@ class Swarm:
             self._record(b.task, reason=b.reason)
             self.store.event("blocked", b.task, reason=b.reason)
 
-    def _launch(self, pool: ThreadPoolExecutor, task_id: str) -> Future[Outcome]:
+    def _launch(self, task_id: str) -> None:
         self.train.verify()
-        n = self.sched.start(task_id)
         start = self.train.head
+        n = self.sched.start(task_id, head=start)
         branch = task_branch(self.run_id, task_id, n)
         self._record(task_id, attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
@@ -312,8 +346,9 @@ class Swarm:
         self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
         task = self.plan[task_id]
-        return pool.submit(self.attempts.run, task, n, branch, start, self.data[task_id].feedback,
-                           env=self._task_env(task, n), dependencies=self._dependency_summaries(task))
+        self.executor.submit(AttemptRequest(task=task, n=n, branch=branch, start=start,
+                                            feedback=self.data[task_id].feedback, env=self._task_env(task, n),
+                                            dependencies=self._dependency_summaries(task)))
 
     # -- what an attempt is given -----------------------------------------------------------
 
@@ -393,6 +428,7 @@ class Swarm:
             self.store.add_cost(task_id, out.cost_usd)
         stats = out.stats()
         kind = AttemptKind(out.kind)
+        self.sched.learn(task_id, (c.path for c in out.changes))
         if kind == AttemptKind.INTERRUPTED:
             self.sched.finish(task_id, out.n, kind)
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
@@ -401,7 +437,7 @@ class Swarm:
             return
         report_json = out.report.to_json() if out.report else None
         if kind != AttemptKind.GATED:
-            decision = self.sched.finish(task_id, out.n, kind)
+            decision = self.sched.finish(task_id, out.n, kind, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason,
                                       gate=report_json, **stats)
             self.store.event(kind, task_id, attempt=out.n, reason=out.reason,
@@ -423,7 +459,7 @@ class Swarm:
             raise
         if merged.merge_commit is None:
             out.reason = reason = "merge conflict in " + ", ".join(merged.conflicts)
-            decision = self.sched.finish(task_id, out.n, AttemptKind.CONFLICT)
+            decision = self.sched.finish(task_id, out.n, AttemptKind.CONFLICT, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.CONFLICT, head=out.head, reason=reason,
                                       gate=report_json, **stats)
             self.store.event("conflict", task_id, attempt=out.n, files=merged.conflicts,
@@ -439,17 +475,43 @@ class Swarm:
                          files=[redact_secrets(path) for path in st.files],
                          agent=self.agent_for(out.task).name, gate=out.report.summary())
         self._release(out, keep=False)
+        self._spread_news(task_id, merged.merge_commit)
+
+    def _spread_news(self, merged: str, head: str) -> None:
+        """Tell every running attempt whose work may overlap MERGED's that it merged: its summary,
+        files and the new head, which the agent can merge into its branch."""
+        data = self.data[merged]
+        item = {"task": merged, "summary": data.summary, "files": data.files, "head": head}
+        for task_id, n in sorted(self._live):
+            # Only an agent still at work hears it: one whose gate runs has finished.
+            if (task_id != merged and self.sched.status(task_id) == TaskStatus.RUNNING
+                    and self.sched.overlaps(task_id, merged, unknown=True)):
+                self.executor.tell((task_id, n), item)
+                self.store.event("news", task_id, attempt=n, about=merged, head=head)
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
         assert out.head is not None
-        diff = diff_text(self.repo, out.start, out.head).splitlines()
-        shown = "\n".join(diff[:FEEDBACK_DIFF_LINES])
-        if len(diff) > FEEDBACK_DIFF_LINES:
-            shown += f"\n[… {len(diff) - FEEDBACK_DIFF_LINES} more lines]"
-        return ("Your previous attempt conflicted with work merged meanwhile by other tasks.\n"
+        culprits = self._merged_meanwhile(out.start, files)
+        theirs = "".join(f"\n'{task_id}' ({', '.join(paths)}):\n{_cut(diff_text(self.repo, parent, commit, paths))}\n"
+                         for task_id, parent, commit, paths in culprits)
+        who = (", ".join(f"'{c[0]}'" for c in culprits) if culprits else "other tasks")
+        return (f"Your previous attempt conflicted with work merged meanwhile by {who}.\n"
                 f"Conflicting files: {', '.join(files)}\n" + "".join(f"  {m}\n" for m in messages) +
                 "This attempt starts from the current integration head, which contains their work. "
-                "Redo your change on top of it.\n\nYour previous diff:\n" + shown)
+                "Redo your change on top of it.\n" +
+                (f"\nTheir changes to those files:\n{theirs}" if theirs else "") +
+                "\nYour previous diff:\n" + _cut(diff_text(self.repo, out.start, out.head)))
+
+    def _merged_meanwhile(self, start: Sha, files: list[str]) -> list[tuple[str, Sha, Sha, list[str]]]:
+        """The tasks merged since START that changed any of FILES: (task, parent, merge commit, paths)."""
+        by_head = {a.head: a.task_id for a in self.store.attempts() if a.outcome == AttemptKind.MERGED}
+        wanted = set(files)
+        found = []
+        for merge in train(self.repo, start, self.train.head):
+            paths = sorted(wanted & {c.path for c in changed_files(self.repo, merge.parent, merge.commit)})
+            if paths and merge.theirs in by_head:
+                found.append((by_head[merge.theirs], merge.parent, merge.commit, paths))
+        return found
 
     def _retry_or_fail(self, out: Outcome, decision: Decision, feedback: str) -> None:
         self._follow(out.task.id, out.n, decision, out.reason, feedback)
@@ -471,18 +533,25 @@ class Swarm:
         self.store.event("requeued", task_id, attempt=n, reason=reason)
 
     def _release(self, out: Outcome, *, keep: bool) -> None:
-        if out.worktree is None:
-            return
-        # Removing a worktree costs as much as making one (43 ms at 5,000 files), scrubbing a slot
-        # tens of ms; done here it kept the next launch waiting (bench/README.md). A kept one (a
-        # failed task's) goes to the pool too: a slot pool replaces it.
-        self._removals.append(self._reaper.submit(self.pool.release, out.worktree, keep=keep))
+        self.executor.release(out, keep=keep)
 
     def _reap(self) -> None:
         """Wait for every worktree removal; one that failed is reported, not hidden."""
-        self._reaper.shutdown(wait=True)
-        for done in self._removals:
-            if done.exception() is not None:
-                self.store.event("cleanup-failed", error=str(done.exception()).splitlines()[0])
-        self._removals.clear()
-        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wswarm-reaper")
+        for error in self.executor.cleanup_errors():
+            self.store.event("cleanup-failed", error=error)
+
+
+def _cut(diff: str, limit: int = FEEDBACK_DIFF_LINES) -> str:
+    lines = diff.splitlines()
+    return "\n".join(lines[:limit]) + (f"\n[… {len(lines) - limit} more lines]" if len(lines) > limit else "")
+
+
+def _forecast_text(f: Forecast, head: str) -> str:
+    """What an agent is told of a conflict its work is heading for."""
+    where = ", ".join(f.paths)
+    if not f.other:
+        return (f"Heads-up: your changes so far conflict with work already merged into the integration branch "
+                f"(now at {head}) in {where}. Bring it into your branch (`git merge {head}`) and resolve the "
+                "conflict now, or your work will be sent back after the gate.")
+    return (f"Heads-up: your changes so far conflict with what task '{f.other}' is changing right now, in {where}. "
+            "Keep your change to those files as small as the task allows; whichever merges second must redo it.")

@@ -1,13 +1,16 @@
 """The scheduler's decisions, and nothing else: which task runs next, what an attempt's end means for
-its task (merge, retry, give up), who is blocked, and when the money is spent. Pure: no git, no
-files, no clock; the orchestrator feeds it what happened and carries out what it decides.
+its task (merge, retry, give up), who is blocked, who is held back and why, and when the money is
+spent. Pure: no git, no files, no clock of its own; the orchestrator feeds it what happened (and the
+time) and carries out what it decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from worktree_swarm.util.globs import TrackedFiles, glob_regex, patterns_overlap
 
 
 class TaskStatus(StrEnum):
@@ -55,6 +58,10 @@ class TaskState:
     status: TaskStatus = TaskStatus.PENDING
     attempts: dict[int, AttemptKind] = field(default_factory=dict)   # n -> how it ended
     budget: int = 0                    # attempts granted on top of max_attempts (a retry of a finished run)
+    known: set[str] = field(default_factory=set)   # paths its attempts are known to change
+    start_head: str | None = None      # the integration head its last attempt started from
+    failed_head: str | None = None     # set when that attempt failed: a retry waits for the head to move …
+    wait_until: float = 0.0            # … or for overlapping work to settle, but not past this time
 
     @property
     def started(self) -> int:
@@ -64,6 +71,23 @@ class TaskState:
     @property
     def charged(self) -> int:
         return charged(self.attempts.values())
+
+
+class Overlap(StrEnum):
+    """What to do with a ready task whose files overlap a running task's."""
+
+    AVOID = "avoid"            # start tasks that overlap nothing first; an overlapping one only when an agent would idle
+    SERIALIZE = "serialize"    # never two overlapping tasks at once
+    IGNORE = "ignore"          # start in priority order whatever they touch; retry at once
+
+
+@dataclass(frozen=True)
+class Held:
+    """A ready task not started, and why."""
+
+    task: str
+    waiting_for: str     # the running task it waits for
+    reason: str          # one line, e.g. "both change pricing.py"
 
 
 class Decision(StrEnum):
@@ -83,12 +107,17 @@ class Scheduler:
     """Task states of one run, and every decision about them."""
 
     def __init__(self, *, order: Sequence[str], dependencies: Mapping[str, Sequence[str]],
-                 priority: Mapping[str, int], max_attempts: int) -> None:
+                 priority: Mapping[str, int], max_attempts: int, files: Mapping[str, Sequence[str]] | None = None,
+                 tracked: Collection[str] = (), overlap: Overlap = Overlap.IGNORE, retry_wait: float = 0.0) -> None:
         self.order = list(order)
         self.dependencies = {t: list(dependencies.get(t, ())) for t in self.order}
         self.priority = dict(priority)
         self.max_attempts = max_attempts
         self.tasks: dict[str, TaskState] = {t: TaskState() for t in self.order}
+        self.files = {t: list((files or {}).get(t, ())) for t in self.order}   # declared patterns
+        self.tracked = TrackedFiles(tracked)     # the base's files, for "can two patterns match one path"
+        self.overlap = overlap
+        self.retry_wait = retry_wait
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -111,23 +140,98 @@ class Scheduler:
                  and all(self.tasks[d].status == TaskStatus.MERGED for d in self.dependencies[t])]
         return sorted(ready, key=lambda t: -self.priority.get(t, 0))
 
+    # -- overlap -------------------------------------------------------------------------------
+
+    def overlaps(self, a: str, b: str, *, unknown: bool = False) -> str | None:
+        """What tasks A and B may both change, phrased for a message; None when nothing says they do.
+
+        Declared `files` patterns that can match a common path, and the paths their attempts are known to
+        have changed. A task with neither is UNKNOWN: it overlaps everything when UNKNOWN is true."""
+        ka, kb = self.tasks[a].known, self.tasks[b].known
+        pa, pb = self.files[a], self.files[b]
+        if both := sorted(ka & kb):
+            return _paths(both)
+        for known, patterns in ((ka, pb), (kb, pa)):
+            regexes = [glob_regex(p) for p in patterns]
+            if hits := sorted(path for path in known if any(r.fullmatch(path) for r in regexes)):
+                return _paths(hits)
+        for p in pa:
+            for q in pb:
+                if where := patterns_overlap(p, q, self.tracked):
+                    return where
+        if unknown and not (ka or pa):
+            return "its files are not known"
+        return None
+
+    def learn(self, task: str, paths: Iterable[str]) -> None:
+        """TASK's attempts are known to change PATHS (a finished attempt's diff, a running one's snapshot)."""
+        self.tasks[task].known.update(paths)
+
+    def _waiting(self, task: str, *, head: str, now: float) -> Held | None:
+        """Its last attempt failed on HEAD: a retry from the same head while overlapping work is still
+        running would most likely fail the same way. It waits for that work to settle (or for time)."""
+        state = self.tasks[task]
+        if (self.overlap == Overlap.IGNORE or state.failed_head is None or state.failed_head != head
+                or now >= state.wait_until):
+            return None
+        for other in self.running():
+            if other != task and (where := self.overlaps(task, other, unknown=True)):
+                why = ("its last attempt failed on this head" +
+                       ("" if where == "its files are not known" else f"; both change {where}"))
+                return Held(task, other, why)
+        return None
+
+    def _blocking(self, task: str) -> Held | None:
+        for other in self.running():
+            if other != task and (where := self.overlaps(task, other)):
+                return Held(task, other, f"both change {where}")
+        return None
+
+    def pick(self, *, head: str, now: float) -> str | None:
+        """The ready task to start next, beside what runs now; None when none should start yet."""
+        fallback = None
+        for task in self.ready():
+            if self._waiting(task, head=head, now=now):
+                continue
+            if self.overlap == Overlap.IGNORE or self._blocking(task) is None:
+                return task
+            if fallback is None:
+                fallback = task
+        return fallback if self.overlap == Overlap.AVOID else None
+
+    def held(self, *, head: str, now: float) -> list[Held]:
+        """Ready tasks `pick` passes over right now, each with the task it waits for."""
+        out = []
+        ready = self.ready()
+        free = [t for t in ready if not self._waiting(t, head=head, now=now) and self._blocking(t) is None]
+        for task in ready:
+            if held := self._waiting(task, head=head, now=now):
+                out.append(held)
+            elif self.overlap != Overlap.IGNORE and (held := self._blocking(task)) is not None:
+                # avoid: held only while a task that overlaps nothing goes first
+                if self.overlap == Overlap.SERIALIZE or free:
+                    out.append(held)
+        return out
+
     # -- what happened -------------------------------------------------------------------------
 
-    def start(self, task: str) -> int:
-        """TASK starts its next attempt; its number."""
+    def start(self, task: str, *, head: str | None = None) -> int:
+        """TASK starts its next attempt from integration HEAD; its number."""
         state = self.tasks[task]
         assert state.status == TaskStatus.PENDING, f"{task} is {state.status}, not pending"
         n = state.started + 1
         state.attempts[n] = AttemptKind.RUNNING
         state.status = TaskStatus.RUNNING
+        state.start_head = head
+        state.failed_head = None
         return n
 
     def gating(self, task: str) -> None:
         if self.tasks[task].status == TaskStatus.RUNNING:
             self.tasks[task].status = TaskStatus.GATING
 
-    def finish(self, task: str, n: int, kind: AttemptKind) -> Decision:
-        """Attempt N of TASK ended as KIND: what follows."""
+    def finish(self, task: str, n: int, kind: AttemptKind, *, now: float = 0.0) -> Decision:
+        """Attempt N of TASK ended as KIND (at time NOW): what follows."""
         state = self.tasks[task]
         state.attempts[n] = kind
         if kind == AttemptKind.INTERRUPTED:
@@ -139,7 +243,10 @@ class Scheduler:
         if kind == AttemptKind.MERGED:
             state.status = TaskStatus.MERGED
             return Decision.MERGE
-        return self._retry_or_give_up(task)
+        decision = self._retry_or_give_up(task)
+        if decision == Decision.RETRY and n == state.started:
+            state.failed_head, state.wait_until = state.start_head, now + self.retry_wait
+        return decision
 
     def eject(self, task: str, n: int, *, culprit: bool) -> Decision:
         """Attempt N's merge was taken out of the integration branch. The culprit's attempt is spent
@@ -182,3 +289,7 @@ class Scheduler:
         for task in waiting:
             self.tasks[task].status = TaskStatus.BLOCKED
         return [Blocked(t, reason) for t in waiting]
+
+
+def _paths(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

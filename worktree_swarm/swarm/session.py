@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -25,6 +26,12 @@ from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.swarm.loop import Swarm, SwarmOptions
 from worktree_swarm.util.types import RunId, Sha
 from worktree_swarm.store import layout
+from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.sandbox import Confinement, available as sandbox_available
+from worktree_swarm.swarm import admission
+from worktree_swarm.swarm.attempt import AttemptRunner
+from worktree_swarm.swarm.executor import Executor, LocalExecutor
+from worktree_swarm.util.redact import secret_env_values
 
 Notify = Callable[[str], None]
 View = Callable[[RunStore], AbstractContextManager[object]]
@@ -50,12 +57,27 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
            agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
     row = store.run()
     pool: WorktreePool | None = None
+    executor: Executor | None = None
     try:
         # Slots start checking out now, while the scheduler reads the state and plans its first launches.
         pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
                          fresh_root=layout.worktrees_dir(repo.state_dir), start=Sha(row.integration_head or row.base))
-        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, pool=pool,
-                      agent_for=agent_for, options=options, pool_root=layout.worktrees_dir(repo.state_dir))
+        pool_root = layout.worktrees_dir(repo.state_dir)
+        # Code a confined agent wrote runs only in the sandbox: its setup and its checks, and every
+        # probe and merge-result check of a run that holds such work.
+        confined = any(agent_for(task).confined for task in plan)
+        confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
+                                  pass_env=config.gate.pass_env)
+        cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
+        runner = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
+                               agent_for=agent_for, cache=cache, cancel=threading.Event(), run_id=RunId(row.id),
+                               agent_timeout=options.agent_timeout, secret_values=secret_env_values(os.environ),
+                               confinement=confinement)
+        throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
+                                      lambda kind, data: store.event(kind, **data))
+        executor = LocalExecutor(runner, agents=options.agents, throttle=throttle)
+        swarm = Swarm(repo=repo, config=config, plan=plan, store=store, executor=executor, agent_for=agent_for,
+                      options=options, pool_root=pool_root, confinement=confinement, cache=cache)
         pr_path = store.dir / layout.PR_BODY
         _stop_on_hangup()
         # The view closes after the state is final, so its last frame tells the truth.
@@ -84,6 +106,8 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
             store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
+        if executor is not None:
+            executor.close()
         if pool is not None:
             pool.close()
         store.close()

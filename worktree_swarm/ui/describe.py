@@ -60,6 +60,10 @@ def _describe(event: dict[str, Any]) -> str:
             (" (recovered)" if event.get("recovered") else "")
     if kind == "conflict":
         return f"merge conflict in {files}{at}"
+    if kind == "conflict-forecast":
+        return f"conflict forecast with {event.get('other')}: {files}"
+    if kind == "conflict-forecast-cleared":
+        return f"conflict forecast with {event.get('other')} cleared"
     if kind == "news":
         return f"told that {event.get('about')} merged (head {short(event.get('head') or '')})"
     if kind == "held":

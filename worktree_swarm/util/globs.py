@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Collection
 
 
+@functools.lru_cache(maxsize=4096)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """Compile a repo-relative glob: ``*`` and ``?`` stay within one directory, ``**`` crosses
     directories, ``[...]`` is a class; ``dir/`` or a literal ``dir`` matches everything under it."""
@@ -50,3 +53,37 @@ def _class_end(pattern: str, start: int) -> int:
     if pattern[i:i + 1] == "]":  # a leading "]" is a member, as in fnmatch
         i += 1
     return pattern.find("]", i)
+
+
+class TrackedFiles:
+    """The tracked files each `files` pattern matches, computed once per pattern."""
+
+    def __init__(self, files: Collection[str]) -> None:
+        self.files = sorted(files)
+        self._matching: dict[str, frozenset[str]] = {}
+
+    def matching(self, pattern: str) -> frozenset[str]:
+        if pattern not in self._matching:
+            regex = glob_regex(pattern)
+            self._matching[pattern] = frozenset(f for f in self.files if regex.fullmatch(f))
+        return self._matching[pattern]
+
+
+def patterns_overlap(p: str, q: str, files: Collection[str] | TrackedFiles = ()) -> str | None:
+    """What two `files` patterns may both match, phrased for a message; None when they cannot.
+
+    Same pattern, one matching the other's text (a glob and a path, or a directory and a path
+    in it), or a tracked file both match. Patterns are read as the gate reads them."""
+    p_norm, q_norm = _norm(p), _norm(q)
+    if p_norm == q_norm:
+        return repr(p)
+    rp, rq = glob_regex(p_norm), glob_regex(q_norm)
+    if rp.fullmatch(q_norm.rstrip("/")) or rq.fullmatch(p_norm.rstrip("/")):
+        return f"{p!r} / {q!r}"
+    tracked = files if isinstance(files, TrackedFiles) else TrackedFiles(files)
+    both = tracked.matching(p_norm) & tracked.matching(q_norm)
+    return f"{min(both)!r} (patterns {p!r} and {q!r})" if both else None
+
+
+def _norm(pattern: str) -> str:
+    return pattern.strip().removeprefix("./")

@@ -1,0 +1,223 @@
+"""The orchestrator built in-process with a test executor, a real store and real git.
+
+The executor double (a real implementation of the Executor interface, not a mock) turns each request
+into a commit on the attempt's branch, written with pygit2 from the request's start commit, and
+returns the outcome a script says; the loop merges, re-queues and blocks as it would with agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from tests.conftest import Repo as SampleRepo
+from worktree_swarm.agents.command import CommandAgent
+from worktree_swarm.config import Config
+from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.gate.report import CheckResult, GateReport
+from worktree_swarm.git.diff import FileChange
+from worktree_swarm.git.refs import integration_branch
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.plan import Plan, plan_from_data
+from worktree_swarm.sandbox import Confinement
+from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.swarm.attempt import Outcome
+from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
+from worktree_swarm.swarm.loop import Swarm, SwarmOptions
+from worktree_swarm.util.types import RunId, Sha
+
+PASSED = GateReport((CheckResult("tests", "tests", "pass", 0.01),))
+FAILED = GateReport((CheckResult("tests", "tests", "fail", 0.01, output="1 failed"),))
+
+
+@dataclass
+class Step:
+    """What one attempt does: files it writes (path -> text) and how it ends."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    kind: str = "gated"
+
+
+Script = Callable[[AttemptRequest, pygit2.Repository], Step]
+
+
+class ScriptedExecutor(Executor):
+    """Runs each request at once, in the calling thread, by committing what SCRIPT says."""
+
+    def __init__(self, path: Path, script: Script, *, agents: int = 2) -> None:
+        self.git = pygit2.Repository(str(path))
+        self.script = script
+        self.agents = agents
+        self.pending: list[AttemptRequest] = []
+        self.seen: list[AttemptRequest] = []
+        self.released: list[tuple[str, int, bool]] = []
+        self.stopped = False
+
+    def has_room(self) -> bool:
+        return len(self.pending) < self.agents
+
+    def submit(self, request: AttemptRequest) -> None:
+        self.pending.append(request)
+        self.seen.append(request)
+
+    def running(self) -> int:
+        return len(self.pending)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        # Every running attempt ends now, in submission order: the train sees them all at once.
+        done, self.pending = self.pending, []
+        return [self._run(request) for request in done]
+
+    def phases(self) -> list[Phase]:
+        return []
+
+    def stop(self) -> tuple[list[Outcome], list[BaseException]]:
+        self.stopped = True
+        done, self.pending = self.pending, []
+        return [Outcome(task=r.task, n=r.n, kind="interrupted", branch=r.branch, start=r.start) for r in done], []
+
+    def release(self, outcome: Outcome, *, keep: bool) -> None:
+        self.released.append((outcome.task.id, outcome.n, keep))
+
+    def _run(self, request: AttemptRequest) -> Outcome:
+        step = self.script(request, self.git)
+        start = self.git[request.start].peel(pygit2.Commit)
+        index = pygit2.Index()
+        index.read_tree(start.tree)
+        for path, text in step.files.items():
+            index.add(pygit2.IndexEntry(path, self.git.create_blob(text.encode()), pygit2.enums.FileMode.BLOB))
+        sig = pygit2.Signature("Agent", "agent@example.invalid")
+        head = self.git.create_commit(f"refs/heads/{request.branch}", sig, sig, f"{request.task.id}",
+                                      index.write_tree(self.git), [start.id])
+        out = Outcome(task=request.task, n=request.n, kind=step.kind, branch=request.branch, start=request.start,
+                      head=Sha(str(head)), changes=[FileChange(p, 1, 0) for p in step.files],
+                      summary=f"{request.task.id} did it", report=PASSED if step.kind == "gated" else FAILED)
+        if step.kind != "gated":
+            out.reason, out.feedback = f"{step.kind} on purpose", f"feedback for {request.task.id}#{request.n}"
+        return out
+
+
+def build(repo: SampleRepo, plan: Plan, executor: Executor, *, max_attempts: int = 3) -> tuple[Swarm, RunStore]:
+    git_repo = Repo.discover(repo.path)
+    base = Sha(repo.git("rev-parse", "HEAD"))
+    run_id = RunId("20260101-000000-abcd")
+    branch = integration_branch(run_id)
+    store = RunStore.create(git_repo.state_dir / "runs" / run_id, run_id=run_id, base=base, base_ref="HEAD",
+                            integration_branch=branch, plan_json=plan.to_json(),
+                            task_ids=[str(t) for t in plan.ids()], options={})
+    git_repo.update_ref(branch, base, None, reason="test")
+    agent = CommandAgent("true")
+    swarm = Swarm(repo=git_repo, config=Config(), plan=plan, store=store, executor=executor,
+                  agent_for=lambda task: agent, options=SwarmOptions(agents=2, max_attempts=max_attempts,
+                                                                     agent_timeout=60),
+                  pool_root=git_repo.state_dir / "worktrees", confinement=Confinement(),
+                  cache=GateCache(git_repo.state_dir / "gate-cache.db", enabled=False))
+    return swarm, store
+
+
+def make_plan(*tasks: tuple[str, list[str]]) -> Plan:
+    return plan_from_data([{"id": t, "type": "general", "description": f"do {t}", "dependencies": deps, "files": []}
+                           for t, deps in tasks], source="test")
+
+
+def status(store: RunStore) -> dict[str, tuple[str, int]]:
+    return {t.id: (t.status, t.attempts) for t in store.tasks()}
+
+
+def file_at(repo: SampleRepo, ref: str, path: str) -> str:
+    return repo.git("show", f"{ref}:{path}", check=False)
+
+
+def test_dependents_start_from_a_head_that_holds_what_they_depend_on(repo: SampleRepo) -> None:
+    plan = make_plan(("a", []), ("b", ["a"]), ("c", ["b"]))
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({f"{r.task.id}.txt": r.task.id + "\n"}))
+    swarm, store = build(repo, plan, executor)
+
+    assert swarm.run() is True
+
+    assert status(store) == {"a": ("merged", 1), "b": ("merged", 1), "c": ("merged", 1)}
+    starts = {str(r.task.id): r.start for r in executor.seen}
+    assert file_at(repo, starts["b"], "a.txt") == "a"
+    assert file_at(repo, starts["c"], "b.txt") == "b"
+    head = store.run().integration_head
+    assert head == repo.git("rev-parse", store.run().integration_branch)
+    assert [file_at(repo, str(head), f"{t}.txt") for t in "abc"] == ["a", "b", "c"]
+    # the dependency summaries reach the dependent's request
+    assert [d["id"] for d in next(r for r in executor.seen if r.task.id == "c").dependencies] == ["a", "b"]
+
+
+def test_a_conflict_re_queues_onto_the_fresh_head_with_feedback_naming_the_files(repo: SampleRepo) -> None:
+    plan = make_plan(("x", []), ("y", []))
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({"app/core.py": f"VALUE = '{r.task.id}'\n"}))
+    swarm, store = build(repo, plan, executor)
+
+    assert swarm.run() is True
+
+    assert status(store) == {"x": ("merged", 1), "y": ("merged", 2)}
+    retry = next(r for r in executor.seen if r.key == ("y", 2))
+    first = next(r for r in executor.seen if r.key == ("y", 1))
+    assert retry.start != first.start and file_at(repo, retry.start, "app/core.py") == "VALUE = 'x'"
+    assert retry.feedback is not None and "app/core.py" in retry.feedback
+    [conflict] = [a for a in store.attempts("y") if a.outcome == "conflict"]
+    assert "app/core.py" in (conflict.reason or "")
+
+
+def test_a_failed_gate_sends_its_feedback_to_the_next_attempt(repo: SampleRepo) -> None:
+    plan = make_plan(("t", []),)
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({"t.txt": "t\n"}, "gated" if r.n == 2 else "gate-failed"))
+    swarm, store = build(repo, plan, executor)
+
+    assert swarm.run() is True
+
+    assert status(store) == {"t": ("merged", 2)}
+    assert executor.seen[1].feedback == "feedback for t#1"
+    assert [a.outcome for a in store.attempts("t")] == ["gate-failed", "merged"]
+    assert ("t", 1, False) in executor.released
+
+
+def test_spent_attempts_fail_the_task_and_block_its_dependents(repo: SampleRepo) -> None:
+    plan = make_plan(("bad", []), ("after", ["bad"]), ("free", []))
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({f"{r.task.id}.txt": "x\n"},
+                                                             "agent-failed" if r.task.id == "bad" else "gated"))
+    swarm, store = build(repo, plan, executor, max_attempts=2)
+
+    assert swarm.run() is False
+
+    assert status(store) == {"bad": ("failed", 2), "after": ("blocked", 0), "free": ("merged", 1)}
+    assert "after 2 attempts" in (store.task("bad").reason or "")
+    assert "bad" in (store.task("after").reason or "")
+    # the failed task's last worktree is kept for inspection
+    assert ("bad", 2, True) in executor.released
+
+
+def test_an_executor_error_stops_the_run_and_collects_what_was_running(repo: SampleRepo) -> None:
+    plan = make_plan(("a", []), ("b", []))
+
+    class Broken(ScriptedExecutor):
+        def wait(self, timeout: float) -> list[Outcome]:
+            raise RuntimeError("the executor broke")
+
+    executor = Broken(repo.path, lambda r, g: Step({"a.txt": "a\n"}))
+    swarm, store = build(repo, plan, executor)
+
+    with pytest.raises(RuntimeError, match="the executor broke"):
+        swarm.run()
+
+    assert executor.stopped
+    # what was running is settled as interrupted: pending again, nothing charged, nothing merged
+    assert status(store) == {"a": ("pending", 1), "b": ("pending", 1)}
+    assert [a.outcome for a in store.attempts()] == ["interrupted", "interrupted"]
+    assert store.run().integration_head == store.run().base
+
+
+def test_the_loop_never_reaches_past_the_executor() -> None:
+    """The loop talks to attempts only through the Executor interface, whichever runs them."""
+    import worktree_swarm.swarm.loop as loop
+
+    source = Path(loop.__file__).read_text()
+    for local in ("LocalExecutor", "AttemptRunner", "WorktreePool", "ThreadPoolExecutor", "admission"):
+        assert local not in source

@@ -1,0 +1,161 @@
+"""Conflicts forecast while agents work.
+
+Each running attempt's worktree is snapshotted — a commit of what it holds right now, written through
+a temporary copy of its index, so the agent's own index and files are never touched — and merged in
+memory against the integration head and against every other running attempt's snapshot. Only pairs
+whose changed files meet are merged: two attempts that changed different files cannot conflict.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worktree_swarm.git import residue
+from worktree_swarm.git.diff import changed_files
+from worktree_swarm.git.merge_tree import merge_tree
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.util import proc
+from worktree_swarm.git.slot_files import admin_dir
+from worktree_swarm.util.errors import CommandError, WswarmError
+from worktree_swarm.util.types import Sha
+
+Key = tuple[str, int]
+HEAD = ""        # the "other side" of a forecast against the integration head
+
+# Snapshots and merges may use at most this share of one core, averaged over a round and the pause after it.
+CPU_SHARE = 0.05
+MIN_INTERVAL = 2.0
+MAX_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Attempt KEY's work would conflict with OTHER (a running task, or HEAD: work already merged)."""
+
+    key: Key
+    other: str
+    paths: tuple[str, ...]
+    messages: tuple[str, ...] = ()
+
+
+@dataclass
+class Round:
+    touched: dict[Key, list[str]] = field(default_factory=dict)   # files each attempt has changed so far
+    forecasts: list[Forecast] = field(default_factory=list)
+    head: Sha = Sha("")
+    seconds: float = 0.0
+
+
+def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot") -> Sha | None:
+    """A commit of WORKTREE's files as they are now, its parent the worktree's HEAD; None when there is
+    nothing safe to snapshot: the worktree is gone, its `.git` no longer points at its own git dir, or
+    it holds a repository of its own (whose configuration git would read)."""
+    try:
+        admin = admin_dir(repo, worktree)
+    except (WswarmError, OSError, ValueError):
+        return None
+    if residue.nested_repositories(worktree, common_dir=repo.common_dir):
+        return None
+    # The worktree's own git dir and files named outright: its `.git` file is the agent's to rewrite.
+    where = ("--git-dir", str(admin), "--work-tree", str(worktree))
+    with tempfile.TemporaryDirectory(prefix="wswarm-snap-") as tmp:
+        index = Path(tmp) / "index"
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            head = proc.git(*where, "rev-parse", "--verify", "-q", "HEAD", cwd=worktree).stdout.strip()
+            own = admin / "index"
+            if own.is_file() and not own.is_symlink():
+                shutil.copyfile(own, index)      # its stat data makes `add` read only the changed files
+            else:
+                proc.git(*where, "read-tree", head, cwd=worktree, env=env)
+            proc.git(*where, "add", "-A", cwd=worktree, env=env)
+            tree = proc.git(*where, "write-tree", cwd=worktree, env=env).stdout.strip()
+            commit = proc.git(*where, "commit-tree", tree, "-p", head, "-m", message, cwd=worktree).stdout.strip()
+        except (CommandError, OSError):
+            return None         # the agent is mid-change (a lock, a half-written file): next round
+    return Sha(commit)
+
+
+def forecast(repo: Repo, head: Sha, snaps: Mapping[Key, tuple[Sha, Sha]]) -> Round:
+    """Merge every snapshot (KEY -> (start, snapshot)) with HEAD and with each other, in memory."""
+    began = time.monotonic()
+    out = Round(head=head)
+    for key, (start, snap) in snaps.items():
+        out.touched[key] = [c.path for c in changed_files(repo, start, snap)]
+    moved: dict[Sha, set[str]] = {}
+    for key, (start, snap) in snaps.items():
+        if start not in moved:
+            moved[start] = {c.path for c in changed_files(repo, start, head)} if start != head else set()
+        if moved[start] & set(out.touched[key]):
+            merged = merge_tree(repo, head, snap)
+            if not merged.clean:
+                out.forecasts.append(Forecast(key, HEAD, tuple(merged.conflicts), tuple(merged.messages)))
+    keys = sorted(snaps)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if set(out.touched[a]) & set(out.touched[b]):
+                merged = merge_tree(repo, snaps[a][1], snaps[b][1])
+                if not merged.clean:
+                    out.forecasts.append(Forecast(a, b[0], tuple(merged.conflicts), tuple(merged.messages)))
+                    out.forecasts.append(Forecast(b, a[0], tuple(merged.conflicts), tuple(merged.messages)))
+    out.seconds = time.monotonic() - began
+    return out
+
+
+class Forecaster:
+    """Rounds of snapshots and merges on a thread of their own; the loop takes each round's result.
+
+    The pause between rounds adapts so that the work stays under CPU_SHARE of one core."""
+
+    def __init__(self, repo: Repo, *, running: Callable[[], dict[Key, tuple[Path, Sha]]],
+                 head: Callable[[], Sha]) -> None:
+        self.repo = repo
+        self.running = running      # key -> (worktree, start) of each running attempt
+        self.head = head
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: Round | None = None
+        self.rounds = 0
+        self.busy = 0.0            # seconds spent in rounds
+        self._thread = threading.Thread(target=self._run, name="wswarm-forecast", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def take(self) -> Round | None:
+        """The newest round not taken yet."""
+        with self._lock:
+            latest, self._latest = self._latest, None
+            return latest
+
+    def _run(self) -> None:
+        interval = MIN_INTERVAL
+        while not self._stop.wait(interval):
+            began = time.monotonic()
+            head = self.head()
+            snaps = {}
+            for key, (worktree, start) in self.running().items():
+                snap = snapshot(self.repo, worktree)
+                if snap is not None:
+                    snaps[key] = (start, snap)
+            try:
+                result = forecast(self.repo, head, snaps)
+            except CommandError:
+                continue           # an object that went away mid-round (a pruned branch): next round
+            spent = time.monotonic() - began
+            result.seconds = spent
+            self.rounds += 1
+            self.busy += spent
+            with self._lock:
+                self._latest = result
+            interval = min(MAX_INTERVAL, max(MIN_INTERVAL, spent / CPU_SHARE - spent))
