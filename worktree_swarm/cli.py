@@ -106,9 +106,16 @@ def start(
     max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
     max_cost: Annotated[float | None, typer.Option(min=0, metavar="USD",
                                                    help="Start no new attempt once the run has spent this.")] = None,
+    redis: Annotated[str | None, typer.Option(metavar="URL", help="Run the attempts on workers (wswarm worker) "
+                                                                 "through this Redis.")] = None,
+    remote: Annotated[str, typer.Option(metavar="NAME", help="With --redis: the git remote workers share "
+                                                             "code through.")] = "origin",
+    lease: Annotated[float, typer.Option(min=1, metavar="SECONDS", help="With --redis: how long a worker may "
+                                         "stay silent before its attempt is taken back.")] = 30.0,
 ) -> None:
     """Plan GOAL with the model (or take --plan), then run it: a worktree per task, the gate, one branch."""
     from worktree_swarm.commands import start as run
+    from worktree_swarm.remote.setup import Distributed
     from worktree_swarm.util.errors import UsageError
 
     def one_goal() -> None:
@@ -124,7 +131,8 @@ def start(
                                max_attempts=max_attempts, agent_cmd=agent_cmd, timeout=timeout,
                                title=title or goal, max_cost=max_cost,
                                planner_usage=planned.usage() if planned else None,
-                               default_agent=planned.default_agent if planned else None)
+                               default_agent=planned.default_agent if planned else None,
+                               distributed=Distributed(redis, remote=remote, lease=lease) if redis else None)
     result = _call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
     _finish(result)
@@ -536,6 +544,37 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     pass
+
+
+@app.command(cls=Command)
+def worker(
+    redis: Annotated[str, typer.Option(metavar="URL", help="The Redis the integrator sends attempts through.")],
+    repo: Annotated[str, typer.Option(metavar="GIT_URL", help="The git remote of the repository to work on.")],
+    agents: Annotated[int, typer.Option(min=1, max=64, help="Attempts at once on this machine.")] = 2,
+    name: Annotated[str | None, typer.Option(help="This worker's name. Default: HOST-PID.")] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", metavar="PATH",
+                                                   help="This worker's clone (made when missing).")] = None,
+    agent_cmd: Annotated[str | None, typer.Option(help="Command line run as the agent of tasks naming none.")] = None,
+) -> None:
+    """Run attempts of any run of one repository, sent by `wswarm start --redis`, until stopped."""
+    from worktree_swarm.commands import worker as workermod
+    from worktree_swarm.remote.worker import stderr_say
+
+    options = workermod.WorkerOptions(redis_url=redis, repo_url=repo, agents=agents, name=name, dir=directory,
+                                      agent_cmd=agent_cmd)
+    _call(lambda: workermod.worker(options=options, say=stderr_say))
+
+
+@app.command(cls=Command)
+def workers(
+    redis: Annotated[str, typer.Option(metavar="URL", help="The Redis workers report to.")] = "redis://127.0.0.1:6379/0",
+) -> None:
+    """The workers seen lately: machine, repository, agents busy, last heartbeat, load."""
+    from worktree_swarm.commands import workers as workersmod
+
+    rows = _call(lambda: workersmod.workers(redis_url=redis))
+    typer.echo(workersmod.render(rows) if rows else "no workers seen (start one with: wswarm worker --redis URL "
+                                                      "--repo GIT_URL)")
 
 
 def main() -> None:

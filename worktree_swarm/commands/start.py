@@ -20,6 +20,7 @@ from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, load_plan
+from worktree_swarm.remote.setup import Distributed, check as check_distributed
 from worktree_swarm.store import layout
 from worktree_swarm.store.run_store import RunStore, ensure_writable, runs_dir
 from worktree_swarm.swarm.loop import SwarmOptions
@@ -41,6 +42,7 @@ class StartOptions:
     max_cost: float | None = None       # USD; default [limits] max_cost_usd
     planner_usage: Mapping[str, Any] | None = None   # what planning it cost: Planned.usage()
     default_agent: str | None = None    # the agent the planner chose for tasks naming none (and said so)
+    distributed: Distributed | None = None   # attempts run by workers on other machines
 
 
 def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
@@ -65,6 +67,8 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         max_cost=options.max_cost if options.max_cost is not None else config.limits.max_cost_usd,
     )
     agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
+    if options.distributed is not None:
+        check_distributed(repo, options.distributed)
     if _has_gitmodules(repo, base) and not config.worktree.setup:
         notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
                "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
@@ -103,7 +107,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")
     if detected:
         notify(detected)
-    return drive(repo, config, plan, store, swarm_options, agent_for, view)
+    return drive(repo, config, plan, store, swarm_options, agent_for, view, distributed=options.distributed)
 
 
 def _the_plan(options: StartOptions) -> Plan:

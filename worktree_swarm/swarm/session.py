@@ -31,6 +31,7 @@ from worktree_swarm.sandbox import Confinement, available as sandbox_available
 from worktree_swarm.swarm import admission
 from worktree_swarm.swarm.attempt import AttemptRunner
 from worktree_swarm.swarm.executor import Executor, LocalExecutor
+from worktree_swarm.remote.setup import Distributed
 from worktree_swarm.util.redact import secret_env_values
 
 Notify = Callable[[str], None]
@@ -54,14 +55,16 @@ class RunResult:
 
 
 def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: SwarmOptions,
-           agent_for: Callable[[Task], Agent], view: View | None) -> RunResult:
+           agent_for: Callable[[Task], Agent], view: View | None, distributed: Distributed | None = None) -> RunResult:
     row = store.run()
     pool: WorktreePool | None = None
     executor: Executor | None = None
     try:
-        # Slots start checking out now, while the scheduler reads the state and plans its first launches.
-        pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
-                         fresh_root=layout.worktrees_dir(repo.state_dir), start=Sha(row.integration_head or row.base))
+        if distributed is None:
+            # Slots start checking out now, while the scheduler reads the state and plans its first launches.
+            pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
+                             fresh_root=layout.worktrees_dir(repo.state_dir),
+                             start=Sha(row.integration_head or row.base))
         pool_root = layout.worktrees_dir(repo.state_dir)
         # Code a confined agent wrote runs only in the sandbox: its setup and its checks, and every
         # probe and merge-result check of a run that holds such work.
@@ -69,13 +72,19 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
         confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
                                   pass_env=config.gate.pass_env)
         cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
-        runner = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
-                               agent_for=agent_for, cache=cache, cancel=threading.Event(), run_id=RunId(row.id),
-                               agent_timeout=options.agent_timeout, secret_values=secret_env_values(os.environ),
-                               confinement=confinement)
-        throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
-                                      lambda kind, data: store.event(kind, **data))
-        executor = LocalExecutor(runner, agents=options.agents, throttle=throttle)
+        if distributed is not None:     # attempts run on workers, through Redis and the git remote
+            from worktree_swarm.remote.setup import open_executor
+
+            executor = open_executor(repo, store, distributed, agents=options.agents)
+        else:
+            assert pool is not None
+            runner = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
+                                   agent_for=agent_for, cache=cache, cancel=threading.Event(), run_id=RunId(row.id),
+                                   agent_timeout=options.agent_timeout, secret_values=secret_env_values(os.environ),
+                                   confinement=confinement)
+            throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
+                                          lambda kind, data: store.event(kind, **data))
+            executor = LocalExecutor(runner, agents=options.agents, throttle=throttle)
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store, executor=executor, agent_for=agent_for,
                       options=options, pool_root=pool_root, confinement=confinement, cache=cache)
         pr_path = store.dir / layout.PR_BODY
