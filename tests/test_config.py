@@ -94,8 +94,9 @@ def test_wswarm_toml_wins_over_pyproject(tmp_path: Path) -> None:
     ("[roles.x]\nsystem = 3\n", "roles.x.system must be a string"),
     ("[scheduler]\noverlap = \"never\"\n", "scheduler.overlap is 'never'; use one of avoid, serialize, ignore"),
     ("[scheduler]\nretry_wait = 0\n", "scheduler.retry_wait must be greater than 0"),
+    ("[scheduler]\nrestart_share = 1.5\n", "scheduler.restart_share must be more than 0 and at most 1"),
     ("[scheduler]\nforecasts = 1\n", "unknown key scheduler.forecasts"),
-    ("[scheduler]\non_forecast = \"panic\"\n", "scheduler.on_forecast is 'panic'; use one of warn, notify"),
+    ("[scheduler]\non_forecast = \"panic\"\n", "scheduler.on_forecast is 'panic'; use one of warn, notify, restart"),
     ("gate = 3\n", "[gate] must be a table"),
     ("not toml [", "not valid TOML"),
 ])

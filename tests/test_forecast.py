@@ -117,3 +117,51 @@ def test_a_conflict_between_two_running_agents_is_forecast_and_told_before_eithe
         assert any("conflict with what task" in json.loads(line)["message"] for line in news)
     # one of them merged first; the other conflicted and merged on its second attempt
     assert sorted(e["task"] for e in events if e["kind"] == "merged") == ["left", "right"]
+
+
+RESTART_AGENT = """
+shared = Path(os.environ["SHARED"])
+task, attempt = os.environ["WSWARM_TASK_ID"], os.environ["WSWARM_ATTEMPT"]
+core = Path("app/core.py")
+if task == "fast":
+    for _ in range(600):                   # once slow has made its change
+        if (shared / "slow-wrote").exists():
+            break
+        time.sleep(0.05)
+    core.write_text("VALUE = 'fast'\\n")
+elif attempt == "1":
+    core.write_text("VALUE = 'slow'\\n")
+    (shared / "slow-wrote").touch()
+    time.sleep(60)                         # still at work when its conflict with fast's merge is forecast
+else:
+    core.write_text(core.read_text() + "OTHER = 'slow'\\n")   # on top of what merged
+"""
+
+
+def test_restart_stops_an_attempt_heading_for_a_conflict_with_merged_work_and_does_not_charge_it(
+        repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    repo.write("wswarm.toml", '[scheduler]\non_forecast = "restart"\n')
+    repo.commit_all("config")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "fast", "type": "general", "description": "d", "dependencies": [], "files": []},
+        {"id": "slow", "type": "general", "description": "d", "dependencies": [], "files": []}])
+
+    # One attempt each: the restarted attempt must not count.
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "2", "--max-attempts", "1",
+                 "--agent-cmd", agent_script(RESTART_AGENT), env={"SHARED": str(shared)})
+
+    assert res.returncode == 0, res.stderr
+    tasks = {t["id"]: t for t in wswarm(repo.path, "status", "--json").json()["tasks"]}
+    assert tasks["slow"]["status"] == "merged" and tasks["slow"]["attempts"] == 2
+    [run] = (repo.state_dir / "runs").iterdir()
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    [restarted] = [e for e in events if e["kind"] == "restarted"]
+    assert (restarted["task"], restarted["attempt"], restarted["files"]) == ("slow", 1, ["app/core.py"])
+    assert any(e["kind"] == "conflict-forecast" and e["task"] == "slow" and e["other"] == "integration head"
+               for e in events)
+    feedback = (run / "attempts" / "slow" / "2" / "feedback.txt").read_text()
+    assert "stopped early" in feedback and "app/core.py" in feedback
+    branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
+    assert repo.show(branch, "app/core.py") == "VALUE = 'fast'\nOTHER = 'slow'"

@@ -103,7 +103,7 @@ class SandboxConfig:
 
 
 OVERLAP_POLICIES = ("avoid", "serialize", "ignore")
-FORECAST_ACTIONS = ("warn", "notify")
+FORECAST_ACTIONS = ("warn", "notify", "restart")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ class SchedulerConfig:
     overlap: str = "avoid"            # avoid | serialize | ignore: tasks whose files overlap a running task's
     retry_wait: float | None = None   # seconds a retry waits for an overlapping task to settle (default: agent timeout)
     forecast: bool = True             # snapshot running worktrees and forecast conflicts
-    on_forecast: str = "notify"       # warn (an event) | notify (an event, and the agent is told)
+    on_forecast: str = "notify"       # warn (an event) | notify (and the agent is told) | restart (see below)
+    restart_share: float = 0.5        # restart: only an attempt that has run less than this share of its timeout
 
 
 @dataclass(frozen=True)
@@ -262,15 +263,18 @@ def _sandbox(s: _Section) -> SandboxConfig:
 
 
 def _scheduler(s: _Section) -> SchedulerConfig:
-    s.only("overlap", "retry_wait", "forecast", "on_forecast")
+    s.only("overlap", "retry_wait", "forecast", "on_forecast", "restart_share")
     overlap = s.text("overlap", "avoid") or "avoid"
     if overlap not in OVERLAP_POLICIES:
         raise ConfigError(f"{s.source}: {s.where}overlap is {overlap!r}; use one of {', '.join(OVERLAP_POLICIES)}")
     action = s.text("on_forecast", "notify") or "notify"
     if action not in FORECAST_ACTIONS:
         raise ConfigError(f"{s.source}: {s.where}on_forecast is {action!r}; use one of {', '.join(FORECAST_ACTIONS)}")
+    share = s.number("restart_share", 0.5)
+    if share is None or share > 1:
+        raise ConfigError(f"{s.source}: {s.where}restart_share must be more than 0 and at most 1")
     return SchedulerConfig(overlap=overlap, retry_wait=s.number("retry_wait", None), forecast=s.flag("forecast", True),
-                           on_forecast=action)
+                           on_forecast=action, restart_share=share)
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

@@ -101,15 +101,18 @@ class AttemptRunner:
         self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
-            env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
-        """One attempt: a worktree at START, the agent, its leftovers committed, the gate."""
+            env: dict[str, str], dependencies: list[dict[str, Any]],
+            cancel: threading.Event | None = None) -> Outcome:
+        """One attempt: a worktree at START, the agent, its leftovers committed, the gate. CANCEL (default:
+        the runner's, shared by every attempt) stops this attempt alone."""
+        cancel = cancel or self.cancel
         adir = self.store.attempt_dir(task.id, n)
         name = f"{self.run_id}--{encode(task.id)}--{n}"
         out = Outcome(task=task, n=n, kind="error", branch=branch, start=start)
         try:
             out.worktree = self.pool.acquire(name=name, branch=branch, start=start)
             self.report(task.id, {"worktree": str(out.worktree)})
-            return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies)
+            return self._attempt_in(out, out.worktree, adir, feedback, env, dependencies, cancel)
         except (OSError, sqlite3.OperationalError) as exc:
             if no_room(exc):
                 # A full disk is the machine's problem, not the task's: it stops the run (resumable)
@@ -129,7 +132,7 @@ class AttemptRunner:
             scrub_logs(adir, known=self.secret_values)
 
     def _attempt_in(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
-                    env: dict[str, str], dependencies: list[dict[str, Any]]) -> Outcome:
+                    env: dict[str, str], dependencies: list[dict[str, Any]], cancel: threading.Event) -> Outcome:
         task = out.task
         agent = self.agent_for(task)
         request = self._request(out, worktree, adir, feedback, env, dependencies, agent=agent.name)
@@ -137,13 +140,13 @@ class AttemptRunner:
             # A slot whose setup inputs are unchanged since it last ran the step keeps its environment.
             if not self.pool.setup_needed(worktree):
                 self.store.event("setup-skipped", task.id, attempt=out.n, reason="setup inputs unchanged")
-            elif not self._setup(out, worktree, adir, env):
+            elif not self._setup(out, worktree, adir, env, cancel):
                 return out
             else:
                 self.pool.setup_done(worktree)
         self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         git_link = _read_link(worktree)
-        result = agent.run(request, cancel=self.cancel)
+        result = agent.run(request, cancel=cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
         out.summary = redact_secrets(result.summary, known=self.secret_values)
         out.cost_usd = result.cost_usd
@@ -209,7 +212,7 @@ class AttemptRunner:
                          files=[redact_secrets(c.path) for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
-                            env=env, log_dir=adir, cache=self.cache, cancel=self.cancel,
+                            env=env, log_dir=adir, cache=self.cache, cancel=cancel,
                             confinement=self.confinement)
         start = base
 
@@ -223,7 +226,7 @@ class AttemptRunner:
         try:
             report = run_gate(repo=self.repo, worktree=worktree, base=base, head=out.head,
                               config=self.config.gate, declared_files=task.files, changes=out.changes,
-                              env=env, log_dir=adir, cancel=self.cancel, memory=memory,
+                              env=env, log_dir=adir, cancel=cancel, memory=memory,
                               confinement=self.confinement)
         finally:
             base_probe.close()
@@ -231,7 +234,7 @@ class AttemptRunner:
         self.store.event("gate-finished", task.id, attempt=out.n, agent=agent.name, verdict=report.verdict,
                          summary=report.summary())
         out.report = report
-        if self.cancel.is_set() and not report.passed:
+        if cancel.is_set() and not report.passed:
             out.kind, out.reason = "interrupted", "interrupted during the gate"
         elif report.passed:
             out.kind = "gated"
@@ -292,11 +295,11 @@ class AttemptRunner:
             return named.timeout
         return self.agent_timeout
 
-    def _setup(self, out: Outcome, worktree: Path, adir: Path, env: dict[str, str]) -> bool:
+    def _setup(self, out: Outcome, worktree: Path, adir: Path, env: dict[str, str], cancel: threading.Event) -> bool:
         setup = self.config.worktree.setup
         assert setup is not None
         res = run_setup(setup, worktree=worktree, env=env, log=adir / "setup.log", timeout=self.agent_timeout,
-                        cancel=self.cancel, confinement=self.confinement)
+                        cancel=cancel, confinement=self.confinement)
         if res.returncode == 0:
             return True
         log = proc.read_text(adir / "setup.log")

@@ -75,6 +75,10 @@ class Executor(ABC):
         conflict forecasts; an executor whose worktrees are elsewhere returns none."""
         return {}
 
+    def restart(self, key: tuple[str, int]) -> bool:
+        """Stop the running attempt KEY (it ends as interrupted); False when this executor cannot."""
+        return False
+
     def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
         """Pass ITEM (news of merged work) to the running attempt KEY's agent; dropped if it has ended."""
 
@@ -104,6 +108,7 @@ class LocalExecutor(Executor):
         self._removals: list[Future[None]] = []
         self._lock = threading.Lock()
         self._where: dict[str, tuple[int, Path | None, Sha]] = {}   # running task -> (attempt, worktree, start)
+        self._cancels: dict[tuple[str, int], threading.Event] = {}    # each running attempt's own stop
         runner.report = self._report
 
     def _report(self, task_id: str, fields: dict[str, Any]) -> None:
@@ -129,8 +134,9 @@ class LocalExecutor(Executor):
         with self._lock:
             self._where[request.task.id] = (request.n, None, request.start)
         self.runner.news[request.key] = News(self.runner.store.attempt_dir(request.task.id, request.n) / "news.jsonl")
+        cancel = self._cancels[request.key] = threading.Event()
         future = self._pool.submit(self.runner.run, request.task, request.n, request.branch, request.start,
-                                   request.feedback, env=request.env, dependencies=request.dependencies)
+                                   request.feedback, env=request.env, dependencies=request.dependencies, cancel=cancel)
         self._running[future] = request.key
 
     def running(self) -> int:
@@ -143,9 +149,17 @@ class LocalExecutor(Executor):
         for future in done:
             key = self._running.pop(future)
             self.runner.news.pop(key, None)
+            self._cancels.pop(key, None)
             with self._lock:
                 self._where.pop(key[0], None)
         return [future.result() for future in done]
+
+    def restart(self, key: tuple[str, int]) -> bool:
+        cancel = self._cancels.get(key)
+        if cancel is None:
+            return False
+        cancel.set()
+        return True
 
     def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
         news = self.runner.news.get(key)
@@ -162,6 +176,8 @@ class LocalExecutor(Executor):
 
     def stop(self) -> tuple[list[Outcome], list[BaseException]]:
         self.cancel.set()
+        for cancel in list(self._cancels.values()):
+            cancel.set()
         outcomes, errors = [], []
         for future in list(self._running):
             try:

@@ -106,6 +106,9 @@ class Swarm:
                                retry_wait=config.scheduler.retry_wait or options.agent_timeout)
         self._held: dict[str, tuple[str, str]] = {}    # task -> (waiting for, why), as last announced
         self._forecasts: dict[tuple[str, int, str], Forecast] = {}   # (task, attempt, other) -> standing forecast
+        self._restarting: dict[tuple[str, int], tuple[str, ...]] = {}  # attempts stopped to start again, and why
+        self._launched: dict[tuple[str, int], float] = {}              # when each running attempt started
+        self.executor_stopping = False
         self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
         self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
         self._load_state()
@@ -221,6 +224,7 @@ class Swarm:
                 for outcome in done:
                     self._settle(outcome)
         except BaseException as first:
+            self.executor_stopping = True
             if forecaster is not None:
                 forecaster.stop()
                 forecaster = None
@@ -297,13 +301,27 @@ class Swarm:
             other = f.other or "integration head"
             self.store.event("conflict-forecast", f.key[0], attempt=f.key[1], other=other, files=list(f.paths),
                              messages=list(f.messages), head=latest.head)
-            if self.config.scheduler.on_forecast == "notify":
+            if self._restart(f):
+                continue
+            if self.config.scheduler.on_forecast in ("notify", "restart"):
                 self.executor.tell(f.key, {"message": _forecast_text(f, latest.head)})
         for key, f in self._forecasts.items():
             if key not in now and f.key in self._live:
                 self.store.event("conflict-forecast-cleared", f.key[0], attempt=f.key[1],
                                  other=f.other or "integration head")
         self._forecasts = now
+
+    def _restart(self, f: Forecast) -> bool:
+        """on_forecast = restart: an attempt heading for a conflict with work already merged, young enough
+        (under restart_share of its timeout), is stopped and starts again from the new head, not charged."""
+        settings = self.config.scheduler
+        task_id, n = f.key
+        young = time.monotonic() - self._launched.get(f.key, 0.0) < settings.restart_share * self.options.agent_timeout
+        if (settings.on_forecast != "restart" or f.other or not young or f.key in self._restarting
+                or self.sched.status(task_id) != TaskStatus.RUNNING or not self.executor.restart(f.key)):
+            return False
+        self._restarting[f.key] = f.paths
+        return True
 
     def _announce_held(self) -> None:
         """A `held` event when a ready task is held back, or held for another reason than before."""
@@ -341,6 +359,7 @@ class Swarm:
         self._record(task_id, attempts=n, branch=branch, reason=None)
         self.store.start_attempt(task_id, n, branch=branch, start=start)
         self._live.add((task_id, n))
+        self._launched[(task_id, n)] = time.monotonic()
         self._window.add((task_id, n))
         self._ports[(task_id, n)] = self._free_port()
         self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
@@ -430,9 +449,18 @@ class Swarm:
         kind = AttemptKind(out.kind)
         self.sched.learn(task_id, (c.path for c in out.changes))
         if kind == AttemptKind.INTERRUPTED:
+            restarted = self._restarting.pop((task_id, out.n), None)
+            if restarted is not None and not self.executor_stopping:
+                out.reason = ("restarted: its work conflicted with work merged meanwhile in " + ", ".join(restarted) +
+                              "; it starts again from the new integration head")
+                self.data[task_id].feedback = (
+                    "Your previous attempt was stopped early: its changes conflicted with work merged meanwhile "
+                    f"into the integration branch, in {', '.join(restarted)}. This attempt starts from the "
+                    "current integration head, which holds that work: build your change on top of it.")
+                self.store.event("restarted", task_id, attempt=out.n, files=list(restarted))
             self.sched.finish(task_id, out.n, kind)
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
-            self._record(task_id, reason="interrupted; will start again")
+            self._record(task_id, reason=out.reason if restarted else "interrupted; will start again")
             self._release(out, keep=False)
             return
         report_json = out.report.to_json() if out.report else None

@@ -64,6 +64,8 @@ def _describe(event: dict[str, Any]) -> str:
         return f"conflict forecast with {event.get('other')}: {files}"
     if kind == "conflict-forecast-cleared":
         return f"conflict forecast with {event.get('other')} cleared"
+    if kind == "restarted":
+        return f"restarted from the new head: its work conflicted with merged work in {files}"
     if kind == "news":
         return f"told that {event.get('about')} merged (head {short(event.get('head') or '')})"
     if kind == "held":
