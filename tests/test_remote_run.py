@@ -241,6 +241,12 @@ def test_forged_requests_are_refused_and_a_version_skew_is_named(cluster: Cluste
     [(_, [(_, reply)])] = until(lambda: client.xread({names.outcomes(run): "0"}), what="the worker's reply")
     said = p.unseal(KEY.encode(), reply, kind="outcome")
     assert said["kind"] == "error" and "0.0.1/protocol-0" in said["reason"] and p.VERSION in said["reason"]
+    # Signed by a keyholder, but a plan task's own command: a worker runs only the agents it is configured with.
+    client.xadd(names.requests(run), p.seal(KEY.encode(), "request", body))  # type: ignore[arg-type]
+    replies = until(lambda: (got := client.xread({names.outcomes(run): "0"})) and len(got[0][1]) == 2 and got[0][1],
+                    what="the worker's second reply")
+    said = p.unseal(KEY.encode(), replies[1][1], kind="outcome")
+    assert said["kind"] == "error" and "not a task's command" in said["reason"]
     assert not pwned.exists()
     assert w.proc.poll() is None
 
