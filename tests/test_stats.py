@@ -97,12 +97,12 @@ def test_stats_over_a_clean_and_a_messy_run(repo: Repo, tmp_path: Path, agent_sc
     text = wswarm(repo.path, "stats")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
-    assert lines[0].split()[:4] == ["RUN", "STATE", "TASKS", "MERGED"]
+    assert lines[0].split()[:4] == ["RUN", "MERGED", "ATT/TASK", "WASTED"]
     clean_row, messy_row, total_row = lines[1:4]
-    assert clean_row.split()[1:5] == ["finished", "1", "1", "1.00"] and clean_row.endswith("yes")
-    assert messy_row.split()[1:9] == ["finished", "3", "3", "1.67", "2", "(1", "conflict,", "1"]
+    assert clean_row.split()[1:4] == ["1/1", "1.00", "0"] and clean_row.endswith("clean")
+    assert messy_row.split()[1:7] == ["3/3", "1.67", "2", "(1", "conflict,", "1"]
     assert messy_row.endswith("completed")
-    assert total_row.startswith("total (2 runs)") and total_row.endswith("1/2")
+    assert total_row.startswith("total (2 runs)") and total_row.endswith("1/2 clean")
     assert lines[-1].startswith("1 of 2 finished runs completed cleanly (50%), 2 completed (100%)")
 
 

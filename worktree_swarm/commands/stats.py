@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 # Short names of the causes of waste, for a table cell ("2 gate, 1 conflict").
 _SHORT = {"conflict": "conflict", "gate": "gate", "agent": "agent", "timeout": "timeout", "no_op": "no-op",
           "ejected": "ejected", "error": "error"}
-HEAD = ("RUN", "STATE", "TASKS", "MERGED", "ATT/MERGED", "WASTED", "WASTED TIME", "WASTED $", "HELD",
-        "FORECAST ✓/✗/MISSED", "CLEAN")
+HEAD = ("RUN", "MERGED", "ATT/TASK", "WASTED", "WASTED TIME", "WASTED $", "HELD", "FORECAST ✓/✗/?", "RESULT")
+_WRAPS = HEAD.index("WASTED")   # the widest cell: kept readable when a narrow terminal wraps the table
 
 
 def stats(*, cwd: Path) -> dict[str, Any]:
@@ -45,24 +45,29 @@ def _seconds(value: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _cells(name: str, state: str, f: dict[str, Any], clean: str) -> tuple[str, ...]:
+def _cells(name: str, f: dict[str, Any], result: str) -> tuple[str, ...]:
     wasted = f["wasted"]
     causes = ", ".join(f"{n} {_SHORT.get(c, c)}" for c, n in wasted["by_cause"].items() if n)
     per = f["attempts_per_merged_task"]
     held = f["held"]
     forecast = f["forecast"]
-    return (name, state, str(f["tasks"]), str(f["merged"]), "—" if per is None else f"{per:.2f}",
+    return (name, f"{f['merged']}/{f['tasks']}", "—" if per is None else f"{per:.2f}",
             f"{wasted['attempts']}" + (f" ({causes})" if causes else ""), _seconds(wasted["seconds"]),
             f"${wasted['cost_usd']:.2f}", f"{held['tasks']} · {_seconds(held['seconds'])}" if held["tasks"] else "0",
-            f"{forecast['came_true']}/{forecast['did_not']}/{forecast['unforecast']}", clean)
+            f"{forecast['came_true']}/{forecast['did_not']}/{forecast['unforecast']}", result)
+
+
+def _result(state: str, f: dict[str, Any]) -> str:
+    if state != "finished":
+        return state      # running or interrupted: not judged yet
+    return "clean" if f["clean"] else "completed" if f["completed"] else "not completed"
 
 
 def _lines(data: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = [_cells(r["run"], r["state"], r["figures"],
-                   "yes" if r["figures"]["clean"] else "completed" if r["figures"]["completed"] else "no")
-            for r in data["runs"]]
+    rows = [_cells(r["run"], r["figures"], _result(r["state"], r["figures"])) for r in data["runs"]]
     t = data["total"]
-    rows.append(_cells(f"total ({t['runs']} runs)", "", t, f"{t['clean_runs']}/{t['finished_runs']}"))
+    runs = f"{t['runs']} run" + ("" if t["runs"] == 1 else "s")
+    rows.append(_cells(f"total ({runs})", t, f"{t['clean_runs']}/{t['finished_runs']} clean"))
     return rows
 
 
@@ -83,7 +88,8 @@ def _pct(ratio: float | None) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The table as plain text, aligned, with a header, a total row and the summary line."""
+    """The table as plain text, aligned, with a header, a total row and the summary line.
+    FORECAST is the conflict forecast's record: came true / did not / conflicts unforecast."""
     lines = [HEAD, *_lines(data)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
@@ -96,7 +102,8 @@ def table(data: dict[str, Any]) -> Table:
 
     out = Table(show_edge=False, pad_edge=False)
     for i, name in enumerate(HEAD):
-        out.add_column(name.lower(), justify="left" if i < 2 or i == 5 else "right", no_wrap=i == 0)
+        out.add_column(name.lower(), justify="left" if i in (0, _WRAPS, len(HEAD) - 1) else "right",
+                       no_wrap=i == 0, min_width=12 if i == _WRAPS else None)
     rows = _lines(data)
     for row in rows[:-1]:
         out.add_row(*row)

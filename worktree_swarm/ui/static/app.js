@@ -6,6 +6,10 @@
 
 const STATUSES = ["pending", "running", "gating", "merging", "merged", "failed", "blocked"];
 const state = { run: null, source: null, dag: null, selected: null, detailKey: null, view: null };
+// The run's figures come from their own endpoint, fetched again as events arrive, at most every
+// COST_EVERY ms while the run goes on (each fetch reads the run's attempts and its event log).
+const COST_EVERY = 2000;
+const cost = { at: 0, events: -1, busy: false, timer: null };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -113,6 +117,7 @@ function render(view) {
   colourDag(view);
   renderTasks(view);
   renderSpend(view);
+  refreshCost(view);
   if (state.selected) refreshDetail(view);
 }
 
@@ -246,6 +251,52 @@ function renderSpend(view) {
   if (!rows.length) box.append(el("p", { class: "muted", text: "No model-backed agent has reported a cost yet (command agents cost nothing here)." }));
   const table = el("table", { class: "spend-table" });
   for (const [name, usd] of rows) table.append(el("tr", {}, el("td", { text: name }), el("td", { text: money(usd) })));
+  box.append(table);
+}
+
+function refreshCost(view) {
+  if (cost.events === view.events || cost.busy) return;
+  const wait = cost.at + COST_EVERY - Date.now();
+  if (view.state === "running" && wait > 0) {
+    if (!cost.timer) cost.timer = setTimeout(() => { cost.timer = null; refreshCost(state.view); }, wait);
+    return;
+  }
+  cost.busy = true;
+  cost.at = Date.now();
+  const events = view.events;
+  getJSON("/api/runs/" + enc(state.run) + "/figures")
+    .then((figures) => { cost.events = events; renderCost(figures); })
+    .catch(() => {})
+    .finally(() => { cost.busy = false; });
+}
+
+const CAUSES = { conflict: "conflict", gate: "gate failed", agent: "agent failed", timeout: "timed out",
+                 no_op: "no-op", ejected: "ejected", error: "error" };
+
+function span(seconds) { return seconds < 60 ? Number(seconds || 0).toFixed(1) + "s" : clock(seconds); }
+
+function renderCost(f) {
+  const box = clear($("cost")), w = f.wasted, h = f.held, fc = f.forecast;
+  const verdict = f.clean ? "completed cleanly" : f.completed ? "completed, after wasted attempts"
+    : f.merged + " of " + f.tasks + " tasks merged so far";
+  box.append(el("div", { class: "cost-total", id: "cost-wasted", "data-wasted": w.attempts,
+    text: w.attempts + (w.attempts === 1 ? " wasted attempt" : " wasted attempts") }),
+    el("div", { class: "muted", text: verdict }));
+  const causes = Object.entries(w.by_cause).filter(([, n]) => n).map(([c, n]) => n + " " + (CAUSES[c] || c));
+  const rows = [
+    ["attempts", f.attempts + (f.attempts_per_merged_task === null ? "" : " · " + f.attempts_per_merged_task.toFixed(2) + " per merged task")],
+    ["first try", f.first_try + " of " + f.tasks + " tasks"],
+    ["wasted by cause", causes.join(", ") || "none"],
+    ["wasted time", span(w.seconds)],
+    ["wasted spend", money(w.cost_usd)],
+    ["interrupted", f.interrupted.attempts ? f.interrupted.attempts + " (not counted as waste)" : "none"],
+    ["held back", h.tasks ? h.tasks + " task" + (h.tasks === 1 ? "" : "s") + ", " + span(h.seconds) +
+      (h.longest ? " · longest " + h.longest.task + " " + span(h.longest.seconds) : "") +
+      (h.open ? " · " + h.open + " waiting now" : "") : "none"],
+    ["conflict forecasts", fc.came_true + " came true · " + fc.did_not + " did not · " + fc.unforecast + " unforecast"],
+  ];
+  const table = el("table", { class: "spend-table cost-table" });
+  for (const [name, value] of rows) table.append(el("tr", { "data-figure": name }, el("td", { text: name }), el("td", { text: value })));
   box.append(table);
 }
 
