@@ -12,16 +12,23 @@ from conftest import Repo, wswarm, write_plan
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.ui.dashboard import Dashboard
 
-# first: writes app/core.py at once. second: attempt 1 waits until first's change is on the integration
-# branch, then writes the same line (its merge conflicts); attempt 2 starts from the new head and merges.
-# broken: attempt 1 leaves a conflict marker (the built-in gate fails it); attempt 2 is clean.
+# first: writes app/core.py once second has started (so both start from the base). second: attempt 1
+# waits until first's change is on the integration branch, then writes the same line (its merge
+# conflicts); attempt 2 starts from the new head and merges. broken: attempt 1 leaves a conflict
+# marker (the built-in gate fails it); attempt 2 is clean. SHARED is a folder outside the worktrees.
 AGENT = """
 import subprocess
 task, n, run = os.environ["WSWARM_TASK_ID"], int(os.environ["WSWARM_ATTEMPT"]), os.environ["WSWARM_RUN_ID"]
+shared = Path(os.environ["SHARED"])
 if task == "first":
+    for _ in range(1200):
+        if (shared / "second-started").exists():
+            break
+        time.sleep(0.05)
     Path("app/core.py").write_text("VALUE = 'first'\\n")
 elif task == "second":
     if n == 1:
+        (shared / "second-started").touch()
         ref = f"refs/heads/wswarm/{run}/integration:app/core.py"
         for _ in range(1200):
             shown = subprocess.run(["git", "show", ref], capture_output=True, text=True).stdout
@@ -34,6 +41,8 @@ elif task == "broken":
 else:
     Path(task + ".txt").write_text(task + "\\n")
 """
+# Every agent starts at once, however loaded the machine running the tests is.
+NO_LIMITS = "[limits]\nmax_load = 1000\nmin_free_memory_mb = 1\nmin_free_disk_mb = 1\n"
 
 
 def task(tid: str) -> dict[str, Any]:
@@ -42,8 +51,14 @@ def task(tid: str) -> dict[str, Any]:
 
 def messy_run(repo: Repo, tmp_path: Path, agent_script: Any) -> dict[str, Any]:
     """A run with one conflict and one gate failure; its `status --json`."""
+    if not (repo.path / "wswarm.toml").exists():
+        repo.write("wswarm.toml", NO_LIMITS)
+        repo.commit_all("no admission limits")
+    shared = tmp_path / "shared"
+    shared.mkdir()
     plan = write_plan(tmp_path / "messy.json", [task("first"), task("second"), task("broken")])
-    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "3", "--agent-cmd", agent_script(AGENT))
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "3", "--agent-cmd", agent_script(AGENT),
+                 env={"SHARED": str(shared)})
     assert res.returncode == 0, res.stderr
     status = wswarm(repo.path, "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -79,7 +94,8 @@ def test_stats_over_a_clean_and_a_messy_run(repo: Repo, tmp_path: Path, agent_sc
     assert res.returncode == 0 and res.stdout == "" and res.stderr.startswith("no runs yet")
 
     plan = write_plan(tmp_path / "clean.json", [task("solo")])
-    assert wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", agent_script(AGENT)).returncode == 0
+    assert wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", agent_script(AGENT),
+                  env={"SHARED": str(tmp_path)}).returncode == 0
     messy = messy_run(repo, tmp_path, agent_script)
 
     res = wswarm(repo.path, "stats", "--json")
