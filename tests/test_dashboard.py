@@ -22,18 +22,13 @@ from typing import Any
 
 import pytest
 
-from conftest import WSWARM, Repo, wswarm
+from conftest import WSWARM, Repo, task, wswarm
 from live_run import WAITING_AGENT, LiveRun, need_tool
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.ui.dashboard import Dashboard
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def task(tid: str, **fields: Any) -> dict[str, Any]:
-    return {"id": tid, "type": fields.pop("type", "general"), "description": fields.pop("description", tid.upper()),
-            "dependencies": fields.pop("dependencies", []), "files": [], **fields}
 
 
 class Server:
@@ -334,7 +329,7 @@ LEAKY_CLAUDE = """\
 # Speaks the Claude Code CLI's stream-json; writes a key, so the gate fails the task.
 import json, sys
 from pathlib import Path
-sys.stdin.read()
+sys.stdin.readline()   # the prompt: one stream-json line; stdin stays open for news
 Path("cfg.py").write_text('AWS_KEY = "' + "AKIA" + "Z7Q2LMN4VWX8TR3P" + '"\\n')
 for kind in ({{"type": "system", "subtype": "init"}}, {{"type": "result", "subtype": "success", "is_error": False,
                                                      "result": "done"}}):

@@ -219,7 +219,7 @@ FAKE_CLAUDE = """\
 # Speaks the Claude Code CLI's stream-json: a session, then a result. Writes a key, so the gate fails.
 import json, os, sys
 from pathlib import Path
-sys.stdin.read()
+sys.stdin.readline()   # the prompt: one stream-json line; stdin stays open for news
 Path("cfg.py").write_text('AWS_KEY = "' + "AKIA" + "Z7Q2LMN4VWX8TR3P" + '"\\n')
 session = "{session}"
 print(json.dumps({{"type": "system", "subtype": "init", "session_id": session, "model": "claude-sonnet-4-5",

@@ -42,7 +42,7 @@ def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = bin_dir / "claude"
     script.write_text(f"#!{sys.executable}\n"
                       "import json, pathlib, sys\n"
-                      "sys.stdin.read()\n"
+                      "sys.stdin.readline()  # the prompt: one stream-json line\n"
                       "pathlib.Path('health.py').write_text('def health():\\n    return \"ok\"\\n')\n"
                       "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False,"
                       " 'result': 'added health()'}))\n")
