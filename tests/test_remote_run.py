@@ -147,6 +147,9 @@ def test_a_plan_spread_over_three_workers_merges_each_task_once_like_a_local_run
     assert {e["worker"] for e in evs if e["kind"] == "attempt-assigned"} == {"w1", "w2", "w3"}
     # Remote agents' events are in the run's log with their worker's name.
     assert {e["task"] for e in evs if e["kind"] == "agent-finished" and e.get("worker")} == {"a", "b", "c", "d"}
+    # What a remote agent printed is in `wswarm logs`, as for a local one.
+    logs = wswarm(cluster.repo.path, "logs", "d")
+    assert logs.returncode == 0 and "wrote out/d.txt" in logs.stdout, logs.stderr
     [branch] = cluster.repo.branches("wswarm/*/integration")
     remote_tree = cluster.repo.git("rev-parse", f"{branch}^{{tree}}")
     # The same plan run locally, from the same base, in another clone: the same tree.
