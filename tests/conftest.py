@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -118,14 +119,80 @@ def write_plan(path: Path, tasks: list[dict[str, Any]]) -> Path:
     return path
 
 
+def task(tid: str, description: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A plan's task with every field given: of type general, on no dependencies and no files, and
+    described as its id in capitals, unless DESCRIPTION or FIELDS say otherwise."""
+    return {"id": tid, "type": "general", "description": tid.upper() if description is None else description,
+            "dependencies": [], "files": [], **fields}
+
+
+def status(repo: Repo, *, allow_errors: bool = False) -> dict[str, Any]:
+    """`wswarm status --json` of the latest run; an attempt that ended in an internal error fails
+    the test right here, unless ALLOW_ERRORS."""
+    res = wswarm(repo.path, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    data: dict[str, Any] = res.json()
+    if not allow_errors:
+        errors = [e for e in events(repo, data["run"]) if e["kind"] == "error"]
+        assert errors == [], "an attempt ended in an internal error (the worktree-add race, see " \
+                             f"test_many_agents_starting_at_once_all_get_a_worktree?): {errors}"
+    return data
+
+
+def run_dir(repo: Repo, run: str | None = None) -> Path:
+    """The folder of run RUN, or of the repository's only run."""
+    runs = repo.state_dir / "runs"
+    if run is not None:
+        return runs / run
+    # Only folders: a write-test file can come and go beside them.
+    [only] = [p for p in runs.iterdir() if p.is_dir()]
+    return only
+
+
+def events(repo: Repo, run: str | None = None, *, after_kill: bool = False) -> list[dict[str, Any]]:
+    """The events of run RUN (or of the only run), oldest first. Only whole lines: the orchestrator
+    may be writing the last one right now. AFTER_KILL is for a run killed at any moment, maybe
+    before it began (then it has no events), and maybe resumed: a line the kill cut short stays
+    in the middle of the log, and is passed over."""
+    if after_kill and not (repo.state_dir / "runs").is_dir():
+        return []
+    path = run_dir(repo, run) / "events.jsonl"
+    if after_kill and not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for line in text[:text.rfind("\n") + 1].splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not after_kill:
+                raise
+    return out
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 30, what: str = "condition") -> Any:
+    """CHECK's first true value, asked every 50 ms; the test fails if none comes within TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def alive(pid: int) -> bool:
     """Whether a process runs (a zombie has exited; only its parent has not collected it yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:   # reaped in between
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -140,12 +207,18 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield api
 
 
-def idle_slots(repo: Repo) -> list[Path]:
-    """The worktrees besides the user's checkout, after checking each is a slot back in the pool:
-    under the slots folder, on no branch, with nothing left of its last task."""
+def worktree_paths(repo: Repo) -> list[Path]:
+    """Every worktree of the repository, the user's checkout first, as git lists them."""
     out = repo.git("worktree", "list", "--porcelain")
-    paths = [Path(line.removeprefix("worktree ")) for line in out.splitlines() if line.startswith("worktree ")]
-    others = [p for p in paths if p.resolve() != repo.path.resolve()]
+    return [Path(line.removeprefix("worktree ")) for line in out.splitlines() if line.startswith("worktree ")]
+
+
+def idle_slots(repo: Repo, *, kept: Path | None = None) -> list[Path]:
+    """The worktrees besides the user's checkout (and KEPT, a failed task's worktree kept for
+    inspection), after checking each is a slot back in the pool: under the slots folder, on no
+    branch, with nothing left of its last task."""
+    besides = {repo.path.resolve(), *([kept.resolve()] if kept is not None else [])}
+    others = [p for p in worktree_paths(repo) if p.resolve() not in besides]
     for path in others:
         assert path.parent.resolve() == (repo.state_dir / "slots").resolve(), f"not a slot: {path}"
         assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == "", f"slot on a branch: {path}"

@@ -6,17 +6,14 @@ real git, real agent processes; only the moment each agent finishes is chosen by
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-from conftest import WSWARM, Repo, unavailable, write_plan
+from conftest import WSWARM, Repo, events, unavailable, wait_for, write_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,17 +45,6 @@ print(f"{tid}: wrote {safe}.txt", flush=True)
 '''
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 class LiveRun:
     """`wswarm start` in the background; release(task) lets that task's agent finish."""
 
@@ -84,9 +70,7 @@ class LiveRun:
         return self.dir.name
 
     def events(self) -> list[dict[str, Any]]:
-        # Only whole lines: the orchestrator may be writing the last one right now.
-        text = (self.dir / "events.jsonl").read_text()
-        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line]
+        return events(self.repo, self.id)
 
     def wait_event(self, kind: str, task: str | None = None, *, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: next((e for e in self.events() if e["kind"] == kind

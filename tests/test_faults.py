@@ -6,7 +6,6 @@ merged twice, no agent outlives its orchestrator past the resume, and nothing is
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, assert_cleans_up, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, assert_cleans_up, events, wswarm, write_plan
 
 # Agents record their pid, take a moment, then write their own file; "b" builds on "a".
 AGENT = """
@@ -54,24 +53,6 @@ def merges_per_task(repo: Repo, branch: str) -> dict[str, int]:
     return counts
 
 
-def events(repo: Repo) -> list[dict[str, object]]:
-    runs = repo.state_dir / "runs"
-    # Only run folders: a write-test file can come and go beside them.
-    run_dir = next((p for p in runs.iterdir() if p.is_dir()), None) if runs.is_dir() else None
-    if run_dir is None:
-        return []
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
 def assert_final_tree(repo: Repo, branch: str) -> None:
     """What an uninterrupted run produces: the base plus exactly each task's own file."""
     base = wswarm(repo.path, "status", "--json").json()["base"]
@@ -95,7 +76,7 @@ def test_sigkill_anywhere_then_resume_gives_the_same_tree(repo: Repo, agent_scri
     proc = subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent], cwd=repo.path,
                             env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while sum(e["kind"] == kind for e in events(repo)) < nth:
+    while sum(e["kind"] == kind for e in events(repo, after_kill=True)) < nth:
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline, f"never reached {kind} #{nth}"
         time.sleep(0.01)
@@ -134,7 +115,7 @@ def test_resume_stops_an_orphaned_agent(repo: Repo, agent_script: object, tmp_pa
     res = wswarm(repo.path, "resume", env=env)
     assert res.returncode == 0, res.stderr
     assert not any(alive(pid) for pid in orphans)
-    resumed = next(e for e in events(repo) if e["kind"] == "run-resumed")
+    resumed = next(e for e in events(repo, after_kill=True) if e["kind"] == "run-resumed")
     assert resumed["orphans_killed"] == 2
     assert "stopped 2 orphaned agent or check process group(s)" in res.stderr
 
@@ -163,7 +144,7 @@ def test_a_gated_branch_is_merged_on_resume_without_running_its_agent(repo: Repo
     assert_final_tree(repo, branch)
     assert not (pids / "d-2").exists()   # the agent did not run again
     assert merges_per_task(repo, branch) == {"a": 1, "b": 1, "c": 1, "d": 1}
-    assert [e["task"] for e in events(repo) if e["kind"] == "merge-recovered"] == ["d"]
+    assert [e["task"] for e in events(repo, after_kill=True) if e["kind"] == "merge-recovered"] == ["d"]
     d = next(t for t in wswarm(repo.path, "status", "--json").json()["tasks"] if t["id"] == "d")
     assert (d["status"], d["attempts"]) == ("merged", 1)
     pr = (run_dir / "pr.md").read_text()

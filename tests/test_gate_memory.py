@@ -7,18 +7,12 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from conftest import Repo, wswarm, write_plan
+from conftest import Repo, status, wswarm, write_plan
 
 WRITE_OWN_FILE = """
 tid = os.environ["WSWARM_TASK_ID"]
 Path(tid + ".txt").write_text(tid + "\\n")
 """
-
-
-def status(repo: Repo) -> dict[str, object]:
-    res = wswarm(repo.path, "status", "--json")
-    assert res.returncode == 0, res.stderr
-    return res.json()  # type: ignore[no-any-return]
 
 
 def test_a_tree_is_checked_once_across_tasks_the_merge_result_and_runs(repo: Repo, agent_script: object,
@@ -73,7 +67,7 @@ def test_branches_are_judged_only_on_what_they_make_newly_fail(repo: Repo, agent
                  "--agent-cmd", agent_script(WRITE_OWN_FILE))  # type: ignore[operator]
     assert res.returncode == 1, res.stderr
     st = status(repo)
-    tasks = {t["id"]: t for t in st["tasks"]}  # type: ignore[attr-defined]
+    tasks = {t["id"]: t for t in st["tasks"]}
     assert tasks["unrelated"]["status"] == "merged"
     assert tasks["fix"]["status"] == "merged"
     assert tasks["bug"]["status"] == "failed"
@@ -118,7 +112,7 @@ else:
     res = wswarm(repo.path, "start", "--plan", "plan.json", "--max-attempts", "1", "--agent-cmd", agent)
     assert res.returncode == 1, res.stderr
     st = status(repo)
-    assert {t["id"]: t["status"] for t in st["tasks"]} == {"feature": "merged", "regress": "failed"}  # type: ignore[attr-defined]
+    assert {t["id"]: t["status"] for t in st["tasks"]} == {"feature": "merged", "regress": "failed"}
     run_dir = repo.state_dir / "runs" / str(st["run"])
     regress = json.loads((run_dir / "attempts" / "regress" / "1" / "gate.json").read_text())
     check = next(c for c in regress["checks"] if c["name"] == "pytest")

@@ -6,13 +6,12 @@ or hostile command agent would.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import Repo, idle_slots, wswarm, write_plan
+from conftest import Repo, events, idle_slots, wswarm, write_plan
 from worktree_swarm.swarm import guard
 from worktree_swarm.git.repo import Repo as GitRepo
 
@@ -35,11 +34,6 @@ if os.environ["WSWARM_ATTEMPT"] == "1":
         Path(user, "leak.txt").write_text("written from an agent\\n")
 Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("done\\n")
 """
-
-
-def events(repo: Repo) -> list[dict[str, object]]:
-    run_dir = next((repo.state_dir / "runs").iterdir())
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
 def run(repo: Repo, agent_script: object, mischief: str) -> dict[str, object]:

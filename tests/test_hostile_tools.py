@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Repo, write_plan, wswarm
-from live_run import WAITING_AGENT, LiveRun, wait_for
+from conftest import Repo, wait_for, write_plan, wswarm
+from live_run import WAITING_AGENT, LiveRun
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.ui.dashboard import Dashboard
 

@@ -13,16 +13,11 @@ from typing import Any
 
 from rich.console import Console
 
-from conftest import Repo, wswarm
-from live_run import WAITING_AGENT, LiveRun, need_tool, wait_for
+from conftest import Repo, task, wait_for, wswarm
+from live_run import WAITING_AGENT, LiveRun, need_tool
 from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.ui.feed import RECENT, EventTail, Feed
 from worktree_swarm.ui.live import render
-
-
-def task(tid: str, **fields: Any) -> dict[str, Any]:
-    return {"id": tid, "type": fields.pop("type", "general"), "description": fields.pop("description", tid.upper()),
-            "dependencies": fields.pop("dependencies", []), "files": [], **fields}
 
 
 def fold(run_dir: Path, lines: int | None = None) -> Feed:

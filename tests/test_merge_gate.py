@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import Repo, idle_slots, wswarm, write_plan
+from conftest import Repo, events, idle_slots, status, wswarm, write_plan
 from worktree_swarm.train.result_gate import first_bad
 
 # Imports every module of the package and calls its main(): green on each branch alone, red when
@@ -45,17 +45,6 @@ def setup(repo: Repo, check: str, tasks: list[dict[str, object]], *, cache: bool
     write_plan(repo.path / "plan.json", tasks)
 
 
-def status(repo: Repo) -> dict[str, object]:
-    res = wswarm(repo.path, "status", "--json")
-    assert res.returncode == 0, res.stderr
-    return res.json()  # type: ignore[no-any-return]
-
-
-def events(repo: Repo) -> list[dict[str, object]]:
-    run_dir = next((repo.state_dir / "runs").iterdir())
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
 def test_a_semantic_conflict_is_bisected_ejected_and_reworked(repo: Repo, agent_script: object) -> None:
     import sys
     setup(repo, f"{sys.executable} check.py", [{"id": "rename", "description": "rename f to g"},
@@ -65,7 +54,7 @@ def test_a_semantic_conflict_is_bisected_ejected_and_reworked(repo: Repo, agent_
     assert res.returncode == 0, res.stderr
     st = status(repo)
     assert st["merge_gate"] == "passed"
-    tasks = {t["id"]: t for t in st["tasks"]}  # type: ignore[attr-defined]
+    tasks = {t["id"]: t for t in st["tasks"]}
     assert (tasks["rename"]["status"], tasks["rename"]["attempts"]) == ("merged", 1)
     assert (tasks["use"]["status"], tasks["use"]["attempts"]) == ("merged", 2)
     # The two innocent tasks stayed merged: neither ran again.
@@ -106,7 +95,7 @@ def test_a_base_that_already_fails_blames_nobody(repo: Repo, agent_script: objec
     assert res.returncode == 1, res.stderr
     st = status(repo)
     assert st["merge_gate"] == "failed"
-    assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]  # type: ignore[attr-defined]
+    assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]
     ev = events(repo)
     assert [e.get("reason") for e in ev if e["kind"] == "merge-gate-failed"] == [
         "the base fails these checks too; nothing to blame"]
@@ -132,7 +121,7 @@ else:
                  "--agent-cmd", agent_script(agent))  # type: ignore[operator]
     assert res.returncode == 0, res.stderr
     st = status(repo)
-    tasks = {t["id"]: (t["status"], t["attempts"]) for t in st["tasks"]}  # type: ignore[attr-defined]
+    tasks = {t["id"]: (t["status"], t["attempts"]) for t in st["tasks"]}
     assert tasks == {"good": ("merged", 2), "bad": ("merged", 2), "after-bad": ("merged", 2)}
     # bad.txt is in no commit reachable from the integration branch: the ejected work is gone.
     # With one agent, "good" and "after-bad" both started on top of "bad": both are redone.
@@ -172,11 +161,11 @@ def test_a_merge_result_whose_checks_could_not_run_is_unverified_not_passed(repo
     assert res.returncode == 0, res.stderr
     st = status(repo)
     assert st["merge_gate"] == "unverified"
-    assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]  # type: ignore[attr-defined]
+    assert [t["status"] for t in st["tasks"]] == ["merged", "merged"]
     assert "merge-gate-unverified" in [e["kind"] for e in events(repo)]
     # Each branch's own gate is one event: it passed (its setup ran before the marker existed).
     gates = [e for e in events(repo) if e["kind"] == "gate-finished"]
-    assert sorted(e["task"] for e in gates) == ["marker", "other"]  # type: ignore[type-var]
+    assert sorted(e["task"] for e in gates) == ["marker", "other"]
     assert {e["verdict"] for e in gates} == {"passed"} and all("tests ✓" in str(e["summary"]) for e in gates)
     pr = wswarm(repo.path, "pr")
     assert "**Unverified:** tests did not run (the worktree setup step failed)" in pr.stdout

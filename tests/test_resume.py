@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, assert_cleans_up, idle_slots, wswarm, write_plan
+from conftest import WSWARM, Repo, alive, assert_cleans_up, idle_slots, status, wait_for, wswarm, write_plan
 
 # Each task appends its id to its own file; "slow" tasks wait long enough to be interrupted, and
 # record their pid so the test can prove no agent outlives the orchestrator.
@@ -34,13 +34,6 @@ PLAN = [
 ]
 
 
-def status(repo: Repo) -> dict[str, object]:
-    res = wswarm(repo.path, "status", "--json")
-    assert res.returncode == 0, res.stderr
-    data: dict[str, object] = res.json()
-    return data
-
-
 def statuses(repo: Repo) -> dict[str, str]:
     tasks = status(repo)["tasks"]
     assert isinstance(tasks, list)
@@ -52,15 +45,6 @@ def start_in_background(repo: Repo, agent: str, pids: Path) -> subprocess.Popen[
     env = dict(os.environ, PIDS=str(pids))
     return subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent, "--agents", "2"],
                             cwd=repo.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def agent_pids(pids: Path) -> list[int]:
@@ -96,7 +80,7 @@ def test_interrupt_saves_state_kills_agents_and_resume_finishes(repo: Repo, agen
         "first.txt", "last.txt", "slow-a.txt", "slow-b.txt"]
     # `first` ran once; the interrupted tasks got a second attempt that did not count as a failure.
     assert repo.git("rev-list", "--count", "--merges", "--first-parent", branch) == "4"
-    tasks = {t["id"]: t for t in status(repo)["tasks"]}  # type: ignore[union-attr]
+    tasks = {t["id"]: t for t in status(repo)["tasks"]}
     assert tasks["first"]["attempts"] == 1 and tasks["slow-a"]["attempts"] == 2
 
 
@@ -110,7 +94,7 @@ def test_sigkill_never_leaves_a_running_status(repo: Repo, agent_script: object,
     data = status(repo)
     assert data["state"] == "interrupted"
     assert "running" not in statuses(repo).values()
-    reasons = {t["id"]: t["reason"] for t in data["tasks"]}  # type: ignore[union-attr]
+    reasons = {t["id"]: t["reason"] for t in data["tasks"]}
     assert "interrupted while running" in str(reasons["slow-a"])
     orphans = agent_pids(pids)
     assert any(alive(pid) for pid in orphans)   # a SIGKILLed orchestrator cannot stop its agents
@@ -145,7 +129,7 @@ def test_a_merge_recorded_in_git_but_not_in_state_is_not_merged_twice(repo: Repo
     assert res.returncode == 0, res.stderr
     assert repo.git("rev-parse", branch) == before
     assert not (pids / "last-2").exists()
-    last = next(t for t in status(repo)["tasks"] if t["id"] == "last")  # type: ignore[union-attr]
+    last = next(t for t in status(repo)["tasks"] if t["id"] == "last")
     assert last["status"] == "merged" and last["merge_commit"] == before
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert any(e["kind"] == "merged" and e.get("recovered") for e in events)

@@ -12,7 +12,6 @@ gate's secret patterns would match.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 import time
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Repo, Result, git, wswarm, write_plan
+from conftest import (Repo, Result, alive, events, git, idle_slots, run_dir, status, task, worktree_paths, wswarm,
+                      write_plan)
 
 AgentScript = Callable[..., str]
 
@@ -75,11 +75,6 @@ def recorded(rec_dir: Path, task_id: str, attempt: int, suffix: str = "json") ->
     return json.loads(text) if suffix == "json" else text
 
 
-def task(task_id: str, description: str, **fields: Any) -> dict[str, Any]:
-    return {"id": task_id, "type": fields.pop("type", "general"), "description": description,
-            "dependencies": fields.pop("dependencies", []), "files": fields.pop("files", []), **fields}
-
-
 def start(repo: Repo, tmp_path: Path, tasks: list[dict[str, Any]], *args: str,
           env: dict[str, str] | None = None) -> Result:
     """`wswarm start --plan` with the plan file outside the repository (the checkout stays clean)."""
@@ -87,33 +82,12 @@ def start(repo: Repo, tmp_path: Path, tasks: list[dict[str, Any]], *args: str,
     return wswarm(repo.path, "start", "--plan", str(plan), *args, env=env)
 
 
-def status(repo: Repo, *, allow_errors: bool = False) -> dict[str, Any]:
-    """`wswarm status --json`; an attempt that ended in an internal error fails the test right here."""
-    res = wswarm(repo.path, "status", "--json")
-    assert res.returncode == 0, res.stderr
-    data: dict[str, Any] = res.json()
-    if not allow_errors:
-        errors = [e for e in events(repo, data) if e["kind"] == "error"]
-        assert errors == [], "an attempt ended in an internal error (the worktree-add race, see " \
-                             f"test_many_agents_starting_at_once_all_get_a_worktree?): {errors}"
-    return data
-
-
 def by_id(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["id"]: t for t in st["tasks"]}
 
 
-def run_dir(repo: Repo, st: dict[str, Any]) -> Path:
-    return repo.state_dir / "runs" / st["run"]
-
-
-def events(repo: Repo, st: dict[str, Any]) -> list[dict[str, Any]]:
-    text = (run_dir(repo, st) / "events.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def attempt_dir(repo: Repo, st: dict[str, Any], task_id: str, n: int) -> Path:
-    return run_dir(repo, st) / "attempts" / task_id.replace("%", "%25").replace("/", "%2F") / str(n)
+    return run_dir(repo, st["run"]) / "attempts" / task_id.replace("%", "%25").replace("/", "%2F") / str(n)
 
 
 def first_parents(repo: Repo, ref: str) -> list[str]:
@@ -128,36 +102,10 @@ def git_rc(repo: Repo, *args: str) -> int:
     return subprocess.run(["git", *args], cwd=repo.path, capture_output=True).returncode
 
 
-def is_dead(pid: int) -> bool:
-    """Gone, or a zombie nobody has reaped yet (a container's PID 1 may not reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def branches(repo: Repo, prefix: str = "") -> list[str]:
     """Branch names under refs/heads/PREFIX (a prefix, not a glob: `*` would not cross `/`)."""
     out = repo.git("for-each-ref", "--format=%(refname:short)", f"refs/heads/{prefix}")
     return sorted(out.splitlines())
-
-
-def worktree_paths(repo: Repo) -> list[Path]:
-    out = repo.git("worktree", "list", "--porcelain")
-    return [Path(line.removeprefix("worktree ")) for line in out.splitlines() if line.startswith("worktree ")]
-
-
-def assert_idle_slots(repo: Repo, paths: list[Path]) -> None:
-    """Slots back in the pool: under the slots folder, on no branch, nothing left of their last task."""
-    for path in paths:
-        assert path.parent.resolve() == (repo.state_dir / "slots").resolve(), path
-        assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == "", path
-        assert git(path, "status", "--porcelain", "--untracked-files=all") == "", path
 
 
 # -- 1. parallel tasks ---------------------------------------------------------------------------
@@ -204,7 +152,7 @@ def test_independent_tasks_run_in_parallel_and_both_merge(repo: Repo, agent_scri
         # The merge's second parent is the task branch, whose one commit holds the leftovers.
         assert repo.git("rev-parse", f"{merge}^2") == repo.git("rev-parse", tasks[tid]["branch"])
         assert repo.git("log", "-1", "--format=%s", tasks[tid]["branch"]) == f"{tid}: {desc}"
-    merged = [e["task"] for e in events(repo, st) if e["kind"] == "merged"]
+    merged = [e["task"] for e in events(repo, st["run"]) if e["kind"] == "merged"]
     assert sorted(merged) == ["alpha", "beta"]
 
 
@@ -420,9 +368,9 @@ def test_conflicting_task_is_requeued_from_the_new_integration_head(repo: Repo, 
     assert "Conflicting files: app/core.py\n" in feedback
     assert "CONFLICT (content): Merge conflict in app/core.py" in feedback
     assert "-VALUE = 1\n+VALUE = 3" in feedback      # the previous diff
-    conflicts = [e for e in events(repo, st) if e["kind"] == "conflict"]
+    conflicts = [e for e in events(repo, st["run"]) if e["kind"] == "conflict"]
     assert [(e["task"], e["attempt"], e["files"]) for e in conflicts] == [("second", 1, ["app/core.py"])]
-    requeued = [(e["task"], e["reason"]) for e in events(repo, st) if e["kind"] == "requeued"]
+    requeued = [(e["task"], e["reason"]) for e in events(repo, st["run"]) if e["kind"] == "requeued"]
     assert requeued == [("second", "merge conflict in app/core.py")]
     integration = st["integration_branch"]
     assert repo.show(integration, "app/core.py") == "VALUE = 2\nOTHER = 3"
@@ -430,7 +378,7 @@ def test_conflicting_task_is_requeued_from_the_new_integration_head(repo: Repo, 
     # The conflicting attempt never reached the integration branch.
     attempt1 = f"wswarm/{st['run']}/tasks/second/1"
     assert git_rc(repo, "merge-base", "--is-ancestor", attempt1, integration) == 1
-    pr = (run_dir(repo, st) / "pr.md").read_text()
+    pr = (run_dir(repo, st["run"]) / "pr.md").read_text()
     assert "clean-run ratio **1/2** (50%)" in pr
     assert "- `second` attempt 1: conflict — merge conflict in app/core.py" in pr
 
@@ -481,10 +429,10 @@ def test_gate_failure_is_fixed_from_feedback(repo: Repo, agent_script: AgentScri
     assert feedback.startswith("gate FAILED: no-todo ✗")
     assert "--- no-todo (fail) ---\n1:VALUE = 2  # TODO tidy\nTODO left in app/core.py" in feedback
     assert recorded(rec_dir, "fix", 1)["feedback_text"] is None
-    kinds = [(e["kind"], e.get("attempt")) for e in events(repo, st) if e.get("task") == "fix"]
+    kinds = [(e["kind"], e.get("attempt")) for e in events(repo, st["run"]) if e.get("task") == "fix"]
     assert ("gate-failed", 1) in kinds and ("merged", 2) in kinds
     assert repo.show(st["integration_branch"], "app/core.py") == "VALUE = 2"
-    pr = (run_dir(repo, st) / "pr.md").read_text()
+    pr = (run_dir(repo, st["run"]) / "pr.md").read_text()
     assert "- `fix` attempt 1: gate-failed — gate FAILED: no-todo ✗" in pr
     assert "clean-run ratio **0/1** (0%)" in pr
 
@@ -532,7 +480,7 @@ def test_secret_fails_the_gate_and_never_reaches_integration(repo: Repo, agent_s
     # The key itself is nowhere in what wswarm wrote, printed, or merged.
     assert key not in status_res.stdout
     assert key not in res.stdout + res.stderr
-    for path in run_dir(repo, st).rglob("*"):
+    for path in run_dir(repo, st["run"]).rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
     integration = st["integration_branch"]
@@ -581,7 +529,7 @@ def test_failed_task_blocks_dependents_while_others_merge(repo: Repo, agent_scri
     assert res.returncode == 1, res.stderr
     st = status(repo)
     run = st["run"]
-    assert res.stdout == str(run_dir(repo, st) / "pr.md") + "\n"
+    assert res.stdout == str(run_dir(repo, st["run"]) / "pr.md") + "\n"
     assert f"run {run}: finished with failed or blocked tasks" in res.stderr
     tasks = by_id(st)
     assert {tid: (t["status"], t["attempts"], t["reason"]) for tid, t in tasks.items()} == {
@@ -590,21 +538,20 @@ def test_failed_task_blocks_dependents_while_others_merge(repo: Repo, agent_scri
         "leaf": ("blocked", 0, "depends on 'mid', which blocked"),
         "solo": ("merged", 1, None),
     }
-    blocked = [(e["task"], e["reason"]) for e in events(repo, st) if e["kind"] == "blocked"]
+    blocked = [(e["task"], e["reason"]) for e in events(repo, st["run"]) if e["kind"] == "blocked"]
     assert blocked == [("mid", "depends on 'broken', which failed"), ("leaf", "depends on 'mid', which blocked")]
     assert (attempt_dir(repo, st, "broken", 2) / "agent.log").read_text() == "cannot do this\n"
-    started = {e["task"] for e in events(repo, st) if e["kind"] == "attempt-started"}
+    started = {e["task"] for e in events(repo, st["run"]) if e["kind"] == "attempt-started"}
     assert started == {"broken", "solo"}
     # The failed task's last worktree is kept, on its branch; the merged task's went back to the
     # pool of slots: idle, detached, clean.
     kept = Path(tasks["broken"]["worktree"])
     assert kept.parent == repo.state_dir / "slots" and kept.is_dir()
     assert git(kept, "symbolic-ref", "HEAD") == f"refs/heads/wswarm/{run}/tasks/broken/2"
-    others = [p for p in worktree_paths(repo) if p.resolve() not in (repo.path.resolve(), kept.resolve())]
-    assert_idle_slots(repo, others)
+    idle_slots(repo, kept=kept)
     assert not (repo.state_dir / "worktrees").exists() or not any((repo.state_dir / "worktrees").iterdir())
     assert repo.show(st["integration_branch"], "app/solo.py") == "OK = 1"
-    pr = (run_dir(repo, st) / "pr.md").read_text()
+    pr = (run_dir(repo, st["run"]) / "pr.md").read_text()
     assert "1 of 4 tasks merged; clean-run ratio **1/4** (25%) merged on their first attempt." in pr
     assert "| `broken` | general | ❌ failed | 2 | 0 | +0 −0 |" in pr
     assert "| `mid` | general | ⛔ blocked | 0 | 0 | +0 −0 |" in pr
@@ -638,13 +585,13 @@ def test_timeout_kills_the_agent_and_its_children(repo: Repo, agent_script: Agen
     slow = by_id(st)["slow"]
     assert (slow["status"], slow["reason"]) == (
         "failed", "the agent passed its timeout of 2s and was killed (after 1 attempt)")
-    assert [e["kind"] for e in events(repo, st) if e.get("task") == "slow"][-2:] == ["timeout", "failed"]
+    assert [e["kind"] for e in events(repo, st["run"]) if e.get("task") == "slow"][-2:] == ["timeout", "failed"]
     assert (attempt_dir(repo, st, "slow", 1) / "agent.log").read_text() == "started a child\n"
     pids = [int(p) for p in recorded(rec_dir, "slow", 1, "pids").split()]
     deadline = time.monotonic() + 5
-    while not all(is_dead(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [is_dead(p) for p in pids] == [True, True]
+    assert [alive(p) for p in pids] == [False, False]
     assert repo.git("rev-parse", st["integration_branch"]) == st["base"]
 
 
@@ -669,9 +616,9 @@ def test_noop_attempt_is_requeued_then_failed(repo: Repo, agent_script: AgentScr
     assert recorded(rec_dir, "idle", 1)["feedback_text"] is None
     assert recorded(rec_dir, "idle", 2)["feedback_text"] == (
         "Your previous attempt changed no files. The task needs changes to the repository.")
-    assert [e["attempt"] for e in events(repo, st) if e["kind"] == "no-op"] == [1, 2]
+    assert [e["attempt"] for e in events(repo, st["run"]) if e["kind"] == "no-op"] == [1, 2]
     assert repo.git("rev-parse", st["integration_branch"]) == st["base"]
-    assert not any(e["kind"] == "merged" for e in events(repo, st))
+    assert not any(e["kind"] == "merged" for e in events(repo, st["run"]))
 
 
 def test_empty_commit_is_a_noop(repo: Repo, agent_script: AgentScript, rec_dir: Path, tmp_path: Path) -> None:
@@ -820,7 +767,7 @@ def test_users_checkout_index_branch_and_stash_are_untouched(repo: Repo, agent_s
     assert st["base"] == head
     assert first_parents(repo, st["integration_branch"])[1] == head
     # The PR's base is the branch the user was on.
-    assert f"based on `feature` (`{head[:12]}`)" in (run_dir(repo, st) / "pr.md").read_text()
+    assert f"based on `feature` (`{head[:12]}`)" in (run_dir(repo, st["run"]) / "pr.md").read_text()
 
 
 # -- 14. awkward task ids -------------------------------------------------------------------------
@@ -877,7 +824,7 @@ def test_many_agents_starting_at_once_all_get_a_worktree(repo: Repo, tmp_path: P
     res = start(repo, tmp_path, [task(f"t{i}", f"Task {i}") for i in range(64)], "--agent-cmd", cmd,
                 "--agents", "64", "--max-attempts", "1")
     st = status(repo, allow_errors=True)
-    errors = [e["reason"] for e in events(repo, st) if e["kind"] == "error"]
+    errors = [e["reason"] for e in events(repo, st["run"]) if e["kind"] == "error"]
     assert errors == [], f"{len(errors)} errors, the first: {errors[0]}"
     assert [(t["status"], t["attempts"]) for t in st["tasks"]] == [("merged", 1)] * 64
     assert res.returncode == 0, res.stderr
@@ -899,8 +846,7 @@ def test_clean_removes_worktrees_and_task_branches_but_not_integration(repo: Rep
     run, integration = st["run"], st["integration_branch"]
     kept = Path(by_id(st)["bad"]["worktree"])
     assert kept.is_dir()
-    idle = [p for p in worktree_paths(repo) if p.resolve() not in (repo.path.resolve(), kept.resolve())]
-    assert_idle_slots(repo, idle)
+    idle = idle_slots(repo, kept=kept)
     assert branches(repo, "wswarm/") == sorted([integration, f"wswarm/{run}/tasks/good/1",
                                               f"wswarm/{run}/tasks/bad/1"])
     integration_sha = repo.git("rev-parse", integration)
@@ -914,7 +860,7 @@ def test_clean_removes_worktrees_and_task_branches_but_not_integration(repo: Rep
     assert repo.git("rev-parse", integration) == integration_sha
     assert repo.git("symbolic-ref", "HEAD") == "refs/heads/main"
     assert repo.git("status", "--porcelain") == ""
-    assert run_dir(repo, st).is_dir()              # the run's state and logs stay
+    assert run_dir(repo, st["run"]).is_dir()              # the run's state and logs stay
     assert status(repo)["run"] == run
     again = wswarm(repo.path, "clean", "--integration", "--slots")
     assert again.returncode == 0, again.stderr
@@ -943,7 +889,7 @@ def test_status_json_logs_and_pr(repo: Repo, agent_script: AgentScript, rec_dir:
     assert (st["state"], st["base"], st["integration_branch"], st["cost_usd"]) == (
         "finished", base, f"wswarm/{run}/integration", 0)
     assert isinstance(st["cost_usd"], (int, float))
-    assert run_dir(repo, st).is_dir()
+    assert run_dir(repo, st["run"]).is_dir()
     for t in st["tasks"]:
         assert {"id", "status", "attempts", "branch", "reason"} <= set(t)
     assert [{k: t[k] for k in ("id", "status", "attempts", "branch", "reason")} for t in st["tasks"]] == [
@@ -952,8 +898,8 @@ def test_status_json_logs_and_pr(repo: Repo, agent_script: AgentScript, rec_dir:
     ]
     assert agent_logs(repo, "hello") == "==> attempt 1: agent.log <==\nhello from the agent\nsecond line\n"
     assert (attempt_dir(repo, st, "hello", 1) / "agent.log").read_text() == "hello from the agent\nsecond line\n"
-    pr_md = (run_dir(repo, st) / "pr.md").read_text()
-    assert res.stdout == str(run_dir(repo, st) / "pr.md") + "\n"
+    pr_md = (run_dir(repo, st["run"]) / "pr.md").read_text()
+    assert res.stdout == str(run_dir(repo, st["run"]) / "pr.md") + "\n"
     pr = wswarm(repo.path, "pr")
     assert pr.returncode == 0, pr.stderr
     assert pr.stdout.rstrip("\n") == pr_md.rstrip("\n")
@@ -978,7 +924,7 @@ def test_pr_and_logs_print_text_verbatim(repo: Repo, agent_script: AgentScript, 
                 env=rec_env(rec_dir))
     assert res.returncode == 0, res.stderr
     st = status(repo)
-    pr_md = (run_dir(repo, st) / "pr.md").read_text()
+    pr_md = (run_dir(repo, st["run"]) / "pr.md").read_text()
     assert wswarm(repo.path, "pr").stdout.rstrip("\n") == pr_md.rstrip("\n")
     log = (attempt_dir(repo, st, "text", 1) / "agent.log").read_text()
     assert agent_logs(repo, "text") == "==> attempt 1: agent.log <==\n" + log
@@ -1007,7 +953,7 @@ def test_base_ref_other_than_head(repo: Repo, agent_script: AgentScript, rec_dir
     assert git_rc(repo, "merge-base", "--is-ancestor", head, integration) == 1
     assert repo.show(integration, "app/core.py") == "VALUE = 1"
     assert repo.git("rev-parse", "HEAD") == head
-    assert f"based on `v1` (`{first[:12]}`)" in (run_dir(repo, st) / "pr.md").read_text()
+    assert f"based on `v1` (`{first[:12]}`)" in (run_dir(repo, st["run"]) / "pr.md").read_text()
 
 
 def test_unknown_base_is_rejected_and_nothing_is_created(repo: Repo, agent_script: AgentScript,
@@ -1031,7 +977,7 @@ def test_one_agent_at_a_time_longest_chain_first(repo: Repo, agent_script: Agent
     res = start(repo, tmp_path, plan, "--agent-cmd", cmd, "--agents", "1", env=rec_env(rec_dir))
     assert res.returncode == 0, res.stderr
     st = status(repo)
-    evs = [e for e in events(repo, st) if e["kind"] in ("agent-started", "agent-finished")]
+    evs = [e for e in events(repo, st["run"]) if e["kind"] in ("agent-started", "agent-finished")]
     # Never two agents at once, and `root` (a chain of two) before `solo` (file order otherwise).
     assert [(e["kind"], e["task"]) for e in evs] == [
         ("agent-started", "root"), ("agent-finished", "root"),

@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 
-from conftest import WSWARM, Repo, wswarm
-from live_run import WAITING_AGENT, LiveRun, need_tool, wait_for
-
-
-def task(tid: str, **fields: Any) -> dict[str, Any]:
-    return {"id": tid, "type": "general", "description": tid.upper(), "dependencies": fields.pop("dependencies", []),
-            "files": [], **fields}
+from conftest import WSWARM, Repo, events, task, wait_for, wswarm
+from live_run import WAITING_AGENT, LiveRun, need_tool
 
 
 def popen(repo: Repo, *args: str) -> subprocess.Popen[str]:
@@ -149,9 +144,7 @@ def test_command_agent_output_becomes_throttled_activity(repo: Repo, agent_scrip
     res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", noisy)
     assert res.returncode == 0, res.stderr
     seconds = time.monotonic() - started
-    run = sorted((repo.state_dir / "runs").iterdir())[-1]
-    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    said = [e for e in events if e["kind"] == "agent-activity"]
+    said = [e for e in events(repo) if e["kind"] == "agent-activity"]
     assert all(e["task"] == "noisy" and e["attempt"] == 1 and e["agent"] == "command" for e in said)
     texts = [e["text"] for e in said]
     assert all("\x1b" not in t and "\r" not in t for t in texts)
