@@ -114,6 +114,14 @@ def agent_script(tmp_path: Path) -> Iterator[Any]:
     yield make
 
 
+@pytest.fixture
+def rec_dir(tmp_path: Path) -> Path:
+    """A folder outside the repository where agents record what they saw (tests/swarm_run.py)."""
+    path = tmp_path / "rec"
+    path.mkdir()
+    return path
+
+
 def write_plan(path: Path, tasks: list[dict[str, Any]]) -> Path:
     path.write_text(json.dumps(tasks, indent=2))
     return path
