@@ -25,6 +25,7 @@ from worktree_swarm.swarm.loop import SwarmOptions
 from worktree_swarm.util.types import RunId
 from worktree_swarm.swarm.session import Notify, RunResult, View, agent_resolver, drive
 from worktree_swarm.swarm.recovery import reconcile
+from worktree_swarm.store.events import EventKind
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = No
     except BaseException:
         store.close()
         raise
-    return carry_on(repo, store, driving, notify, view, event="run-resumed", says=f"resuming run {row.id}")
+    return carry_on(repo, store, driving, notify, view, event=EventKind.RUN_RESUMED, says=f"resuming run {row.id}")
 
 
 def locked_run(repo: Repo, run: str | None) -> RunStore:
@@ -93,7 +94,7 @@ def prepare(repo: Repo, row: RunRow, options: dict[str, Any]) -> Driving:
 
 
 def carry_on(repo: Repo, store: RunStore, driving: Driving, notify: Notify, view: View | None, *,
-             event: str, says: str, **data: Any) -> RunResult:
+             event: EventKind, says: str, **data: Any) -> RunResult:
     """Drive the locked run in STORE again: marked running, what a dead orchestrator left behind
     cleared, EVENT (with DATA) logged and SAYS told, then the swarm until the PR body is written."""
     row = store.run()

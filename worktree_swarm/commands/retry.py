@@ -19,6 +19,7 @@ from worktree_swarm.commands.resume import carry_on, locked_run, prepare
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import RunNotFoundError, UsageError
 from worktree_swarm.util.redact import redact_secrets
+from worktree_swarm.store.events import EventKind
 
 RETRYABLE = ("failed", "blocked")
 
@@ -72,7 +73,7 @@ def retry(*, cwd: Path, options: RetryOptions, notify: Notify, view: View | None
         raise
     if "agent_cmd" in overrides:
         overrides["agent_cmd"] = redact_secrets(str(overrides["agent_cmd"]))
-    return carry_on(repo, store, driving, notify, view, event="run-retried",
+    return carry_on(repo, store, driving, notify, view, event=EventKind.RUN_RETRIED,
                     says=f"retrying run {row.id}: {', '.join(chosen)}", tasks=chosen, overrides=overrides or None)
 
 

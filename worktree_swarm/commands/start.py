@@ -26,6 +26,7 @@ from worktree_swarm.store.run_store import RunStore, ensure_writable, runs_dir
 from worktree_swarm.swarm.loop import SwarmOptions
 from worktree_swarm.util.types import RunId
 from worktree_swarm.swarm.session import Notify, RunResult, View, agent_resolver, drive, slots_needed
+from worktree_swarm.store.events import EventKind
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         (run_dir / layout.PLAN).write_text(plan.to_file_json() + "\n", encoding="utf-8")
     if options.planner_usage:
         store.add_run_cost(float(options.planner_usage.get("cost_usd") or 0.0))
-        store.event("planned", run=run_id, **options.planner_usage)
-    store.event("run-started", run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
+        store.event(EventKind.PLANNED, run=run_id, **options.planner_usage)
+    store.event(EventKind.RUN_STARTED, run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
     slots = slots_needed(plan, store, swarm_options.agents)
     at_once = f" (at most {slots} at once: the plan allows no more)" if slots < swarm_options.agents else ""
     notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")

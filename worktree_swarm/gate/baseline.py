@@ -16,6 +16,7 @@ from dataclasses import replace
 from worktree_swarm.config import CheckConfig
 from worktree_swarm.gate.detect import is_detected
 from worktree_swarm.gate.report import NEW_FAILURES, CheckResult, line_key, normalise_paths, parse_output, tail
+from worktree_swarm.store.events import EventKind
 
 _MAX_SHOWN = 30
 
@@ -72,6 +73,6 @@ class BaseFailing:
             if check.name in self._told:
                 return
             self._told.add(check.name)
-        self._emit("base-failing", check=check.name, commit=commit, failures=len(failure_keys(output)),
+        self._emit(EventKind.BASE_FAILING, check=check.name, commit=commit, failures=len(failure_keys(output)),
                    detected=is_detected(check))
 

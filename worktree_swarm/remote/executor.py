@@ -26,6 +26,7 @@ from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
 from worktree_swarm.store import layout
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
+from worktree_swarm.store.events import EventKind, kind_of
 
 T = TypeVar("T")
 CONSUMER = "integrator"
@@ -76,7 +77,7 @@ class RedisExecutor(Executor):
                     raise
         self.client.delete(self.names.stopped(self.run))
         self.client.sadd(self.names.runs, self.run)
-        self.store.event("distributed", repository=self.names.repo, remote=self.remote, lease_s=self.lease)
+        self.store.event(EventKind.DISTRIBUTED, repository=self.names.repo, remote=self.remote, lease_s=self.lease)
 
     # -- the interface ---------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class RedisExecutor(Executor):
         def note(exc: Exception) -> None:
             nonlocal said
             if not said:
-                self.store.event("redis-unreachable", error=str(exc)[:200])
+                self.store.event(EventKind.REDIS_UNREACHABLE, error=str(exc)[:200])
                 said = True
 
         return retrying(fn, for_s=4 * self.lease, on_wait=note)
@@ -151,7 +152,7 @@ class RedisExecutor(Executor):
         try:
             gitwire.delete_run_refs(self.repo, self.remote, self.run)
         except CommandError as exc:
-            self.store.event("cleanup-failed", error=f"the run's refs on {self.remote}: {str(exc).splitlines()[0]}")
+            self.store.event(EventKind.CLEANUP_FAILED, error=f"the run's refs on {self.remote}: {str(exc).splitlines()[0]}")
 
     # -- what comes back -------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class RedisExecutor(Executor):
         try:
             kind, body = p.unseal_any(self.key, fields, kinds=("event", "phase"))
         except p.Refused as exc:
-            self.store.event("remote-refused", stream="events", reason=str(exc))
+            self.store.event(EventKind.REMOTE_REFUSED, stream="events", reason=str(exc))
             return
         live = self._current(body)
         if live is None:
@@ -174,20 +175,24 @@ class RedisExecutor(Executor):
             if phase:
                 self._phases.append((task, phase))
             return
-        kind = str(body.get("kind") or "remote-event")
+        event = kind_of(body.get("kind"))
+        if event is None:     # not a kind wswarm knows: a worker of another make, or a forged entry
+            self.store.event(EventKind.REMOTE_REFUSED, stream="events", reason=f"unknown event kind {body.get('kind')!r}",
+                             worker=worker)
+            return
         extra = {k: v for k, v in data.items() if k not in OWN_FIELDS}
         extra["worker"] = worker
-        self.store.event(kind, task, **extra)
+        self.store.event(event, task, **extra)
 
     def _outcome(self, fields: dict[bytes, bytes]) -> Outcome | None:
         try:
             body = p.unseal(self.key, fields, kind="outcome")
         except p.Refused as exc:
-            self.store.event("remote-refused", stream="outcomes", reason=str(exc))
+            self.store.event(EventKind.REMOTE_REFUSED, stream="outcomes", reason=str(exc))
             return None
         live = self._current(body)
         if live is None:
-            self.store.event("remote-result-rejected", body.get("task") if isinstance(body.get("task"), str) else None,
+            self.store.event(EventKind.REMOTE_RESULT_REJECTED, body.get("task") if isinstance(body.get("task"), str) else None,
                              attempt=body.get("n"), worker=body.get("worker"),
                              reason="its attempt was taken back and handed out again, or already settled")
             return None
@@ -253,7 +258,7 @@ class RedisExecutor(Executor):
                 continue
             worker = self._live[key].worker or "unknown"
             reason = f"interrupted: worker {worker} sent no heartbeat for {self.lease:g}s; its attempt was taken back"
-            self.store.event("attempt-reclaimed", key[0], attempt=key[1], worker=worker, reason=reason)
+            self.store.event(EventKind.ATTEMPT_RECLAIMED, key[0], attempt=key[1], worker=worker, reason=reason)
             out.append(self._interrupted(key, reason))
         return out
 

@@ -40,6 +40,7 @@ from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError, WswarmError
 from worktree_swarm.util.redact import secret_env_values
 from worktree_swarm.util.types import RunId
+from worktree_swarm.store.events import EventKind
 
 REGISTER_EVERY = 2.0            # seconds between updates of this worker's entry for `wswarm workers`
 REGISTRY_TTL = 30               # seconds it outlives a worker that stopped without saying so
@@ -72,7 +73,7 @@ class StreamLog:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def event(self, kind: str, task: str | None = None, **data: Any) -> object:
+    def event(self, kind: EventKind, task: str | None = None, **data: Any) -> object:
         a = self.held.assignment
         self.worker.tell(self.worker.names.events(a.run), "event",
                          p.event_body(a.run, a.token, self.worker.name, kind, task, data))

@@ -34,6 +34,7 @@ from worktree_swarm.swarm.scheduler import ACTIVE
 from worktree_swarm.util.types import RunId
 from worktree_swarm.store import layout
 from worktree_swarm.store.layout import runs_dir
+from worktree_swarm.store.events import EventKind
 
 SCHEMA_VERSION = 2
 # What each version adds to the one before; a run made by an older wswarm is brought up to date
@@ -340,7 +341,7 @@ class RunStore:
 
     # -- events --------------------------------------------------------------------------------
 
-    def event(self, kind: str, task: str | None = None, **data: Any) -> dict[str, Any]:
+    def event(self, kind: EventKind, task: str | None = None, **data: Any) -> dict[str, Any]:
         """Append one event to events.jsonl and return it."""
         record: dict[str, Any] = {"ts": round(time.time(), 3), "kind": kind}
         if task is not None:

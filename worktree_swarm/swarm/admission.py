@@ -13,9 +13,10 @@ from typing import Any
 import psutil
 
 from worktree_swarm.config import LimitsConfig
+from worktree_swarm.store.events import EventKind
 
 # How the throttle reports: an event kind and its data (the run's store.event).
-EventSink = Callable[[str, dict[str, Any]], object]
+EventSink = Callable[[EventKind, dict[str, Any]], object]
 # wswarm's folder is walked at most this often: in a large repository every slot holds tens of
 # thousands of files.
 DISK_WALK_EVERY = 10.0
@@ -128,7 +129,7 @@ class Throttle:
         refusal = self.admission.refusal()
         if refusal is None:
             if self.waiting is not None:
-                self.event("resources-available", {"waited_s": round(time.monotonic() - self._since, 3)})
+                self.event(EventKind.RESOURCES_AVAILABLE, {"waited_s": round(time.monotonic() - self._since, 3)})
                 self.waiting = None
             return True
         if running == 0:
@@ -137,7 +138,7 @@ class Throttle:
         if self.waiting is None or self.waiting.limit != refusal.limit:
             if self.waiting is None:
                 self._since = time.monotonic()
-            self.event("waiting-for-resources", {"limit": refusal.limit, "reason": refusal.reason,
+            self.event(EventKind.WAITING_FOR_RESOURCES, {"limit": refusal.limit, "reason": refusal.reason,
                                                  "running": running})
         self.waiting = refusal
         return False

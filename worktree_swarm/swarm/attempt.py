@@ -36,6 +36,7 @@ from worktree_swarm.plan import Task
 from worktree_swarm.sandbox import Confinement
 from worktree_swarm.store import layout
 from worktree_swarm.util.types import BranchName, RunId, Sha
+from worktree_swarm.store.events import EventKind
 
 
 @dataclass
@@ -73,7 +74,7 @@ class AttemptLog(Protocol):
     def attempt_dir(self, task_id: str, n: int) -> Path:
         """The attempt's folder (made if missing): prompts, logs, gate.json."""
 
-    def event(self, kind: str, task: str | None = None, **data: Any) -> object:
+    def event(self, kind: EventKind, task: str | None = None, **data: Any) -> object:
         """Record one event of the run."""
 
 
@@ -140,19 +141,19 @@ class AttemptRunner:
         if self.config.worktree.setup:
             # A slot whose setup inputs are unchanged since it last ran the step keeps its environment.
             if not self.pool.setup_needed(worktree):
-                self.store.event("setup-skipped", task.id, attempt=out.n, reason="setup inputs unchanged")
+                self.store.event(EventKind.SETUP_SKIPPED, task.id, attempt=out.n, reason="setup inputs unchanged")
             elif not self._setup(out, worktree, adir, env, cancel):
                 return out
             else:
                 self.pool.setup_done(worktree)
-        self.store.event("agent-started", task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
+        self.store.event(EventKind.AGENT_STARTED, task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         git_link = _read_link(worktree)
         result = agent.run(request, cancel=cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
         out.summary = redact_secrets(result.summary, known=self.secret_values)
         out.cost_usd = result.cost_usd
         out.usage = result.usage()
-        self.store.event("agent-finished", task.id, attempt=out.n, agent=agent.name, ok=result.ok,
+        self.store.event(EventKind.AGENT_FINISHED, task.id, attempt=out.n, agent=agent.name, ok=result.ok,
                          exit_code=result.exit_code, error=result.error, **out.usage)
         if result.cancelled:
             out.kind, out.reason = "interrupted", "interrupted"
@@ -185,7 +186,7 @@ class AttemptRunner:
             return out
         generated = self._commit_leftovers(task, out.n, worktree)
         if generated:
-            self.store.event("leftovers-excluded", task.id, attempt=out.n,
+            self.store.event(EventKind.LEFTOVERS_EXCLUDED, task.id, attempt=out.n,
                              files=[redact_secrets(p) for p in _summary(generated)])
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
         residue.remove(worktree, generated)
@@ -209,7 +210,7 @@ class AttemptRunner:
             return out
         out.changes = changed_files(self.repo, base, out.head)
         self.report(task.id, {"gating": True})
-        self.store.event("gate-started", task.id, attempt=out.n, agent=agent.name,
+        self.store.event(EventKind.GATE_STARTED, task.id, attempt=out.n, agent=agent.name,
                          files=[redact_secrets(c.path) for c in out.changes])
         # The base is checked only when a check fails, in a worktree of its own, through the cache.
         base_probe = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--{encode(task.id)}--{out.n}--base",
@@ -232,7 +233,7 @@ class AttemptRunner:
         finally:
             base_probe.close()
         (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
-        self.store.event("gate-finished", task.id, attempt=out.n, agent=agent.name, verdict=report.verdict,
+        self.store.event(EventKind.GATE_FINISHED, task.id, attempt=out.n, agent=agent.name, verdict=report.verdict,
                          summary=report.summary())
         out.report = report
         if cancel.is_set() and not report.passed:
@@ -288,7 +289,7 @@ class AttemptRunner:
     def _activity(self, task_id: str, n: int, agent: str, line: str) -> None:
         text = redact_secrets(line.strip(), known=self.secret_values)[:300]
         if text:
-            self.store.event("agent-activity", task_id, attempt=n, agent=agent, text=text)
+            self.store.event(EventKind.AGENT_ACTIVITY, task_id, attempt=n, agent=agent, text=text)
 
     def _timeout(self, task: Task) -> float:
         named = self.config.agents.named.get(task.agent or self.config.agents.default)

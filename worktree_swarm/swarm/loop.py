@@ -41,6 +41,7 @@ from worktree_swarm.swarm.scheduler import ACTIVE, AttemptKind, Decision, Overla
 from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.util.types import BranchName, RunId, Sha
 from worktree_swarm.store import layout
+from worktree_swarm.store.events import EventKind
 
 FEEDBACK_DIFF_LINES = 200
 
@@ -79,7 +80,7 @@ class Swarm:
         # The one owner of the integration branch: it moves only from the head this run recorded.
         self.train = Integration(repo, store)
         for note in self.train.recover():
-            store.event("integration-recovered", detail=note)
+            store.event(EventKind.INTEGRATION_RECOVERED, detail=note)
         self.cancel = threading.Event()
         self.pool_root = pool_root
         self.merge_gate: str | None = None     # passed | failed | unverified, once judged
@@ -142,7 +143,7 @@ class Swarm:
                 task.attempts[landed.n] = AttemptKind.MERGED
                 self.store.finish_attempt(row.id, landed.n, outcome="merged", finished=landed.finished)
                 self.store.set_task(row.id, status="merged", merge_commit=merges[str(landed.head)], reason=None)
-                self.store.event("merged", row.id, attempt=landed.n, commit=merges[str(landed.head)],
+                self.store.event(EventKind.MERGED, row.id, attempt=landed.n, commit=merges[str(landed.head)],
                                  recovered=True)
             gated = mine[-1] if mine and mine[-1].outcome == "gated" and landed is None else None
             if gated is not None and task.status != TaskStatus.MERGED:
@@ -195,7 +196,7 @@ class Swarm:
         while self._recovered:
             a = self._recovered.pop(0)
             files = json.loads(a.files or "[]")
-            self.store.event("merge-recovered", a.task_id, attempt=a.n)
+            self.store.event(EventKind.MERGE_RECOVERED, a.task_id, attempt=a.n)
             # The summary is what the agent's log ends with, as when the attempt first finished.
             log = self.store.attempt_dir(a.task_id, a.n) / layout.AGENT_LOG
             summary = redact_secrets(last_lines(log, 5), known=self.secret_values)
@@ -251,7 +252,7 @@ class Swarm:
         base = Sha(self.store.run().base)
         if head == base or not any(not c.affected for c in self.config.gate.checks):
             return False
-        self.store.event("merge-gate-started", commit=head)
+        self.store.event(EventKind.MERGE_GATE_STARTED, commit=head)
         prober = Prober(self.repo, self.config, self.pool_root / f"{self.run_id}--merge-gate",
                         env={"WSWARM_RUN_ID": self.run_id, "WSWARM_PORT": str(self._free_port())},
                         log_dir=self.store.dir / layout.MERGE_GATE, cache=self.cache, cancel=self.cancel,
@@ -264,12 +265,12 @@ class Swarm:
         self.store.set_run(merge_gate=verdict.report.to_json())
         if verdict.guilty is None or verdict.rebuilt is None:
             reason = "" if verdict.report.passed else "the base fails these checks too; nothing to blame"
-            self.store.event(f"merge-gate-{self.merge_gate}", commit=head, reason=reason or None)
+            self.store.event(EventKind(f"merge-gate-{self.merge_gate}"), commit=head, reason=reason or None)
             return False
         self.train.move(verdict.rebuilt.head, reason="wswarm: eject a merge")
         by_head = {a.head: a for a in self.store.attempts() if a.outcome == "merged"}
         guilty = by_head[verdict.guilty.theirs]
-        self.store.event("merge-gate-failed", commit=head, guilty=guilty.task_id, new_head=verdict.rebuilt.head)
+        self.store.event(EventKind.MERGE_GATE_FAILED, commit=head, guilty=guilty.task_id, new_head=verdict.rebuilt.head)
         for drop in verdict.rebuilt.dropped:
             a = by_head[drop.merge.theirs]
             culprit = drop.why == "guilty"
@@ -279,7 +280,7 @@ class Swarm:
                       }[drop.why]
             self.store.finish_attempt(a.task_id, a.n, outcome="ejected", reason=reason, finished=a.finished)
             self.store.set_task(a.task_id, merge_commit=None)
-            self.store.event("ejected", a.task_id, attempt=a.n, reason=reason)
+            self.store.event(EventKind.EJECTED, a.task_id, attempt=a.n, reason=reason)
             feedback = (f"{reason}.\nThe merged result of all tasks failed these checks:\n\n{verdict.report.render()}"
                         if culprit else reason + ". Redo the work on top of the current integration head.")
             self._follow(a.task_id, a.n, self.sched.eject(a.task_id, a.n, culprit=culprit), reason, feedback)
@@ -299,7 +300,7 @@ class Swarm:
             if key in self._forecasts and self._forecasts[key].paths == f.paths:
                 continue
             other = f.other or "integration head"
-            self.store.event("conflict-forecast", f.key[0], attempt=f.key[1], other=other, files=list(f.paths),
+            self.store.event(EventKind.CONFLICT_FORECAST, f.key[0], attempt=f.key[1], other=other, files=list(f.paths),
                              messages=list(f.messages), head=latest.head)
             if self._restart(f):
                 continue
@@ -307,7 +308,7 @@ class Swarm:
                 self.executor.tell(f.key, {"message": _forecast_text(f, latest.head)})
         for key, f in self._forecasts.items():
             if key not in now and f.key in self._live:
-                self.store.event("conflict-forecast-cleared", f.key[0], attempt=f.key[1],
+                self.store.event(EventKind.CONFLICT_FORECAST_CLEARED, f.key[0], attempt=f.key[1],
                                  other=f.other or "integration head")
         self._forecasts = now
 
@@ -328,13 +329,13 @@ class Swarm:
         now = {h.task: (h.waiting_for, h.reason) for h in self.sched.held(head=self.train.head, now=time.monotonic())}
         for task_id, (waiting_for, why) in now.items():
             if self._held.get(task_id) != (waiting_for, why):
-                self.store.event("held", task_id, waiting_for=waiting_for, reason=why)
+                self.store.event(EventKind.HELD, task_id, waiting_for=waiting_for, reason=why)
         self._held = now
 
     def _block_dependents(self) -> None:
         for blocked in self.sched.block_dependents():
             self._record(blocked.task, reason=blocked.reason)
-            self.store.event("blocked", blocked.task, reason=blocked.reason)
+            self.store.event(EventKind.BLOCKED, blocked.task, reason=blocked.reason)
 
     def _stop_when_spent(self) -> None:
         """Past --max-cost no attempt starts: the tasks still waiting are blocked, saying why.
@@ -346,10 +347,10 @@ class Swarm:
         blocked = self.sched.stop_when_spent(spent=spent, limit=limit)
         if blocked and not self._spent_announced:
             self._spent_announced = True
-            self.store.event("spending-limit", spent_usd=round(spent, 6), max_cost_usd=limit)
+            self.store.event(EventKind.SPENDING_LIMIT, spent_usd=round(spent, 6), max_cost_usd=limit)
         for b in blocked:
             self._record(b.task, reason=b.reason)
-            self.store.event("blocked", b.task, reason=b.reason)
+            self.store.event(EventKind.BLOCKED, b.task, reason=b.reason)
 
     def _launch(self, task_id: str) -> None:
         self.train.verify()
@@ -362,7 +363,7 @@ class Swarm:
         self._launched[(task_id, n)] = time.monotonic()
         self._window.add((task_id, n))
         self._ports[(task_id, n)] = self._free_port()
-        self.store.event("attempt-started", task_id, attempt=n, branch=branch, start=start,
+        self.store.event(EventKind.ATTEMPT_STARTED, task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
         task = self.plan[task_id]
         self.executor.submit(AttemptRequest(task=task, n=n, branch=branch, start=start,
@@ -423,7 +424,7 @@ class Swarm:
         if not findings.changes:
             return
         who = sorted(set(ran) | set(scanned)) if any(c.kind == "checkout" for c in findings.changes) else ran
-        self.store.event("shared-state-changed", detail=findings.describe(), restored=findings.restored or None,
+        self.store.event(EventKind.SHARED_STATE_CHANGED, detail=findings.describe(), restored=findings.restored or None,
                          agents_running=[f"{t}#{n}" for t, n in who],
                          blamed=len(ran) == 1 and findings.git_state)
         if findings.git_state:
@@ -457,7 +458,7 @@ class Swarm:
                     "Your previous attempt was stopped early: its changes conflicted with work merged meanwhile "
                     f"into the integration branch, in {', '.join(restarted)}. This attempt starts from the "
                     "current integration head, which holds that work: build your change on top of it.")
-                self.store.event("restarted", task_id, attempt=out.n, files=list(restarted))
+                self.store.event(EventKind.RESTARTED, task_id, attempt=out.n, files=list(restarted))
             self.sched.finish(task_id, out.n, kind)
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
             self._record(task_id, reason=out.reason if restarted else "interrupted; will start again")
@@ -468,7 +469,7 @@ class Swarm:
             decision = self.sched.finish(task_id, out.n, kind, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason,
                                       gate=report_json, **stats)
-            self.store.event(kind, task_id, attempt=out.n, reason=out.reason,
+            self.store.event(EventKind(kind), task_id, attempt=out.n, reason=out.reason,
                              agent=self.agent_for(out.task).name, gate=out.report.summary() if out.report else None)
             self._retry_or_fail(out, decision, out.feedback)
             return
@@ -490,7 +491,7 @@ class Swarm:
             decision = self.sched.finish(task_id, out.n, AttemptKind.CONFLICT, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.CONFLICT, head=out.head, reason=reason,
                                       gate=report_json, **stats)
-            self.store.event("conflict", task_id, attempt=out.n, files=merged.conflicts,
+            self.store.event(EventKind.CONFLICT, task_id, attempt=out.n, files=merged.conflicts,
                              messages=merged.messages, agent=self.agent_for(out.task).name, gate=out.report.summary())
             self._retry_or_fail(out, decision, self._conflict_feedback(out, merged.conflicts, merged.messages))
             return
@@ -499,7 +500,7 @@ class Swarm:
         self.sched.finish(task_id, out.n, AttemptKind.MERGED)
         self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.MERGED, head=out.head, gate=report_json, **stats)
         self._record(task_id, merge_commit=merged.merge_commit, summary=out.summary, reason=None, worktree=None)
-        self.store.event("merged", task_id, attempt=out.n, commit=merged.merge_commit,
+        self.store.event(EventKind.MERGED, task_id, attempt=out.n, commit=merged.merge_commit,
                          files=[redact_secrets(path) for path in st.files],
                          agent=self.agent_for(out.task).name, gate=out.report.summary())
         self._release(out, keep=False)
@@ -515,7 +516,7 @@ class Swarm:
             if (task_id != merged and self.sched.status(task_id) == TaskStatus.RUNNING
                     and self.sched.overlaps(task_id, merged, unknown=True)):
                 self.executor.tell((task_id, n), item)
-                self.store.event("news", task_id, attempt=n, about=merged, head=head)
+                self.store.event(EventKind.NEWS, task_id, attempt=n, about=merged, head=head)
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
         assert out.head is not None
@@ -553,12 +554,12 @@ class Swarm:
             spent = self.sched.tasks[task_id].charged
             reason = f"{reason} (after {spent} attempt{'s' if spent != 1 else ''})"
             self._record(task_id, reason=reason)
-            self.store.event("failed", task_id, attempt=n, reason=reason)
+            self.store.event(EventKind.FAILED, task_id, attempt=n, reason=reason)
             return
         self.data[task_id].feedback = feedback
         (self.store.attempt_dir(task_id, n) / layout.NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
         self._record(task_id, reason=f"re-queued: {reason}", worktree=None)
-        self.store.event("requeued", task_id, attempt=n, reason=reason)
+        self.store.event(EventKind.REQUEUED, task_id, attempt=n, reason=reason)
 
     def _release(self, out: Outcome, *, keep: bool) -> None:
         self.executor.release(out, keep=keep)
@@ -566,7 +567,7 @@ class Swarm:
     def _reap(self) -> None:
         """Wait for every worktree removal; one that failed is reported, not hidden."""
         for error in self.executor.cleanup_errors():
-            self.store.event("cleanup-failed", error=error)
+            self.store.event(EventKind.CLEANUP_FAILED, error=error)
 
 
 def _cut(diff: str, limit: int = FEEDBACK_DIFF_LINES) -> str:

@@ -33,6 +33,7 @@ from worktree_swarm.swarm.attempt import AttemptRunner
 from worktree_swarm.swarm.executor import Executor, LocalExecutor
 from worktree_swarm.remote.setup import Distributed
 from worktree_swarm.util.redact import secret_env_values
+from worktree_swarm.store.events import EventKind
 
 Notify = Callable[[str], None]
 View = Callable[[RunStore], AbstractContextManager[object]]
@@ -95,13 +96,13 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
                 all_merged = swarm.run()
             except KeyboardInterrupt:
                 store.set_run(state="interrupted")
-                store.event("run-interrupted", run=row.id)
+                store.event(EventKind.RUN_INTERRUPTED, run=row.id)
                 raise Interrupted(f"interrupted: run {row.id} saved",
                                   hint=f"continue with: wswarm resume {row.id}") from None
             except IntegrationMovedError:
                 # Stopped, adopting nothing: the PR body says what was found; resume once it is put back.
                 store.set_run(state="interrupted")
-                store.event("run-stopped", run=row.id, reason="the integration branch was moved by another process")
+                store.event(EventKind.RUN_STOPPED, run=row.id, reason="the integration branch was moved by another process")
                 pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()),
                                    encoding="utf-8")
                 raise
@@ -112,7 +113,7 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
                                     hint=f"free some disk space, then continue with: wswarm resume {row.id}") from None
             pr_path.write_text(render_pr(store.run(), store.tasks(), store.attempts(), store.events()), encoding="utf-8")
             store.set_run(state="finished", finished=time.time())
-            store.event("run-finished", run=row.id, all_merged=all_merged, pr=str(pr_path))
+            store.event(EventKind.RUN_FINISHED, run=row.id, all_merged=all_merged, pr=str(pr_path))
         return RunResult(RunId(row.id), row.integration_branch, pr_path, all_merged)
     finally:
         if executor is not None:

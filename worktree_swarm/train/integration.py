@@ -12,6 +12,7 @@ from worktree_swarm.git.merge_tree import commit_tree, merge_tree
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.util.types import BranchName, Sha
+from worktree_swarm.store.events import EventKind
 
 
 class IntegrationMovedError(RefMovedError):
@@ -86,9 +87,9 @@ class Integration:
             return
         if found is None:
             self.repo.update_ref(self.branch, self.head, None, reason="wswarm: recreate the deleted integration branch")
-            self.store.event("integration-restored", branch=self.branch, head=self.head)
+            self.store.event(EventKind.INTEGRATION_RESTORED, branch=self.branch, head=self.head)
             return
-        self.store.event("integration-moved", branch=self.branch, expected=self.head, found=found)
+        self.store.event(EventKind.INTEGRATION_MOVED, branch=self.branch, expected=self.head, found=found)
         raise IntegrationMovedError(
             f"the integration branch {self.branch} was moved by something other than wswarm: it should be at "
             f"{self.head[:12]}, it is at {found[:12]}; nothing was merged on top of it",
