@@ -165,3 +165,49 @@ def test_restart_stops_an_attempt_heading_for_a_conflict_with_merged_work_and_do
     assert "stopped early" in feedback and "app/core.py" in feedback
     branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
     assert repo.show(branch, "app/core.py") == "VALUE = 'fast'\nOTHER = 'slow'"
+
+
+PAIR_AGENT = """
+runs = Path(os.environ["RUNS"])
+task, attempt = os.environ["WSWARM_TASK_ID"], os.environ["WSWARM_ATTEMPT"]
+core = Path("app/core.py")
+if attempt == "2":
+    core.write_text(core.read_text() + f"OTHER = '{task}'\\n")     # on top of what merged
+    sys.exit(0)
+core.write_text(f"VALUE = '{task}'\\n")
+if task == "older":
+    # at work until wswarm has stopped the younger one, then done
+    for _ in range(600):
+        logs = list(runs.glob("*/events.jsonl"))
+        if logs and '"kind": "restarted"' in logs[0].read_text():
+            break
+        time.sleep(0.05)
+else:
+    time.sleep(60)
+"""
+
+
+def test_restart_stops_the_younger_of_two_running_attempts_heading_for_each_other(
+        repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    repo.write("wswarm.toml", '[scheduler]\non_forecast = "restart"\n')
+    repo.commit_all("config")
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "older", "type": "general", "description": "d", "dependencies": [], "files": []},
+        {"id": "younger", "type": "general", "description": "d", "dependencies": [], "files": []}])
+
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "2", "--max-attempts", "1",
+                 "--agent-cmd", agent_script(PAIR_AGENT), env={"RUNS": str(repo.state_dir / "runs")})
+
+    assert res.returncode == 0, res.stderr
+    tasks = {t["id"]: t for t in wswarm(repo.path, "status", "--json").json()["tasks"]}
+    assert (tasks["older"]["attempts"], tasks["younger"]["attempts"]) == (1, 2)
+    [run] = (repo.state_dir / "runs").iterdir()
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    [restarted] = [e for e in events if e["kind"] == "restarted"]
+    assert (restarted["task"], restarted["other"], restarted["files"]) == ("younger", "older", ["app/core.py"])
+    kinds = [(e["kind"], e.get("task"), e.get("attempt")) for e in events]
+    # its second attempt started only once the older one had merged: no conflict, nothing charged
+    assert kinds.index(("attempt-started", "younger", 2)) > kinds.index(("merged", "older", 1))
+    assert not any(e["kind"] == "conflict" for e in events)
+    branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
+    assert repo.show(branch, "app/core.py") == "VALUE = 'older'\nOTHER = 'younger'"

@@ -107,7 +107,7 @@ class Swarm:
                                retry_wait=config.scheduler.retry_wait or options.agent_timeout)
         self._held: dict[str, tuple[str, str]] = {}    # task -> (waiting for, why), as last announced
         self._forecasts: dict[tuple[str, int, str], Forecast] = {}   # (task, attempt, other) -> standing forecast
-        self._restarting: dict[tuple[str, int], tuple[str, ...]] = {}  # attempts stopped to start again, and why
+        self._restarting: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}  # stopped to start again: with, where
         self._launched: dict[tuple[str, int], float] = {}              # when each running attempt started
         self.executor_stopping = False
         self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
@@ -313,15 +313,23 @@ class Swarm:
         self._forecasts = now
 
     def _restart(self, f: Forecast) -> bool:
-        """on_forecast = restart: an attempt heading for a conflict with work already merged, young enough
-        (under restart_share of its timeout), is stopped and starts again from the new head, not charged."""
+        """on_forecast = restart: an attempt heading for a conflict, young enough (under restart_share of its
+        timeout), is stopped, not charged. One heading for work already merged starts again from the new
+        head at once; of two running attempts heading for each other, the younger is stopped and waits for
+        the other to settle, then starts from the head that holds its work."""
         settings = self.config.scheduler
-        task_id, n = f.key
-        young = time.monotonic() - self._launched.get(f.key, 0.0) < settings.restart_share * self.options.agent_timeout
-        if (settings.on_forecast != "restart" or f.other or not young or f.key in self._restarting
-                or self.sched.status(task_id) != TaskStatus.RUNNING or not self.executor.restart(f.key)):
+        task_id, _ = f.key
+        started = self._launched.get(f.key, 0.0)
+        if settings.on_forecast != "restart" or f.key in self._restarting:
             return False
-        self._restarting[f.key] = f.paths
+        if f.other:
+            mate = next((key for key in self._live if key[0] == f.other), None)
+            if mate is None or self._launched.get(mate, 0.0) > started or mate in self._restarting:
+                return False        # the other one is the younger: it is the one to stop
+        young = time.monotonic() - started < settings.restart_share * self.options.agent_timeout
+        if not young or self.sched.status(task_id) != TaskStatus.RUNNING or not self.executor.restart(f.key):
+            return False
+        self._restarting[f.key] = (f.other, f.paths)
         return True
 
     def _announce_held(self) -> None:
@@ -451,15 +459,21 @@ class Swarm:
         self.sched.learn(task_id, (c.path for c in out.changes))
         if kind == AttemptKind.INTERRUPTED:
             restarted = self._restarting.pop((task_id, out.n), None)
-            if restarted is not None and not self.executor_stopping:
-                out.reason = ("restarted: its work conflicted with work merged meanwhile in " + ", ".join(restarted) +
-                              "; it starts again from the new integration head")
-                self.data[task_id].feedback = (
-                    "Your previous attempt was stopped early: its changes conflicted with work merged meanwhile "
-                    f"into the integration branch, in {', '.join(restarted)}. This attempt starts from the "
-                    "current integration head, which holds that work: build your change on top of it.")
-                self.store.event(EventKind.RESTARTED, task_id, attempt=out.n, files=list(restarted))
             self.sched.finish(task_id, out.n, kind)
+            if restarted is not None and not self.executor_stopping:
+                other, paths = restarted
+                where = ", ".join(paths)
+                whose = f"what task '{other}' is changing" if other else "work merged meanwhile"
+                out.reason = (f"restarted: its work conflicted with {whose} in {where}; it starts again from "
+                              + ("the integration head once that task settles" if other else "the new integration head"))
+                self.data[task_id].feedback = (
+                    f"Your previous attempt was stopped early: its changes conflicted with {whose}, in {where}. "
+                    "This attempt starts from the current integration head, which holds that work: build your "
+                    "change on top of it.")
+                self.store.event(EventKind.RESTARTED, task_id, attempt=out.n, other=other or "integration head",
+                                 files=list(paths))
+                if other:       # not from this head again while the other one still runs
+                    self.sched.defer(task_id, head=self.train.head, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
             self._record(task_id, reason=out.reason if restarted else "interrupted; will start again")
             self._release(out, keep=False)

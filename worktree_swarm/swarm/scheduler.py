@@ -248,6 +248,11 @@ class Scheduler:
             state.failed_head, state.wait_until = state.start_head, now + self.retry_wait
         return decision
 
+    def defer(self, task: str, *, head: str, now: float) -> None:
+        """Pending TASK does not start again from HEAD while overlapping work still runs (up to retry_wait)."""
+        state = self.tasks[task]
+        state.failed_head, state.wait_until = head, now + self.retry_wait
+
     def eject(self, task: str, n: int, *, culprit: bool) -> Decision:
         """Attempt N's merge was taken out of the integration branch. The culprit's attempt is spent
         (its budget decides); one ejected only for being built on the culprit is redone freely."""
