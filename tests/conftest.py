@@ -178,6 +178,14 @@ def events(repo: Repo, run: str | None = None, *, after_kill: bool = False) -> l
     return out
 
 
+def agent_pid_recorded(repo: Repo, task_id: str, attempt: int = 1) -> bool:
+    """Whether the only run has started the attempt's agent and recorded its pid (and its start time,
+    the line's end), as `wswarm resume` reads it to stop an agent its orchestrator left behind."""
+    runs = repo.state_dir / "runs"
+    path = next(runs.glob(f"*/attempts/{task_id}/{attempt}/agent.pid"), None) if runs.is_dir() else None
+    return path is not None and path.read_text().endswith("\n")
+
+
 def wait_for(check: Callable[[], Any], *, timeout: float = 30, what: str = "condition") -> Any:
     """CHECK's first true value, asked every 50 ms; the test fails if none comes within TIMEOUT seconds."""
     deadline = time.monotonic() + timeout

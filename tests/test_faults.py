@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, assert_cleans_up, events, wswarm, write_plan
+from conftest import WSWARM, Repo, agent_pid_recorded, alive, assert_cleans_up, events, wait_for, wswarm, write_plan
 
 # Agents record their pid, take a moment, then write their own file; "b" builds on "a".
 AGENT = """
@@ -103,11 +103,9 @@ def test_resume_stops_an_orphaned_agent(repo: Repo, agent_script: object, tmp_pa
     proc = subprocess.Popen([*WSWARM, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT)],  # type: ignore[operator]
                             cwd=repo.path, env=dict(os.environ, **env, AGENT_SLEEP="60"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not ((pids / "a-1").exists() and (pids / "c-1").exists()):   # a and c run side by side
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.1)
+    # a and c run side by side (each wrote its pid), and the orchestrator has recorded both (as resume reads them).
+    wait_for(lambda: all((pids / f"{t}-1").exists() and (pids / f"{t}-1").read_text() != ""
+                         and agent_pid_recorded(repo, t) for t in "ac"), what="agents a and c running")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     orphans = [int((pids / name).read_text()) for name in ("a-1", "c-1")]

@@ -27,7 +27,14 @@ feedback = os.environ.get("WSWARM_FEEDBACK")
 if tid == "rename":
     Path("app/lib.py").write_text("def g():\\n    return 1\\n")
 elif tid == "use":
-    time.sleep(1.5)  # merge after "rename", so the train is: rename, use
+    # Finish once "rename" is merged, so the train is: rename, use.
+    import subprocess
+    branch = "wswarm/" + os.environ["WSWARM_RUN_ID"] + "/integration"
+    deadline = time.time() + 60
+    while "wswarm: merge rename" not in subprocess.run(["git", "log", "--format=%s", branch], capture_output=True,
+                                                       text=True).stdout:
+        assert time.time() < deadline, "rename was never merged"
+        time.sleep(0.05)
     name = "g as f" if feedback else "f"
     Path("app/use.py").write_text(f"from app.lib import {name}\\n\\ndef main():\\n    return f()\\n")
 else:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import WSWARM, Repo, alive, assert_cleans_up, idle_slots, status, wait_for, wswarm, write_plan
+from conftest import (WSWARM, Repo, agent_pid_recorded, alive, assert_cleans_up, events, idle_slots, run_dir, status,
+                      wait_for, wswarm, write_plan)
 
 # Each task appends its id to its own file; "slow" tasks wait long enough to be interrupted, and
 # record their pid so the test can prove no agent outlives the orchestrator.
@@ -47,6 +46,12 @@ def start_in_background(repo: Repo, agent: str, pids: Path) -> subprocess.Popen[
                             cwd=repo.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def running(repo: Repo, pids: Path, task_id: str) -> bool:
+    """The task's first agent has written its pid, and the orchestrator has recorded it too."""
+    own = pids / f"{task_id}-1"
+    return own.exists() and own.read_text() != "" and agent_pid_recorded(repo, task_id)
+
+
 def agent_pids(pids: Path) -> list[int]:
     return [int(p.read_text()) for p in pids.iterdir() if p.name != "go" and p.read_text()]
 
@@ -58,8 +63,7 @@ def test_interrupt_saves_state_kills_agents_and_resume_finishes(repo: Repo, agen
     pids.mkdir()
     agent = agent_script(AGENT)  # type: ignore[operator]
     proc = start_in_background(repo, agent, pids)
-    wait_for(lambda: (pids / "slow-a-1").exists() and (pids / "slow-b-1").exists())
-    time.sleep(0.3)
+    wait_for(lambda: all(running(repo, pids, task) for task in ("slow-a", "slow-b")), what="both slow agents running")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -88,7 +92,7 @@ def test_sigkill_never_leaves_a_running_status(repo: Repo, agent_script: object,
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = start_in_background(repo, agent_script(AGENT), pids)  # type: ignore[operator]
-    wait_for(lambda: (pids / "slow-a-1").exists() and (pids / "slow-b-1").exists())
+    wait_for(lambda: all(running(repo, pids, task) for task in ("slow-a", "slow-b")), what="both slow agents running")
     proc.kill()
     proc.communicate(timeout=10)
     data = status(repo)
@@ -116,8 +120,7 @@ def test_a_merge_recorded_in_git_but_not_in_state_is_not_merged_twice(repo: Repo
     res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent_script(AGENT),  # type: ignore[operator]
                  env={"PIDS": str(pids)})
     assert res.returncode == 0, res.stderr
-    run_dir = next((repo.state_dir / "runs").iterdir())
-    db = sqlite3.connect(run_dir / "state.db")
+    db = sqlite3.connect(run_dir(repo) / "state.db")
     with db:
         db.execute("UPDATE run SET state = 'running'")
         db.execute("UPDATE tasks SET status = 'merging', merge_commit = NULL WHERE id = 'last'")
@@ -131,8 +134,7 @@ def test_a_merge_recorded_in_git_but_not_in_state_is_not_merged_twice(repo: Repo
     assert not (pids / "last-2").exists()
     last = next(t for t in status(repo)["tasks"] if t["id"] == "last")
     assert last["status"] == "merged" and last["merge_commit"] == before
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert any(e["kind"] == "merged" and e.get("recovered") for e in events)
+    assert any(e["kind"] == "merged" and e.get("recovered") for e in events(repo))
 
 
 def test_resume_refuses_a_finished_run_and_a_live_one(repo: Repo, agent_script: object, tmp_path: Path) -> None:

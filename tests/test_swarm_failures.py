@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import Repo, alive, events, git, idle_slots, run_dir, status, task
+from conftest import Repo, alive, events, git, idle_slots, run_dir, status, task, wait_for
 from swarm_run import AgentScript, attempt_dir, by_id, make_agent, rec_env, recorded, start
 
 
@@ -90,10 +90,7 @@ def test_timeout_kills_the_agent_and_its_children(repo: Repo, agent_script: Agen
     assert [e["kind"] for e in events(repo, st["run"]) if e.get("task") == "slow"][-2:] == ["timeout", "failed"]
     assert (attempt_dir(repo, st, "slow", 1) / "agent.log").read_text() == "started a child\n"
     pids = [int(p) for p in recorded(rec_dir, "slow", 1, "pids").split()]
-    deadline = time.monotonic() + 5
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [alive(p) for p in pids] == [False, False]
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=5, what="the agent and its child to be gone")
     assert repo.git("rev-parse", st["integration_branch"]) == st["base"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -18,6 +19,19 @@ from conftest import WSWARM, Repo, events, task, wait_for, wswarm
 from live_run import WAITING_AGENT, LiveRun, need_tool
 
 
+def read_until(proc: subprocess.Popen[str], text: str, *, timeout: float = 30) -> str:
+    """What PROC printed until TEXT showed (read from the pipe itself, so communicate() gets the rest)."""
+    assert proc.stdout is not None
+    fd, got, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while text.encode() not in got:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} within {timeout}s; printed so far: {got.decode()!r}"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"the output ended before {text!r}: {got.decode()!r}"
+        got += chunk
+    return got.decode()
+
+
 def popen(repo: Repo, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*WSWARM, *args], cwd=repo.path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -28,11 +42,12 @@ def test_status_watch_follows_a_live_run_to_its_end(repo: Repo, agent_script: An
     try:
         run.wait_event("agent-started", "a")
         watcher = popen(repo, "status", "--watch")
-        time.sleep(0.5)
-        assert watcher.poll() is None                  # it waits while the run goes on
+        seen = read_until(watcher, "agent-started")    # it has printed the run so far
+        assert watcher.poll() is None                  # and waits while the run goes on
         code, _, err = run.finish()
         assert code == 0, err
         out, werr = watcher.communicate(timeout=30)    # and ends by itself when the run does
+        out = seen + out
     finally:
         run.stop()
     assert watcher.returncode == 0, werr
@@ -101,10 +116,11 @@ def test_logs_follow_prints_new_output_and_new_attempts(repo: Repo, agent_script
         run.release("flaky.1")                         # attempt 1 gives up; attempt 2 waits
         wait_for(lambda: any(e["kind"] == "agent-started" and e.get("attempt") == 2 for e in run.events()),
                  what="attempt 2")
-        time.sleep(0.5)
+        seen = read_until(follower, "==> attempt 2: agent.log <==")
         assert follower.poll() is None                 # the task is not settled: it keeps following
         run.release("flaky")
         out, err = follower.communicate(timeout=30)    # ends when the task merged
+        out = seen + out
         assert follower.returncode == 0, err
         assert run.proc.poll() is None                 # while `other` still runs
         code, _, err = run.finish()
@@ -169,10 +185,11 @@ def test_interrupting_a_run_shows_in_the_watcher(repo: Repo, agent_script: Any, 
     try:
         run.wait_event("agent-started", "x")
         watcher = popen(repo, "status", "--watch")
-        time.sleep(0.5)
+        seen = read_until(watcher, "agent-started")    # it has attached before the run stops
         os.kill(run.proc.pid, signal.SIGINT)
         assert run.proc.wait(timeout=30) == 130
         out, err = watcher.communicate(timeout=30)
+        out = seen + out
     finally:
         run.stop()
     assert watcher.returncode == 0, err
