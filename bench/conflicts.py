@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-news", action="store_true",
                         help="agents also act on $WSWARM_NEWS: on news of a merge they fast-forward their branch "
                              "to the merged head and rewrite their line on top of it")
+    parser.add_argument("--on-forecast", choices=("notify", "restart"), default="notify",
+                        help="the compared side's on_forecast (default notify, the default)")
     parser.add_argument("--max-attempts", type=int, default=5, metavar="A", help="attempts per task (default 5)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp", type=Path, default=default_tmp(), metavar="DIR",
                         help="where to generate them (default /dev/shm when it exists)")
     args = parser.parse_args(argv)
+    POLICIES["defaults"] = POLICIES["defaults"].replace('on_forecast = "notify"', f'on_forecast = "{args.on_forecast}"')
     if args.tasks < 2 or args.repeat < 1 or args.steps < 1 or any(k < 1 for k in args.agents):
         parser.error("--tasks must be at least 2, --repeat, --steps and --agents at least 1")
     if not 0 <= args.collide <= 1 or not 0 < args.min <= args.max:
