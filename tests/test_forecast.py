@@ -211,3 +211,20 @@ def test_restart_stops_the_younger_of_two_running_attempts_heading_for_each_othe
     assert not any(e["kind"] == "conflict" for e in events)
     branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
     assert repo.show(branch, "app/core.py") == "VALUE = 'older'\nOTHER = 'younger'"
+
+
+def test_a_bug_in_a_forecast_round_reaches_the_loop_instead_of_stopping_forecasts_silently(repo: Repo) -> None:
+    from worktree_swarm.swarm import forecast as fc
+
+    def broken() -> dict[tuple[str, int], tuple[Path, Sha]]:
+        raise RuntimeError("a bug")
+
+    forecaster = fc.Forecaster(GitRepo.discover(repo.path), running=broken, head=lambda: Sha("0" * 40))
+    forecaster.start()
+    forecaster._thread.join(timeout=30)
+    try:
+        forecaster.take()
+    except RuntimeError as exc:
+        assert str(exc) == "a bug"
+    else:
+        raise AssertionError("the round's error was swallowed")

@@ -121,6 +121,7 @@ class Forecaster:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._latest: Round | None = None
+        self._error: BaseException | None = None     # a bug in a round: raised in the loop, not swallowed
         self.rounds = 0
         self.busy = 0.0            # seconds spent in rounds
         self._thread = threading.Thread(target=self._run, name="wswarm-forecast", daemon=True)
@@ -133,12 +134,20 @@ class Forecaster:
         self._thread.join()
 
     def take(self) -> Round | None:
-        """The newest round not taken yet."""
+        """The newest round not taken yet. A round that failed unexpectedly raises its error here."""
+        if self._error is not None:
+            raise self._error
         with self._lock:
             latest, self._latest = self._latest, None
             return latest
 
     def _run(self) -> None:
+        try:
+            self._rounds()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread, which raises it
+            self._error = exc
+
+    def _rounds(self) -> None:
         interval = MIN_INTERVAL
         while not self._stop.wait(interval):
             began = time.monotonic()
