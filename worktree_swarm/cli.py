@@ -6,7 +6,6 @@ before this module is loaded at all: see `__main__`.)"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -287,11 +286,11 @@ def status(
             _emit(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  {row['integration_branch']}")
         return
     from worktree_swarm.ui.live import attach, board
-    from worktree_swarm.util.textsafe import SafeConsole
 
     try:
         if watch_:
-            attach(loaded, SafeConsole(highlight=False, markup=False, emoji=False))
+            # A console that goes quiet when its reader does: `status --watch | head -2` ends with 0.
+            attach(loaded, output.console(soft_wrap=False))
         else:
             out.print(board(loaded))
     finally:
@@ -303,8 +302,9 @@ def pr(
     run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
     push: Annotated[str | None, typer.Option(metavar="REMOTE", help="Push the integration branch.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the PR with gh (needs --push).")] = False,
-    title: Annotated[str | None, typer.Option(help="The PR's title here. Default: the run's title "
-                                                   "(start --title, or its goal).")] = None,
+    title: Annotated[str | None, typer.Option(help="Retitle the run and its PR (kept for later pr and "
+                                                   "status). Default: the run's title (start --title, or "
+                                                   "its goal).")] = None,
 ) -> None:
     """Print the combined PR body; optionally push the branch and open the PR."""
     from worktree_swarm.commands import pr as prmod
@@ -313,17 +313,18 @@ def pr(
     from worktree_swarm.store.run_store import RunStore, find_run
 
     def go() -> str:
+        # Refusals first: a refused command keeps the run's title as it was.
+        if open_ and not push:
+            raise UsageError("--open needs --push REMOTE: the branch must be on the remote first")
+        kept = prmod.valid_title(title) if title is not None else None
         repo = Repo.discover(Path.cwd())
         store = RunStore.open(find_run(repo.state_dir, run_id))
         try:
-            row, tasks = store.run(), store.tasks()
-            if title is not None:
-                row = dataclasses.replace(row, options={**row.options, "title": title})
+            row = prmod.retitle(store, kept) if kept is not None else store.run()
+            tasks = store.tasks()
             body = prmod.render_pr(row, tasks, store.attempts(), store.events())
         finally:
             store.close()
-        if open_ and not push:
-            raise UsageError("--open needs --push REMOTE: the branch must be on the remote first")
         if push:
             prmod.push(repo, remote=push, branch=row.integration_branch)
             _notify(f"pushed {row.integration_branch} to {push}")

@@ -20,18 +20,20 @@ EXIT_INTERRUPTED = 130
 _STDERR: SafeConsole | None = None
 
 
-def console(*, stderr: bool = False) -> SafeConsole:
+def console(*, stderr: bool = False, soft_wrap: bool = True) -> SafeConsole:
     """A console whose reader may go away (`wswarm start | head -2`): the run is not stopped for it.
-    Much of what it shows was written by a model or an agent: never markup, never a control sequence."""
+    Once the reader is gone the console is `quiet`, and whoever writes only for that reader (a
+    watcher) can stop. Much of what it shows was written by a model or an agent: never markup, never
+    a control sequence."""
     from worktree_swarm.util.textsafe import SafeConsole
 
     class _Console(SafeConsole):
         def on_broken_pipe(self) -> None:
-            # rich's own exits the process (and points fd 1 at /dev/null whichever stream broke).
+            # rich's own exits the process with 1 (and points fd 1 at /dev/null whichever stream broke).
             self.quiet = True
             to_devnull(self.file)
 
-    return _Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    return _Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap, markup=False, emoji=False)
 
 
 def stderr_console() -> SafeConsole:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ from worktree_swarm.util.errors import CommandError, UsageError
 from worktree_swarm.gate.report import GateReport, findings_of
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.store.metrics import Figures, run_figures
-from worktree_swarm.store.run_store import AttemptRow, RunRow, TaskRow
+from worktree_swarm.store.run_store import AttemptRow, RunRow, RunStore, TaskRow
 from worktree_swarm.commands.status import last_finished, last_session, session_id
 from worktree_swarm.util.textsafe import md_cell, md_code, md_fence, md_text, one_line
 from worktree_swarm.ui.describe import base_failing_text
@@ -40,6 +41,24 @@ def pr_title(run: RunRow, tasks: Sequence[TaskRow]) -> str:
     merged = sum(t.status == "merged" for t in tasks)
     goal = one_line(str(run.options.get("title") or run.id)).strip()
     return f"wswarm: {goal} ({merged}/{len(tasks)} tasks)"
+
+
+def valid_title(title: str) -> str:
+    """TITLE as the run will keep it (one line, trimmed); a blank one is a UsageError."""
+    kept = one_line(title).strip()
+    if not kept:
+        raise UsageError("the PR title is empty", hint='give one, e.g. --title "Add a /health endpoint", '
+                         "or leave --title out to keep the run's title")
+    return kept
+
+
+def retitle(store: RunStore, title: str) -> RunRow:
+    """Keep TITLE (already through `valid_title`) as the run's title: a later `pr` and `status --json`
+    name the run by it. Only metadata: a finished run, or one still going, can be retitled."""
+    row = store.run()
+    options = {**row.options, "title": title}
+    store.set_run(options=json.dumps(options))
+    return dataclasses.replace(row, options=options)
 
 
 def render_pr(run: RunRow, tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],

@@ -75,7 +75,8 @@ def status_data(store: RunStore) -> dict[str, Any]:
     merge_gate = None
     if run.merge_gate:
         merge_gate = GateReport.from_json(run.merge_gate).verdict
-    return {"run": run.id, "state": state, "base": run.base, "integration_branch": run.integration_branch,
+    title = run.options.get("title")
+    return {"run": run.id, "title": str(title) if title else None, "state": state, "base": run.base, "integration_branch": run.integration_branch,
             "tasks": tasks, "cost_usd": round(run.cost_usd, 6), "merge_gate": merge_gate,
             "created": run.created, "finished": run.finished,
             "pr": str(store.dir / layout.PR_BODY) if (store.dir / layout.PR_BODY).exists() else None,

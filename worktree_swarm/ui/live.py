@@ -244,17 +244,18 @@ def watch(store: RunStore, console: Console) -> Iterator[None]:
 
 
 def attach(store: RunStore, console: Console, *, poll: float = 1 / REFRESH_PER_SECOND) -> None:
-    """`status --watch`: follow a run driven by another process until it finishes or stops.
-    Ctrl-C leaves the watcher only; the run goes on."""
+    """`status --watch`: follow a run driven by another process until it finishes or stops, or
+    until CONSOLE turns quiet (its reader went away: `status --watch | head -2`; see
+    output.console). Ctrl-C leaves the watcher only; the run goes on."""
     board_ = Board(store)
     try:
         if console.is_terminal:
             with Live(console=console, refresh_per_second=REFRESH_PER_SECOND, transient=False,
                       vertical_overflow="crop", get_renderable=lambda: board_.frame(console)):
-                while not board_.over():
+                while not board_.over() and not console.quiet:
                     time.sleep(poll)
             return
-        while True:
+        while not console.quiet:
             done = board_.over()   # judged before reading, so the events that ended the run are printed
             for event in board_.poll():
                 text = plain_line(event)
