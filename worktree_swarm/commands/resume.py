@@ -1,4 +1,5 @@
-"""`wswarm resume`: continue an interrupted run; merged work is kept (after checking it), the rest starts again.
+"""`wswarm resume`: continue an interrupted run; merged work is kept (after checking it), the rest starts again
+(a distributed run's attempts still running on workers are collected, not started again).
 
 What resume and retry share is here too: taking a run's lock, rebuilding what drives it from what the
 run recorded, and handing it back to the swarm.
@@ -7,6 +8,7 @@ run recorded, and handing it back to the swarm.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from worktree_swarm.util.errors import UsageError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, Task, plan_from_data
+from worktree_swarm.remote.setup import Distributed, check as check_distributed, recorded
 from worktree_swarm.store.run_store import RunRow, RunStore, find_run
 from worktree_swarm.swarm.loop import SwarmOptions
 from worktree_swarm.util.types import RunId
@@ -38,6 +41,7 @@ class Driving:
     options: SwarmOptions
     agent_for: Callable[[Task], Agent]
     choice: DefaultAgent
+    distributed: Distributed | None = None    # the run's attempts go to workers, as when it started
 
 
 def resume(*, cwd: Path, run: str | None, notify: Notify, view: View | None = None) -> RunResult:
@@ -90,7 +94,12 @@ def prepare(repo: Repo, row: RunRow, options: dict[str, Any]) -> Driving:
                                  agent_timeout=float(o["agent_timeout"]),
                                  max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
     agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))
-    return Driving(config, detected, plan, swarm_options, agent_for, choice)
+    # The same Redis and remote (the password and the cluster key from the environment again), so
+    # attempts still running on workers are collected rather than started again.
+    distributed = recorded(o, os.environ)
+    if distributed is not None:
+        check_distributed(repo, distributed)
+    return Driving(config, detected, plan, swarm_options, agent_for, choice, distributed)
 
 
 def carry_on(repo: Repo, store: RunStore, driving: Driving, notify: Notify, view: View | None, *,
@@ -106,4 +115,5 @@ def carry_on(repo: Repo, store: RunStore, driving: Driving, notify: Notify, view
     notify(says + (f": stopped {killed} orphaned agent or check process group(s)" if killed else ""))
     if driving.detected:
         notify(driving.detected)
-    return drive(repo, driving.config, driving.plan, store, driving.options, driving.agent_for, view)
+    return drive(repo, driving.config, driving.plan, store, driving.options, driving.agent_for, view,
+                 distributed=driving.distributed)

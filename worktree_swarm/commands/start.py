@@ -86,6 +86,8 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
             "title": options.title or plan.goal or (options.plan_path.stem if options.plan_path else "plan"),
             "plan_path": str(options.plan_path or run_dir / layout.PLAN),
             "max_cost": swarm_options.max_cost, "default_agent": choice.chosen,
+            # Where its attempts went, so a resume reconnects (never a password: see Distributed.record).
+            "distributed": options.distributed.record() if options.distributed is not None else None,
             # The PR's base must be a branch: HEAD means the branch checked out right now.
             "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
     store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,

@@ -20,7 +20,7 @@ from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote import gitwire
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.client import retrying
-from worktree_swarm.store.run_store import RunStore
+from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
 from worktree_swarm.store import layout
@@ -62,6 +62,7 @@ class RedisExecutor(Executor):
         self._live: dict[tuple[str, int], _Live] = {}
         self._by_token: dict[str, tuple[str, int]] = {}
         self._phases: list[Phase] = []
+        self._ready: list[Outcome] = []     # outcomes of adopted attempts found on the stream, for the next wait
         self._pushed: set[str] = set()
         self._reclaimed_at = time.monotonic()
         self._open()
@@ -82,10 +83,10 @@ class RedisExecutor(Executor):
     # -- the interface ---------------------------------------------------------------------------
 
     def has_room(self) -> bool:
-        return len(self._live) < self.agents
+        return self.running() < self.agents
 
     def running(self) -> int:
-        return len(self._live)
+        return len(self._live) + len(self._ready)
 
     def submit(self, request: AttemptRequest) -> None:
         if request.start not in self._pushed:
@@ -102,7 +103,46 @@ class RedisExecutor(Executor):
         return out
 
     def wait(self, timeout: float) -> list[Outcome]:
+        if self._ready:
+            ready, self._ready = self._ready, []
+            return ready
         return self._retrying(lambda: self._wait(timeout))
+
+    def adopt(self, attempts: list[AttemptRow]) -> set[tuple[str, int]]:
+        """Attempts a killed integrator left running are taken over, not started again. Each one's
+        request is still on the run's request stream under its token (a reclaimed attempt's request
+        was deleted, and with it its token): it is live again under that token. Outcomes that arrived
+        meanwhile, read or not by the dead integrator, are found on the outcome stream and handed to
+        the next `wait`; the group then reads on from after them, so none is handed over twice."""
+        wanted = {(a.task_id, a.n) for a in attempts}
+        requests = self.names.requests(self.run)
+        listed: Any = self._retrying(lambda: self.client.xrange(requests))
+        for entry, fields in listed:
+            try:
+                assignment = p.parse_request(p.unseal(self.key, fields, kind="request"))
+            except p.Refused:
+                continue
+            key = assignment.request.key
+            if assignment.run == self.run and key in wanted and key not in self._live:
+                self._live[key] = _Live(request=assignment.request, token=assignment.token, entry=_text(entry))
+                self._by_token[assignment.token] = key
+        adopted = set(self._live)
+        outcomes = self.names.outcomes(self.run)
+        last = None
+        listed = self._retrying(lambda: self.client.xrange(outcomes))
+        for entry, fields in listed:
+            last = entry
+            if str(p.peek(fields).get("token")) in self._by_token:
+                outcome = self._outcome(fields)
+                if outcome is not None:
+                    self._ready.append(outcome)
+        if last is not None:
+            self.client.xgroup_setid(outcomes, p.INTEGRATOR_GROUP, last)
+        if adopted:
+            self.store.event(EventKind.DISTRIBUTED, repository=self.names.repo, remote=self.remote,
+                             adopted=sorted(f"{t}#{n}" for t, n in adopted),
+                             finished_meanwhile=sorted(f"{o.task.id}#{o.n}" for o in self._ready))
+        return adopted
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         """FN, again while Redis restarts (up to four leases); the outage is said once in the event log."""

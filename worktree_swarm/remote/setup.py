@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util import proc
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from worktree_swarm.store.run_store import RunStore
 
 DEFAULT_LEASE = 30.0
+URL_ENV = "WSWARM_REDIS_URL"     # where a Redis URL with a password comes from when it is not on the command line
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,45 @@ class Distributed:
     redis_url: str
     remote: str = "origin"
     lease: float = DEFAULT_LEASE     # seconds without a heartbeat before an attempt is taken back
+    url_env: str | None = None       # the variable REDIS_URL was read from, if any
+
+    def record(self) -> dict[str, Any]:
+        """What the run's options keep, to reconnect on resume: never the password."""
+        return {"redis_url": without_password(self.redis_url), "password": has_password(self.redis_url),
+                "remote": self.remote, "lease": self.lease, "redis_url_env": self.url_env}
+
+
+def has_password(url: str) -> bool:
+    rest = url.partition("://")[2]
+    return "@" in rest.split("/", 1)[0]
+
+
+def without_password(url: str) -> str:
+    """URL with its credentials left out (they are a secret: never in a file or on a screen)."""
+    scheme, sep, rest = url.partition("://")
+    where, slash, path = rest.partition("/")
+    return scheme + sep + where.rpartition("@")[2] + slash + path
+
+
+def recorded(options: Mapping[str, Any], environ: Mapping[str, str]) -> Distributed | None:
+    """The distributed settings a run recorded, its password (if it had one) read again from the
+    environment; None for a local run. Refused (exit 2) when the password is needed and missing, or
+    when the environment names another Redis than the run's."""
+    data = options.get("distributed")
+    if not isinstance(data, dict):
+        return None
+    url, var = str(data["redis_url"]), data.get("redis_url_env") or URL_ENV
+    given = environ.get(var)
+    if given:
+        if without_password(given) != url:
+            raise UsageError(f"this run's attempts went through Redis at {url}, but {var} names {without_password(given)}",
+                             hint=f"set {var} to the run's Redis (with its password), or unset it")
+        url = given
+    elif data.get("password"):
+        raise UsageError(f"this run's Redis at {url} needs a password, which wswarm does not keep",
+                         hint=f"export {var}=redis://:PASSWORD@{url.partition('://')[2]} and resume again")
+    return Distributed(url, remote=str(data.get("remote") or "origin"), lease=float(data.get("lease") or DEFAULT_LEASE),
+                       url_env=data.get("redis_url_env"))
 
 
 def check(repo: Repo, dist: Distributed) -> None:

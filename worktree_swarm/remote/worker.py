@@ -196,7 +196,7 @@ class Worker:
         a = held.assignment
         req = a.request
         self.tell(self.names.events(a.run), "event",
-                  p.event_body(a.run, a.token, self.name, "attempt-assigned", req.task.id,
+                  p.event_body(a.run, a.token, self.name, EventKind.ATTEMPT_ASSIGNED, req.task.id,
                                {"attempt": req.n, "host": socket.gethostname()}))
         out = Outcome(task=req.task, n=req.n, kind="error", branch=req.branch, start=req.start)
         log = StreamLog(self, held)

@@ -65,6 +65,7 @@ class EventKind(StrEnum):
     REMOTE_REFUSED = "remote-refused"
     REMOTE_RESULT_REJECTED = "remote-result-rejected"
     ATTEMPT_RECLAIMED = "attempt-reclaimed"
+    ATTEMPT_ASSIGNED = "attempt-assigned"
 
 
 def kind_of(name: object) -> EventKind | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from worktree_swarm.agents.base import News
 from worktree_swarm.plan import Task
+from worktree_swarm.store.run_store import AttemptRow
 from worktree_swarm.swarm import admission
 from worktree_swarm.swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.util.types import BranchName, Sha
@@ -78,6 +79,13 @@ class Executor(ABC):
     def restart(self, key: tuple[str, int]) -> bool:
         """Stop the running attempt KEY (it ends as interrupted); False when this executor cannot."""
         return False
+
+    def adopt(self, attempts: list[AttemptRow]) -> set[tuple[str, int]]:
+        """Attempts a stopped orchestrator left running (rows still `running`) that go on without it and
+        whose outcomes this executor can still collect: their keys; their outcomes come back from `wait`
+        like those of attempts submitted here. An executor whose attempts die with the orchestrator
+        (threads of this process) adopts none, and their tasks start again."""
+        return set()
 
     def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
         """Pass ITEM (news of merged work) to the running attempt KEY's agent; dropped if it has ended."""

@@ -122,6 +122,9 @@ class Swarm:
         attempts = self.store.attempts()
         # Attempts granted on top of max_attempts by `wswarm retry`, per task.
         budget = self.store.run().options.get("budget") or {}
+        # Attempts that go on without this process (on workers): collected, not started again.
+        left_running = [a for a in attempts if a.outcome == AttemptKind.RUNNING]
+        adopted = self.executor.adopt(left_running) if left_running else set()
         for row in self.store.tasks():
             task = self.sched.tasks[row.id]
             task.budget = int(budget.get(row.id, 0))
@@ -150,6 +153,13 @@ class Swarm:
                 # It passed its gate; only the merge was missing. The agent does not run again.
                 task.status = TaskStatus.MERGING
                 self._recovered.append(gated)
+            elif task.status in ACTIVE and mine and (row.id, mine[-1].n) in adopted:
+                task.status = TaskStatus.GATING if row.status == TaskStatus.GATING else TaskStatus.RUNNING
+                task.start_head = mine[-1].start
+                key = (row.id, mine[-1].n)
+                self._live.add(key)
+                self._window.add(key)
+                self._launched[key] = time.monotonic()
             elif task.status in ACTIVE:
                 task.status = TaskStatus.PENDING
                 self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
