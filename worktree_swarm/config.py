@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from worktree_swarm.util.errors import ConfigError
 
@@ -116,6 +117,20 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """[distributed]: every `wswarm start` here sends its attempts to workers, as with --redis."""
+
+    redis_url: str | None = None        # without a password: a committed file holds no secret
+    redis_url_env: str | None = None    # the environment variable holding the URL (with its password)
+    remote: str = "origin"              # the git remote workers share code through
+    lease: float = 30.0                 # seconds a worker may stay silent before its attempt is taken back
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None or self.redis_url_env is not None
+
+
+@dataclass(frozen=True)
 class Config:
     gate: GateConfig = GateConfig()
     worktree: WorktreeConfig = WorktreeConfig()
@@ -125,6 +140,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    distributed: DistributedConfig = DistributedConfig()
     source: Path | None = None
 
 
@@ -220,7 +236,7 @@ class _Section:
 
 def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Config:
     top = _Section(data, prefix, source)
-    top.only("gate", "worktree", "agents", "roles", "planner", "limits", "sandbox", "scheduler")
+    top.only("gate", "worktree", "agents", "roles", "planner", "limits", "sandbox", "scheduler", "distributed")
     return Config(
         gate=_gate(_Section(data.get("gate", {}), f"{prefix}gate.", source)),
         worktree=_worktree(_Section(data.get("worktree", {}), f"{prefix}worktree.", source)),
@@ -231,6 +247,7 @@ def parse_config(data: dict[str, Any], *, source: Path, prefix: str = "") -> Con
         limits=_limits(_Section(data.get("limits", {}), f"{prefix}limits.", source)),
         sandbox=_sandbox(_Section(data.get("sandbox", {}), f"{prefix}sandbox.", source)),
         scheduler=_scheduler(_Section(data.get("scheduler", {}), f"{prefix}scheduler.", source)),
+        distributed=_distributed(_Section(data.get("distributed", {}), f"{prefix}distributed.", source)),
         source=source,
     )
 
@@ -275,6 +292,32 @@ def _scheduler(s: _Section) -> SchedulerConfig:
         raise ConfigError(f"{s.source}: {s.where}restart_share must be more than 0 and at most 1")
     return SchedulerConfig(overlap=overlap, retry_wait=s.number("retry_wait", None), forecast=s.flag("forecast", True),
                            on_forecast=action, restart_share=share)
+
+
+def _distributed(s: _Section) -> DistributedConfig:
+    s.only("redis_url", "redis_url_env", "remote", "lease")
+    url, env = s.text("redis_url"), s.text("redis_url_env")
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            secret = parts.password is not None
+        except ValueError as exc:
+            raise ConfigError(f"{s.source}: {s.where}redis_url is not a URL: {exc}") from None
+        if secret:
+            raise ConfigError(f"{s.source}: {s.where}redis_url holds a password, and this file may be committed",
+                              hint=f'put the whole URL in an environment variable and name it: '
+                                   f'redis_url_env = "WSWARM_REDIS_URL" in [{s.where.rstrip(".")}]')
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{s.source}: {s.where}redis_url is {url!r}; give redis://HOST[:PORT][/DB] "
+                              "(rediss:// for TLS)")
+    if env is not None and not env.replace("_", "").isalnum():
+        raise ConfigError(f"{s.source}: {s.where}redis_url_env is {env!r}; give the name of an environment "
+                          "variable, such as \"WSWARM_REDIS_URL\"")
+    lease = s.number("lease", 30.0) or 30.0
+    if lease < 1:
+        raise ConfigError(f"{s.source}: {s.where}lease must be at least 1 (seconds)")
+    return DistributedConfig(redis_url=url, redis_url_env=env, remote=s.text("remote", "origin") or "origin",
+                             lease=lease)
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

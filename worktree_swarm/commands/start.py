@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import tomllib
 import shutil
@@ -20,7 +21,7 @@ from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, load_plan
-from worktree_swarm.remote.setup import Distributed, check as check_distributed
+from worktree_swarm.remote.setup import Distributed, check as check_distributed, configured
 from worktree_swarm.store import layout
 from worktree_swarm.store.run_store import RunStore, ensure_writable, runs_dir
 from worktree_swarm.swarm.loop import SwarmOptions
@@ -68,8 +69,10 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         max_cost=options.max_cost if options.max_cost is not None else config.limits.max_cost_usd,
     )
     agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
-    if options.distributed is not None:
-        check_distributed(repo, options.distributed)
+    # --redis, else a [distributed] section: attempts go to workers.
+    distributed = options.distributed or configured(config.distributed, os.environ)
+    if distributed is not None:
+        check_distributed(repo, distributed)
     if _has_gitmodules(repo, base) and not config.worktree.setup:
         notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
                "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
@@ -87,7 +90,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
             "plan_path": str(options.plan_path or run_dir / layout.PLAN),
             "max_cost": swarm_options.max_cost, "default_agent": choice.chosen,
             # Where its attempts went, so a resume reconnects (never a password: see Distributed.record).
-            "distributed": options.distributed.record() if options.distributed is not None else None,
+            "distributed": distributed.record() if distributed is not None else None,
             # The PR's base must be a branch: HEAD means the branch checked out right now.
             "base_branch": repo.current_branch() if options.base == "HEAD" else options.base}
     store = RunStore.create(run_dir, run_id=run_id, base=base, base_ref=options.base, integration_branch=branch,
@@ -110,7 +113,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")
     if detected:
         notify(detected)
-    return drive(repo, config, plan, store, swarm_options, agent_for, view, distributed=options.distributed)
+    return drive(repo, config, plan, store, swarm_options, agent_for, view, distributed=distributed)
 
 
 def _the_plan(options: StartOptions) -> Plan:

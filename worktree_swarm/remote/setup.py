@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from worktree_swarm.config import DistributedConfig
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import UsageError
@@ -69,6 +70,20 @@ def recorded(options: Mapping[str, Any], environ: Mapping[str, str]) -> Distribu
                          hint=f"export {var}=redis://:PASSWORD@{url.partition('://')[2]} and resume again")
     return Distributed(url, remote=str(data.get("remote") or "origin"), lease=float(data.get("lease") or DEFAULT_LEASE),
                        url_env=data.get("redis_url_env"))
+
+
+def configured(cfg: DistributedConfig, environ: Mapping[str, str]) -> Distributed | None:
+    """The settings of a `[distributed]` section, the URL read from its variable when it names one
+    and that is set; None without the section. Refused (exit 2) when it names only a variable, unset."""
+    if not cfg.enabled:
+        return None
+    url = environ.get(cfg.redis_url_env) if cfg.redis_url_env else None
+    if not url:
+        if cfg.redis_url is None:
+            raise UsageError(f"[distributed] takes the Redis URL from {cfg.redis_url_env}, which is not set",
+                             hint=f"export {cfg.redis_url_env}=redis://[:PASSWORD@]HOST:PORT/DB")
+        url = cfg.redis_url
+    return Distributed(url, remote=cfg.remote, lease=cfg.lease, url_env=cfg.redis_url_env)
 
 
 def check(repo: Repo, dist: Distributed) -> None:
