@@ -177,6 +177,18 @@ class RedisExecutor(Executor):
                 return done
         return []
 
+    def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
+        """ITEM goes to the worker running attempt KEY (signed, under the attempt's token), which posts it
+        to that agent's news box; dropped when the attempt has ended or Redis does not answer soon."""
+        live = self._live.get(key)
+        if live is None:
+            return
+        fields: Any = p.seal(self.key, "news", p.news_body(self.run, live.token, key, item))
+        try:
+            retrying(lambda: self.client.xadd(self.names.news(self.run), fields), for_s=5.0)
+        except redis.RedisError as exc:
+            self.store.event(EventKind.REDIS_UNREACHABLE, key[0], error=f"news not sent: {str(exc)[:200]}")
+
     def stop(self) -> tuple[list[Outcome], list[BaseException]]:
         """Workers are told to cancel this run's attempts; each ends here as interrupted."""
         self.client.set(self.names.stopped(self.run), "1", ex=24 * 3600)
@@ -187,7 +199,8 @@ class RedisExecutor(Executor):
         """The run leaves Redis and the remote: workers stop reading it, its refs there are deleted
         (its task branches are local by now)."""
         self.client.srem(self.names.runs, self.run)
-        self.client.delete(self.names.requests(self.run), self.names.outcomes(self.run), self.names.events(self.run))
+        self.client.delete(self.names.requests(self.run), self.names.outcomes(self.run), self.names.events(self.run),
+                           self.names.news(self.run))
         self.client.close()
         try:
             gitwire.delete_run_refs(self.repo, self.remote, self.run)

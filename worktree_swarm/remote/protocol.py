@@ -83,12 +83,16 @@ class Names:
     def events(self, run: str) -> str:
         return f"wswarm:{self.repo}:run:{run}:events"
 
+    def news(self, run: str) -> str:
+        """Word for running attempts (work merged meanwhile), each item addressed by its attempt's token."""
+        return f"wswarm:{self.repo}:run:{run}:news"
+
     def stopped(self, run: str) -> str:
         """Set while a run is stopped: workers cancel its attempts still running."""
         return f"wswarm:{self.repo}:run:{run}:stopped"
 
     def of_run(self, run: str) -> list[str]:
-        return [self.requests(run), self.outcomes(run), self.events(run), self.stopped(run)]
+        return [self.requests(run), self.outcomes(run), self.events(run), self.news(run), self.stopped(run)]
 
 
 WORKER_PREFIX = "wswarm:worker:"
@@ -274,6 +278,10 @@ def _count(value: object) -> int | None:
 
 def event_body(run: str, token: str, worker: str, kind: str, task: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"run": run, "token": token, "worker": worker, "kind": kind, "task": task, "fields": dict(fields)}
+
+
+def news_body(run: str, token: str, key: tuple[str, int], item: Mapping[str, Any]) -> dict[str, Any]:
+    return {"run": run, "token": token, "task": key[0], "n": key[1], "item": dict(item)}
 
 
 def phase_body(run: str, token: str, worker: str, task: str, fields: Mapping[str, Any]) -> dict[str, Any]:

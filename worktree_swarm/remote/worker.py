@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from worktree_swarm.agents.base import News
 from worktree_swarm.agents.registry import agent_for_task
 from worktree_swarm.config import Config
 from worktree_swarm.gate.cache import GateCache
@@ -59,6 +60,7 @@ class _Held:
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
     beat: float = field(default_factory=time.monotonic)    # when its entry was last claimed again
+    news: News = field(default_factory=News)                # what the integrator tells its agent
 
 
 class StreamLog:
@@ -105,6 +107,7 @@ class Worker:
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(max_workers=agents, thread_name_prefix="wswarm-worker")
         self._freed = threading.Event()      # an attempt ended: a full worker reads again at once
+        self._news_read: dict[str, str] = {}  # run -> the last news entry read
         self.done = 0
 
     # -- messages ----------------------------------------------------------------------------
@@ -177,6 +180,9 @@ class Worker:
                 self._refuse_skew(fields, str(exc))
             return
         held = _Held(stream=stream, entry=entry, assignment=assignment)
+        # The box exists before the agent does: news sent while the attempt sets up is not lost.
+        held.news = News(StreamLog(self, held).attempt_dir(assignment.request.task.id, assignment.request.n)
+                         / "news.jsonl")
         with self._lock:
             self._held[entry] = held
         self._threads.submit(self._run, held)
@@ -247,6 +253,7 @@ class Worker:
                                cancel=held.cancel, run_id=RunId(a.run), agent_timeout=self.config.agents.timeout,
                                secret_values=self.secret_values, confinement=confinement,
                                report=lambda task_id, fields: self._phase(a, task_id, fields))
+        runner.news[req.key] = held.news
         out = runner.run(req.task, req.n, req.branch, req.start, req.feedback, env=req.env,
                          dependencies=req.dependencies)
         if out.head is not None and out.kind not in ("interrupted",):
@@ -271,6 +278,7 @@ class Worker:
         while not stop.wait(0.25):
             try:
                 self._beat()
+                self._news()
                 if time.monotonic() - registered >= REGISTER_EVERY:
                     with self._lock:
                         busy = len(self._held)
@@ -296,6 +304,33 @@ class Worker:
                 self.say(f"attempt {h.assignment.request.task.id}#{h.assignment.request.n}: {why}; stopping it")
 
 
+    def _news(self) -> None:
+        """Pass the news of the runs this worker has attempts of to the agents each item is addressed
+        to (by token); an item not signed with the cluster key is refused and said."""
+        with self._lock:
+            held = {(h.assignment.run, h.assignment.token): h for h in self._held.values()}
+        runs = {run for run, _ in held}
+        for run in set(self._news_read) - runs:
+            del self._news_read[run]
+        if not runs:
+            return
+        by_stream = {self.names.news(run): run for run in sorted(runs)}
+        streams: dict[Any, Any] = {stream: self._news_read.get(run, "0-0") for stream, run in by_stream.items()}
+        got: Any = self.client.xread(streams, count=100)
+        for stream, entries in got or []:
+            run = by_stream[_text(stream)]
+            for entry, fields in entries:
+                self._news_read[run] = _text(entry)
+                try:
+                    body = p.unseal(self.key, fields, kind="news")
+                except p.Refused as exc:
+                    self.say(f"refused news {_text(entry)} of run {run}: {exc}")
+                    continue
+                h = held.get((run, str(body.get("token"))))
+                item = body.get("item")
+                if h is not None and not h.lost and body.get("run") == run and isinstance(item, dict):
+                    h.news.post(item)
+
     def register(self, *, busy: int) -> None:
         key = p.worker_key(self.name)
         self.client.hset(key, mapping={
@@ -314,6 +349,10 @@ def _tail(path: Path) -> str:
         size = f.seek(0, os.SEEK_END)
         f.seek(max(0, size - LOG_TAIL_BYTES))
         return f.read().decode("utf-8", errors="replace")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def default_name() -> str:
