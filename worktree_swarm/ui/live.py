@@ -7,6 +7,7 @@ written since the previous one, so 50 tasks cost no more per frame than 5.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from worktree_swarm.commands.status import status_data
 from worktree_swarm.ui.describe import details
 from worktree_swarm.ui.feed import EventTail, Feed
 from worktree_swarm.store import layout
+from worktree_swarm.util.textsafe import terminal_text
 
 COLOURS = {"pending": "dim", "running": "cyan", "gating": "yellow", "merging": "magenta",
            "merged": "green", "failed": "red", "blocked": "red dim", "idle": "dim"}
@@ -231,10 +233,20 @@ def watch(store: RunStore, console: Console) -> Iterator[None]:
             yield
         return
 
+    # Written as they are, not through rich: no terminal means no styles and no wrapping, and its
+    # rendering (~0.7 ms a line, on the orchestrator's and the workers' threads) is most of a line's cost.
+    lock = threading.Lock()       # events come from every worker thread
+
     def line(event: dict[str, Any]) -> None:
         text = plain_line(event)
-        if text is not None:
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if text is None or console.quiet:
+            return
+        with lock:
+            try:
+                console.file.write(terminal_text(text) + "\n")
+                console.file.flush()
+            except BrokenPipeError:
+                console.on_broken_pipe()
 
     store.listeners.append(line)
     try:
