@@ -84,6 +84,28 @@ def test_a_write_into_the_users_checkout_is_reported_with_who_ran(repo: Repo, ag
     assert (repo.path / "leak.txt").read_text() == "written from an agent\n"
 
 
+def test_a_write_into_the_users_checkout_is_found_while_the_run_goes_on(repo: Repo, agent_script: object) -> None:
+    # One after another, each longer than the second between two listings of the checkout's files:
+    # the write is found by a listing taken mid-run, not by the last look once every task merged.
+    write_plan(repo.path / "plan.json", [{"id": t, "description": t, "dependencies": [d] if d else []}
+                                         for t, d in (("a", None), ("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"))])
+    repo.git("add", "plan.json")
+    repo.git("commit", "-q", "-m", "plan")
+    agent = agent_script("""
+        if os.environ["WSWARM_TASK_ID"] == "a":
+            Path(os.environ["USER_ROOT"], "leak.txt").write_text("written from an agent\\n")
+        time.sleep(0.7)
+        Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("done\\n")
+    """)
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agent-cmd", agent, env={"USER_ROOT": str(repo.path)})
+    assert res.returncode == 0, res.stderr
+    log = events(repo)
+    [changed] = [e for e in log if e["kind"] == "shared-state-changed"]
+    assert "files in the checkout changed: leak.txt" in str(changed["detail"]) and changed["blamed"] is False
+    assert "a#1" in changed["agents_running"]   # type: ignore[operator]
+    assert log.index(changed) < next(i for i, e in enumerate(log) if e["kind"] == "merged" and e["task"] == "e")
+
+
 def test_well_behaved_agents_raise_nothing(repo: Repo, agent_script: object) -> None:
     repo.write("dirty.txt", "the user's uncommitted file\n")
     task = run(repo, agent_script, "none")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class Findings:
     changes: list[Change] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)   # stash entries put back
     put_back: list[str] = field(default_factory=list)   # code-bearing files restored
+    # The checkout's files were listed anew for this comparison: now, or by the background listing
+    # started at the last `Guard.scan_in_background`.
+    files_scanned: bool = False
 
     def describe(self) -> str:
         text = "; ".join(c.detail for c in self.changes)
@@ -221,15 +225,46 @@ class Guard:
         self.own = own
         self._lock = threading.Lock()
         self._last = snapshot(repo, own=own)
+        self._listing: Future[frozenset[tuple[str, int, int]]] | None = None
+
+    def scan_in_background(self) -> None:
+        """Start listing the checkout's changed files on a thread of its own, unless a listing is
+        under way: `git status` walks the whole tree (~15 ms at 5,000 files, ~90 at 50,000), which
+        need not hold up whoever checks. The next `check` once it is done compares what it found."""
+        with self._lock:
+            if self._listing is not None:
+                return
+            listing = self._listing = Future()
+
+        def work() -> None:
+            try:
+                listing.set_result(_checkout_files(self.repo))
+            except BaseException as exc:   # noqa: BLE001 — raised by the check that takes it
+                listing.set_exception(exc)
+
+        threading.Thread(target=work, name="wswarm-guard-scan", daemon=True).start()
+
+    def scanning(self) -> bool:
+        """A background listing is under way or done and not yet compared."""
+        with self._lock:
+            return self._listing is not None
 
     def check(self, *, scan_files: bool = True) -> Findings:
         """What changed since the last check; lost stash entries and code-bearing files are
-        restored at once (refs are reported: the user's own, or another run's, move too). Without SCAN_FILES the checkout's files are not looked at (refs
+        restored at once (refs are reported: the user's own, or another run's, move too). SCAN_FILES
+        lists the checkout's files now (after waiting out a background listing, which this one makes
+        stale); without it they are compared only when a background listing has finished (refs
         are µs; `git status` walks the tree)."""
         with self._lock:
+            listing, scanned = self._listing, scan_files
             keep = None if scan_files else self._last.checkout
+            if listing is not None and (scan_files or listing.done()):
+                self._listing = None
+                files = listing.result()     # waits, when scanning now; raises what the listing raised
+                if not scan_files:
+                    keep, scanned = files, True
             now = snapshot(self.repo, checkout=keep, own=self.own)
-            findings = Findings(compare(self._last, now))
+            findings = Findings(compare(self._last, now), files_scanned=scanned)
             if any(c.kind == "stash-lost" for c in findings.changes):
                 findings.restored = restore_stash(self.repo, self._last, now)
             if any(c.kind == "code" for c in findings.changes):

@@ -91,8 +91,9 @@ class Swarm:
         self._window: set[tuple[str, int]] = set()     # attempts that ran since the last guard check
         self._suspects: set[tuple[str, int]] = set()   # ran while shared git state changed
         self._suspect_reason = ""
-        self._scanned = time.monotonic()               # when the checkout's files were last scanned
-        self._file_window: set[tuple[str, int]] = set()  # attempts that ran since that scan
+        self._scanned = time.monotonic()               # when the last listing of the checkout's files began
+        self._file_window: set[tuple[str, int]] = set()  # attempts that ran since the files compared last
+        self._listing_window: set[tuple[str, int]] = set()  # ran since the listing under way began
         self.confinement = confinement
         self.cache = cache
         self.secret_values = secret_env_values(os.environ)
@@ -429,16 +430,23 @@ class Swarm:
         me = (out.task.id, out.n) if out is not None else None
         if me is not None:
             self._live.discard(me)
-        # The checkout's files (a warning only) are scanned at most once a second: `git status`
-        # walks the whole tree (~90 ms at 50,000 files); refs and the stash cost microseconds.
-        scan = me is None or time.monotonic() - self._scanned >= 1.0
-        findings = self.guard.check(scan_files=scan)
+        # The checkout's files (a warning only) are listed at most once a second, on the guard's
+        # thread: `git status` walks the whole tree (~15 ms at 5,000 files, ~90 at 50,000), which
+        # would hold up this merge. A check compares the last listing once it is done; refs and the
+        # stash cost microseconds. The last word (no attempt) lists them here and now.
+        findings = self.guard.check(scan_files=me is None)
         ran, self._window = sorted(self._window), set(self._live)
         self._file_window.update(ran)
+        self._listing_window.update(ran)
         scanned = sorted(self._file_window)      # who ran since the files were last looked at
-        if scan:
+        if findings.files_scanned:
+            # Looked at since that listing began: who ran since then, still running or not.
+            self._file_window = set(self._live) if me is None else self._listing_window
+            self._listing_window = set()
+        if me is not None and not self.guard.scanning() and time.monotonic() - self._scanned >= 1.0:
+            self.guard.scan_in_background()
             self._scanned = time.monotonic()
-            self._file_window = set(self._live)
+            self._listing_window = set(self._live)
         if not findings.changes:
             return
         who = sorted(set(ran) | set(scanned)) if any(c.kind == "checkout" for c in findings.changes) else ran
