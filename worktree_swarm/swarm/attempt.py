@@ -20,7 +20,7 @@ from worktree_swarm.util import proc
 from worktree_swarm.agents.base import Agent, AgentRequest, News
 from worktree_swarm.agents.prompt import build_prompt, role_prompt, system_prompt, task_prompt
 from worktree_swarm.config import CheckConfig, Config
-from worktree_swarm.util.errors import CommandError, DiskFullError, no_room
+from worktree_swarm.util.errors import CommandError, DiskFullError, WswarmError, no_room
 from worktree_swarm.util.redact import redact_secrets, scrub_logs
 from worktree_swarm.gate.baseline import BaseFailing
 from worktree_swarm.gate.cache import GateCache
@@ -30,6 +30,7 @@ from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git import residue
 from worktree_swarm.git.refs import encode, integration_branch
+from worktree_swarm.git.slot_files import admin_dir
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
@@ -184,7 +185,8 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        generated = self._commit_leftovers(task, out.n, worktree)
+        generated = self._commit_leftovers(task, out.n, worktree,
+                                           self_committed=self.repo.branch_sha(out.branch) != out.start)
         if generated:
             self.store.event(EventKind.LEFTOVERS_EXCLUDED, task.id, attempt=out.n,
                              files=[redact_secrets(p) for p in _summary(generated)])
@@ -324,17 +326,17 @@ class AttemptRunner:
     def _left_branch(self, worktree: Path, branch: BranchName) -> str | None:
         if not worktree.is_dir():
             return "the agent deleted its worktree"
-        head = self.repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False).stdout.strip()
+        head = _head_ref(self.repo, worktree)
         if head != f"refs/heads/{branch}":
             return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
         return None
 
-    def _commit_leftovers(self, task: Task, n: int, worktree: Path) -> list[str]:
+    def _commit_leftovers(self, task: Task, n: int, worktree: Path, *, self_committed: bool = True) -> list[str]:
         """Commit what the agent left uncommitted, with the user's identity, except new generated
         files no one commits (bytecode, node_modules, editor swap files, coverage data, tool caches)
         even where no .gitignore says so. Returns the files left out (all that is still untracked),
         also written to the attempt's leftovers.log; tracked files of those kinds are committed like
-        any other."""
+        any other. SELF_COMMITTED: the agent may have committed on its branch itself."""
         # One listing, sorted here: git's glob pathspecs cost ~10 ms more per `add` than this.
         untracked = [p for p in self.repo.git("ls-files", "-z", "--others", "--exclude-standard",
                                               cwd=worktree).stdout.split("\0") if p]
@@ -348,12 +350,31 @@ class AttemptRunner:
             if folders:     # tracked files inside a generated folder are committed like any other
                 self.repo.git("add", "-u", "--", *(f":(literal){p}" for p in folders), cwd=worktree)
             _log_left_out(self.store.attempt_dir(task.id, n), _summary(generated))
-        if self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
+        # An agent that committed its own work often leaves nothing: then asking first is cheaper than a
+        # commit that fails. One that did not commit left its work here, so a process less: commit at once.
+        if self_committed and self._nothing_staged(worktree):
             return generated
         # Our gate is the gate: a user's pre-commit hook is not run on an agent's commit.
-        proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
-                 input=f"{task.id}: {task.description}\n")
+        committed = proc.git("-c", "commit.gpgsign=false", "commit", "--no-verify", "-q", "-F", "-", cwd=worktree,
+                             input=f"{task.id}: {task.description}\n", check=False)
+        if committed.returncode != 0 and (self_committed or not self._nothing_staged(worktree)):
+            raise CommandError(proc.display_argv(committed.argv), committed.returncode,
+                               committed.stdout + committed.stderr)
         return generated
+
+    def _nothing_staged(self, worktree: Path) -> bool:
+        return self.repo.git("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0
+
+
+def _head_ref(repo: Repo, worktree: Path) -> str:
+    """The ref WORKTREE's HEAD names (`git symbolic-ref -q HEAD`), "" when it is detached. Read from
+    the worktree's own git dir, saving a process per attempt; git is asked when that dir cannot be
+    vouched for (its back link rewritten) or HEAD is not a plain file (a link)."""
+    try:
+        text = proc.read_text(admin_dir(repo, worktree) / "HEAD")
+    except (WswarmError, OSError, ValueError):
+        return repo.git("symbolic-ref", "-q", "HEAD", cwd=worktree, check=False).stdout.strip()
+    return text[len("ref:"):].strip() if text.startswith("ref:") else ""
 
 
 def _read_link(worktree: Path) -> bytes:
