@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 from worktree_swarm.agents.base import Agent
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor
+from worktree_swarm.swarm import briefing
 from worktree_swarm.swarm.forecast import Forecast, Forecaster
 from worktree_swarm.config import Config
 from worktree_swarm.util.errors import CommandError
@@ -29,7 +29,7 @@ from worktree_swarm.util.redact import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.diff import FileChange, changed_files, diff_text
+from worktree_swarm.git.diff import FileChange
 from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.swarm.guard import Guard
@@ -43,7 +43,6 @@ from worktree_swarm.util.types import BranchName, RunId, Sha
 from worktree_swarm.store import layout
 from worktree_swarm.store.events import EventKind
 
-FEEDBACK_DIFF_LINES = 200
 
 
 @dataclass(frozen=True)
@@ -316,7 +315,7 @@ class Swarm:
             if self._restart(f):
                 continue
             if self.config.scheduler.on_forecast in ("notify", "restart"):
-                self.executor.tell(f.key, {"message": _forecast_text(f, latest.head)})
+                self.executor.tell(f.key, {"message": briefing.forecast_text(f, latest.head)})
         for key, f in self._forecasts.items():
             if key not in now and f.key in self._live:
                 self.store.event(EventKind.CONFLICT_FORECAST_CLEARED, f.key[0], attempt=f.key[1],
@@ -396,29 +395,10 @@ class Swarm:
                 "WSWARM_PORT": str(self._ports[(task.id, n)])}
 
     def _free_port(self) -> int:
-        """A port free right now and not handed to another running attempt, so the dev servers
-        and test servers of parallel tasks never collide."""
-        taken = set(self._ports.values())
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            if port not in taken:
-                return port
+        return briefing.free_port(set(self._ports.values()))
 
     def _dependency_summaries(self, task: Task) -> list[dict[str, Any]]:
-        """What every task this one depends on (directly or not) did, oldest first."""
-        ancestors = set()
-        stack = list(task.dependencies)
-        while stack:
-            dep = stack.pop()
-            if dep not in ancestors:
-                ancestors.add(dep)
-                stack.extend(self.plan[dep].dependencies)
-        return [{"id": tid, "description": self.plan[tid].description, "summary": self.data[tid].summary,
-                 "files": self.data[tid].files}
-                for tid in self.plan.topological_order() if tid in ancestors]
-
+        return briefing.dependency_summaries(self.plan, task, {t: (d.summary, d.files) for t, d in self.data.items()})
 
     # -- deciding what follows (orchestrator thread) -------------------------------------------
 
@@ -552,27 +532,9 @@ class Swarm:
 
     def _conflict_feedback(self, out: Outcome, files: list[str], messages: list[str]) -> str:
         assert out.head is not None
-        culprits = self._merged_meanwhile(out.start, files)
-        theirs = "".join(f"\n'{task_id}' ({', '.join(paths)}):\n{_cut(diff_text(self.repo, parent, commit, paths))}\n"
-                         for task_id, parent, commit, paths in culprits)
-        who = (", ".join(f"'{c[0]}'" for c in culprits) if culprits else "other tasks")
-        return (f"Your previous attempt conflicted with work merged meanwhile by {who}.\n"
-                f"Conflicting files: {', '.join(files)}\n" + "".join(f"  {m}\n" for m in messages) +
-                "This attempt starts from the current integration head, which contains their work. "
-                "Redo your change on top of it.\n" +
-                (f"\nTheir changes to those files:\n{theirs}" if theirs else "") +
-                "\nYour previous diff:\n" + _cut(diff_text(self.repo, out.start, out.head)))
-
-    def _merged_meanwhile(self, start: Sha, files: list[str]) -> list[tuple[str, Sha, Sha, list[str]]]:
-        """The tasks merged since START that changed any of FILES: (task, parent, merge commit, paths)."""
-        by_head = {a.head: a.task_id for a in self.store.attempts() if a.outcome == AttemptKind.MERGED}
-        wanted = set(files)
-        found = []
-        for merge in train(self.repo, start, self.train.head):
-            paths = sorted(wanted & {c.path for c in changed_files(self.repo, merge.parent, merge.commit)})
-            if paths and merge.theirs in by_head:
-                found.append((by_head[merge.theirs], merge.parent, merge.commit, paths))
-        return found
+        merged = {a.head: a.task_id for a in self.store.attempts() if a.outcome == AttemptKind.MERGED and a.head}
+        return briefing.conflict_feedback(self.repo, start=out.start, head=out.head, integration=self.train.head,
+                                          files=files, messages=messages, merged=merged)
 
     def _retry_or_fail(self, out: Outcome, decision: Decision, feedback: str) -> None:
         self._follow(out.task.id, out.n, decision, out.reason, feedback)
@@ -600,19 +562,3 @@ class Swarm:
         """Wait for every worktree removal; one that failed is reported, not hidden."""
         for error in self.executor.cleanup_errors():
             self.store.event(EventKind.CLEANUP_FAILED, error=error)
-
-
-def _cut(diff: str, limit: int = FEEDBACK_DIFF_LINES) -> str:
-    lines = diff.splitlines()
-    return "\n".join(lines[:limit]) + (f"\n[… {len(lines) - limit} more lines]" if len(lines) > limit else "")
-
-
-def _forecast_text(f: Forecast, head: str) -> str:
-    """What an agent is told of a conflict its work is heading for."""
-    where = ", ".join(f.paths)
-    if not f.other:
-        return (f"Heads-up: your changes so far conflict with work already merged into the integration branch "
-                f"(now at {head}) in {where}. Bring it into your branch (`git merge {head}`) and resolve the "
-                "conflict now, or your work will be sent back after the gate.")
-    return (f"Heads-up: your changes so far conflict with what task '{f.other}' is changing right now, in {where}. "
-            "Keep your change to those files as small as the task allows; whichever merges second must redo it.")
