@@ -59,7 +59,7 @@ def test_a_task_that_needs_another_running_tasks_file_waits_for_it_instead_of_bu
     assert tasks["needs-file"]["attempts"] == 2
     held = [e for e in events(repo) if e["kind"] == "held"]
     assert [(e["task"], e["waiting_for"]) for e in held] == [("needs-file", "adds-file")]
-    assert "failed on this head" in held[0]["reason"]
+    assert "failed while this task ran" in held[0]["reason"]
     # the retry started from the head that holds lib.py
     started = [e for e in events(repo) if e["kind"] == "attempt-started" and e["task"] == "needs-file"]
     assert repo.git("cat-file", "-t", f"{started[1]['start']}:lib.py") == "blob"
@@ -143,3 +143,44 @@ def test_a_branch_that_merged_the_integration_head_mid_run_is_judged_on_its_own_
     assert merged["files"] == ["late.txt"]                 # not early's file, which it merged in
     branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
     assert repo.show(branch, "early.txt") == "early" and repo.show(branch, "late.txt") == "late"
+
+
+REPLAY_AGENT = """
+import subprocess
+patch = Path(os.environ["PATCHES"]) / (os.environ["WSWARM_TASK_ID"] + ".diff")
+# Apply the upstream change to whatever this worktree holds, as a replay's agent does.
+res = subprocess.run(["git", "apply", str(patch)], capture_output=True, text=True)
+print(res.stderr)
+sys.exit(res.returncode)
+"""
+
+
+def test_a_replay_of_upstream_history_in_any_order_comes_out_as_upstream(repo: Repo, tmp_path: Path,
+                                                                          agent_script: Any) -> None:
+    """Six upstream commits replayed as six tasks from the same old base, no declared dependencies: three
+    form a chain (each patch applies only on top of the one before), started in reverse order."""
+    base = repo.git("rev-parse", "HEAD")
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    steps = [("c1", "lib.py", "A = 1\n"), ("c2", "lib.py", "A = 1\nB = A\n"), ("c3", "lib.py", "A = 1\nB = A\nC = B\n"),
+             ("i1", "one.py", "ONE = 1\n"), ("i2", "two.py", "TWO = 2\n"), ("i3", "app/core.py", "VALUE = 3\n")]
+    repo.write("lib.py", "A = 0\n")
+    base = repo.commit_all("lib")
+    previous = base
+    for name, path, text in steps:
+        repo.write(path, text)
+        head = repo.commit_all(name)
+        (patches / f"{name}.diff").write_text(repo.git("diff", "--binary", previous, head) + "\n")
+        previous = head
+    upstream = repo.git("rev-parse", "HEAD^{tree}")
+    repo.git("reset", "-q", "--hard", base)
+    order = ["c3", "c2", "c1", "i1", "i2", "i3"]
+    plan = write_plan(tmp_path / "plan.json", [{"id": t, "type": "general", "description": f"replay {t}",
+                                                 "dependencies": [], "files": []} for t in order])
+
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "2", "--max-attempts", "3",
+                 "--agent-cmd", agent_script(REPLAY_AGENT), env={"PATCHES": str(patches)})
+
+    assert res.returncode == 0, res.stderr
+    branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
+    assert repo.git("rev-parse", f"{branch}^{{tree}}") == upstream

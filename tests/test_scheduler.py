@@ -237,7 +237,7 @@ def test_a_retry_waits_for_overlapping_work_instead_of_failing_again_on_the_same
     assert s.pick(head="h0", now=101) is None
     [held] = s.held(head="h0", now=101)
     assert (held.task, held.waiting_for) == ("needs-file", "adds-file")
-    assert "failed on this head" in held.reason
+    assert "failed while this task ran" in held.reason
     # the head moved (the other task merged): it starts, from the new head
     s.finish("adds-file", 1, K.GATED)
     s.finish("adds-file", 1, K.MERGED)
@@ -277,3 +277,25 @@ def test_ignore_retries_at_once_as_before() -> None:
     s.start("b", head="h0")
     s.finish("a", 1, K.AGENT_FAILED, now=1)
     assert s.pick(head="h0", now=2) == "a" and s.held(head="h0", now=2) == []
+
+
+def test_a_task_that_failed_on_this_head_goes_after_every_other_ready_task() -> None:
+    # b needs what a will merge; a has not started yet (one agent): b's retry must not come first
+    s = overlapping("b", "a", "c", files={"c": ["c.py"]}, retry_wait=60)
+    s.priority = {"b": 2, "a": 1, "c": 0}
+    s.start("b", head="h0")
+    assert s.finish("b", 1, K.AGENT_FAILED, now=1) == Decision.RETRY
+    assert s.pick(head="h0", now=2) == "a"
+    s.start("a", head="h0")
+    assert s.pick(head="h0", now=2) == "c"       # b still waits: a runs and may be what it needs
+    s.start("c", head="h0")
+    s.finish("a", 1, K.GATED)
+    s.finish("a", 1, K.MERGED)
+    assert s.pick(head="h1", now=3) == "b"       # a new head: b is fresh again
+
+
+def test_a_stale_task_alone_still_starts() -> None:
+    s = overlapping("b", files={}, retry_wait=60)
+    s.start("b", head="h0")
+    s.finish("b", 1, K.AGENT_FAILED, now=1)
+    assert s.pick(head="h0", now=2) == "b"       # nothing else to do, nothing running to wait for

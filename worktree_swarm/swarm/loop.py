@@ -471,7 +471,7 @@ class Swarm:
                 self.store.event(EventKind.RESTARTED, task_id, attempt=out.n, other=other or "integration head",
                                  files=list(paths))
                 if other:       # not from this head again while the other one still runs
-                    self.sched.defer(task_id, head=self.train.head, now=time.monotonic())
+                    self.sched.defer(task_id, until=other, head=self.train.head, now=time.monotonic())
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
             self._record(task_id, reason=out.reason if restarted else "interrupted; will start again")
             self._release(out, keep=False)

@@ -60,8 +60,9 @@ class TaskState:
     budget: int = 0                    # attempts granted on top of max_attempts (a retry of a finished run)
     known: set[str] = field(default_factory=set)   # paths its attempts are known to change
     start_head: str | None = None      # the integration head its last attempt started from
-    failed_head: str | None = None     # set when that attempt failed: a retry waits for the head to move …
-    wait_until: float = 0.0            # … or for overlapping work to settle, but not past this time
+    failed_head: str | None = None     # set when that attempt failed: a retry from this head goes last …
+    waits_for: set[str] = field(default_factory=set)   # … and waits for the overlapping work then running
+    wait_until: float = 0.0            # to settle, but not past this time
 
     @property
     def started(self) -> int:
@@ -168,16 +169,17 @@ class Scheduler:
         self.tasks[task].known.update(paths)
 
     def _waiting(self, task: str, *, head: str, now: float) -> Held | None:
-        """Its last attempt failed on HEAD: a retry from the same head while overlapping work is still
-        running would most likely fail the same way. It waits for that work to settle (or for time)."""
+        """Its last attempt failed while overlapping work was running: a retry before that work settles
+        would most likely fail the same way (it is often what the attempt lacked). It waits for it to
+        settle, but not past retry_wait."""
         state = self.tasks[task]
-        if (self.overlap == Overlap.IGNORE or state.failed_head is None or state.failed_head != head
-                or now >= state.wait_until):
+        if self.overlap == Overlap.IGNORE or now >= state.wait_until:
             return None
         for other in self.running():
-            if other != task and (where := self.overlaps(task, other, unknown=True)):
-                why = ("its last attempt failed on this head" +
-                       ("" if where == "its files are not known" else f"; both change {where}"))
+            if other in state.waits_for:
+                where = self.overlaps(task, other, unknown=True)
+                why = ("its last attempt failed while this task ran" +
+                       ("" if where in (None, "its files are not known") else f"; both change {where}"))
                 return Held(task, other, why)
         return None
 
@@ -187,10 +189,20 @@ class Scheduler:
                 return Held(task, other, f"both change {where}")
         return None
 
+    def _stale(self, task: str, *, head: str, now: float) -> bool:
+        """Its last attempt failed on HEAD (and the wait for a new head is not over)."""
+        state = self.tasks[task]
+        return self.overlap != Overlap.IGNORE and state.failed_head == head and now < state.wait_until
+
     def pick(self, *, head: str, now: float) -> str | None:
-        """The ready task to start next, beside what runs now; None when none should start yet."""
+        """The ready task to start next, beside what runs now; None when none should start yet.
+
+        A task whose last attempt failed on the current head goes after every other ready task: what
+        they merge moves the head, and the work it lacked is often theirs."""
         fallback = None
-        for task in self.ready():
+        ready = self.ready()
+        stale = [t for t in ready if self._stale(t, head=head, now=now)]
+        for task in [t for t in ready if t not in stale] + stale:
             if self._waiting(task, head=head, now=now):
                 continue
             if self.overlap == Overlap.IGNORE or self._blocking(task) is None:
@@ -224,6 +236,7 @@ class Scheduler:
         state.status = TaskStatus.RUNNING
         state.start_head = head
         state.failed_head = None
+        state.waits_for = set()
         return n
 
     def gating(self, task: str) -> None:
@@ -246,12 +259,17 @@ class Scheduler:
         decision = self._retry_or_give_up(task)
         if decision == Decision.RETRY and n == state.started:
             state.failed_head, state.wait_until = state.start_head, now + self.retry_wait
+            # A conflict met work already merged: the retry starts from the head that holds it. Any other
+            # failure waits for the overlapping work running now (what it lacked may be theirs).
+            state.waits_for = set() if kind == AttemptKind.CONFLICT else {
+                other for other in self.running() if other != task and self.overlaps(task, other, unknown=True)}
         return decision
 
-    def defer(self, task: str, *, head: str, now: float) -> None:
-        """Pending TASK does not start again from HEAD while overlapping work still runs (up to retry_wait)."""
+    def defer(self, task: str, *, until: str, head: str, now: float) -> None:
+        """Pending TASK does not start again until task UNTIL settles (up to retry_wait), and goes after
+        other ready tasks while the head is still HEAD."""
         state = self.tasks[task]
-        state.failed_head, state.wait_until = head, now + self.retry_wait
+        state.failed_head, state.waits_for, state.wait_until = head, {until}, now + self.retry_wait
 
     def eject(self, task: str, n: int, *, culprit: bool) -> Decision:
         """Attempt N's merge was taken out of the integration branch. The culprit's attempt is spent
