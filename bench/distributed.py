@@ -6,9 +6,10 @@ Starts its own redis-server (free port, temporary folder, append-only), a bare r
 W `wswarm worker` processes of K agents each (own clone and HOME), then runs a plan of N independent
 tasks whose agents sleep 0.5-2 s (deterministic per task) and write one file: once with
 `start --redis` and --agents W*K, once locally with --agents W*K in a second clone. Prints the
-makespan of each and their ratio, dispatch latency p50/p99 (from the integrator's attempt-started
-to the agent's first instruction, same clock), Redis commands per attempt (INFO commandstats), and
-the integrator's peak RSS. Both integration trees must be equal and every task merged.
+makespan of each and their ratio, dispatch latency p50/p99 of both (from the integrator's
+attempt-started to the agent's first instruction, same clock; the agent is a shell script), the
+integrator's merges per second of busy time, Redis commands per attempt (INFO commandstats), the
+integrator's peak RSS, and the 1-minute load average before and after each run. Both integration trees must be equal and every task merged.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import os
 import resource
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +33,9 @@ WSWARM = [PY, "-m", "worktree_swarm"]
 KEY = "bench-cluster-key-0123456789abcdef"
 
 AGENT = """\
-import os, sys, time, zlib
-from pathlib import Path
-started = time.time()
-task = os.environ["WSWARM_TASK_ID"]
-Path(sys.argv[1], task + "-" + os.environ["WSWARM_ATTEMPT"]).write_text(repr(started))
-time.sleep(0.5 + (zlib.crc32(task.encode()) % 1500) / 1000)
-Path("out").mkdir(exist_ok=True)
-Path("out", task + ".txt").write_text(task + "\\n")
+date +%s.%N > "$1/$WSWARM_TASK_ID-$WSWARM_ATTEMPT"
+sleep "$(cat "$2/$WSWARM_TASK_ID")"
+mkdir -p out && echo "$WSWARM_TASK_ID" > "out/$WSWARM_TASK_ID.txt"
 """
 
 
@@ -79,6 +75,35 @@ def events(repo: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
+def dispatch(evs: list[dict[str, object]], marks: Path) -> list[float]:
+    """Seconds from each attempt-started (the integrator's clock) to its agent's first instruction."""
+    started = {(e["task"], e["attempt"]): float(e["ts"]) for e in evs if e["kind"] == "attempt-started"}  # type: ignore[arg-type]
+    return sorted(float((marks / f"{t}-{n}").read_text()) - ts for (t, n), ts in started.items())
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(1000 * values[min(len(values) - 1, int(len(values) * q))], 1)
+
+
+def merges_per_second(evs: list[dict[str, object]]) -> float:
+    """Merges per second of the integrator's busy time: each merge is charged the time from when its
+    outcome could be taken (its worker's last event read, or the previous merge, whichever is later)
+    to its `merged` event. That span holds the fetch of the task branch, the in-memory merge, and the
+    launches (push of the start commit, request) done in between; waiting for agents is left out."""
+    last_word: dict[object, float] = {}
+    merged: list[tuple[float, object]] = []
+    for e in evs:
+        if e["kind"] in ("gate-finished", "agent-finished"):
+            last_word[e["task"]] = float(e["ts"])  # type: ignore[arg-type]
+        elif e["kind"] == "merged":
+            merged.append((float(e["ts"]), e["task"]))  # type: ignore[arg-type]
+    busy, previous = 0.0, 0.0
+    for ts, task in sorted(merged, key=lambda m: m[0]):
+        busy += ts - max(previous, last_word.get(task, ts))
+        previous = ts
+    return round(len(merged) / busy, 1) if busy > 0 else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=100)
@@ -114,8 +139,15 @@ def main() -> None:
         git(repo, "remote", "add", "origin", f"file://{bare}")
         marks = tmp / "marks"
         marks.mkdir()
-        (tmp / "agent.py").write_text(AGENT)
-        agent = f"{PY} {tmp / 'agent.py'} {marks}"
+        sleeps = tmp / "sleeps"
+        sleeps.mkdir()
+        for i in range(args.tasks):
+            task = f"t{i:04d}"
+            (sleeps / task).write_text(f"{0.5 + (zlib.crc32(task.encode()) % 1500) / 1000:.3f}\n")
+        # A shell agent: its first instruction comes ~2 ms after its start, where a Python one's
+        # interpreter start (~80 ms here under load) would hide what dispatch itself costs.
+        (tmp / "agent.sh").write_text(AGENT)
+        agent = f"sh {tmp / 'agent.sh'} {marks} {sleeps}"
         plan = tmp / "plan.json"
         plan.write_text(json.dumps([{"id": f"t{i:04d}", "type": "feature", "description": f"task {i}",
                                      "files": [f"out/t{i:04d}.txt"]} for i in range(args.tasks)]))
@@ -138,18 +170,23 @@ def main() -> None:
             time.sleep(0.1)
         concurrency = args.workers * args.agents
         before = commands(port)
+        load_dist = [os.getloadavg()[0]]
         dist_s, dist_rss = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
                                 "--agent-cmd", agent, "--agents", str(concurrency)], repo, env)
+        load_dist.append(os.getloadavg()[0])
         per_attempt = (commands(port) - before) / args.tasks
         evs = events(repo)
-        started = {(e["task"], e["attempt"]): float(e["ts"]) for e in evs if e["kind"] == "attempt-started"}  # type: ignore[arg-type]
-        lat = sorted(float((marks / f"{t}-{n}").read_text()) - ts for (t, n), ts in started.items())
+        lat = dispatch(evs, marks)
         merged = sum(1 for e in evs if e["kind"] == "merged")
+        merge_rate = merges_per_second(evs)
         local = tmp / "local"
         git(tmp, "clone", "-q", f"file://{bare}", str(local))
         (local / "wswarm.toml").write_text("[gate]\nchecks = []\n")
+        load_local = [os.getloadavg()[0]]
         local_s, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
                          local, env)
+        load_local.append(os.getloadavg()[0])
+        local_lat = dispatch(events(local), marks)
         tree = {git(r, "rev-parse", git(r, "for-each-ref", "--format=%(refname)", "refs/heads/wswarm/*/integration")
                     + "^{tree}") for r in (repo, local)}
         if len(tree) != 1 or merged != args.tasks:
@@ -157,15 +194,18 @@ def main() -> None:
         result = {"tasks": args.tasks, "workers": args.workers, "agents_each": args.agents, "files": args.files,
                   "distributed_s": round(dist_s, 2), "local_s": round(local_s, 2),
                   "makespan_ratio": round(dist_s / local_s, 3),
-                  "dispatch_p50_ms": round(1000 * statistics.median(lat), 1),
-                  "dispatch_p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
-                  "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1)}
+                  "dispatch_p50_ms": pct(lat, 0.5), "dispatch_p99_ms": pct(lat, 0.99),
+                  "local_dispatch_p50_ms": pct(local_lat, 0.5), "local_dispatch_p99_ms": pct(local_lat, 0.99),
+                  "merges_per_s_busy": merge_rate,
+                  "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1),
+                  "load_dist_before_after": [round(x, 2) for x in load_dist],
+                  "load_local_before_after": [round(x, 2) for x in load_local]}
         print(json.dumps(result) if args.json else "\n".join(f"{k:28} {v}" for k, v in result.items()))
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(timeout=60)
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait(timeout=60)
         redis.terminate()
         redis.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -64,6 +64,7 @@ class RedisExecutor(Executor):
         self._phases: list[Phase] = []
         self._ready: list[Outcome] = []     # outcomes of adopted attempts found on the stream, for the next wait
         self._pushed: set[str] = set()
+        self._unfetched: list[tuple[Outcome, str]] = []   # outcomes read whose branches are still on the remote
         self._reclaimed_at = time.monotonic()
         self._open()
 
@@ -78,6 +79,7 @@ class RedisExecutor(Executor):
                     raise
         self.client.delete(self.names.stopped(self.run))
         self.client.sadd(self.names.runs, self.run)
+        self.client.xadd(self.names.opened, {"run": self.run}, maxlen=100, approximate=True)
         self.store.event(EventKind.DISTRIBUTED, repository=self.names.repo, remote=self.remote, lease_s=self.lease)
 
     # -- the interface ---------------------------------------------------------------------------
@@ -136,6 +138,7 @@ class RedisExecutor(Executor):
                 outcome = self._outcome(fields)
                 if outcome is not None:
                     self._ready.append(outcome)
+        self._fetch_branches()
         if last is not None:
             self.client.xgroup_setid(outcomes, p.INTEGRATOR_GROUP, last)
         if adopted:
@@ -173,6 +176,7 @@ class RedisExecutor(Executor):
                         if outcome is not None:
                             done.append(outcome)
                     self.client.xack(stream, p.INTEGRATOR_GROUP, entry)
+            self._fetch_branches()
             if done or time.monotonic() >= deadline:
                 return done
         return []
@@ -265,20 +269,29 @@ class RedisExecutor(Executor):
         return out
 
     def _collect(self, out: Outcome, worker: str, log: str) -> None:
-        """The attempt's code and files, here: its branch fetched at the reported head, its log and verdict."""
+        """The attempt's files, here: its log and verdict; its branch is fetched by `_fetch_branches`."""
         adir = self.store.attempt_dir(out.task.id, out.n)
         if log:
             (adir / layout.AGENT_LOG).write_text(log, encoding="utf-8")
         if out.report is not None:
             (adir / "gate.json").write_text(out.report.to_json(), encoding="utf-8")
-        if out.head is None:
+        if out.head is not None:
+            self._unfetched.append((out, worker))
+
+    def _fetch_branches(self) -> None:
+        """The branches of the outcomes just read, at their reported heads, in one fetch: under load
+        outcomes come in batches, and a fetch per outcome would bound the merges per second. An
+        outcome whose branch does not arrive at its head becomes an error."""
+        batch, self._unfetched = self._unfetched, []
+        if not batch:
             return
-        try:
-            gitwire.fetch_task(self.repo, self.remote, self.run, out.task.id, out.n, out.branch, Sha(out.head))
-        except CommandError as exc:
-            out.kind = "error"
-            out.reason = f"could not fetch the task branch from worker {worker}: {str(exc).splitlines()[0]}"
-            out.feedback, out.report = "", None
+        errors = gitwire.fetch_tasks(self.repo, self.remote, self.run,
+                                     [(o.task.id, o.n, o.branch, Sha(str(o.head))) for o, _ in batch])
+        for (out, worker), error in zip(batch, errors):
+            if error is not None:
+                out.kind = "error"
+                out.reason = f"could not fetch the task branch from worker {worker}: {error}"
+                out.feedback, out.report = "", None
 
     def _current(self, body: dict[str, Any]) -> _Live | None:
         """The live attempt BODY speaks for: its token is the one that attempt was given, and the run is ours."""

@@ -49,6 +49,29 @@ def fetch_task(repo: Repo, remote: str, run: str, task_id: str, n: int, branch: 
                            f"the remote's branch of attempt {n} is at {got}, not at the gated commit {head}")
 
 
+def fetch_tasks(repo: Repo, remote: str, run: str, attempts: list[tuple[str, int, BranchName, Sha]]) -> list[str | None]:
+    """`fetch_task` for each (task, n, branch, head) of ATTEMPTS, in one fetch while every ref is there
+    (one git fetch per batch of outcomes, not per outcome); for each, None or why it failed."""
+    if len(attempts) > 1:
+        specs = [f"+{task_ref(run, task_id, n)}:refs/heads/{branch}" for task_id, n, branch, _ in attempts]
+        try:
+            repo.git("fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, *specs)
+        except CommandError:
+            pass        # one ref missing fails them all: each is fetched alone below, to say which
+        else:
+            return [None if repo.branch_sha(branch) == head else
+                    f"the remote's branch of attempt {n} is at {repo.branch_sha(branch)}, not at the gated commit {head}"
+                    for _, n, branch, head in attempts]
+    errors: list[str | None] = []
+    for task_id, n, branch, head in attempts:
+        try:
+            fetch_task(repo, remote, run, task_id, n, branch, head)
+            errors.append(None)
+        except CommandError as exc:
+            errors.append(str(exc).splitlines()[0])
+    return errors
+
+
 def delete_run_refs(repo: Repo, remote: str, run: str) -> int:
     """Remove the run's refs from the remote once it is over; how many there were."""
     out = repo.git("ls-remote", "--refs", remote, run_refs(run) + "*").stdout

@@ -74,6 +74,12 @@ class Names:
         """A set: the runs whose request streams workers read."""
         return f"wswarm:{self.repo}:runs"
 
+    @property
+    def opened(self) -> str:
+        """A stream with an entry per run opened: idle workers block on it instead of polling `runs`.
+        Its entries only wake them; what they run still comes signed on the run's request stream."""
+        return f"wswarm:{self.repo}:opened"
+
     def requests(self, run: str) -> str:
         return f"wswarm:{self.repo}:run:{run}:requests"
 

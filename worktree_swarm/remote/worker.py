@@ -105,9 +105,11 @@ class Worker:
                                            lambda kind, data: say(f"{kind}: {data}"))
         self._held: dict[bytes, _Held] = {}
         self._lock = threading.Lock()
-        self._threads = ThreadPoolExecutor(max_workers=agents, thread_name_prefix="wswarm-worker")
+        # Twice the agents: an attempt whose slot is still being scrubbed holds a thread, not an agent.
+        self._threads = ThreadPoolExecutor(max_workers=2 * agents, thread_name_prefix="wswarm-worker")
         self._freed = threading.Event()      # an attempt ended: a full worker reads again at once
         self._news_read: dict[str, str] = {}  # run -> the last news entry read
+        self._idle = False                    # no run was open at the last look
         self.done = 0
 
     # -- messages ----------------------------------------------------------------------------
@@ -145,18 +147,25 @@ class Worker:
             self.throttle.admission.close()
 
     def _take(self, stop: threading.Event) -> None:
+        self._freed.clear()         # before counting: an attempt ending after the count wakes the wait
         with self._lock:
             busy = len(self._held)
         free = self.agents - busy
         if free <= 0 or not self.throttle.admit(running=busy):
             self._freed.wait(0.2)
-            self._freed.clear()
             return
+        # While idle, the newest entry of `opened` is read before the set: a run opened after the
+        # set was read wakes the wait below at once, not at its timeout.
+        newest: Any = self.client.xrevrange(self.names.opened, count=1) if self._idle else None
         members: Any = self.client.smembers(self.names.runs)
         runs = sorted(r.decode() for r in members)
         if not runs:
-            stop.wait(0.5)
+            if self._idle:
+                since = _text(newest[0][0]) if newest else "0-0"
+                self.client.xread({self.names.opened: since}, count=1, block=1000)
+            self._idle = True
             return
+        self._idle = False
         streams: dict[Any, Any] = {self.names.requests(run): ">" for run in runs}
         try:
             got: Any = self.client.xreadgroup(p.WORKER_GROUP, self.name, streams, count=free, block=1000)
@@ -225,16 +234,15 @@ class Worker:
             retrying(lambda: self.client.xack(held.stream, p.WORKER_GROUP, held.entry), for_s=4 * a.lease)
             self.done += 1
         finally:
-            try:
-                # The slot goes back first: the next attempt this frees room for takes it.
-                if out.worktree is not None:
-                    self.pool.release(out.worktree, keep=False)
-                if self.repo.branch_sha(req.branch) is not None:
-                    self.repo.delete_branch(req.branch)
-            finally:
-                with self._lock:
-                    self._held.pop(held.entry, None)
-                self._freed.set()
+            # The agent is free once its outcome is sent: the next request is read now, and its start
+            # commit fetched while this slot is scrubbed (the pool hands it over when it is back).
+            with self._lock:
+                self._held.pop(held.entry, None)
+            self._freed.set()
+            if out.worktree is not None:
+                self.pool.release(out.worktree, keep=False)
+            if self.repo.branch_sha(req.branch) is not None:
+                self.repo.delete_branch(req.branch)
 
     def _attempt(self, held: _Held, log: StreamLog) -> Outcome:
         a = held.assignment
