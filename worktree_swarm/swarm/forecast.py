@@ -8,7 +8,8 @@ whose changed files meet are merged: two attempts that changed different files c
 
 from __future__ import annotations
 
-import shutil
+import errno
+import os
 import tempfile
 import threading
 import time
@@ -32,6 +33,10 @@ HEAD = ""        # the "other side" of a forecast against the integration head
 CPU_SHARE = 0.05
 MIN_INTERVAL = 2.0
 MAX_INTERVAL = 60.0
+# What one snapshot may cost: the agent owns the files git reads (a sparse terabyte takes git hours to
+# hash), so each git call is killed past this, and an index bigger than this is not copied.
+SNAPSHOT_TIMEOUT = 30.0
+MAX_INDEX_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,14 @@ class Round:
     seconds: float = 0.0
 
 
-def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot") -> Sha | None:
+def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot",
+             cancel: threading.Event | None = None, timeout: float = SNAPSHOT_TIMEOUT) -> Sha | None:
     """A commit of WORKTREE's files as they are now, its parent the worktree's HEAD; None when there is
     nothing safe to snapshot: the worktree is gone, its `.git` no longer points at its own git dir, or
-    it holds a repository of its own (whose configuration git would read)."""
+    it holds a repository of its own (whose configuration git would read); None too when a git call
+    passes TIMEOUT seconds or CANCEL is set (both kill it: the files are the agent's to make costly)."""
+    if not (worktree / ".git").is_file() or (worktree / ".git").is_symlink():
+        return None         # a FIFO or a link there would block or redirect the read of it
     try:
         admin = admin_dir(repo, worktree)
     except (WswarmError, OSError, ValueError):
@@ -69,17 +78,37 @@ def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot") -
         env = {"GIT_INDEX_FILE": str(index)}
         try:
             head = proc.git(*where, "rev-parse", "--verify", "-q", "HEAD", cwd=worktree).stdout.strip()
-            own = admin / "index"
-            if own.is_file() and not own.is_symlink():
-                shutil.copyfile(own, index)      # its stat data makes `add` read only the changed files
-            else:
+            # its stat data makes `add` read only the changed files
+            if not _copy_index(admin / "index", index):
                 proc.git(*where, "read-tree", head, cwd=worktree, env=env)
-            proc.git(*where, "add", "-A", cwd=worktree, env=env)
+            # The one call that reads the agent's files: killed past TIMEOUT, or when the forecaster stops.
+            added = proc.run_in_group(["git", *proc.HARDENED, *where, "add", "-A"], cwd=worktree,
+                                      env=proc.clean_env({**proc.NO_GRAFTS, **env}), output=Path(tmp) / "add.log",
+                                      timeout=timeout, cancel=cancel)
+            if added.returncode != 0:
+                return None
             tree = proc.git(*where, "write-tree", cwd=worktree, env=env).stdout.strip()
             commit = proc.git(*where, "commit-tree", tree, "-p", head, "-m", message, cwd=worktree).stdout.strip()
         except (CommandError, OSError):
             return None         # the agent is mid-change (a lock, a half-written file): next round
     return Sha(commit)
+
+
+def _copy_index(own: Path, copy: Path) -> bool:
+    """Copy the agent's index to COPY; False when it is missing, not a regular file (a link, a FIFO:
+    checked on the open file, so no swap in between counts) or too big to be one."""
+    try:
+        fd = proc.open_regular(own, os.O_RDONLY)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as src:
+        if os.fstat(src.fileno()).st_size > MAX_INDEX_BYTES:
+            return False
+        data = src.read(MAX_INDEX_BYTES + 1)
+    if len(data) > MAX_INDEX_BYTES:
+        raise OSError(errno.EFBIG, "the index grew while it was read", str(own))
+    copy.write_bytes(data)
+    return True
 
 
 def forecast(repo: Repo, head: Sha, snaps: Mapping[Key, tuple[Sha, Sha]]) -> Round:
@@ -130,8 +159,10 @@ class Forecaster:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the rounds: a snapshot under way is killed, and a thread stuck anyway (an open() an
+        agent made block) is left behind, a daemon, rather than holding the run."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=SNAPSHOT_TIMEOUT)
 
     def take(self) -> Round | None:
         """The newest round not taken yet. A round that failed unexpectedly raises its error here."""
@@ -154,7 +185,9 @@ class Forecaster:
             head = self.head()
             snaps = {}
             for key, (worktree, start) in self.running().items():
-                snap = snapshot(self.repo, worktree)
+                if self._stop.is_set():
+                    return
+                snap = snapshot(self.repo, worktree, cancel=self._stop)
                 if snap is not None:
                     snaps[key] = (start, snap)
             try:
