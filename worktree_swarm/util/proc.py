@@ -24,8 +24,14 @@ _GIT_LEAKS = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_PREFIX", "GIT_C
 # Whatever a repository's config says (an agent may have written it), wswarm's own git calls run no
 # hook (a relative core.hooksPath finds hooks inside a worktree; --no-verify skips only some), no
 # fsmonitor, no signing program, no pager and no ext:: transport.
-HARDENED = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
-            "-c", "tag.gpgSign=false", "-c", "core.pager=cat", "-c", "protocol.ext.allow=never")
+# Nor does an object mean other than its id says: refs/replace (an agent can write refs) would swap
+# the content of a commit the gate judged, or of the integration head, for the train's merge; grafts
+# (GIT_GRAFT_FILE below) would rewrite parents. `-c core.useReplaceRefs=false` is not enough for merge-tree.
+HARDENED = ("--no-replace-objects", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+            "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false", "-c", "core.pager=cat",
+            "-c", "protocol.ext.allow=never")
+# A path that cannot exist: git reads no graft file, and says nothing about it.
+NO_GRAFTS = {"GIT_GRAFT_FILE": "/dev/null/no-grafts"}
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -114,7 +120,8 @@ def run(
 def git_bytes(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> bytes:
     """git's stdout as raw bytes: text mode would turn a lone CR into a line break."""
     argv = ["git", *HARDENED, *(str(a) for a in args)]
-    proc = subprocess.run(argv, cwd=cwd, env=clean_env(env), stdin=subprocess.DEVNULL, capture_output=True)
+    proc = subprocess.run(argv, cwd=cwd, env=clean_env({**NO_GRAFTS, **(env or {})}), stdin=subprocess.DEVNULL,
+                          capture_output=True)
     if proc.returncode != 0:
         raise CommandError(display_argv(argv), proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
     return proc.stdout
@@ -131,8 +138,8 @@ def git(*args: str | Path, cwd: Path, check: bool = True, env: Mapping[str, str]
     """Run git with a clean environment and the HARDENED settings. AS_CONFIGURED drops them, for
     the few reads that must see the configuration as the user's own git does (where hooks live)
     and run nothing."""
-    return run("git", *(() if as_configured else HARDENED), *args, cwd=cwd, check=check, env=clean_env(env),
-               input=input)
+    return run("git", *(() if as_configured else HARDENED), *args, cwd=cwd, check=check,
+               env=clean_env(env if as_configured else {**NO_GRAFTS, **(env or {})}), input=input)
 
 
 @dataclass(frozen=True)
