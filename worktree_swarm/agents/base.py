@@ -29,14 +29,20 @@ class News:
         self._posted = threading.Event()
 
     def post(self, item: Mapping[str, Any]) -> None:
-        """Queue ITEM and append it to the file as one JSON line (written whole, in one call)."""
+        """Queue ITEM and append it to the file as one JSON line (written whole, in one call), unless
+        something other than a regular file is at the file's name."""
         with self._lock:
             self._queue.append(dict(item))
             if self.path is not None:
-                # The agent can write its attempt's folder: a link planted at the name is refused.
-                fd = proc.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                with os.fdopen(fd, "ab") as out:
-                    out.write((json.dumps(item, ensure_ascii=False) + "\n").encode())
+                # The agent can write its attempt's folder: a link, a FIFO or a folder planted at the
+                # name is refused, and the file goes unwritten (the agent's loss, not the run's).
+                try:
+                    fd = proc.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                except OSError:
+                    fd = None
+                if fd is not None:
+                    with os.fdopen(fd, "ab") as out:
+                        out.write((json.dumps(item, ensure_ascii=False) + "\n").encode())
             self._posted.set()
 
     def take(self) -> list[dict[str, Any]]:

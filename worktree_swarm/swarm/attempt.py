@@ -249,13 +249,21 @@ class AttemptRunner:
 
     def _own_base(self, start: Sha, head: Sha) -> Sha:
         """START, or the newest commit of the integration branch that HEAD holds when the agent merged
-        the integration head into its branch."""
+        the integration head into its branch. Only a commit on the branch's first-parent line above
+        START (an integration head, whose content was judged) counts, and only when it is HEAD's one
+        merge base with the branch: of several, git merges from a blend of them, so a diff from one
+        would hide what the merge brings in (a task branch's own commit holding what its later commits
+        dropped, say)."""
         integration = self.repo.branch_sha(integration_branch(self.run_id))
         if integration is None:
             return start
         found = self.repo.pygit.merge_base(head, integration)
         newest = Sha(str(found)) if found is not None else start
-        return newest if newest != start and self.repo.is_ancestor(start, newest) else start
+        if newest == start or not self.repo.is_ancestor(start, newest):
+            return start
+        bases = self.repo.git("merge-base", "--all", head, integration).stdout.split()
+        line = self.repo.git("rev-list", "--first-parent", integration, f"^{start}").stdout.split()
+        return newest if bases == [newest] and newest in line else start
 
     def _request(self, out: Outcome, worktree: Path, adir: Path, feedback: str | None,
                  env: dict[str, str], deps: list[dict[str, Any]], *, agent: str) -> AgentRequest:
@@ -278,7 +286,13 @@ class AttemptRunner:
         # News of work merged while it runs: a file from the start, so a command agent can always read it.
         news = self.news.get((task.id, out.n)) or News()
         if news.path is not None:
-            os.close(proc.open_regular(news.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+            try:
+                os.close(proc.open_regular(news.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+            except OSError:
+                # Planted ahead by an agent that can write the run's folders (a link, a FIFO, a folder):
+                # removed, never followed, and a file of ours takes its place.
+                proc.remove_tree(news.path)
+                os.close(proc.open_regular(news.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             env = {**env, "WSWARM_NEWS": str(news.path)}
         return AgentRequest(news=news, run_id=self.run_id, task=task, attempt=out.n, worktree=worktree, base=out.start,
                             prompt_path=adir / "prompt.md", task_json_path=adir / "task.json",
