@@ -326,7 +326,8 @@ class Swarm:
         """on_forecast = restart: an attempt heading for a conflict, young enough (under restart_share of its
         timeout), is stopped, not charged. One heading for work already merged starts again from the new
         head at once; of two running attempts heading for each other, the younger is stopped and waits for
-        the other to settle, then starts from the head that holds its work."""
+        the other to settle, then starts from the head that holds its work. A task is restarted at most
+        MAX_RESTARTS times; after that it is told, as with notify."""
         settings = self.config.scheduler
         task_id, _ = f.key
         started = self._launched.get(f.key, 0.0)
@@ -337,8 +338,10 @@ class Swarm:
             if mate is None or self._launched.get(mate, 0.0) > started or mate in self._restarting:
                 return False        # the other one is the younger: it is the one to stop
         young = time.monotonic() - started < settings.restart_share * self.options.agent_timeout
-        if not young or self.sched.status(task_id) != TaskStatus.RUNNING or not self.executor.restart(f.key):
+        if (not young or self.sched.status(task_id) != TaskStatus.RUNNING or not self.sched.may_restart(task_id)
+                or not self.executor.restart(f.key)):
             return False
+        self.sched.restarted(task_id)
         self._restarting[f.key] = (f.other, f.paths)
         return True
 

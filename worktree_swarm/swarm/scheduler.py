@@ -53,6 +53,12 @@ def charged(kinds: Iterable[str]) -> int:
     return sum(1 for kind in kinds if kind not in UNCHARGED)
 
 
+# Restarts (on_forecast = restart) are not charged: without a bound, a task heading for a conflict each
+# time it starts (an agent that writes one, or two that keep meeting) would be stopped and started for
+# as long as the other side runs. Past this many, its attempt runs on and is only told.
+MAX_RESTARTS = 3
+
+
 @dataclass
 class TaskState:
     status: TaskStatus = TaskStatus.PENDING
@@ -63,6 +69,7 @@ class TaskState:
     failed_head: str | None = None     # set when that attempt failed: a retry from this head goes last …
     waits_for: set[str] = field(default_factory=set)   # … and waits for the overlapping work then running
     wait_until: float = 0.0            # to settle, but not past this time
+    restarts: int = 0                  # attempts stopped early to start again (on_forecast = restart)
 
     @property
     def started(self) -> int:
@@ -270,6 +277,14 @@ class Scheduler:
         other ready tasks while the head is still HEAD."""
         state = self.tasks[task]
         state.failed_head, state.waits_for, state.wait_until = head, {until}, now + self.retry_wait
+
+    def may_restart(self, task: str) -> bool:
+        """Whether TASK's running attempt may still be stopped to start again (MAX_RESTARTS)."""
+        return self.tasks[task].restarts < MAX_RESTARTS
+
+    def restarted(self, task: str) -> None:
+        """TASK's running attempt was stopped to start again."""
+        self.tasks[task].restarts += 1
 
     def eject(self, task: str, n: int, *, culprit: bool) -> Decision:
         """Attempt N's merge was taken out of the integration branch. The culprit's attempt is spent
