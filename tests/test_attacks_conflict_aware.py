@@ -81,6 +81,7 @@ def test_a_sparse_file_a_snapshot_reads_neither_holds_the_run_nor_outlives_it(
 # integration head for a commit of its own with `git replace`: the train's merge of `late` would read
 # that content as "ours" and carry it onto the branch, though no gate ever saw it.
 REPLACE_AGENT = """
+import subprocess
 def git(*args):
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
 tid = os.environ["WSWARM_TASK_ID"]
@@ -128,6 +129,7 @@ def test_a_replace_ref_does_not_carry_unjudged_content_onto_the_integration_bran
 # holding the key, its diff shows no key, while git's merge (from a blend of both, which holds none)
 # brings the key in.
 CRISS_CROSS_AGENT = """
+import subprocess
 def git(*args):
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
 shared = Path(os.environ["SHARED"])
@@ -190,12 +192,14 @@ def test_a_branch_with_two_merge_bases_is_not_judged_from_the_one_that_hides_a_k
     wswarm(repo.path, "start", "--plan", str(plan), "--agents", "3", "--max-attempts", "1",
            "--agent-cmd", agent_script(CRISS_CROSS_AGENT), env={"SHARED": str(shared)})
 
-    assert (shared / "three").exists(), "the attack was not tried"
     tasks = {t["id"]: t for t in wswarm(repo.path, "status", "--json").json()["tasks"]}
-    assert (tasks["two"]["status"], tasks["four"]["status"]) == ("merged", "merged")
     branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
     assert "s.py" not in repo.git("ls-tree", "-r", "--name-only", branch).split()
-    assert tasks["three"]["status"] == "failed" and "secrets" in tasks["three"]["reason"]
+    # The key never reaches the integration branch, not even its history: the first step already fails,
+    # since a key a merge commit brings in and a later commit drops is read in the branch's history.
+    assert "AKIA" not in repo.git("log", "-p", "--remerge-diff", branch)
+    assert tasks["two"]["status"] == "failed" and "secrets" in tasks["two"]["reason"]
+    assert tasks["three"]["status"] != "merged"
 
 
 # -- restarts -------------------------------------------------------------------------------------

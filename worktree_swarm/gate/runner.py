@@ -164,7 +164,9 @@ def _secrets_in_history(repo: Repo, base: Sha | None, head: Sha, seen: set[tuple
     revs = f"{base}..{head}" if base is not None else head
     if not _two_commits(repo, base, head):
         return []
-    raw = proc.git_bytes(*repo.objects_only(), "log", "-p", "--reverse", "--no-merges", *PLAIN, "-M",
+    # A merge commit is read as what its resolution added beyond the automatic merge (--remerge-diff):
+    # a key put in while merging, then dropped, stays in history too.
+    raw = proc.git_bytes(*repo.objects_only(), "log", "-p", "--reverse", "--remerge-diff", *PLAIN, "-M",
                          "--src-prefix=a/", "--dst-prefix=b/", "--format=%x00%h", revs, cwd=repo.common_dir)
     found: list[Finding] = []
     for chunk in raw.decode("utf-8", errors="surrogateescape").split("\0")[1:]:

@@ -29,7 +29,7 @@ from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git import residue
-from worktree_swarm.git.refs import encode, integration_branch
+from worktree_swarm.git.refs import encode
 from worktree_swarm.git.slot_files import admin_dir
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
@@ -85,7 +85,8 @@ class AttemptRunner:
     def __init__(self, *, repo: Repo, config: Config, store: AttemptLog, pool: WorktreePool, pool_root: Path,
                  agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
                  agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement(),
-                 report: Callable[[str, dict[str, Any]], None] = lambda task_id, fields: None) -> None:
+                 report: Callable[[str, dict[str, Any]], None] = lambda task_id, fields: None,
+                 integration_head: Callable[[], Sha | None] = lambda: None) -> None:
         self.repo = repo
         self.config = config
         self.store = store
@@ -100,6 +101,7 @@ class AttemptRunner:
         self.confinement = confinement
         # What a task row should now say; the orchestrator writes it (it alone writes task rows).
         self.report = report
+        self.integration_head = integration_head
         self.news: dict[tuple[str, int], News] = {}    # the news box of each attempt, set by its executor
         self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
 
@@ -254,7 +256,8 @@ class AttemptRunner:
         merge base with the branch: of several, git merges from a blend of them, so a diff from one
         would hide what the merge brings in (a task branch's own commit holding what its later commits
         dropped, say)."""
-        integration = self.repo.branch_sha(integration_branch(self.run_id))
+        # The head the run recorded, not the branch: an agent can move the ref while this gate runs.
+        integration = self.integration_head()
         if integration is None:
             return start
         found = self.repo.pygit.merge_base(head, integration)

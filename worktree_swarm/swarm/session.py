@@ -66,6 +66,12 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
             pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
                              fresh_root=layout.worktrees_dir(repo.state_dir),
                              start=Sha(row.integration_head or row.base))
+        swarm: Swarm | None = None
+
+        def recorded_head() -> Sha | None:
+            """The integration head the run recorded (an attempt judges its own change from it)."""
+            return swarm.train.head if swarm is not None else None
+
         pool_root = layout.worktrees_dir(repo.state_dir)
         # Code a confined agent wrote runs only in the sandbox: its setup and its checks, and every
         # probe and merge-result check of a run that holds such work.
@@ -82,7 +88,7 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
             runner = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
                                    agent_for=agent_for, cache=cache, cancel=threading.Event(), run_id=RunId(row.id),
                                    agent_timeout=options.agent_timeout, secret_values=secret_env_values(os.environ),
-                                   confinement=confinement)
+                                   confinement=confinement, integration_head=recorded_head)
             throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                           lambda kind, data: store.event(kind, **data))
             executor = LocalExecutor(runner, agents=options.agents, throttle=throttle)
