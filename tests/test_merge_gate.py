@@ -176,3 +176,41 @@ def test_a_merge_result_whose_checks_could_not_run_is_unverified_not_passed(repo
     assert {e["verdict"] for e in gates} == {"passed"} and all("tests ✓" in str(e["summary"]) for e in gates)
     pr = wswarm(repo.path, "pr")
     assert "**Unverified:** tests did not run (the worktree setup step failed)" in pr.stdout
+
+
+def test_a_branch_that_merged_an_ejected_merge_mid_run_is_redone_without_it(repo: Repo, agent_script: object) -> None:
+    """`absorber` brings `bad`'s merge into its branch while it runs (as the news of that merge invites);
+    when the merge result fails and `bad` is ejected, `absorber`'s merge carries `bad`'s work: it is
+    ejected too and redone, and no trace of `bad.txt` stays on the branch."""
+    check = 'test -n "$WSWARM_TASK_ID" || ! test -f bad.txt'
+    agent = """
+import subprocess
+tid, attempt = os.environ["WSWARM_TASK_ID"], os.environ["WSWARM_ATTEMPT"]
+if tid == "bad":
+    Path("fixed.txt" if os.environ.get("WSWARM_FEEDBACK") else "bad.txt").write_text("bad\\n")
+else:
+    if attempt == "1":
+        news = Path(os.environ["WSWARM_NEWS"])
+        heads = []
+        for _ in range(600):
+            heads = [json.loads(line)["head"] for line in news.read_text().splitlines() if '"head"' in line]
+            if heads:
+                break
+            time.sleep(0.05)
+        subprocess.run(["git", "merge", "-q", "--no-edit", heads[-1]], check=True)
+    Path("absorber.txt").write_text("absorber\\n")
+"""
+    setup(repo, check, [{"id": "bad", "description": "bad"}, {"id": "absorber", "description": "absorber"}],
+          cache=False)
+    res = wswarm(repo.path, "start", "--plan", "plan.json", "--agents", "2",
+                 "--agent-cmd", agent_script(agent))  # type: ignore[operator]
+    assert res.returncode == 0, res.stderr
+    st = status(repo)
+    tasks = {t["id"]: (t["status"], t["attempts"]) for t in st["tasks"]}
+    assert tasks == {"bad": ("merged", 2), "absorber": ("merged", 2)}
+    ev = events(repo)
+    assert [(e["task"], e["attempt"]) for e in ev if e["kind"] == "ejected"] == [("bad", 1), ("absorber", 1)]
+    assert [e["about"] for e in ev if e["kind"] == "news" and e["task"] == "absorber"][:1] == ["bad"]
+    branch = str(st["integration_branch"])
+    assert repo.git("log", "--format=%H", branch, "--", "bad.txt") == ""
+    assert repo.show(branch, "absorber.txt") == "absorber" and repo.show(branch, "fixed.txt") == "bad"
