@@ -210,6 +210,8 @@ else:
     assert tasks == {"bad": ("merged", 2), "absorber": ("merged", 2)}
     ev = events(repo)
     assert [(e["task"], e["attempt"]) for e in ev if e["kind"] == "ejected"] == [("bad", 1), ("absorber", 1)]
+    assert [e["reason"] for e in ev if e["kind"] == "ejected"][1] == (
+        "ejected: this attempt merged into its branch the work of 'bad', which was ejected")
     assert [e["about"] for e in ev if e["kind"] == "news" and e["task"] == "absorber"][:1] == ["bad"]
     branch = str(st["integration_branch"])
     assert repo.git("log", "--format=%H", branch, "--", "bad.txt") == ""

@@ -284,8 +284,11 @@ class Swarm:
         for drop in verdict.rebuilt.dropped:
             a = by_head[drop.merge.theirs]
             culprit = drop.why == "guilty"
+            # Built on it: started on top of it, or brought it into its branch while running.
+            how = ("started on top of" if self.repo.is_ancestor(verdict.guilty.commit, Sha(a.start))
+                   else "merged into its branch the work of")
             reason = {"guilty": "ejected: the merge result failed the gate after this merge",
-                      "built-on": f"ejected: this attempt started on top of '{guilty.task_id}', which was ejected",
+                      "built-on": f"ejected: this attempt {how} '{guilty.task_id}', which was ejected",
                       "conflicts": f"ejected: does not merge cleanly without '{guilty.task_id}', which was ejected",
                       }[drop.why]
             self.store.finish_attempt(a.task_id, a.n, outcome="ejected", reason=reason, finished=a.finished)
