@@ -207,3 +207,83 @@ def test_file_names_in_the_grid_are_text_not_markup() -> None:
     console.print(render(feed.view(now=5.0), height=console.height))
     text = console.export_text()
     assert "app/[id]/page.tsx" in text and "docs/[/]notes.md" in text
+
+
+def _forecast_feed() -> tuple[Feed, list[dict[str, Any]]]:
+    """Two running attempts whose work so far collides in core.py, as the forecaster says it."""
+    feed = Feed([task("left"), task("right")], agents=2)
+    events: list[dict[str, Any]] = [
+        {"ts": 1.0, "kind": "run-started", "run": "r", "tasks": 2},
+        {"ts": 2.0, "kind": "attempt-started", "task": "left", "attempt": 1, "agent": "command"},
+        {"ts": 2.0, "kind": "attempt-started", "task": "right", "attempt": 1, "agent": "command"},
+        {"ts": 3.0, "kind": "conflict-forecast", "task": "left", "attempt": 1, "other": "right",
+         "files": ["core.py"], "messages": ["CONFLICT (content): Merge conflict in core.py"], "head": "abc"},
+        {"ts": 3.0, "kind": "conflict-forecast", "task": "right", "attempt": 1, "other": "left",
+         "files": ["core.py"], "messages": [], "head": "abc"},
+    ]
+    feed.apply_all(list(enumerate(events)))
+    return feed, events
+
+
+def _standing(feed: Feed) -> list[tuple[str, int, str, list[str]]]:
+    return [(f["task"], f["attempt"], f["other"], f["files"]) for f in feed.view(now=10.0)["forecasts"]]
+
+
+def test_a_forecast_stands_until_it_is_cleared() -> None:
+    feed, _ = _forecast_feed()
+    assert _standing(feed) == [("left", 1, "right", ["core.py"]), ("right", 1, "left", ["core.py"])]
+    assert feed.view(now=10.0)["conflicts"] == []             # a forecast is not a conflict
+    # raised again about more paths: still one forecast, about those paths
+    feed.apply({"ts": 4.0, "kind": "conflict-forecast", "task": "left", "attempt": 1, "other": "right",
+                "files": ["core.py", "util.py"], "messages": [], "head": "abc"})
+    assert _standing(feed)[0] == ("left", 1, "right", ["core.py", "util.py"])
+    feed.apply({"ts": 5.0, "kind": "conflict-forecast-cleared", "task": "left", "attempt": 1, "other": "right"})
+    assert _standing(feed) == [("right", 1, "left", ["core.py"])]
+    feed.apply({"ts": 6.0, "kind": "conflict-forecast-cleared", "task": "right", "attempt": 1, "other": "left"})
+    assert _standing(feed) == []
+
+
+def test_a_forecast_ends_with_its_attempt() -> None:
+    feed, _ = _forecast_feed()
+    feed.apply({"ts": 4.0, "kind": "merged", "task": "left", "attempt": 1, "files": ["core.py"]})
+    # left's attempt is over; right's forecast about left stands until the forecaster says otherwise
+    assert _standing(feed) == [("right", 1, "left", ["core.py"])]
+    feed.apply({"ts": 5.0, "kind": "conflict-forecast", "task": "right", "attempt": 1, "other": "integration head",
+                "files": ["core.py"], "messages": [], "head": "def"})
+    feed.apply({"ts": 6.0, "kind": "conflict", "task": "right", "attempt": 1, "files": ["core.py"]})
+    assert _standing(feed) == [] and len(feed.view(now=10.0)["conflicts"]) == 1
+    # a later attempt ends what was forecast for an earlier one, whatever came between
+    feed.apply({"ts": 7.0, "kind": "attempt-started", "task": "right", "attempt": 2, "agent": "command"})
+    feed.apply({"ts": 8.0, "kind": "conflict-forecast", "task": "right", "attempt": 2, "other": "integration head",
+                "files": ["core.py"], "messages": [], "head": "def"})
+    feed.apply({"ts": 8.5, "kind": "conflict-forecast", "task": "right", "attempt": 1, "other": "left",
+                "files": ["core.py"], "messages": [], "head": "abc"})     # late word of attempt 1: not standing
+    assert _standing(feed) == [("right", 2, "integration head", ["core.py"])]
+    feed.apply({"ts": 9.0, "kind": "restarted", "task": "right", "attempt": 2, "other": "integration head",
+                "files": ["core.py"]})
+    assert _standing(feed) == []
+
+
+def test_a_run_nobody_drives_has_no_standing_forecast() -> None:
+    feed, events = _forecast_feed()
+    assert len(feed.view(now=10.0, live=True)["forecasts"]) == 2
+    assert feed.view(now=10.0, live=False)["forecasts"] == []           # it crashed: nothing runs
+    feed.apply({"ts": 4.0, "kind": "run-interrupted"})
+    feed.apply({"ts": 5.0, "kind": "run-resumed", "run": "r"})
+    assert feed.view(now=10.0)["forecasts"] == []
+
+
+def test_the_grid_shows_standing_forecasts_on_one_line() -> None:
+    feed, _ = _forecast_feed()
+    feed.apply({"ts": 4.0, "kind": "conflict-forecast", "task": "left", "attempt": 1, "other": "integration head",
+                "files": ["api.py"], "messages": [], "head": "abc"})
+    console = Console(width=160, height=30, record=True)
+    console.print(render(feed.view(now=10.0), height=console.height))
+    lines = [line.rstrip() for line in console.export_text().splitlines() if "forecast:" in line]
+    # the pair left/right forecast both ways is one entry; the head's is another
+    assert lines == ["◆ 2 conflicts forecast: left ↔ right in core.py · left ↔ integration head in api.py"]
+    feed.apply({"ts": 5.0, "kind": "merged", "task": "left", "attempt": 1, "files": ["core.py"]})
+    feed.apply({"ts": 6.0, "kind": "conflict-forecast-cleared", "task": "right", "attempt": 1, "other": "left"})
+    console = Console(width=160, height=30, record=True)
+    console.print(render(feed.view(now=10.0), height=console.height))
+    assert "forecast:" not in console.export_text()

@@ -1,5 +1,5 @@
 """The run's event log folded into the one view model every view draws: agents, tasks, progress,
-conflicts, spend and the latest events.
+conflicts (and the ones forecast while agents work), spend and the latest events.
 
 The terminal grid, `status --watch` and the web dashboard all read events.jsonl through EventTail
 and fold it with Feed; none of them keeps a truth of its own. Pure logic apart from EventTail's
@@ -26,6 +26,8 @@ ACTIVE = ("running", "gating", "merging")
 SETTLED = ("merged", "failed", "blocked")
 # Outcome events an attempt ends with before the task is re-queued or fails (swarm.py _settle).
 _ATTEMPT_OVER = ("gate-failed", "agent-failed", "timeout", "no-op", "error", "conflict")
+# Events after which an attempt runs no more: a forecast about its work so far no longer stands.
+_FORECAST_ENDS = frozenset({*_ATTEMPT_OVER, "merged", "restarted"})
 # Model-backed agents report tool uses as "Write src/app.py", "Edit: src/x.py" (agents/base.py).
 _WRITES = re.compile(r"^(?:Write|Edit|MultiEdit|NotebookEdit|write_file|edit_file|create_file|str_replace)"
                      r"\b[:\s(]+['\"]?([^\s'\",)]+)")
@@ -119,6 +121,8 @@ class Feed:
         self.merge_gate: str | None = None
         self.waiting: str | None = None          # why no new attempt starts right now (machine limits)
         self.conflicts: list[dict[str, Any]] = []
+        # Standing conflict forecasts by (task, attempt, other), in the order they were raised.
+        self.forecasts: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.alerts: list[dict[str, Any]] = []   # ejections and failures, newest last
         self.cost_usd = 0.0
         self.input_tokens = 0
@@ -148,6 +152,8 @@ class Feed:
         self.last_ts = ts
         task = self.tasks.get(str(event.get("task"))) if "task" in event else None
         handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
+        if kind in _FORECAST_ENDS and task is not None:
+            self._forecasts_end(task.id, event.get("attempt"))
         if handler is not None:
             handler(event, ts, task)
         elif kind.startswith("merge-gate-"):
@@ -167,18 +173,23 @@ class Feed:
         self.run = str(e.get("run") or "") or self.run
         self.state, self.drive_started, self.merged_in_drive, self.finished = "running", ts, 0, None
         self._stop_all("interrupted; will start again")
+        self.forecasts.clear()
 
     def _on_run_interrupted(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         self.state = "interrupted"
         self._stop_all("interrupted; wswarm resume continues")
+        self.forecasts.clear()
 
     def _on_run_finished(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         self.state, self.finished = "finished", ts
+        self.forecasts.clear()       # no attempt runs any more
 
     def _on_attempt_started(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         if task is None:
             return
         self._free(task)
+        # A task runs one attempt at a time: what was forecast for its earlier ones is over.
+        self._forecasts_end(task.id, None)
         task.status, task.attempt, task.started, task.ended = "running", int(e.get("attempt") or 0), ts, None
         task.activity, task.files, task.reason, task.gate = "", [], None, None
         task.agent = e.get("agent") or task.agent
@@ -252,6 +263,28 @@ class Feed:
                          and t.merged_at >= started and set(t.files) & set(files)})
         self.conflicts.append({"ts": ts, "task": task.id, "attempt": task.attempt, "files": files, "with": others})
         self._attempt_over(e, ts, task)
+
+    def _on_conflict_forecast(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
+        if task is None or task.status not in ACTIVE or int(e.get("attempt") or 0) != task.attempt:
+            return    # late news of an attempt already over (the log is in order, but be safe)
+        other = str(e.get("other") or "integration head")
+        files = [str(f) for f in e.get("files") or []]
+        key = (task.id, task.attempt, other)
+        standing = self.forecasts.get(key)
+        if standing is not None:      # raised again with other paths: the same forecast, now about these
+            standing["files"] = files
+            return
+        self.forecasts[key] = {"ts": ts, "task": task.id, "attempt": task.attempt, "other": other,
+                               "files": files, "head": e.get("head")}
+
+    def _on_conflict_forecast_cleared(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
+        if task is not None:
+            self.forecasts.pop((task.id, int(e.get("attempt") or 0), str(e.get("other") or "integration head")), None)
+
+    def _forecasts_end(self, task_id: str, attempt: Any) -> None:
+        """Drop TASK_ID's standing forecasts: those of ATTEMPT, or all of them when ATTEMPT is None."""
+        for key in [k for k in self.forecasts if k[0] == task_id and (attempt is None or k[1] == attempt)]:
+            del self.forecasts[key]
 
     def _on_requeued(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         if task is not None:
@@ -372,6 +405,8 @@ class Feed:
                         "total": len(tasks), "files_modified": len(files), "conflicts": len(self.conflicts)},
             "agents": agents, "tasks": tasks, "files": files,
             "conflicts": self.conflicts[-20:], "alerts": self.alerts[-20:],
+            # Standing forecasts; a run nobody drives has no running attempt for them to be about.
+            "forecasts": [dict(f) for f in self.forecasts.values()] if state == "running" else [],
             "spend": {"cost_usd": round(self.cost_usd, 6), "input_tokens": self.input_tokens,
                       "output_tokens": self.output_tokens,
                       "by_agent": {k: round(v, 6) for k, v in self.cost_by_agent.items()},

@@ -168,6 +168,21 @@ def _strip(view: dict[str, Any]) -> Text:
     return text
 
 
+def _forecast_line(view: dict[str, Any]) -> Text | None:
+    """The standing conflict forecasts on one line: two running tasks forecast against each other
+    are one entry, not two."""
+    pairs: dict[tuple[str, str], set[str]] = {}
+    for f in view.get("forecasts") or []:
+        a, b = f["task"], f["other"]
+        pair = (a, b) if b == "integration head" or a <= b else (b, a)
+        pairs.setdefault(pair, set()).update(f["files"])
+    if not pairs:
+        return None
+    said = " · ".join(f"{a} ↔ {b} in {', '.join(sorted(files))}" for (a, b), files in pairs.items())
+    return Text(f"◆ {len(pairs)} conflict{'s' if len(pairs) != 1 else ''} forecast: {said}", style="yellow",
+                overflow="ellipsis", no_wrap=True)
+
+
 def _notes(view: dict[str, Any], limit: int) -> list[Text]:
     notes: list[Text] = []
     for c in view["conflicts"][-3:]:
@@ -179,6 +194,10 @@ def _notes(view: dict[str, Any], limit: int) -> list[Text]:
         resume = f" (claude --resume {a['session_id']})" if a.get("session_id") else ""
         notes.append(Text(f"✗ {a['task'] or 'run'} {a['kind']}{resume}: {a['text']}", style="red", overflow="ellipsis",
                           no_wrap=True))
+    # Last, so a short screen keeps what stands now over what happened before.
+    forecast = _forecast_line(view)
+    if forecast is not None:
+        notes.append(forecast)
     return notes[-limit:] if limit > 0 else []
 
 

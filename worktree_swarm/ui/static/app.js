@@ -129,6 +129,8 @@ function renderMission(view) {
   $("m-files").textContent = String(m.files_modified);
   $("m-conflicts").textContent = String(m.conflicts);
   $("m-conflicts").parentElement.classList.toggle("warn", m.conflicts > 0);
+  const forecast = (view.forecasts || []).length;
+  $("m-forecasts").textContent = forecast ? forecast + " forecast now" : "";
   $("m-eta").textContent = view.state === "running" ? (p.eta === null ? "estimating…" : (p.eta ? clock(p.eta) : "finishing")) : view.state;
   $("m-elapsed").textContent = p.elapsed === null ? "" : clock(p.elapsed) + " elapsed";
   $("m-spend").textContent = money(view.spend.cost_usd);
@@ -138,6 +140,16 @@ function renderMission(view) {
 
 function renderAlerts(view) {
   const box = clear($("alerts"));
+  // Standing forecasts first: conflicts still ahead, while the agents can still avoid them.
+  for (const f of view.forecasts || []) {
+    const head = f.other === "integration head";
+    box.append(el("div", { class: "alert forecast", "data-task": f.task, "data-other": f.other },
+      el("strong", { text: "Conflict forecast" }), " in ", el("code", { text: f.files.join(", ") || "?" }),
+      " — task ", el("code", { text: f.task }), " (attempt " + f.attempt + ")",
+      head ? " against work already merged" : " against what ", head ? null : el("code", { text: f.other }),
+      head ? null : " is changing",
+      el("span", { class: "muted", text: " · since " + stamp(f.ts) + " · not a conflict yet" })));
+  }
   for (const c of view.conflicts.slice(-5).reverse()) {
     box.append(el("div", { class: "alert conflict", "data-task": c.task },
       el("strong", { text: "Conflict" }), " in ", el("code", { text: c.files.join(", ") || "?" }),
