@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Repo, wswarm, write_plan
 
 # One script plays every task; WSWARM_TASK_ID says which. SHARED is a folder outside the worktrees.
@@ -155,15 +157,23 @@ sys.exit(res.returncode)
 """
 
 
-def test_a_replay_of_upstream_history_in_any_order_comes_out_as_upstream(repo: Repo, tmp_path: Path,
-                                                                          agent_script: Any) -> None:
-    """Six upstream commits replayed as six tasks from the same old base, no declared dependencies: three
-    form a chain (each patch applies only on top of the one before), started in reverse order."""
-    base = repo.git("rev-parse", "HEAD")
+CHAIN = [("c1", "lib.py", "A = 1\n"), ("c2", "lib.py", "A = 1\nB = A\n"), ("c3", "lib.py", "A = 1\nB = A\nC = B\n"),
+         ("i1", "one.py", "ONE = 1\n"), ("i2", "two.py", "TWO = 2\n"), ("i3", "app/core.py", "VALUE = 3\n")]
+LONG_CHAIN = [(f"p{i}", "lib.py", "".join(f"V{j} = {j}\n" for j in range(1, i + 1))) for i in range(1, 7)] + [
+    ("q1", "one.py", "ONE = 1\n"), ("q2", "two.py", "TWO = 2\n")]
+
+
+@pytest.mark.parametrize(("steps", "order", "agents"), [
+    (CHAIN, ["c3", "c2", "c1", "i1", "i2", "i3"], "2"),
+    (LONG_CHAIN, [name for name, _, _ in LONG_CHAIN], "4"),
+], ids=["a chain started in reverse", "a chain of six in upstream order"])
+def test_a_replay_of_upstream_history_comes_out_as_upstream(repo: Repo, tmp_path: Path, agent_script: Any,
+                                                            steps: list[tuple[str, str, str]], order: list[str],
+                                                            agents: str) -> None:
+    """Upstream commits replayed as tasks from the same old base, no declared dependencies, three
+    attempts each: some form a chain (each patch applies only on top of the one before)."""
     patches = tmp_path / "patches"
     patches.mkdir()
-    steps = [("c1", "lib.py", "A = 1\n"), ("c2", "lib.py", "A = 1\nB = A\n"), ("c3", "lib.py", "A = 1\nB = A\nC = B\n"),
-             ("i1", "one.py", "ONE = 1\n"), ("i2", "two.py", "TWO = 2\n"), ("i3", "app/core.py", "VALUE = 3\n")]
     repo.write("lib.py", "A = 0\n")
     base = repo.commit_all("lib")
     previous = base
@@ -174,11 +184,10 @@ def test_a_replay_of_upstream_history_in_any_order_comes_out_as_upstream(repo: R
         previous = head
     upstream = repo.git("rev-parse", "HEAD^{tree}")
     repo.git("reset", "-q", "--hard", base)
-    order = ["c3", "c2", "c1", "i1", "i2", "i3"]
     plan = write_plan(tmp_path / "plan.json", [{"id": t, "type": "general", "description": f"replay {t}",
                                                  "dependencies": [], "files": []} for t in order])
 
-    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", "2", "--max-attempts", "3",
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agents", agents, "--max-attempts", "3",
                  "--agent-cmd", agent_script(REPLAY_AGENT), env={"PATCHES": str(patches)})
 
     assert res.returncode == 0, res.stderr

@@ -299,3 +299,29 @@ def test_a_stale_task_alone_still_starts() -> None:
     s.start("b", head="h0")
     s.finish("b", 1, K.AGENT_FAILED, now=1)
     assert s.pick(head="h0", now=2) == "b"       # nothing else to do, nothing running to wait for
+
+
+def test_retries_of_tasks_whose_files_are_unknown_go_one_at_a_time_in_priority_order() -> None:
+    s = overlapping("p1", "p2", "p3", "p4", files={}, retry_wait=60)
+    for t in ("p1", "p2", "p3", "p4"):
+        s.start(t, head="h0")
+    s.finish("p1", 1, K.GATED)
+    s.finish("p1", 1, K.MERGED)
+    for t in ("p2", "p3", "p4"):                 # each needed the one before it: none applied on h0
+        assert s.finish(t, 1, K.AGENT_FAILED, now=1) == Decision.RETRY
+    assert s.pick(head="h1", now=2) == "p2"
+    s.start("p2", head="h1")
+    assert s.pick(head="h1", now=2) is None     # p3 and p4 wait for p2's retry
+    assert [(h.task, h.waiting_for) for h in s.held(head="h1", now=2)] == [("p3", "p2"), ("p4", "p2")]
+    s.finish("p2", 2, K.GATED)
+    s.finish("p2", 2, K.MERGED)
+    assert s.pick(head="h2", now=3) == "p3"
+    # a task that failed after changing files is known, and retries beside the others
+    t = overlapping("a", "b", files={}, retry_wait=60)
+    t.start("a", head="h0")
+    t.start("b", head="h0")
+    t.learn("a", ["a.py"])
+    t.finish("a", 1, K.GATE_FAILED, now=1)
+    t.finish("b", 1, K.AGENT_FAILED, now=1)
+    t.start("b", head="h0")
+    assert t.pick(head="h0", now=2) == "a"

@@ -69,6 +69,7 @@ class TaskState:
     failed_head: str | None = None     # set when that attempt failed: a retry from this head goes last …
     waits_for: set[str] = field(default_factory=set)   # … and waits for the overlapping work then running
     wait_until: float = 0.0            # to settle, but not past this time
+    retrying: bool = False             # its last attempt failed with its files unknown (see `pick`)
     restarts: int = 0                  # attempts stopped early to start again (on_forecast = restart)
 
     @property
@@ -196,6 +197,15 @@ class Scheduler:
                 return Held(task, other, f"both change {where}")
         return None
 
+    def _after_other_retry(self, task: str) -> bool:
+        """Tasks whose attempts failed with nothing known of their files retry one at a time, in priority
+        order: the work one lacked is often another's (a replayed history, where a change applies only on
+        top of an earlier one), and retrying them side by side fails them all again at once."""
+        if self.overlap == Overlap.IGNORE or not self.tasks[task].retrying:
+            return False
+        return any(other != task and state.retrying and state.status in ACTIVE
+                   for other, state in self.tasks.items())
+
     def _stale(self, task: str, *, head: str, now: float) -> bool:
         """Its last attempt failed on HEAD (and the wait for a new head is not over)."""
         state = self.tasks[task]
@@ -210,7 +220,7 @@ class Scheduler:
         ready = self.ready()
         stale = [t for t in ready if self._stale(t, head=head, now=now)]
         for task in [t for t in ready if t not in stale] + stale:
-            if self._waiting(task, head=head, now=now):
+            if self._waiting(task, head=head, now=now) or self._after_other_retry(task):
                 continue
             if self.overlap == Overlap.IGNORE or self._blocking(task) is None:
                 return task
@@ -222,10 +232,14 @@ class Scheduler:
         """Ready tasks `pick` passes over right now, each with the task it waits for."""
         out = []
         ready = self.ready()
-        free = [t for t in ready if not self._waiting(t, head=head, now=now) and self._blocking(t) is None]
+        free = [t for t in ready if not self._waiting(t, head=head, now=now) and not self._after_other_retry(t)
+                and self._blocking(t) is None]
         for task in ready:
             if held := self._waiting(task, head=head, now=now):
                 out.append(held)
+            elif self._after_other_retry(task):
+                other = next(o for o, s in self.tasks.items() if o != task and s.retrying and s.status in ACTIVE)
+                out.append(Held(task, other, "its last attempt failed; such retries go one at a time"))
             elif self.overlap != Overlap.IGNORE and (held := self._blocking(task)) is not None:
                 # avoid: held only while a task that overlaps nothing goes first
                 if self.overlap == Overlap.SERIALIZE or free:
@@ -262,6 +276,7 @@ class Scheduler:
             return Decision.MERGE
         if kind == AttemptKind.MERGED:
             state.status = TaskStatus.MERGED
+            state.retrying = False
             return Decision.MERGE
         decision = self._retry_or_give_up(task)
         if decision == Decision.RETRY and n == state.started:
@@ -270,6 +285,7 @@ class Scheduler:
             # failure waits for the overlapping work running now (what it lacked may be theirs).
             state.waits_for = set() if kind == AttemptKind.CONFLICT else {
                 other for other in self.running() if other != task and self.overlaps(task, other, unknown=True)}
+            state.retrying = kind != AttemptKind.CONFLICT and not (state.known or self.files[task])
         return decision
 
     def defer(self, task: str, *, until: str, head: str, now: float) -> None:
