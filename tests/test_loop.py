@@ -221,3 +221,27 @@ def test_the_loop_never_reaches_past_the_executor() -> None:
     source = Path(loop.__file__).read_text()
     for local in ("LocalExecutor", "AttemptRunner", "WorktreePool", "ThreadPoolExecutor", "admission"):
         assert local not in source
+
+
+def test_a_link_planted_where_the_next_attempts_feedback_is_kept_is_not_followed_on_resume(
+        repo: SampleRepo, tmp_path: Path) -> None:
+    """Any command agent can write the run's folder: a link at a re-queued attempt's saved feedback must not
+    hand the file it names (a key, say) to the next agent as its feedback."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    plan = make_plan(("t", []))
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({"t.txt": "t\n"}))
+    swarm, store = build(repo, plan, executor)
+    store.start_attempt("t", 1, branch="b", start=store.run().base)
+    store.finish_attempt("t", 1, outcome="gate-failed", reason="failed")
+    store.set_task("t", status="pending", attempts=1)
+    saved = store.attempt_dir("t", 1) / "feedback-for-next-attempt.txt"
+    saved.symlink_to(secret)
+
+    resumed = Swarm(repo=swarm.repo, config=Config(), plan=plan, store=store, executor=executor,
+                    agent_for=swarm.agent_for, options=swarm.options, pool_root=swarm.pool_root,
+                    confinement=Confinement(), cache=swarm.cache)
+
+    assert resumed.data["t"].feedback is None
+    assert resumed.run() is True
+    assert all("PRIVATE KEY" not in (r.feedback or "") for r in executor.seen)

@@ -168,5 +168,5 @@ def _feedback_for_next(store: RunStore, last: AttemptRow) -> None:
     elif last.outcome == "conflict":
         text += ("\nThis attempt starts from the current integration head, which contains the work merged "
                  "meanwhile. Redo your change on top of it.")
-    path.write_text(text + "\n", encoding="utf-8", errors="replace")
+    proc.write_new(path, (text + "\n").encode("utf-8", errors="replace"))
 

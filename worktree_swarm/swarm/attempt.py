@@ -130,7 +130,7 @@ class AttemptRunner:
             out.kind, out.reason = "error", str(exc).splitlines()[0]
             out.feedback = str(exc)
             # The whole message (git's own words) stays with the attempt, not just its first line.
-            (adir / "error.log").write_text(str(exc) + "\n", encoding="utf-8", errors="replace")
+            proc.write_new(adir / "error.log", (str(exc) + "\n").encode("utf-8", errors="replace"))
             return out
         finally:
             # A key an agent or a check printed stays out of every log wswarm keeps.
@@ -236,7 +236,7 @@ class AttemptRunner:
                               confinement=self.confinement)
         finally:
             base_probe.close()
-        (adir / "gate.json").write_text(report.to_json(), encoding="utf-8")
+        proc.write_new(adir / "gate.json", report.to_json().encode("utf-8"))
         self.store.event(EventKind.GATE_FINISHED, task.id, attempt=out.n, agent=agent.name, verdict=report.verdict,
                          summary=report.summary())
         out.report = report
@@ -275,17 +275,18 @@ class AttemptRunner:
         role = role_prompt(task.type, roles)
         # prompt.md is the whole text (a command agent's WSWARM_PROMPT); task-prompt.md is it without the
         # role, for model-backed agents, which get the role as their system prompt.
-        (adir / "prompt.md").write_text(build_prompt(task, role=role, dependencies=deps, feedback=feedback),
-                                        encoding="utf-8")
-        (adir / "task-prompt.md").write_text(task_prompt(task, dependencies=deps, feedback=feedback),
-                                             encoding="utf-8")
+        # Written without following links: another task's command agent could plant one in this folder.
+        proc.write_new(adir / "prompt.md", build_prompt(task, role=role, dependencies=deps, feedback=feedback)
+                       .encode("utf-8", errors="replace"))
+        proc.write_new(adir / "task-prompt.md", task_prompt(task, dependencies=deps, feedback=feedback)
+                       .encode("utf-8", errors="replace"))
         doc = {"run": self.run_id, "task": task.to_dict(), "attempt": out.n, "base": out.start,
                "branch": out.branch, "dependencies": deps}
-        (adir / "task.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        proc.write_new(adir / "task.json", json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8", errors="replace"))
         feedback_path = None
         if feedback:
             feedback_path = adir / "feedback.txt"
-            feedback_path.write_text(feedback, encoding="utf-8", errors="replace")
+            proc.write_new(feedback_path, feedback.encode("utf-8", errors="replace"))
         # News of work merged while it runs: a file from the start, so a command agent can always read it.
         news = self.news.get((task.id, out.n)) or News()
         if news.path is not None:
@@ -444,5 +445,6 @@ def _log_left_out(adir: Path, left_out: list[str]) -> None:
     text = ("Not committed with the agent's leftovers: generated files no one commits (add them in a commit "
             "of your own, or have the agent commit them, if they belong in the repository):\n"
             + "".join(f"  {entry}\n" for entry in left_out))
-    with open(adir / "leftovers.log", "a", encoding="utf-8", errors="replace") as log:
+    fd = proc.open_regular(adir / "leftovers.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(fd, "a", encoding="utf-8", errors="replace") as log:
         log.write(text)

@@ -18,6 +18,7 @@ from typing import Any
 
 
 from worktree_swarm.agents.base import Agent
+from worktree_swarm.util import proc
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor
 from worktree_swarm.swarm import briefing
@@ -167,7 +168,10 @@ class Swarm:
                 data.files = json.loads(mine[-1].files or "[]")
             if task.status == TaskStatus.PENDING and mine:
                 saved = self.store.attempt_dir(row.id, mine[-1].n) / layout.NEXT_FEEDBACK
-                data.feedback = saved.read_text(encoding="utf-8") if saved.is_file() else None
+                try:    # never through a link planted there: its target would go to an agent as feedback
+                    data.feedback = proc.read_text(saved)
+                except OSError:
+                    data.feedback = None
 
     def _train_merges(self, head: Sha) -> dict[str, str]:
         """{merged branch head: merge commit} along the integration branch's first-parent chain."""
@@ -557,7 +561,8 @@ class Swarm:
             self.store.event(EventKind.FAILED, task_id, attempt=n, reason=reason)
             return
         self.data[task_id].feedback = feedback
-        (self.store.attempt_dir(task_id, n) / layout.NEXT_FEEDBACK).write_text(feedback, encoding="utf-8", errors="replace")
+        proc.write_new(self.store.attempt_dir(task_id, n) / layout.NEXT_FEEDBACK,
+                       feedback.encode("utf-8", errors="replace"))
         self._record(task_id, reason=f"re-queued: {reason}", worktree=None)
         self.store.event(EventKind.REQUEUED, task_id, attempt=n, reason=reason)
 
