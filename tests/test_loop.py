@@ -245,3 +245,25 @@ def test_a_link_planted_where_the_next_attempts_feedback_is_kept_is_not_followed
     assert resumed.data["t"].feedback is None
     assert resumed.run() is True
     assert all("PRIVATE KEY" not in (r.feedback or "") for r in executor.seen)
+
+
+def test_on_resume_the_feedback_is_the_last_judged_attempts_not_lost_to_an_interrupted_one(
+        repo: SampleRepo) -> None:
+    plan = make_plan(("t", []))
+    executor = ScriptedExecutor(repo.path, lambda r, g: Step({"t.txt": "t\n"}))
+    swarm, store = build(repo, plan, executor)
+    base = store.run().base
+    store.start_attempt("t", 1, branch="b1", start=base)
+    store.finish_attempt("t", 1, outcome="gate-failed", reason="failed")
+    (store.attempt_dir("t", 1) / "feedback-for-next-attempt.txt").write_text("fix the test\n")
+    store.start_attempt("t", 2, branch="b2", start=base)
+    store.finish_attempt("t", 2, outcome="interrupted", reason="interrupted")
+    store.set_task("t", status="pending", attempts=2)
+
+    resumed = Swarm(repo=swarm.repo, config=Config(), plan=plan, store=store, executor=executor,
+                    agent_for=swarm.agent_for, options=swarm.options, pool_root=swarm.pool_root,
+                    confinement=Confinement(), cache=swarm.cache)
+
+    assert resumed.data["t"].feedback == "fix the test\n"
+    assert resumed.run() is True
+    assert executor.seen[0].n == 3 and executor.seen[0].feedback == "fix the test\n"

@@ -166,8 +166,11 @@ class Swarm:
                 self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
             if task.status == TaskStatus.MERGED and mine:
                 data.files = json.loads(mine[-1].files or "[]")
-            if task.status == TaskStatus.PENDING and mine:
-                saved = self.store.attempt_dir(row.id, mine[-1].n) / layout.NEXT_FEEDBACK
+            # An interrupted attempt was sent nothing back: the feedback is its predecessor's.
+            told = next((a for a in reversed(mine) if a.outcome not in (AttemptKind.INTERRUPTED, AttemptKind.RUNNING)),
+                        None)
+            if task.status == TaskStatus.PENDING and told is not None:
+                saved = self.store.attempt_dir(row.id, told.n) / layout.NEXT_FEEDBACK
                 try:    # never through a link planted there: its target would go to an agent as feedback
                     data.feedback = proc.read_text(saved)
                 except OSError:
