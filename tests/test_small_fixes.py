@@ -113,3 +113,11 @@ def test_agents_doc_says_how_the_agent_is_chosen_when_none_is_configured() -> No
     # In the order wswarm tries them, then what it says, then what it asks for when neither is there.
     assert re.search(r"`claude`.*`PATH`.*`ANTHROPIC_API_KEY`.*first line.*\[agents\] default = ", flat), flat
     assert "exit 2" in flat or "refuse" in flat, flat
+
+
+def test_run_ids_sort_as_runs_were_started_even_within_one_second() -> None:
+    from worktree_swarm.commands.start import new_run_id
+
+    ids = [new_run_id(1_790_000_000 + ms / 1000) for ms in (1, 2, 10, 100, 999)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i.rsplit("-", 1)[1]) == 4 for i in ids)

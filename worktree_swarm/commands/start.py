@@ -81,7 +81,7 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
                f"(tasks start from {options.base} = {base[:12]})")
 
     ensure_writable(repo.state_dir)
-    run_id = RunId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2))
+    run_id = new_run_id(time.time())
     branch = integration_branch(run_id)
     run_dir = runs_dir(repo.state_dir) / run_id
     opts = {"agents": swarm_options.agents, "max_attempts": swarm_options.max_attempts,
@@ -150,3 +150,10 @@ def config_note(root: Path, config: Config) -> str | None:
     if not isinstance(tool, dict) or "wswarm" not in tool:
         return None
     return "config: wswarm.toml is used; the [tool.wswarm] table in pyproject.toml is ignored"
+
+
+def new_run_id(now: float) -> RunId:
+    """`YYYYmmdd-HHMMSS-` and four characters: the milliseconds, then one random hex digit. Ids sort
+    as runs were started, so "the newest run" is the last even of two started in the same second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return RunId(f"{stamp}-{int(now * 1000) % 1000:03d}{secrets.token_hex(1)[0]}")
