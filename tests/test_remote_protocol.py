@@ -87,3 +87,14 @@ def test_names_are_per_repository_and_run() -> None:
     assert p.task_ref("r1", "api/users", 2) == "refs/wswarm/r1/tasks/api%2Fusers/2"
     assert p.start_ref("r1", "a" * 40).startswith(p.run_refs("r1"))
     assert p.new_token() != p.new_token()
+
+
+def test_a_workers_own_crash_is_a_bug_that_stops_the_run_not_a_failed_attempt() -> None:
+    out = Outcome(task=TASK, n=2, kind="error", branch=REQUEST.branch, start=REQUEST.start,
+                  reason="wswarm crashed on worker w1: KeyError: 'x'")
+    body = p.outcome_body("r1", "tok", "w1", out)
+    body["crash"] = "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n"
+    sealed = p.unseal(KEY, p.seal(KEY, "outcome", body), kind="outcome")
+    with pytest.raises(p.WorkerCrash, match="(?s)worker w1 running attempt api/users#2.*KeyError"):
+        p.parse_outcome(sealed, TASK)
+    assert not issubclass(p.WorkerCrash, p.Refused)      # not refused as a forgery: raised to the crash log

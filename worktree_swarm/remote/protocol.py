@@ -255,8 +255,18 @@ def outcome_body(run: str, token: str, worker: str, out: Outcome, *, log_tail: s
             "changes": [[c.path, c.added, c.removed, c.old_path] for c in out.changes]}
 
 
+class WorkerCrash(Exception):
+    """wswarm itself failed on a worker while running an attempt: a bug, not the task's doing. It stops
+    the run (its traceback goes to the crash log), as a bug does in a local run, instead of costing the
+    task an attempt."""
+
+
 def parse_outcome(body: Mapping[str, Any], task: Task) -> Outcome:
-    """The Outcome a worker reported for TASK (the integrator's own copy of it, not the message's)."""
+    """The Outcome a worker reported for TASK (the integrator's own copy of it, not the message's).
+    A worker's report of its own crash raises WorkerCrash."""
+    if body.get("crash"):
+        raise WorkerCrash(f"wswarm crashed on worker {body.get('worker')} running attempt {task.id}#{body.get('n')}:\n"
+                          f"{body['crash']}")
     try:
         kind = _str(body, "kind")
         if kind not in REMOTE_KINDS:

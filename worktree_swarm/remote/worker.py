@@ -215,17 +215,21 @@ class Worker:
                                {"attempt": req.n, "host": socket.gethostname()}))
         out = Outcome(task=req.task, n=req.n, kind="error", branch=req.branch, start=req.start)
         log = StreamLog(self, held)
+        crash = ""
         try:
             out = self._attempt(held, log)
         except WswarmError as exc:
             out.reason = f"on worker {self.name}: {exc.message}"
             out.feedback = out.reason
-        except Exception as exc:  # noqa: BLE001 - a bug here fails this attempt, not every other one
-            self.say(f"attempt {req.task.id}#{req.n} crashed:\n{traceback.format_exc()}")
+        except Exception as exc:  # noqa: BLE001 - the worker serves other runs; this run stops on it (below)
+            crash = traceback.format_exc()
+            self.say(f"attempt {req.task.id}#{req.n} crashed:\n{crash}")
             out.reason = f"wswarm crashed on worker {self.name}: {type(exc).__name__}: {exc}"
         try:
             tail = _tail(log.attempt_dir(req.task.id, req.n) / layout.AGENT_LOG)
             body = p.outcome_body(a.run, a.token, self.name, out, log_tail=tail)
+            if crash:       # a bug, not the task's failure: the integrator stops the run with its traceback
+                body["crash"] = crash[-8000:]
             # Through a Redis restart too: the attempt's work is not thrown away for a blip.
             retrying(lambda: self.send(self.names.outcomes(a.run), "outcome", body), for_s=4 * a.lease,
                      on_wait=lambda exc: self.say(f"redis unreachable ({exc}); sending the outcome again"))
