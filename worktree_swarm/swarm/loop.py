@@ -110,7 +110,7 @@ class Swarm:
         self._forecasts: dict[tuple[str, int, str], Forecast] = {}   # (task, attempt, other) -> standing forecast
         self._restarting: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}  # stopped to start again: with, where
         self._launched: dict[tuple[str, int], float] = {}              # when each running attempt started
-        self.executor_stopping = False
+        self._stopping = False          # the run is stopping: interrupted attempts are not restarts
         self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
         self._recovered: list[AttemptRow] = []   # gated before a crash, merged first thing on resume
         self._load_state()
@@ -242,7 +242,7 @@ class Swarm:
                 for outcome in done:
                     self._settle(outcome)
         except BaseException as first:
-            self.executor_stopping = True
+            self._stopping = True
             if forecaster is not None:
                 forecaster.stop()
                 forecaster = None
@@ -462,6 +462,7 @@ class Swarm:
         self._watch_shared_state(out)
         task_id = out.task.id
         self._ports.pop((task_id, out.n), None)
+        self._launched.pop((task_id, out.n), None)
         # Money spent is spent, even by an attempt that was interrupted.
         if out.cost_usd:
             self.store.add_cost(task_id, out.cost_usd)
@@ -471,7 +472,7 @@ class Swarm:
         if kind == AttemptKind.INTERRUPTED:
             restarted = self._restarting.pop((task_id, out.n), None)
             self.sched.finish(task_id, out.n, kind)
-            if restarted is not None and not self.executor_stopping:
+            if restarted is not None and not self._stopping:
                 other, paths = restarted
                 where = ", ".join(paths)
                 whose = f"what task '{other}' is changing" if other else "work merged meanwhile"

@@ -176,7 +176,7 @@ class Scheduler:
         """TASK's attempts are known to change PATHS (a finished attempt's diff, a running one's snapshot)."""
         self.tasks[task].known.update(paths)
 
-    def _waiting(self, task: str, *, head: str, now: float) -> Held | None:
+    def _waiting(self, task: str, *, now: float) -> Held | None:
         """Its last attempt failed while overlapping work was running: a retry before that work settles
         would most likely fail the same way (it is often what the attempt lacked). It waits for it to
         settle, but not past retry_wait."""
@@ -220,7 +220,7 @@ class Scheduler:
         ready = self.ready()
         stale = [t for t in ready if self._stale(t, head=head, now=now)]
         for task in [t for t in ready if t not in stale] + stale:
-            if self._waiting(task, head=head, now=now) or self._after_other_retry(task):
+            if self._waiting(task, now=now) or self._after_other_retry(task):
                 continue
             if self.overlap == Overlap.IGNORE or self._blocking(task) is None:
                 return task
@@ -232,10 +232,10 @@ class Scheduler:
         """Ready tasks `pick` passes over right now, each with the task it waits for."""
         out = []
         ready = self.ready()
-        free = [t for t in ready if not self._waiting(t, head=head, now=now) and not self._after_other_retry(t)
+        free = [t for t in ready if not self._waiting(t, now=now) and not self._after_other_retry(t)
                 and self._blocking(t) is None]
         for task in ready:
-            if held := self._waiting(task, head=head, now=now):
+            if held := self._waiting(task, now=now):
                 out.append(held)
             elif self._after_other_retry(task):
                 other = next(o for o, s in self.tasks.items() if o != task and s.retrying and s.status in ACTIVE)
