@@ -51,6 +51,14 @@ def diff_text(repo: Repo, base: str, head: str, paths: Sequence[str] = ()) -> st
     return raw.decode("utf-8", errors="surrogateescape")
 
 
+def changed_paths(repo: Repo, base: str, head: str) -> set[str]:
+    """Every path that differs between two commits, a rename as both its paths: what may meet another
+    change. Names only: no patch is made (nor cached in place of an attempt's)."""
+    out = proc.git_bytes(*repo.objects_only(), "diff", "--name-only", "-z", "--no-renames", base, head,
+                         cwd=repo.common_dir)
+    return {path for path in out.decode("utf-8", errors="surrogateescape").split("\0") if path}
+
+
 def changed_files(repo: Repo, base: str, head: str) -> list[FileChange]:
     """`git diff --numstat -z -M`: one entry per changed path; renames keep their source."""
     # One process for the counts and the patch (`diff_text` takes it): numstat's records, each ended

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from worktree_swarm.git.diff import changed_files, diff_text
+from worktree_swarm.git.diff import changed_paths, diff_text
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.swarm.forecast import Forecast
@@ -48,7 +48,7 @@ def merged_meanwhile(repo: Repo, *, start: Sha, integration: Sha, files: list[st
     wanted = set(files)
     found = []
     for merge in train(repo, start, integration):
-        paths = sorted(wanted & {c.path for c in changed_files(repo, merge.parent, merge.commit)})
+        paths = sorted(wanted & changed_paths(repo, merge.parent, merge.commit))
         if paths and merge.theirs in merged:
             found.append((merged[merge.theirs], merge.parent, merge.commit, paths))
     return found

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.git import residue
-from worktree_swarm.git.diff import changed_files
+from worktree_swarm.git.diff import changed_paths
 from worktree_swarm.git.merge_tree import merge_tree
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util import proc
@@ -54,7 +54,6 @@ class Round:
     touched: dict[Key, list[str]] = field(default_factory=dict)   # files each attempt has changed so far
     forecasts: list[Forecast] = field(default_factory=list)
     head: Sha = Sha("")
-    seconds: float = 0.0
 
 
 def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot",
@@ -113,27 +112,25 @@ def _copy_index(own: Path, copy: Path) -> bool:
 
 def forecast(repo: Repo, head: Sha, snaps: Mapping[Key, tuple[Sha, Sha]]) -> Round:
     """Merge every snapshot (KEY -> (start, snapshot)) with HEAD and with each other, in memory."""
-    began = time.monotonic()
     out = Round(head=head)
-    for key, (start, snap) in snaps.items():
-        out.touched[key] = [c.path for c in changed_files(repo, start, snap)]
+    touched = {key: changed_paths(repo, start, snap) for key, (start, snap) in snaps.items()}
+    out.touched = {key: sorted(paths) for key, paths in touched.items()}
     moved: dict[Sha, set[str]] = {}
     for key, (start, snap) in snaps.items():
         if start not in moved:
-            moved[start] = {c.path for c in changed_files(repo, start, head)} if start != head else set()
-        if moved[start] & set(out.touched[key]):
+            moved[start] = changed_paths(repo, start, head) if start != head else set()
+        if moved[start] & touched[key]:
             merged = merge_tree(repo, head, snap)
             if not merged.clean:
                 out.forecasts.append(Forecast(key, HEAD, tuple(merged.conflicts), tuple(merged.messages)))
     keys = sorted(snaps)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
-            if set(out.touched[a]) & set(out.touched[b]):
+            if touched[a] & touched[b]:
                 merged = merge_tree(repo, snaps[a][1], snaps[b][1])
                 if not merged.clean:
                     out.forecasts.append(Forecast(a, b[0], tuple(merged.conflicts), tuple(merged.messages)))
                     out.forecasts.append(Forecast(b, a[0], tuple(merged.conflicts), tuple(merged.messages)))
-    out.seconds = time.monotonic() - began
     return out
 
 
@@ -195,7 +192,6 @@ class Forecaster:
             except CommandError:
                 continue           # an object that went away mid-round (a pruned branch): next round
             spent = time.monotonic() - began
-            result.seconds = spent
             self.rounds += 1
             self.busy += spent
             with self._lock:
