@@ -29,8 +29,8 @@ def read_trace(path: Path) -> dict[str, tuple[int, float]]:
             continue
         if event.get("event") == "start":
             words = list(event["argv"][1:])
-            while words[:1] == ["-c"]:
-                words = words[2:]
+            while words and words[0].startswith("-"):     # git's own options come before the command
+                words = words[2:] if words[0] in ("-c", "-C", "--git-dir", "--work-tree") else words[1:]
             name = words[0] if words else "?"
             if name == "worktree" and len(words) > 1:
                 name += " " + words[1]
