@@ -62,6 +62,14 @@ def _conflict_messages(records: list[str]) -> list[str]:
     return out
 
 
+def clean_message(text: str) -> str:
+    """TEXT as `git commit` would record it without an editor: trailing whitespace off every line,
+    runs of blank lines made one, none at either end, one newline at the end."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    kept = [line for i, line in enumerate(lines) if line or (i > 0 and lines[i - 1])]
+    return "\n".join(kept).strip("\n") + "\n"
+
+
 def commit_tree(repo: Repo, tree: Sha, parents: list[Sha], message: str) -> Sha:
     """A commit of TREE with the user's identity; the message goes through stdin, not argv."""
     args: list[str] = ["commit-tree", tree]
