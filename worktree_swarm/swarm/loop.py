@@ -21,24 +21,23 @@ from worktree_swarm.agents.base import Agent
 from worktree_swarm.util import proc
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor
-from worktree_swarm.swarm import briefing
-from worktree_swarm.swarm.forecast import Forecast, Forecaster
+from worktree_swarm.swarm import briefing, recovery
+from worktree_swarm.swarm.forecast import Forecaster
+from worktree_swarm.swarm.forecast_reply import ForecastReply
+from worktree_swarm.swarm.shared_state import SharedStateWatch
 from worktree_swarm.config import Config
 from worktree_swarm.util.errors import CommandError
-from worktree_swarm.agents.command import last_lines
 from worktree_swarm.util.redact import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
-from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.diff import FileChange
 from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.swarm.guard import Guard
 from worktree_swarm.train.integration import Integration, merge_message
-from worktree_swarm.train.result_gate import judge, train
+from worktree_swarm.train.result_gate import judge
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.sandbox import Confinement
-from worktree_swarm.swarm.scheduler import ACTIVE, AttemptKind, Decision, Overlap, Scheduler, TaskStatus
+from worktree_swarm.swarm.scheduler import AttemptKind, Decision, Overlap, Scheduler, TaskStatus
 from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.util.types import BranchName, RunId, Sha
 from worktree_swarm.store import layout
@@ -86,14 +85,8 @@ class Swarm:
         self.merge_gate: str | None = None     # passed | failed | unverified, once judged
         self._ports: dict[tuple[str, int], int] = {}
         self._spent_announced = False
-        self.guard = Guard(repo, own=f"refs/heads/{run_prefix(self.run_id)}")
+        self.watch = SharedStateWatch(Guard(repo, own=f"refs/heads/{run_prefix(self.run_id)}"), store)
         self._live: set[tuple[str, int]] = set()       # attempts running now
-        self._window: set[tuple[str, int]] = set()     # attempts that ran since the last guard check
-        self._suspects: set[tuple[str, int]] = set()   # ran while shared git state changed
-        self._suspect_reason = ""
-        self._scanned = time.monotonic()               # when the last listing of the checkout's files began
-        self._file_window: set[tuple[str, int]] = set()  # attempts that ran since the files compared last
-        self._listing_window: set[tuple[str, int]] = set()  # ran since the listing under way began
         self.confinement = confinement
         self.cache = cache
         self.secret_values = secret_env_values(os.environ)
@@ -107,8 +100,8 @@ class Swarm:
                                overlap=Overlap(config.scheduler.overlap),
                                retry_wait=config.scheduler.retry_wait or options.agent_timeout)
         self._held: dict[str, tuple[str, str]] = {}    # task -> (waiting for, why), as last announced
-        self._forecasts: dict[tuple[str, int, str], Forecast] = {}   # (task, attempt, other) -> standing forecast
-        self._restarting: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = {}  # stopped to start again: with, where
+        self.forecasts = ForecastReply(store=store, executor=executor, sched=self.sched, settings=config.scheduler,
+                                       agent_timeout=options.agent_timeout)
         self._launched: dict[tuple[str, int], float] = {}              # when each running attempt started
         self._stopping = False          # the run is stopping: interrupted attempts are not restarts
         self.data: dict[str, _TaskData] = {str(t): _TaskData() for t in plan.ids()}
@@ -118,67 +111,19 @@ class Swarm:
     # -- state ---------------------------------------------------------------------------------
 
     def _load_state(self) -> None:
-        """Rebuild the in-memory picture from the store; trust nothing that git does not confirm."""
-        merges = self._train_merges(self.train.head)
-        attempts = self.store.attempts()
-        # Attempts granted on top of max_attempts by `wswarm retry`, per task.
-        budget = self.store.run().options.get("budget") or {}
-        # Attempts that go on without this process (on workers): collected, not started again.
-        left_running = [a for a in attempts if a.outcome == AttemptKind.RUNNING]
-        adopted = self.executor.adopt(left_running) if left_running else set()
-        for row in self.store.tasks():
-            task = self.sched.tasks[row.id]
-            task.budget = int(budget.get(row.id, 0))
-            data = self.data[row.id]
-            data.summary = row.summary or ""
-            mine = [a for a in attempts if a.task_id == row.id]
-            task.attempts = {a.n: AttemptKind(a.outcome) for a in mine}
-            for a in mine:
-                self.sched.learn(row.id, (path for path, _, _ in json.loads(a.files or "[]")))
-            task.status = TaskStatus(row.status)
-            landed = next((a for a in reversed(mine) if a.head in merges), None)
-            if row.status == "merged" and landed is None:
-                task.status = TaskStatus.PENDING
-                self.store.set_task(row.id, status="pending", merge_commit=None,
-                                    reason="its merge is no longer on the integration branch")
-            elif row.status != "merged" and landed is not None:
-                # Merged, then the process died before it could record that: git is the truth.
-                task.status = TaskStatus.MERGED
-                task.attempts[landed.n] = AttemptKind.MERGED
-                self.store.finish_attempt(row.id, landed.n, outcome="merged", finished=landed.finished)
-                self.store.set_task(row.id, status="merged", merge_commit=merges[str(landed.head)], reason=None)
-                self.store.event(EventKind.MERGED, row.id, attempt=landed.n, commit=merges[str(landed.head)],
-                                 recovered=True)
-            gated = mine[-1] if mine and mine[-1].outcome == "gated" and landed is None else None
-            if gated is not None and task.status != TaskStatus.MERGED:
-                # It passed its gate; only the merge was missing. The agent does not run again.
-                task.status = TaskStatus.MERGING
-                self._recovered.append(gated)
-            elif task.status in ACTIVE and mine and (row.id, mine[-1].n) in adopted:
-                task.status = TaskStatus.GATING if row.status == TaskStatus.GATING else TaskStatus.RUNNING
-                task.start_head = mine[-1].start
-                key = (row.id, mine[-1].n)
-                self._live.add(key)
-                self._window.add(key)
-                self._launched[key] = time.monotonic()
-            elif task.status in ACTIVE:
-                task.status = TaskStatus.PENDING
-                self.store.set_task(row.id, status="pending", reason="interrupted; will start again")
-            if task.status == TaskStatus.MERGED and mine:
-                data.files = json.loads(mine[-1].files or "[]")
-            # An interrupted attempt was sent nothing back: the feedback is its predecessor's.
-            told = next((a for a in reversed(mine) if a.outcome not in (AttemptKind.INTERRUPTED, AttemptKind.RUNNING)),
-                        None)
-            if task.status == TaskStatus.PENDING and told is not None:
-                saved = self.store.attempt_dir(row.id, told.n) / layout.NEXT_FEEDBACK
-                try:    # never through a link planted there: its target would go to an agent as feedback
-                    data.feedback = proc.read_text(saved)
-                except OSError:
-                    data.feedback = None
-
-    def _train_merges(self, head: Sha) -> dict[str, str]:
-        """{merged branch head: merge commit} along the integration branch's first-parent chain."""
-        return {m.theirs: m.commit for m in train(self.repo, Sha(self.store.run().base), head)}
+        """Rebuild the in-memory picture from the store (`recovery.restore_state`)."""
+        restored = recovery.restore_state(self.repo, self.store, self.sched, self.executor, head=self.train.head)
+        self._recovered = restored.recovered
+        for key in restored.adopted:
+            self._live.add(key)
+            self.watch.began(key)
+            self._launched[key] = time.monotonic()
+        for task_id, summary in restored.summaries.items():
+            self.data[task_id].summary = summary
+        for task_id, files in restored.files.items():
+            self.data[task_id].files = files
+        for task_id, feedback in restored.feedback.items():
+            self.data[task_id].feedback = feedback
 
     def _record(self, task_id: str, **fields: Any) -> None:
         """The task's row as the scheduler now has it, with FIELDS."""
@@ -212,15 +157,8 @@ class Swarm:
     def _drive(self) -> None:
         while self._recovered:
             a = self._recovered.pop(0)
-            files = json.loads(a.files or "[]")
             self.store.event(EventKind.MERGE_RECOVERED, a.task_id, attempt=a.n)
-            # The summary is what the agent's log ends with, as when the attempt first finished.
-            log = self.store.attempt_dir(a.task_id, a.n) / layout.AGENT_LOG
-            summary = redact_secrets(last_lines(log, 5), known=self.secret_values)
-            self._settle(Outcome(task=self.plan[a.task_id], n=a.n, kind="gated", branch=BranchName(a.branch),
-                                 start=Sha(a.start), head=Sha(str(a.head)), summary=summary,
-                                 report=GateReport.from_json(a.gate or '{"checks": []}'),
-                                 changes=[FileChange(p, added, removed) for p, added, removed in files]))
+            self._settle(recovery.recovered_outcome(self.store, self.plan, a, secrets=self.secret_values))
         forecaster = (Forecaster(self.repo, running=self.executor.worktrees, head=lambda: self.train.head)
                       if self.config.scheduler.forecast else None)
         if forecaster is not None:
@@ -228,7 +166,8 @@ class Swarm:
         try:
             while True:
                 self._take_phases()
-                self._take_forecast(forecaster)
+                self.forecasts.take(forecaster.take() if forecaster is not None else None, live=self._live,
+                                    launched=self._launched)
                 self._block_dependents()
                 self._stop_when_spent()
                 while ((task_id := self.sched.pick(head=self.train.head, now=time.monotonic())) is not None
@@ -306,55 +245,6 @@ class Swarm:
             self._follow(a.task_id, a.n, self.sched.eject(a.task_id, a.n, culprit=culprit), reason, feedback)
         return True
 
-    def _take_forecast(self, forecaster: Forecaster | None) -> None:
-        """The newest round of conflict forecasts: what running attempts have changed so far (so the
-        scheduler knows their files), and the conflicts their work would meet, raised and cleared."""
-        latest = forecaster.take() if forecaster is not None else None
-        if latest is None:
-            return
-        for (task_id, n), paths in latest.touched.items():
-            if (task_id, n) in self._live:
-                self.sched.learn(task_id, paths)
-        now = {(f.key[0], f.key[1], f.other): f for f in latest.forecasts if f.key in self._live}
-        for key, f in now.items():
-            if key in self._forecasts and self._forecasts[key].paths == f.paths:
-                continue
-            other = f.other or "integration head"
-            self.store.event(EventKind.CONFLICT_FORECAST, f.key[0], attempt=f.key[1], other=other, files=list(f.paths),
-                             messages=list(f.messages), head=latest.head)
-            if self._restart(f):
-                continue
-            if self.config.scheduler.on_forecast in ("notify", "restart"):
-                self.executor.tell(f.key, {"message": briefing.forecast_text(f, latest.head)})
-        for key, f in self._forecasts.items():
-            if key not in now and f.key in self._live:
-                self.store.event(EventKind.CONFLICT_FORECAST_CLEARED, f.key[0], attempt=f.key[1],
-                                 other=f.other or "integration head")
-        self._forecasts = now
-
-    def _restart(self, f: Forecast) -> bool:
-        """on_forecast = restart: an attempt heading for a conflict, young enough (under restart_share of its
-        timeout), is stopped, not charged. One heading for work already merged starts again from the new
-        head at once; of two running attempts heading for each other, the younger is stopped and waits for
-        the other to settle, then starts from the head that holds its work. A task is restarted at most
-        MAX_RESTARTS times; after that it is told, as with notify."""
-        settings = self.config.scheduler
-        task_id, _ = f.key
-        started = self._launched.get(f.key, 0.0)
-        if settings.on_forecast != "restart" or f.key in self._restarting:
-            return False
-        if f.other:
-            mate = next((key for key in self._live if key[0] == f.other), None)
-            if mate is None or self._launched.get(mate, 0.0) > started or mate in self._restarting:
-                return False        # the other one is the younger: it is the one to stop
-        young = time.monotonic() - started < settings.restart_share * self.options.agent_timeout
-        if (not young or self.sched.status(task_id) != TaskStatus.RUNNING or not self.sched.may_restart(task_id)
-                or not self.executor.restart(f.key)):
-            return False
-        self.sched.restarted(task_id)
-        self._restarting[f.key] = (f.other, f.paths)
-        return True
-
     def _announce_held(self) -> None:
         """A `held` event when a ready task is held back, or held for another reason than before."""
         now = {h.task: (h.waiting_for, h.reason) for h in self.sched.held(head=self.train.head, now=time.monotonic())}
@@ -392,7 +282,7 @@ class Swarm:
         self.store.start_attempt(task_id, n, branch=branch, start=start)
         self._live.add((task_id, n))
         self._launched[(task_id, n)] = time.monotonic()
-        self._window.add((task_id, n))
+        self.watch.began((task_id, n))
         self._ports[(task_id, n)] = self._free_port()
         self.store.event(EventKind.ATTEMPT_STARTED, task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
@@ -416,47 +306,11 @@ class Swarm:
     # -- deciding what follows (orchestrator thread) -------------------------------------------
 
     def _watch_shared_state(self, out: Outcome | None) -> None:
-        """Before an attempt is judged: did the user's checkout, branches or stash change while it
-        ran? Lost stash entries are already restored; a git-level change (a switched checkout, a
-        popped stash) fails every attempt that ran meanwhile, since any of them may carry what it
-        took, and none is merged on trust."""
-        me = (out.task.id, out.n) if out is not None else None
-        if me is not None:
-            self._live.discard(me)
-        # The checkout's files (a warning only) are listed at most once a second, on the guard's
-        # thread: `git status` walks the whole tree (~15 ms at 5,000 files, ~90 at 50,000), which
-        # would hold up this merge. A check compares the last listing once it is done; refs and the
-        # stash cost microseconds. The last word (no attempt) lists them here and now.
-        findings = self.guard.check(scan_files=me is None)
-        ran, self._window = sorted(self._window), set(self._live)
-        self._file_window.update(ran)
-        self._listing_window.update(ran)
-        scanned = sorted(self._file_window)      # who ran since the files were last looked at
-        if findings.files_scanned:
-            # Looked at since that listing began: who ran since then, still running or not.
-            self._file_window = set(self._live) if me is None else self._listing_window
-            self._listing_window = set()
-        if me is not None and not self.guard.scanning() and time.monotonic() - self._scanned >= 1.0:
-            self.guard.scan_in_background()
-            self._scanned = time.monotonic()
-            self._listing_window = set(self._live)
-        if not findings.changes:
-            return
-        who = sorted(set(ran) | set(scanned)) if any(c.kind == "checkout" for c in findings.changes) else ran
-        self.store.event(EventKind.SHARED_STATE_CHANGED, detail=findings.describe(), restored=findings.restored or None,
-                         agents_running=[f"{t}#{n}" for t, n in who],
-                         blamed=len(ran) == 1 and findings.git_state)
-        if findings.git_state:
-            self._suspects.update(ran)
-            self._suspect_reason = findings.describe()
-        if out is not None and me in self._suspects and out.kind not in ("interrupted",):
-            self._suspects.discard(me)
-            alone = "" if ran == [me] else " (other agents ran at the same time)"
-            out.kind = "agent-failed"
-            out.reason = f"git state shared with the user changed while this agent ran{alone}: {self._suspect_reason}"
-            out.feedback = (out.reason + "\nWork only inside your worktree: never switch the user's checkout, "
-                            "create branches, use git stash (the stash is shared by every worktree), or change "
-                            "git's configuration or hooks.")
+        """Before OUT is judged: a change to the state shared with the user while it ran may fail it
+        (`SharedStateWatch.check`). None: the last word, once nothing runs."""
+        if out is not None:
+            self._live.discard((out.task.id, out.n))
+        self.watch.check(out, self._live)
 
     def _settle(self, out: Outcome) -> None:
         self._watch_shared_state(out)
@@ -470,7 +324,7 @@ class Swarm:
         kind = AttemptKind(out.kind)
         self.sched.learn(task_id, (c.path for c in out.changes))
         if kind == AttemptKind.INTERRUPTED:
-            restarted = self._restarting.pop((task_id, out.n), None)
+            restarted = self.forecasts.restarting.pop((task_id, out.n), None)
             self.sched.finish(task_id, out.n, kind)
             if restarted is not None and not self._stopping:
                 other, paths = restarted
