@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import wswarm, write_plan
+from tests.conftest import Repo, wswarm, write_plan
 from tests.test_remote_run import Cluster, cluster, events  # noqa: F401  (cluster is a fixture)
+from worktree_swarm.commands.start import StartOptions, start
 from worktree_swarm.config import DistributedConfig, load_config
-from worktree_swarm.util.errors import ConfigError
+from worktree_swarm.remote.setup import Distributed, chosen
+from worktree_swarm.util.errors import ConfigError, UsageError
 
 
 def _toml(root: Path, text: str) -> None:
@@ -20,9 +24,10 @@ def _toml(root: Path, text: str) -> None:
 
 
 def test_the_section_is_read_and_checked(tmp_path: Path) -> None:
-    _toml(tmp_path, '[distributed]\nredis_url = "redis://redis-host:6379/0"\nremote = "shared"\nlease = 12\n')
+    _toml(tmp_path, '[distributed]\nredis_url = "redis://redis-host:6379/0"\nremote = "shared"\nlease = 12\n'
+                    'remote_agents = 5\n')
     assert load_config(tmp_path).distributed == DistributedConfig(redis_url="redis://redis-host:6379/0",
-                                                                  remote="shared", lease=12.0)
+                                                                  remote="shared", lease=12.0, remote_agents=5)
     assert not load_config(tmp_path / "nowhere").distributed.enabled
     _toml(tmp_path, '[distributed]\nredis_url = "redis://:hunter2@redis-host:6379/0"\n')
     with pytest.raises(ConfigError, match="holds a password") as refused:
@@ -31,7 +36,7 @@ def test_the_section_is_read_and_checked(tmp_path: Path) -> None:
     _toml(tmp_path, '[distributed]\nredis = "redis://redis-host"\n')
     with pytest.raises(ConfigError, match="unknown key distributed.redis"):
         load_config(tmp_path)
-    for bad in ('redis_url = "http://redis-host"', "lease = 0.5", 'redis_url_env = "NOT A NAME"'):
+    for bad in ('redis_url = "http://redis-host"', "lease = 0.5", 'redis_url_env = "NOT A NAME"', "remote_agents = 0"):
         _toml(tmp_path, f"[distributed]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_config(tmp_path)
@@ -71,4 +76,50 @@ def test_a_run_goes_to_workers_with_only_the_section_and_its_variable(cluster: C
     with sqlite3.connect(run / "state.db") as db:
         options = json.loads(db.execute("SELECT options FROM run").fetchone()[0])
     assert options["distributed"] == {"redis_url": cluster.redis.url, "password": False, "remote": "origin",
-                                      "lease": 5.0, "redis_url_env": "MY_REDIS_URL"}
+                                      "lease": 5.0, "redis_url_env": "MY_REDIS_URL", "agents": 32}
+
+
+def test_the_command_line_wins_over_the_section_one_setting_at_a_time() -> None:
+    section = DistributedConfig(redis_url="redis://redis-host:6379/0", remote="shared", lease=12.0, remote_agents=5)
+    # --redis alone keeps the section's remote, lease and bound on workers.
+    assert chosen(section, {}, redis_url="redis://other:6379/1") == Distributed(
+        "redis://other:6379/1", remote="shared", lease=12.0, agents=5)
+    assert chosen(section, {}, remote="mirror", lease=3.0, agents=2) == Distributed(
+        "redis://redis-host:6379/0", remote="mirror", lease=3.0, agents=2)
+    assert chosen(DistributedConfig(), {}) is None
+    with pytest.raises(UsageError, match="^--remote and --lease are for runs on workers") as refused:
+        chosen(DistributedConfig(remote="shared"), {}, remote="shared", lease=3.0)
+    assert "--redis URL" in str(refused.value.hint)
+
+
+def test_remote_or_lease_without_any_redis_is_refused_before_anything_is_created(repo: Repo, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "feature", "description": "a"}])
+    for given in ({"remote": "origin"}, {"lease": 5.0}, {"remote_agents": 4}):
+        with pytest.raises(UsageError, match="for runs on workers, and this run has no Redis") as refused:
+            start(cwd=repo.path, options=StartOptions(plan_path=plan, agent_cmd="true", **given),  # type: ignore[arg-type]
+                  notify=lambda line: None)
+        assert refused.value.exit_code == 2
+    assert not (repo.state_dir / "runs").exists() and repo.branches("wswarm/*") == []
+
+
+def test_remote_and_lease_apply_to_a_run_from_the_section_alone(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    script = tmp_path / "agent.py"
+    script.write_text("from pathlib import Path\nPath('done.txt').write_text('done\\n')\n")
+    agent = f"{sys.executable} {script}"
+    plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "feature", "description": "a"}])
+    cluster.start_worker("w1", agent=agent)
+    # origin leads nowhere: the run works only if it shares code through the remote it was given.
+    cluster.repo.git("remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
+    cluster.repo.git("remote", "add", "shared", cluster.origin)
+    _toml(cluster.repo.path, f'[distributed]\nredis_url = "{cluster.redis.url}"\n')
+    said: list[str] = []
+    results: list[Any] = []
+    # On a thread of its own: the run would take over the test process's signal handlers on the main one.
+    runner = threading.Thread(target=lambda: results.append(start(
+        cwd=cluster.repo.path, options=StartOptions(plan_path=plan, agent_cmd=agent, remote="shared", lease=7.0),
+        notify=said.append)))
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive() and results and results[0].all_merged, said
+    [dist] = [e for e in events(cluster.repo) if e["kind"] == "distributed"]
+    assert dist["remote"] == "shared" and dist["lease_s"] == 7.0

@@ -124,6 +124,7 @@ class DistributedConfig:
     redis_url_env: str | None = None    # the environment variable holding the URL (with its password)
     remote: str = "origin"              # the git remote workers share code through
     lease: float = 30.0                 # seconds a worker may stay silent before its attempt is taken back
+    remote_agents: int = 32             # attempts on workers at once, running or waiting for a free agent
 
     @property
     def enabled(self) -> bool:
@@ -295,7 +296,7 @@ def _scheduler(s: _Section) -> SchedulerConfig:
 
 
 def _distributed(s: _Section) -> DistributedConfig:
-    s.only("redis_url", "redis_url_env", "remote", "lease")
+    s.only("redis_url", "redis_url_env", "remote", "lease", "remote_agents")
     url, env = s.text("redis_url"), s.text("redis_url_env")
     if url is not None:
         try:
@@ -317,7 +318,7 @@ def _distributed(s: _Section) -> DistributedConfig:
     if lease < 1:
         raise ConfigError(f"{s.source}: {s.where}lease must be at least 1 (seconds)")
     return DistributedConfig(redis_url=url, redis_url_env=env, remote=s.text("remote", "origin") or "origin",
-                             lease=lease)
+                             lease=lease, remote_agents=s.whole("remote_agents", 32))
 
 
 def _worktree(s: _Section) -> WorktreeConfig:

@@ -22,7 +22,7 @@ from worktree_swarm.util.errors import UsageError
 from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, Task, plan_from_data
-from worktree_swarm.remote.setup import Distributed, check as check_distributed, recorded
+from worktree_swarm.remote.setup import Distributed, check as check_distributed, local_agents, recorded
 from worktree_swarm.store.run_store import RunRow, RunStore, find_run
 from worktree_swarm.swarm.loop import SwarmOptions
 from worktree_swarm.util.types import RunId
@@ -90,7 +90,8 @@ def prepare(repo: Repo, row: RunRow, options: dict[str, Any]) -> Driving:
     choice = default_agent(loaded, agent_cmd=o.get("agent_cmd"), needed=uses_default(loaded, plan),
                            recorded=o.get("default_agent"))
     config, detected = with_detected_checks(choice.config, repo.root)
-    swarm_options = SwarmOptions(agents=int(o["agents"]), max_attempts=int(o["max_attempts"]),
+    # A distributed run's agents are those beside its workers (none in a run recorded before they could be).
+    swarm_options = SwarmOptions(agents=local_agents(o), max_attempts=int(o["max_attempts"]),
                                  agent_timeout=float(o["agent_timeout"]),
                                  max_cost=None if o.get("max_cost") is None else float(o["max_cost"]))
     agent_for = agent_resolver(config, plan, agent_cmd=o.get("agent_cmd"))

@@ -21,7 +21,7 @@ from worktree_swarm.gate.detect import with_detected_checks
 from worktree_swarm.git.refs import integration_branch
 from worktree_swarm.git.repo import Repo, require_git
 from worktree_swarm.plan import Plan, load_plan
-from worktree_swarm.remote.setup import Distributed, check as check_distributed, configured
+from worktree_swarm.remote.setup import Distributed, check as check_distributed, chosen
 from worktree_swarm.store import layout
 from worktree_swarm.store.run_store import RunStore, ensure_writable, runs_dir
 from worktree_swarm.swarm.loop import SwarmOptions
@@ -44,7 +44,12 @@ class StartOptions:
     max_cost: float | None = None       # USD; default [limits] max_cost_usd
     planner_usage: Mapping[str, Any] | None = None   # what planning it cost: Planned.usage()
     default_agent: str | None = None    # the agent the planner chose for tasks naming none (and said so)
-    distributed: Distributed | None = None   # attempts run by workers on other machines
+    # Runs on workers (wswarm worker): each setting given here wins over [distributed]'s.
+    redis_url: str | None = None        # --redis
+    remote: str | None = None           # --remote: the git remote workers share code through
+    lease: float | None = None          # --lease
+    remote_agents: int | None = None    # --remote-agents: attempts on workers at once
+    distributed: Distributed | None = None   # --redis with its --remote and --lease, all at once
 
 
 def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
@@ -62,17 +67,19 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
     config, detected = with_detected_checks(choice.config, repo.root)
     base = repo.resolve_commit(options.base)
     repo.check_identity()
+    # --redis or a [distributed] section: attempts go to workers, and only an explicit --agents runs
+    # some here beside them (the integrator's machine also merges and judges every attempt).
+    distributed = _distributed(options, config)
+    if distributed is not None:
+        check_distributed(repo, distributed)
+    local_default = 0 if distributed is not None else config.agents.concurrency
     swarm_options = SwarmOptions(
-        agents=options.agents or config.agents.concurrency,
+        agents=options.agents or local_default,
         max_attempts=options.max_attempts or config.agents.max_attempts,
         agent_timeout=options.timeout or config.agents.timeout,
         max_cost=options.max_cost if options.max_cost is not None else config.limits.max_cost_usd,
     )
     agent_for = agent_resolver(config, plan, agent_cmd=options.agent_cmd)
-    # --redis, else a [distributed] section: attempts go to workers.
-    distributed = options.distributed or configured(config.distributed, os.environ)
-    if distributed is not None:
-        check_distributed(repo, distributed)
     if _has_gitmodules(repo, base) and not config.worktree.setup:
         notify("warning: this repository has submodules, and task worktrees do not check them out: agents see "
                "them empty (set [worktree] setup = \"git submodule update --init\" to fill them)")
@@ -108,12 +115,30 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
         store.add_run_cost(float(options.planner_usage.get("cost_usd") or 0.0))
         store.event(EventKind.PLANNED, run=run_id, **options.planner_usage)
     store.event(EventKind.RUN_STARTED, run=run_id, base=base, branch=branch, tasks=len(plan), gate=detected)
-    slots = slots_needed(plan, store, swarm_options.agents)
-    at_once = f" (at most {slots} at once: the plan allows no more)" if slots < swarm_options.agents else ""
-    notify(f"run {run_id}: {len(plan)} tasks, {swarm_options.agents} agents{at_once}, integration branch {branch}")
+    notify(f"run {run_id}: {len(plan)} tasks, {_where(plan, store, swarm_options.agents, distributed)}, "
+           f"integration branch {branch}")
     if detected:
         notify(detected)
     return drive(repo, config, plan, store, swarm_options, agent_for, view, distributed=distributed)
+
+
+def _distributed(options: StartOptions, config: Config) -> Distributed | None:
+    given = options.distributed
+    if given is not None:
+        return chosen(config.distributed, os.environ, redis_url=given.redis_url, remote=given.remote,
+                      lease=given.lease, agents=options.remote_agents)
+    return chosen(config.distributed, os.environ, redis_url=options.redis_url, remote=options.remote,
+                  lease=options.lease, agents=options.remote_agents)
+
+
+def _where(plan: Plan, store: RunStore, agents: int, distributed: Distributed | None) -> str:
+    """Where the run's attempts run, for its first line: agents here, on workers, or both."""
+    slots = slots_needed(plan, store, agents)
+    here = f"{agents} agents" + (f" (at most {slots} at once: the plan allows no more)" if slots < agents else "")
+    if distributed is None:
+        return here
+    workers = f"up to {distributed.agents} attempts on workers"
+    return workers if agents == 0 else f"{workers} and {here} here"
 
 
 def _the_plan(options: StartOptions) -> Plan:

@@ -31,6 +31,7 @@ from worktree_swarm.sandbox import Confinement, available as sandbox_available
 from worktree_swarm.swarm import admission
 from worktree_swarm.swarm.attempt import AttemptRunner
 from worktree_swarm.swarm.executor import Executor, LocalExecutor
+from worktree_swarm.swarm.mixed import MixedExecutor
 from worktree_swarm.remote.setup import Distributed
 from worktree_swarm.util.redact import secret_env_values
 from worktree_swarm.store.events import EventKind
@@ -60,8 +61,10 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
     row = store.run()
     pool: WorktreePool | None = None
     executor: Executor | None = None
+    # Agents here: every one of a local run's; beside workers, only those --agents asked for.
+    here = distributed is None or options.agents > 0
     try:
-        if distributed is None:
+        if here:
             # Slots start checking out now, while the scheduler reads the state and plans its first launches.
             pool = open_pool(repo, config.worktree, size=slots_needed(plan, store, options.agents),
                              fresh_root=layout.worktrees_dir(repo.state_dir),
@@ -79,11 +82,12 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
         confinement = Confinement(sandboxed=confined and sandbox_available(), network=config.sandbox.network,
                                   pass_env=config.gate.pass_env)
         cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
+        remote: Executor | None = None
         if distributed is not None:     # attempts run on workers, through Redis and the git remote
             from worktree_swarm.remote.setup import open_executor
 
-            executor = open_executor(repo, store, distributed, agents=options.agents)
-        else:
+            executor = remote = open_executor(repo, store, distributed)
+        if here:
             assert pool is not None
             runner = AttemptRunner(repo=repo, config=config, store=store, pool=pool, pool_root=pool_root,
                                    agent_for=agent_for, cache=cache, cancel=threading.Event(), run_id=RunId(row.id),
@@ -91,7 +95,9 @@ def drive(repo: Repo, config: Config, plan: Plan, store: RunStore, options: Swar
                                    confinement=confinement, integration_head=recorded_head)
             throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                           lambda kind, data: store.event(kind, **data))
-            executor = LocalExecutor(runner, agents=options.agents, throttle=throttle)
+            local = LocalExecutor(runner, agents=options.agents, throttle=throttle)
+            executor = local if remote is None else MixedExecutor(local, remote, store=store)
+        assert executor is not None
         swarm = Swarm(repo=repo, config=config, plan=plan, store=store, executor=executor, agent_for=agent_for,
                       options=options, pool_root=pool_root, confinement=confinement, cache=cache)
         pr_path = store.dir / layout.PR_BODY
