@@ -210,6 +210,30 @@ def test_leftover_commits_leave_generated_files_out_and_say_so(repo: Repo, tmp_p
     assert "node_modules/ (1 file)" in excluded["files"] and excluded["attempt"] == 1
 
 
+MANY_JUNK_AGENT = """\
+Path("app/health.py").write_text("X = 2\\n")
+Path("build").mkdir()
+for i in range(250):          # more generated files than are named to git one by one
+    Path(f"build/m{i}.pyc").write_text("junk")
+Path("build/keep.txt").write_text("kept")
+"""
+
+
+def test_many_generated_files_are_left_out_too(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    plan = write_plan(tmp_path / "plan.json", [{"id": "many", "description": "x"}])
+
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", agent_script(MANY_JUNK_AGENT))
+
+    assert res.returncode == 0, res.stderr
+    branch = wswarm(repo.path, "status", "--json").json()["integration_branch"]
+    files = set(repo.git("ls-tree", "-r", "--name-only", branch).splitlines())
+    assert {"app/health.py", "build/keep.txt"} <= files and not any(f.endswith(".pyc") for f in files)
+    run_dir = next((repo.state_dir / "runs").iterdir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    [excluded] = [e for e in events if e["kind"] == "leftovers-excluded"]
+    assert len(excluded["files"]) == 250 and "build/m7.pyc" in excluded["files"]
+
+
 # -- smaller ones --------------------------------------------------------------------------------------
 
 def test_help_and_usage_lines_are_consistent(repo: Repo) -> None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import Repo, git
 from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError, UsageError
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
-from worktree_swarm.git.merge_tree import MergeTree, commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import MergeTree, clean_message, commit_tree, merge_tree
 from worktree_swarm.git.refs import encode, integration_branch, task_branch, task_branch_prefix
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreeInfo, list_worktrees, remove_worktree
@@ -246,6 +246,16 @@ def test_a_merge_makes_one_two_parent_commit_and_moves_the_branch(repo: Repo, tm
     assert repo.git("rev-parse", f"{branch}^{{tree}}") == git_merge_tree_id(repo, tmp_path, other, theirs)
     assert repo.git("reflog", "-1", "--format=%gs", branch) == "wswarm: merge refactor/buttons — Convert buttons"
     assert repo.git("status", "--porcelain") == "" and repo.git("symbolic-ref", "HEAD") == "refs/heads/main"
+
+
+@pytest.mark.parametrize("text", [
+    "t1: add a file", "t1: trailing spaces   ", "\n\nt1: blank lines first\n\n\n\nand between\n\n",
+    "t1: tab\t\n  indented stays indented\n \n\t\nend", "t1: \u00e9t\u00e9 \u2014 unicode\r\nCRLF line\r\n",
+])
+def test_leftover_commit_messages_are_cleaned_as_git_commit_cleans_them(text: str) -> None:
+    # `git stripspace` is the cleanup `git commit -F` applies when no editor runs.
+    expected = subprocess.run(["git", "stripspace"], input=text.encode(), capture_output=True, check=True).stdout
+    assert clean_message(text).encode() == expected
 
 
 def test_merge_message_is_one_cut_line() -> None:

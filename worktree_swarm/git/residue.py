@@ -6,35 +6,71 @@ out of the commit, which the gate would otherwise run against.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.util import proc
 
 
-def nested_repositories(root: Path, *, common_dir: Path) -> list[str]:
-    """Paths (relative to ROOT) of every `.git` below ROOT except its own, never following a link.
-    A submodule's `.git` file pointing into the common dir's modules folder is wswarm's own
-    checkout of a submodule and is not listed."""
-    found: list[str] = []
+# What tools leave in a checkout and no user commits: left out of the leftover commit when new.
+GENERATED_DIRS = frozenset({"__pycache__", "node_modules", "htmlcov", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
+GENERATED_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp", "*.swo", "*~", ".coverage", ".coverage.*")
+_GENERATED_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in GENERATED_FILES))
+
+
+def generated_folder(path: str) -> int | None:
+    """The index of PATH's first folder that is a generated one, or None."""
+    return next((i for i, part in enumerate(path.split("/")[:-1]) if part in GENERATED_DIRS), None)
+
+
+def is_generated(path: str) -> bool:
+    """Whether the file at PATH is of a kind no one commits, by its name or a folder it is in."""
+    return generated_folder(path) is not None or _GENERATED_NAME.match(path.rsplit("/", 1)[-1]) is not None
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one walk of a worktree found (paths relative to it, sorted)."""
+
+    nested: list[str]       # every `.git` below the top but wswarm's own submodule checkouts
+    generated: list[str]    # generated folders (the outermost) and generated files outside them
+
+
+def scan(root: Path, *, common_dir: Path) -> Found:
+    """One walk of ROOT, never following a link: the `.git` of every repository nested in it (a
+    submodule's `.git` file pointing into the common dir's modules folder is wswarm's own checkout
+    of a submodule and is not listed), and what looks generated, tracked or not."""
+    nested: list[str] = []
+    generated: list[str] = []
     modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
-    stack = [str(root)]
+    top = str(root)
+    cut = len(top) + 1
+    stack = [(top, False)]      # (folder, inside a generated folder)
     while stack:
-        folder = stack.pop()
+        folder, inside = stack.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError:
             continue
         for entry in entries:
             if entry.name == ".git":
-                if folder == str(root):
+                if folder == top:
                     continue
                 if entry.is_file(follow_symlinks=False) and _points_into(entry.path, modules):
                     continue
-                found.append(os.path.relpath(entry.path, root))
+                nested.append(entry.path[cut:])
             elif entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-    return sorted(found)
+                if not inside and entry.name in GENERATED_DIRS:
+                    generated.append(entry.path[cut:])
+                    stack.append((entry.path, True))
+                else:
+                    stack.append((entry.path, inside))
+            elif not inside and _GENERATED_NAME.match(entry.name):
+                generated.append(entry.path[cut:])
+    return Found(nested=sorted(nested), generated=sorted(generated))
 
 
 def _points_into(gitfile: str, folder: str) -> bool:

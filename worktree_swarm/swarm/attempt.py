@@ -6,7 +6,6 @@ row should say, and the orchestrator settles each Outcome.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import sqlite3
@@ -39,6 +38,9 @@ from worktree_swarm.sandbox import Confinement
 from worktree_swarm.store import layout
 from worktree_swarm.util.types import BranchName, RunId, Sha
 from worktree_swarm.store.events import EventKind
+
+# Generated paths named one by one to `git ls-files`, at most; past that, one listing of all.
+MAX_PATHSPECS = 200
 
 
 @dataclass
@@ -176,7 +178,8 @@ class AttemptRunner:
             return out
         # A repository made inside the worktree has a config and attributes of its own, which the
         # next git command in the worktree would follow (a filter driver runs as the user).
-        nested = self._nested_repositories(worktree)
+        found = residue.scan(worktree, common_dir=self.repo.common_dir)
+        nested = self._nested_repositories(worktree, found.nested)
         if nested:
             residue.remove(worktree, nested)
             out.kind = "agent-failed"
@@ -188,7 +191,7 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        generated = self._commit_leftovers(task, out.n, worktree, out.branch)
+        generated = self._commit_leftovers(task, out.n, worktree, out.branch, found.generated)
         if generated:
             self.store.event(EventKind.LEFTOVERS_EXCLUDED, task.id, attempt=out.n,
                              files=[redact_secrets(p) for p in _summary(generated)])
@@ -330,10 +333,9 @@ class AttemptRunner:
         out.feedback = f"{out.reason}:\n{tail(log)}"
         return False
 
-    def _nested_repositories(self, worktree: Path) -> list[str]:
-        """Repositories inside WORKTREE that git would look into: not those in ignored folders (a
-        package manager's checkout of a git dependency), which no git command of ours enters."""
-        found = residue.nested_repositories(worktree, common_dir=self.repo.common_dir)
+    def _nested_repositories(self, worktree: Path, found: list[str]) -> list[str]:
+        """Of the repositories FOUND inside WORKTREE, those git would look into: not those in ignored
+        folders (a package manager's checkout of a git dependency), which no git command of ours enters."""
         if not found:
             return []
         folders = "".join(os.path.dirname(path) + "\0" for path in found)
@@ -349,16 +351,15 @@ class AttemptRunner:
             return f"the agent left its branch (HEAD is {head or 'detached'}, expected {branch})"
         return None
 
-    def _commit_leftovers(self, task: Task, n: int, worktree: Path, branch: BranchName) -> list[str]:
+    def _commit_leftovers(self, task: Task, n: int, worktree: Path, branch: BranchName,
+                          looks_generated: list[str]) -> list[str]:
         """Commit on BRANCH what the agent left uncommitted, with the user's identity, except new
         generated files no one commits (bytecode, node_modules, editor swap files, coverage data, tool
         caches) even where no .gitignore says so. Returns the files left out (all that is still
         untracked), also written to the attempt's leftovers.log; tracked files of those kinds are
-        committed like any other. Commits the agent made itself are kept: nothing left, no commit."""
-        # One listing, sorted here: git's glob pathspecs cost ~10 ms more per `add` than this.
-        untracked = [p for p in self.repo.git("ls-files", "-z", "--others", "--exclude-standard",
-                                              cwd=worktree).stdout.split("\0") if p]
-        generated = [p for p in untracked if _is_generated(p)]
+        committed like any other. Commits the agent made itself are kept: nothing left, no commit.
+        LOOKS_GENERATED: the worktree's paths of those kinds, tracked or not (`residue.scan`)."""
+        generated = self._untracked(worktree, looks_generated)
         if not generated:
             self.repo.git("add", "-A", cwd=worktree)
         else:
@@ -380,6 +381,17 @@ class AttemptRunner:
         return generated
 
 
+    def _untracked(self, worktree: Path, paths: list[str]) -> list[str]:
+        """The untracked, not ignored files at or under PATHS: git is asked only when there are any
+        (one listing, sorted here: git's glob pathspecs in `add` cost ~10 ms more than this)."""
+        if not paths:
+            return []
+        # Past a few hundred, the whole listing is cheaper than that many pathspecs (and fits argv).
+        spec = [f":(literal){p}" for p in paths] if len(paths) <= MAX_PATHSPECS else []
+        listed = self.repo.git("ls-files", "-z", "--others", "--exclude-standard", "--", *spec, cwd=worktree)
+        return [p for p in listed.stdout.split("\0") if p and residue.is_generated(p)]
+
+
 def _head_ref(repo: Repo, worktree: Path) -> str:
     """The ref WORKTREE's HEAD names (`git symbolic-ref -q HEAD`), "" when it is detached. Read from
     the worktree's own git dir, saving a process per attempt; git is asked when that dir cannot be
@@ -399,26 +411,11 @@ def _read_link(worktree: Path) -> bytes:
         return b""
 
 
-# What tools leave in a checkout and no user commits: left out of the leftover commit when new.
-GENERATED_DIRS = ("__pycache__", "node_modules", "htmlcov", ".pytest_cache", ".mypy_cache", ".ruff_cache")
-GENERATED_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp", "*.swo", "*~", ".coverage", ".coverage.*")
-
-
-def _generated_folder(path: str) -> int | None:
-    """The index of PATH's first folder that is a generated one, or None."""
-    return next((i for i, part in enumerate(path.split("/")[:-1]) if part in GENERATED_DIRS), None)
-
-
-def _is_generated(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return _generated_folder(path) is not None or any(fnmatch.fnmatchcase(name, p) for p in GENERATED_FILES)
-
-
 def _exclusions(generated: list[str]) -> tuple[list[str], list[str]]:
     """What to leave out of `git add`: each generated folder once, and generated files outside them."""
     folders, files = set(), []
     for path in generated:
-        top = _generated_folder(path)
+        top = residue.generated_folder(path)
         if top is None:
             files.append(path)
         else:
@@ -430,7 +427,7 @@ def _summary(generated: list[str]) -> list[str]:
     """GENERATED as a reader wants it: a folder of them as `folder/ (N files)`."""
     counts: dict[str, int] = {}
     for path in generated:
-        top = _generated_folder(path)
+        top = residue.generated_folder(path)
         key = path if top is None else "/".join(path.split("/")[:top + 1]) + "/"
         counts[key] = counts.get(key, 0) + 1
     return [key if not key.endswith("/") else f"{key} ({n} file{'s' if n > 1 else ''})"

@@ -68,7 +68,7 @@ def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot",
         admin = admin_dir(repo, worktree)
     except (WswarmError, OSError, ValueError):
         return None
-    if residue.nested_repositories(worktree, common_dir=repo.common_dir):
+    if residue.scan(worktree, common_dir=repo.common_dir).nested:
         return None
     # The worktree's own git dir and files named outright: its `.git` file is the agent's to rewrite.
     where = ("--git-dir", str(admin), "--work-tree", str(worktree))
