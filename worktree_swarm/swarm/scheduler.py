@@ -176,14 +176,14 @@ class Scheduler:
         """TASK's attempts are known to change PATHS (a finished attempt's diff, a running one's snapshot)."""
         self.tasks[task].known.update(paths)
 
-    def _waiting(self, task: str, *, now: float) -> Held | None:
+    def _waiting(self, task: str, running: list[str], *, now: float) -> Held | None:
         """Its last attempt failed while overlapping work was running: a retry before that work settles
         would most likely fail the same way (it is often what the attempt lacked). It waits for it to
         settle, but not past retry_wait."""
         state = self.tasks[task]
         if self.overlap == Overlap.IGNORE or now >= state.wait_until:
             return None
-        for other in self.running():
+        for other in running:
             if other in state.waits_for:
                 where = self.overlaps(task, other, unknown=True)
                 why = ("its last attempt failed while this task ran" +
@@ -191,8 +191,8 @@ class Scheduler:
                 return Held(task, other, why)
         return None
 
-    def _blocking(self, task: str) -> Held | None:
-        for other in self.running():
+    def _blocking(self, task: str, running: list[str]) -> Held | None:
+        for other in running:
             if other != task and (where := self.overlaps(task, other)):
                 return Held(task, other, f"both change {where}")
         return None
@@ -217,12 +217,12 @@ class Scheduler:
         A task whose last attempt failed on the current head goes after every other ready task: what
         they merge moves the head, and the work it lacked is often theirs."""
         fallback = None
-        ready = self.ready()
+        ready, running = self.ready(), self.running()
         stale = [t for t in ready if self._stale(t, head=head, now=now)]
         for task in [t for t in ready if t not in stale] + stale:
-            if self._waiting(task, now=now) or self._after_other_retry(task):
+            if self._waiting(task, running, now=now) or self._after_other_retry(task):
                 continue
-            if self.overlap == Overlap.IGNORE or self._blocking(task) is None:
+            if self.overlap == Overlap.IGNORE or self._blocking(task, running) is None:
                 return task
             if fallback is None:
                 fallback = task
@@ -231,16 +231,16 @@ class Scheduler:
     def held(self, *, head: str, now: float) -> list[Held]:
         """Ready tasks `pick` passes over right now, each with the task it waits for."""
         out = []
-        ready = self.ready()
-        free = [t for t in ready if not self._waiting(t, now=now) and not self._after_other_retry(t)
-                and self._blocking(t) is None]
+        ready, running = self.ready(), self.running()
+        free = [t for t in ready if not self._waiting(t, running, now=now) and not self._after_other_retry(t)
+                and self._blocking(t, running) is None]
         for task in ready:
-            if held := self._waiting(task, now=now):
+            if held := self._waiting(task, running, now=now):
                 out.append(held)
             elif self._after_other_retry(task):
                 other = next(o for o, s in self.tasks.items() if o != task and s.retrying and s.status in ACTIVE)
                 out.append(Held(task, other, "its last attempt failed; such retries go one at a time"))
-            elif self.overlap != Overlap.IGNORE and (held := self._blocking(task)) is not None:
+            elif self.overlap != Overlap.IGNORE and (held := self._blocking(task, running)) is not None:
                 # avoid: held only while a task that overlaps nothing goes first
                 if self.overlap == Overlap.SERIALIZE or free:
                     out.append(held)
