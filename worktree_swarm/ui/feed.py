@@ -78,6 +78,7 @@ class TaskView:
     status: str = "pending"
     attempt: int = 0
     agent: str | None = None          # the backend (command, claude, …) of the latest attempt
+    worker: str | None = None         # the worker running the latest attempt (None: the integrator's machine)
     slot: int | None = None           # the agent slot running it now
     started: float | None = None      # the latest attempt's start
     ended: float | None = None        # … and end (None while it runs)
@@ -193,12 +194,17 @@ class Feed:
         task.status, task.attempt, task.started, task.ended = "running", int(e.get("attempt") or 0), ts, None
         task.activity, task.files, task.reason, task.gate = "", [], None, None
         task.agent = e.get("agent") or task.agent
+        task.worker = None
         slot = next((s for s in self.slots if s.task is None), None)
         if slot is None:  # more at once than the run's --agents (a resume with another count)
             slot = AgentSlot(f"agent-{len(self.slots) + 1}")
             self.slots.append(slot)
         slot.task, slot.last_type, slot.last_kind = task.id, task.type, task.agent
         task.slot = self.slots.index(slot)
+
+    def _on_attempt_assigned(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
+        if task is not None and not e.get("local"):
+            task.worker = str(e.get("worker") or "") or None
 
     def _on_agent_started(self, e: dict[str, Any], ts: float, task: TaskView | None) -> None:
         if task is not None:
@@ -384,6 +390,7 @@ class Feed:
                            "status": current["status"] if current else "idle",
                            "type": (current or {}).get("type") or slot.last_type,
                            "agent": (current or {}).get("agent") or slot.last_kind,
+                           "worker": current["worker"] if current else None,
                            "description": current["description"] if current else "",
                            "attempt": current["attempt"] if current else None,
                            "elapsed": current["elapsed"] if current else None,

@@ -169,7 +169,8 @@ function renderAgents(view) {
     const files = a.files.length ? a.files.slice(0, 4).join(", ") + (a.files.length > 4 ? " +" + (a.files.length - 4) : "") : "—";
     box.append(el("div", { class: "agent", "data-agent": a.id, "data-status": a.status, "data-task": a.task || "" },
       el("div", { class: "agent-head" }, dot(a.status), el("span", { class: "agent-id", text: a.id }),
-        el("span", { class: "agent-type", text: [a.type, a.agent].filter(Boolean).join(" · ") || "idle" })),
+        el("span", { class: "agent-type", text: [a.type, a.agent].filter(Boolean).join(" · ") || "idle" }),
+        a.worker ? el("span", { class: "agent-worker muted", text: "on " + a.worker }) : null),
       el("div", { class: "agent-task" }, a.task ? el("code", { text: a.task }) : el("span", { class: "muted", text: "waiting for a task" }),
         a.task ? el("span", { class: "muted", text: " attempt " + a.attempt + " · " + clock(a.elapsed) }) : null),
       el("div", { class: "agent-desc muted", text: a.description }),
