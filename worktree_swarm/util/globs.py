@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Collection
@@ -65,7 +66,13 @@ class TrackedFiles:
     def matching(self, pattern: str) -> frozenset[str]:
         if pattern not in self._matching:
             regex = glob_regex(pattern)
-            self._matching[pattern] = frozenset(f for f in self.files if regex.fullmatch(f))
+            # Only files starting with the pattern's text before its first wildcard can match: a
+            # range of the sorted list (a plan of 50 literal paths on 5,000 files: 250,000 regex
+            # matches become 50 binary searches).
+            text = pattern.removeprefix("./").lstrip("/")
+            prefix = text[:min((i for i in map(text.find, "*?[") if i >= 0), default=len(text))]
+            lo, hi = bisect.bisect_left(self.files, prefix), bisect.bisect_left(self.files, prefix + "\U0010ffff")
+            self._matching[pattern] = frozenset(f for f in self.files[lo:hi] if regex.fullmatch(f))
         return self._matching[pattern]
 
 
