@@ -6,9 +6,7 @@ out of the commit, which the gate would otherwise run against.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +15,15 @@ from worktree_swarm.util import proc
 
 # What tools leave in a checkout and no user commits: left out of the leftover commit when new.
 GENERATED_DIRS = frozenset({"__pycache__", "node_modules", "htmlcov", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
-GENERATED_FILES = ("*.pyc", "*.pyo", ".DS_Store", "*.swp", "*.swo", "*~", ".coverage", ".coverage.*")
-_GENERATED_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in GENERATED_FILES))
+# Files by name: suffixes (bytecode, editor swap and backup files), whole names, prefixes (coverage
+# data). Plain string tests: every name in a worktree passes them, ~5,000 at 5,000 files.
+GENERATED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swo", "~")
+GENERATED_NAMES = frozenset({".DS_Store", ".coverage"})
+GENERATED_PREFIXES = (".coverage.",)
+
+
+def _generated_name(name: str) -> bool:
+    return name.endswith(GENERATED_SUFFIXES) or name in GENERATED_NAMES or name.startswith(GENERATED_PREFIXES)
 
 
 def generated_folder(path: str) -> int | None:
@@ -28,7 +33,7 @@ def generated_folder(path: str) -> int | None:
 
 def is_generated(path: str) -> bool:
     """Whether the file at PATH is of a kind no one commits, by its name or a folder it is in."""
-    return generated_folder(path) is not None or _GENERATED_NAME.match(path.rsplit("/", 1)[-1]) is not None
+    return generated_folder(path) is not None or _generated_name(path.rsplit("/", 1)[-1])
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def scan(root: Path, *, common_dir: Path) -> Found:
                     stack.append((entry.path, True))
                 else:
                     stack.append((entry.path, inside))
-            elif not inside and _GENERATED_NAME.match(entry.name):
+            elif not inside and _generated_name(entry.name):
                 generated.append(entry.path[cut:])
     return Found(nested=sorted(nested), generated=sorted(generated))
 
