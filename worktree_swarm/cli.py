@@ -8,63 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from worktree_swarm import __version__, output
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from worktree_swarm.planner.model import Planned
-    from worktree_swarm.store.run_store import RunStore
-
-_REQUIRED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
-
-
-def _usage(pieces: list[str]) -> list[str]:
-    """Usage lines as the docs write them: `wswarm logs [OPTIONS] TASK`, not typer's `{task}`."""
-    return [_REQUIRED.sub(r"\1\2", piece) for piece in pieces]
-
-
-def _untyped_flags(params: list[Any]) -> None:
-    """A flag takes no value: no `<bool>` beside --help, --version, --yes."""
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-
-
-class Command(TyperCommand):
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _usage(super().collect_usage_pieces(ctx))
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        _untyped_flags(self.get_params(ctx))
-        super().format_help(ctx, formatter)
-
-
-class Group(TyperGroup):
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _usage(super().collect_usage_pieces(ctx))
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        _untyped_flags(self.get_params(ctx))
-        super().format_help(ctx, formatter)
-
-
-def watch(store: RunStore, console: Console) -> AbstractContextManager[None]:
-    """The live view of a run being driven (loaded only by the commands that drive one)."""
-    from worktree_swarm.ui.live import watch as live
-
-    return live(store, console)
-
+from worktree_swarm.cli_common import Command, Group, MaxTokensOpt, ModelOpt, RunArg, call, watch
+from worktree_swarm.cli_show import fast_forward_note, finish, no_logs_yet, plan_for_start, show_plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
                   help="Run many coding agents on one repository: a task DAG, a worktree per task, "
@@ -72,20 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Much of what these show was written by a model or an agent: never markup, never a control sequence.
 out = output.console()
 err = output.stderr_console()
-T = TypeVar("T")
 EXIT_INTERNAL = output.EXIT_INTERNAL
 _emit = output.emit
 _write = output.write
 _notify = output.notify
-
-
-def _call(fn: Callable[[], T]) -> T:
-    """Run a core function; expected errors become one line, a hint and their exit code; a bug keeps
-    its whole traceback in a crash log and shows one line."""
-    try:
-        return fn()
-    except (Exception, KeyboardInterrupt) as exc:
-        raise typer.Exit(output.failed(exc)) from None
 
 
 @app.command(cls=Command)
@@ -101,8 +43,8 @@ def start(
     agent_cmd: Annotated[str | None, typer.Option(help="Command line run as each task's agent.")] = None,
     timeout: Annotated[float | None, typer.Option(min=1, help="Seconds an attempt may take.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Run the planned plan without asking.")] = False,
-    model: Annotated[str | None, typer.Option(help="The planner's model.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = None,
     max_cost: Annotated[float | None, typer.Option(min=0, metavar="USD",
                                                    help="Start no new attempt once the run has spent this.")] = None,
     redis: Annotated[str | None, typer.Option(metavar="URL", help="Run the attempts on workers (wswarm worker) "
@@ -122,63 +64,19 @@ def start(
             raise UsageError("give a goal or --plan, not both: a plan file is run as it is (its own \"goal\" "
                              "names the run; --title \"TITLE\" renames it)")
 
-    _call(one_goal)
+    call(one_goal)
     planned = None
     if plan is None:
-        planned = _plan_for_start(goal, base=base, model=model, max_tokens=max_tokens, agent_cmd=agent_cmd, yes=yes)
+        planned = plan_for_start(goal, base=base, model=model, max_tokens=max_tokens, agent_cmd=agent_cmd, yes=yes)
     options = run.StartOptions(plan_path=plan, plan=planned.plan if planned else None, base=base, agents=agents,
                                max_attempts=max_attempts, agent_cmd=agent_cmd, timeout=timeout,
                                title=title or goal, max_cost=max_cost,
                                planner_usage=planned.usage() if planned else None,
                                default_agent=planned.default_agent if planned else None,
                                distributed=Distributed(redis, remote=remote, lease=lease) if redis else None)
-    result = _call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
+    result = call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
-    _finish(result)
-
-
-def _plan_for_start(goal: str | None, *, base: str, model: str | None, max_tokens: int | None,
-                    agent_cmd: str | None, yes: bool) -> Planned:
-    from worktree_swarm.planner import model as planner
-    from worktree_swarm.util.errors import UsageError
-
-    def check() -> None:
-        if goal is None:
-            raise UsageError("give a goal for the planner or a plan file",
-                             hint='wswarm start "GOAL", or: wswarm start --plan plan.json')
-        if not yes and not sys.stdin.isatty():
-            raise UsageError("a planned run needs your confirmation, and there is no terminal to ask on",
-                             hint='pass --yes to run the plan unseen, or review it first: '
-                                  'wswarm plan "GOAL" -o plan.json, then wswarm start --plan plan.json')
-
-    _call(check)
-    assert goal is not None
-    planned = _call(lambda: planner.plan_goal(cwd=Path.cwd(), goal=goal, base=base, model=model,
-                                              max_tokens=max_tokens, agent_cmd=agent_cmd, check_agents=True,
-                                              notify=_notify))
-    _show_plan(planned)
-    if not yes and not typer.confirm(f"Run these {len(planned.plan)} tasks?", default=True, err=True):
-        saved = _call(lambda: planner.save_plan(cwd=Path.cwd(), plan=planned.plan))
-        _notify(f"not started; the plan is saved in {saved}")
-        _notify(f"hint: edit it if you like, then: wswarm start --plan {saved}")
-        raise typer.Exit(2)
-    return planned
-
-
-def _show_plan(planned: Planned) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("id", "type", "after", "files", "description"):
-        table.add_column(col, overflow="fold")
-    # The model wrote these: text, never rich markup (`src/[id].tsx`, `dict[str, int]`, `[/]`).
-    for task in planned.plan:
-        table.add_row(*(Text(cell) for cell in (task.id, task.type, ", ".join(task.dependencies),
-                                                 ", ".join(task.files), task.description)))
-    err.print(table)
-    err.print(f"planner: {planned.model}, {planned.input_tokens} input + {planned.output_tokens} output tokens, "
-              f"${planned.cost_usd:.4f}" + (" (after one repair round)" if planned.rounds > 1 else ""), markup=False)
+    finish(result)
 
 
 @app.command("plan", cls=Command)
@@ -187,42 +85,31 @@ def plan_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the plan, with its goal, "
                                                 "here (JSON).")] = None,
     base: Annotated[str, typer.Option(help="The commit the planner looks at (and tasks will start from).")] = "HEAD",
-    model: Annotated[str | None, typer.Option(help="The planner's model.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=256, help="The planner's reply limit in tokens.")] = None,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,
 ) -> None:
     """Only plan: the model writes the plan for you to review and edit, then run it with start --plan."""
     from worktree_swarm.planner import model as planner
 
-    planned = _call(lambda: planner.plan_to_file(cwd=Path.cwd(), goal=goal, output=output, force=force, base=base,
+    planned = call(lambda: planner.plan_to_file(cwd=Path.cwd(), goal=goal, output=output, force=force, base=base,
                                                  model=model, max_tokens=max_tokens, notify=_notify))
-    _show_plan(planned)
+    show_plan(planned)
     if output is None:
         _emit(planned.plan.to_file_json())
     else:
         _notify(f"wrote {output}; run it with: wswarm start --plan {output}")
 
 
-def _finish(result: object) -> None:
-    from worktree_swarm.swarm.session import RunResult
-
-    assert isinstance(result, RunResult)
-    verdict = "every task merged" if result.all_merged else "finished with failed or blocked tasks"
-    err.print(f"run {result.run_id}: {verdict}", markup=False)
-    err.print(f"integration branch: {result.integration_branch}", markup=False)
-    _emit(str(result.pr_path))
-    raise typer.Exit(result.exit_code)
-
-
 @app.command(cls=Command)
-def resume(run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+def resume(run_id: RunArg = None,
            ) -> None:
     """Continue an interrupted run; finished work is kept."""
     from worktree_swarm.commands import resume as run
 
-    result = _call(lambda: run.resume(cwd=Path.cwd(), run=run_id, notify=_notify,
+    result = call(lambda: run.resume(cwd=Path.cwd(), run=run_id, notify=_notify,
                                       view=lambda store: watch(store, err)))
-    _finish(result)
+    finish(result)
 
 
 @app.command(cls=Command)
@@ -242,14 +129,14 @@ def retry(
 
     options = run.RetryOptions(run=run_id, tasks=tuple(tasks or ()), agent_cmd=agent_cmd,
                                max_attempts=max_attempts, agents=agents)
-    result = _call(lambda: run.retry(cwd=Path.cwd(), options=options, notify=_notify,
+    result = call(lambda: run.retry(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
-    _finish(result)
+    finish(result)
 
 
 @app.command(cls=Command)
 def status(
-    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    run_id: RunArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object (with --all: an array of them).")] = False,
     all_runs: Annotated[bool, typer.Option("--all", help="List every run.")] = False,
     watch_: Annotated[bool, typer.Option("--watch", help="Follow the run live until it finishes or stops.")] = False,
@@ -257,20 +144,9 @@ def status(
     """Runs and their tasks; safe to use from another terminal during a run."""
     # `status --json [RUN]` and `status --all --json` usually never get here (see __main__); what
     # they print is made by the same functions either way.
-    from worktree_swarm.util.errors import UsageError
-    from worktree_swarm.commands.status import all_status, open_run, run_status
+    from worktree_swarm.commands.status import run_lines, status_view
 
-    def load() -> list[dict[str, Any]] | dict[str, Any] | RunStore:
-        if watch_ and (as_json or all_runs):
-            raise UsageError("--watch follows one run on the terminal; it does not combine with "
-                             + ("--json" if as_json else "--all"), hint="wswarm status --watch [RUN]")
-        if all_runs:
-            return all_status(Path.cwd())
-        if as_json:
-            return run_status(Path.cwd(), run_id)
-        return open_run(Path.cwd(), run_id)
-
-    loaded = _call(load)
+    loaded = call(lambda: status_view(Path.cwd(), run_id, as_json=as_json, all_runs=all_runs, watch=watch_))
     if isinstance(loaded, dict):
         _emit(json.dumps(loaded, indent=2))
         return
@@ -279,11 +155,8 @@ def status(
             _emit(json.dumps(loaded, indent=2))
         elif not loaded:
             _notify('no runs yet (start one with: wswarm start "GOAL", or wswarm demo)')
-        for row in [] if as_json else loaded:
-            tasks = row["tasks"]
-            assert isinstance(tasks, list)
-            merged = sum(t["status"] == "merged" for t in tasks)
-            _emit(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  {row['integration_branch']}")
+        for line in [] if as_json else run_lines(loaded):
+            _emit(line)
         return
     from worktree_swarm.ui.live import attach, board
 
@@ -299,7 +172,7 @@ def status(
 
 @app.command(cls=Command)
 def pr(
-    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    run_id: RunArg = None,
     push: Annotated[str | None, typer.Option(metavar="REMOTE", help="Push the integration branch.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the PR with gh (needs --push).")] = False,
     title: Annotated[str | None, typer.Option(help="Retitle the run and its PR (kept for later pr and "
@@ -336,7 +209,7 @@ def pr(
                                   branch=row.integration_branch))
         return body
 
-    _emit(_call(go))
+    _emit(call(go))
 
 
 @app.command(cls=Command)
@@ -346,7 +219,7 @@ def stats(
     """What every run of this repository cost: attempts, waste by cause, holds, forecasts, clean runs."""
     from worktree_swarm.commands import stats as statsmod
 
-    data = _call(lambda: statsmod.stats(cwd=Path.cwd()))
+    data = call(lambda: statsmod.stats(cwd=Path.cwd()))
     if as_json:
         _emit(json.dumps(data, indent=2))
     elif not data["runs"]:
@@ -360,7 +233,7 @@ def stats(
 
 @app.command(cls=Command)
 def clean(
-    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    run_id: RunArg = None,
     all_runs: Annotated[bool, typer.Option("--all", help="Every run of this repository.")] = False,
     integration: Annotated[bool, typer.Option("--integration", help="Delete the integration branch too.")] = False,
     forget: Annotated[bool, typer.Option("--forget", help="Delete the run's state and logs too.")] = False,
@@ -369,7 +242,7 @@ def clean(
     """Remove a run's worktrees and task branches (the integration branch stays unless asked)."""
     from worktree_swarm.commands.clean import clean as do_clean
 
-    done = _call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
+    done = call(lambda: do_clean(cwd=Path.cwd(), run=run_id, all_runs=all_runs, integration=integration,
                                   forget=forget, slots=slots))
     removed = f"{done.worktrees} worktrees, {done.branches} branches"
     if done.slots is not None:
@@ -398,7 +271,7 @@ def logs(
         try:
             row = store.task(task)
             if not log_files(store, task):
-                _notify(_no_logs_yet(task, row.status, following=follow and store.is_live()))
+                _notify(no_logs_yet(task, row.status, following=follow and store.is_live()))
             follower = LogFollower(store, task, _write)
             if follow:
                 follower.follow()
@@ -408,30 +281,19 @@ def logs(
         finally:
             store.close()
 
-    _call(go)
-
-
-def _no_logs_yet(task: str, status: str, *, following: bool) -> str:
-    """Why a task has no log to show, instead of a blank screen."""
-    if status == "pending":
-        what = f"task {task} has not started yet (it waits for its dependencies or a free agent)"
-    elif status == "blocked":
-        what = f"task {task} never started: a task it depends on failed"
-    else:
-        what = f"task {task} has no logs yet ({status})"
-    return what + ("; waiting for its output (Ctrl-C stops waiting)" if following else "")
+    call(go)
 
 
 @app.command(cls=Command)
 def dashboard(
-    run_id: Annotated[str | None, typer.Argument(metavar="RUN", help="Default: the newest run.")] = None,
+    run_id: RunArg = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1; 0 picks a free one.")] = 8767,
     no_open: Annotated[bool, typer.Option("--no-open", help="Do not open a web browser.")] = False,
 ) -> None:
     """The web command center on 127.0.0.1: agents, tasks, the DAG, conflicts, diffs and spend, live."""
     from worktree_swarm.ui.dashboard import open_browser, open_dashboard
 
-    server = _call(lambda: open_dashboard(cwd=Path.cwd(), run=run_id, port=port))
+    server = call(lambda: open_dashboard(cwd=Path.cwd(), run=run_id, port=port))
     _emit(server.url)
     _notify(f"dashboard of run {server.run} at {server.url} (Ctrl-C stops it)")
     if not no_open:
@@ -446,7 +308,7 @@ def demo(
     """A complete swarm on a throwaway sample repository with scripted agents; no API key."""
     from worktree_swarm.commands import demo as demomod
 
-    result = _call(lambda: demomod.run_demo(directory=directory, notify=_notify,
+    result = call(lambda: demomod.run_demo(directory=directory, notify=_notify,
                                             view=lambda store: watch(store, err)))
     _emit(result.pr_body)
     err.print(f"sample repository: {result.repo}", markup=False)
@@ -473,7 +335,7 @@ def gate(
 
     # Inside git's hooks GIT_INDEX_FILE names the index being committed (relative to the cwd git gave us).
     index = os.environ.get("GIT_INDEX_FILE") if staged else None
-    outcome = _call(lambda: run_gate(cwd=Path.cwd(), ref=ref, staged=staged, base=base,
+    outcome = call(lambda: run_gate(cwd=Path.cwd(), ref=ref, staged=staged, base=base,
                                      index_file=Path.cwd() / index if index else None))
     if outcome.detected:
         _notify(outcome.detected)
@@ -494,7 +356,7 @@ def hook_install() -> None:
     """Install the pre-merge-commit hook for every worktree of this repository (an existing hook is chained)."""
     from worktree_swarm.commands import hook as hooks
 
-    done = _call(lambda: hooks.install(cwd=Path.cwd(), python=sys.executable))
+    done = call(lambda: hooks.install(cwd=Path.cwd(), python=sys.executable))
     where = done.location
     _notify(f"{'reinstalled' if done.reinstalled else 'installed'} the pre-merge-commit hook at {where.path}")
     if where.hooks_path is not None:
@@ -504,21 +366,7 @@ def hook_install() -> None:
                     "look in their own folder")
     if done.chained is not None:
         _notify(f"your previous hook is kept as {done.chained} and runs first; its failure blocks the merge too")
-    _notify(_fast_forward_note(Path.cwd()))
-
-
-def _fast_forward_note(cwd: Path) -> str:
-    """git runs pre-merge-commit only when a merge makes a merge commit; say what merge.ff means for it."""
-    from worktree_swarm.util import proc
-
-    ff = proc.git("config", "--get", "merge.ff", cwd=cwd, check=False, as_configured=True).stdout.strip().lower()
-    note = "note: git runs this hook only for merges that make a merge commit; a fast-forward merge skips it"
-    if ff == "false":
-        return note + " (merge.ff = false here: every merge makes one)"
-    if ff == "only":
-        return note + ", and merge.ff = only here allows nothing else: the hook never runs"
-    return note + (" (to gate every merge here: git config merge.ff false, so git merge and git pull always "
-                   "make a merge commit; or merge with --no-ff)")
+    _notify(fast_forward_note(Path.cwd()))
 
 
 @hook_app.command("uninstall", cls=Command)
@@ -526,7 +374,7 @@ def hook_uninstall() -> None:
     """Remove wswarm's pre-merge-commit hook and restore the hook it replaced."""
     from worktree_swarm.commands import hook as hooks
 
-    done = _call(lambda: hooks.uninstall(cwd=Path.cwd()))
+    done = call(lambda: hooks.uninstall(cwd=Path.cwd()))
     if done.removed:
         _notify(f"removed the pre-merge-commit hook at {done.location.path}")
     else:
@@ -563,7 +411,7 @@ def worker(
 
     options = workermod.WorkerOptions(redis_url=redis, repo_url=repo, agents=agents, name=name, dir=directory,
                                       agent_cmd=agent_cmd)
-    _call(lambda: workermod.worker(options=options, say=stderr_say))
+    call(lambda: workermod.worker(options=options, say=stderr_say))
 
 
 @app.command(cls=Command)
@@ -573,7 +421,7 @@ def workers(
     """The workers seen lately: machine, repository, agents busy, last heartbeat, load."""
     from worktree_swarm.commands import workers as workersmod
 
-    rows = _call(lambda: workersmod.workers(redis_url=redis))
+    rows = call(lambda: workersmod.workers(redis_url=redis))
     typer.echo(workersmod.render(rows) if rows else "no workers seen (start one with: wswarm worker --redis URL "
                                                       "--repo GIT_URL)")
 

@@ -130,3 +130,30 @@ def all_status(cwd: Path) -> list[dict[str, Any]]:
         finally:
             store.close()
     return rows
+
+
+def status_view(cwd: Path, run_id: str | None, *, as_json: bool, all_runs: bool,
+                watch: bool) -> list[dict[str, Any]] | dict[str, Any] | RunStore:
+    """What `wswarm status` shows: every run's status (--all), one run's (--json), or else the open
+    store of RUN_ID for the board or --watch (the caller closes it); --watch combines with neither."""
+    if watch and (as_json or all_runs):
+        from worktree_swarm.util.errors import UsageError
+
+        raise UsageError("--watch follows one run on the terminal; it does not combine with "
+                         + ("--json" if as_json else "--all"), hint="wswarm status --watch [RUN]")
+    if all_runs:
+        return all_status(cwd)
+    if as_json:
+        return run_status(cwd, run_id)
+    return open_run(cwd, run_id)
+
+
+def run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """`status --all` on the terminal: a line a run (its id, state, tasks merged, integration branch)."""
+    lines = []
+    for row in runs:
+        tasks = row["tasks"]
+        assert isinstance(tasks, list)
+        merged = sum(t["status"] == "merged" for t in tasks)
+        lines.append(f"{row['run']}  {row['state']:<11} {merged}/{len(tasks)} merged  {row['integration_branch']}")
+    return lines
