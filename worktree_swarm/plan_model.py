@@ -1,0 +1,262 @@
+"""The plan as a model: tasks, the rules a plan as a whole obeys (ids that can name a branch, no
+duplicate, no unknown dependency, no cycle) and the dependency DAG. Pure logic, no git.
+
+Reading a plan file (JSON or TOML) and checking its fields is `plan.py`'s, which builds these."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import networkx
+import pygit2
+
+from worktree_swarm.util.errors import PlanError
+from worktree_swarm.util.types import TaskId
+
+MAX_TASKS = 1000
+MAX_ID_LENGTH = 100
+
+# git allows these in ref names, but they are hostile to shells, globs and revision syntax.
+_FORBIDDEN_ID_CHARS = "~^:?*[\\"
+_ID_HINT = "use letters, digits, '-', '_', '.' and '/' (as in 'refactor/buttons')"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work; `files` are glob patterns relative to the repository root."""
+
+    id: TaskId
+    type: str
+    description: str
+    dependencies: tuple[TaskId, ...] = ()
+    files: tuple[str, ...] = ()
+    command: str | None = None
+    agent: str | None = None
+    prompt: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The plan-file shape of this task; unset optional fields are left out."""
+        out: dict[str, object] = {
+            "id": self.id,
+            "type": self.type,
+            "description": self.description,
+            "dependencies": list(self.dependencies),
+            "files": list(self.files),
+        }
+        for name in ("command", "agent", "prompt"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class Plan:
+    """A validated, immutable set of tasks and the DAG of their dependencies."""
+
+    __slots__ = ("_tasks", "_by_id", "_index", "_graph", "_goal")
+
+    def __init__(self, tasks: Iterable[Task], *, source: str = "plan", goal: str | None = None) -> None:
+        """Check the plan-level rules (count, ids, dependencies, cycles); raise PlanError.
+        GOAL is what the plan is for (the planner's goal), when known."""
+        self._tasks = tuple(tasks)
+        self._goal = goal
+        if not self._tasks:
+            raise PlanError(f"{source}: the plan has no tasks", hint="a plan is a JSON array of task objects")
+        if len(self._tasks) > MAX_TASKS:
+            raise PlanError(f"{source}: the plan has {len(self._tasks)} tasks, more than {MAX_TASKS}")
+        self._by_id: dict[str, Task] = {}
+        folded: dict[str, str] = {}
+        for task in self._tasks:
+            reason = validate_task_id(task.id)
+            if reason is not None:
+                raise PlanError(f"{source}: task id {quoted(task.id)} cannot be part of a git branch name: {reason}",
+                                hint=_ID_HINT)
+            if task.id in self._by_id:
+                raise PlanError(f"{source}: duplicate task id {quoted(task.id)}")
+            # Branch refs are files, and macOS/Windows filesystems fold case (macOS also normalises Unicode).
+            first = folded.setdefault(unicodedata.normalize("NFC", task.id).casefold(), task.id)
+            if first != task.id:
+                raise PlanError(f"{source}: duplicate task id {quoted(task.id)} (same as {quoted(first)} ignoring case)")
+            self._by_id[task.id] = task
+        self._index = {task.id: i for i, task in enumerate(self._tasks)}
+        graph = networkx.DiGraph()
+        graph.add_nodes_from(task.id for task in self._tasks)
+        for task in self._tasks:
+            for dep in task.dependencies:
+                if dep not in self._by_id:
+                    close = difflib.get_close_matches(dep, list(self._by_id), n=1)
+                    raise PlanError(f"{source}: task {quoted(task.id)} depends on unknown task {quoted(dep)}",
+                                    hint=f"did you mean {quoted(close[0])}?" if close else None)
+                graph.add_edge(dep, task.id)
+        try:
+            cycle = networkx.find_cycle(graph)
+        except networkx.NetworkXNoCycle:
+            cycle = []
+        if cycle:
+            path = " → ".join([str(edge[0]) for edge in cycle] + [str(cycle[0][0])])
+            raise PlanError(f"{source}: the plan has a cycle: {path}",
+                            hint="remove one of these dependencies")
+        self._graph = networkx.freeze(graph)
+
+    @property
+    def goal(self) -> str | None:
+        """What the plan is for, as given to the planner or written in the file; None when unknown."""
+        return self._goal
+
+    def with_goal(self, goal: str | None) -> Plan:
+        """The same tasks, for GOAL."""
+        return Plan(self._tasks, goal=goal)
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The tasks in file order."""
+        return self._tasks
+
+    @property
+    def graph(self) -> networkx.DiGraph:
+        """The frozen DAG; an edge runs from a dependency to its dependent."""
+        return self._graph
+
+    def __getitem__(self, task_id: str) -> Task:
+        return self._by_id[task_id]
+
+    def __contains__(self, item: object) -> bool:
+        # `"a" in plan` must mean "is there a task 'a'", not compare a string with Task objects.
+        if isinstance(item, Task):
+            return self._by_id.get(item.id) == item
+        return isinstance(item, str) and item in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks)
+
+    def __repr__(self) -> str:
+        return f"Plan({[task.id for task in self._tasks]!r})"
+
+    def ids(self) -> list[TaskId]:
+        """Task ids in file order."""
+        return [task.id for task in self._tasks]
+
+    def priority(self) -> dict[TaskId, int]:
+        """Length in tasks of the longest chain of dependents from each task (a sink is 1)."""
+        result: dict[TaskId, int] = {}
+        for node in reversed(self.topological_order()):
+            result[node] = 1 + max((result[s] for s in self._graph.successors(node)), default=0)
+        return {task.id: result[task.id] for task in self._tasks}
+
+    def dependents(self, task_id: str) -> set[TaskId]:
+        """Every task that depends on `task_id`, directly or not; KeyError if unknown."""
+        if task_id not in self._by_id:
+            raise KeyError(task_id)
+        return set(networkx.descendants(self._graph, task_id))
+
+    def topological_order(self) -> list[TaskId]:
+        """Dependencies before dependents; among ready tasks, file order wins."""
+        return list(networkx.lexicographical_topological_sort(self._graph, key=self._index.__getitem__))
+
+    def width(self, among: Iterable[str] | None = None) -> int:
+        """The most tasks of AMONG (default: all) that can run at once: the largest set of them
+        none of which depends on another, directly or through any task of the plan."""
+        # Dilworth: the largest antichain is as large as the fewest chains covering the tasks, which
+        # is the count minus a maximum matching of "u runs before v" pairs (Kuhn's augmenting paths
+        # over reachability bitsets: milliseconds for 1,000 tasks, where networkx's closure and
+        # Hopcroft-Karp took seconds on a long chain).
+        order = self.topological_order()
+        index: dict[str, int] = {tid: i for i, tid in enumerate(order)}
+        wanted = 0
+        for tid in (order if among is None else among):
+            wanted |= 1 << index[tid]
+        reach = [0] * len(order)
+        for tid in reversed(order):
+            bits = 0
+            for succ in self._graph.successors(tid):
+                bits |= reach[index[succ]] | 1 << index[succ]
+            reach[index[tid]] = bits
+        reach = [bits & wanted for bits in reach]
+        owner = [-1] * len(order)           # a task "after" -> the task matched before it
+        left = [i for i in range(len(order)) if wanted >> i & 1]
+        return len(left) - sum(_augment(start, reach, owner) for start in left)
+
+    def to_json(self) -> str:
+        """The tasks as a JSON array (indent 2) that `parse_plan` reads back to an equal plan."""
+        return json.dumps([task.to_dict() for task in self._tasks], indent=2, ensure_ascii=False)
+
+    def to_file_json(self) -> str:
+        """The plan as a plan file: `{"goal": ..., "tasks": [...]}`, or the bare array without a goal."""
+        if self._goal is None:
+            return self.to_json()
+        return json.dumps({"goal": self._goal, "tasks": [task.to_dict() for task in self._tasks]}, indent=2,
+                          ensure_ascii=False)
+
+
+def _augment(start: int, reach: list[int], owner: list[int]) -> bool:
+    """One augmenting path from START in the matching OWNER (Kuhn), iteratively: a chain of 1,000
+    tasks would pass Python's recursion limit."""
+    seen = 0
+    stack = [[start, reach[start]]]
+    path: list[int] = []                # the task after each frame's task, tried right now
+    while stack:
+        frame = stack[-1]
+        candidates = frame[1] & ~seen
+        if not candidates:
+            stack.pop()
+            if path:
+                path.pop()
+            continue
+        low = candidates & -candidates
+        frame[1] = candidates ^ low
+        seen |= low
+        after = low.bit_length() - 1
+        path.append(after)
+        if owner[after] == -1:
+            for (task, _), target in zip(stack, path):
+                owner[target] = task
+            return True
+        stack.append([owner[after], reach[owner[after]]])
+    return False
+
+
+def validate_task_id(task_id: str) -> str | None:
+    """None when `task_id` can name a branch (and is sane in shells and globs), else the reason."""
+    if not task_id:
+        return "it is empty"
+    if len(task_id) > MAX_ID_LENGTH:
+        return f"it is longer than {MAX_ID_LENGTH} characters"
+    for ch in task_id:
+        if ch.isspace() or unicodedata.category(ch)[0] in "CZ":
+            return f"it contains whitespace or a control character ({ascii(ch)})"
+        if ch in _FORBIDDEN_ID_CHARS:
+            return f"it contains {ch!r}"
+    if task_id.startswith("-"):
+        return "it starts with '-'"
+    if task_id.startswith("/") or task_id.endswith("/"):
+        return "it starts or ends with '/'"
+    if "//" in task_id:
+        return "it contains '//'"
+    if "@{" in task_id:
+        return "it contains '@{'"
+    if task_id == "@":
+        return "it is '@'"
+    if ".." in task_id:
+        return "it contains '..'"
+    for part in task_id.split("/"):
+        if part.startswith("."):
+            return f"the part {part!r} starts with '.'"
+        if part.endswith(".lock"):
+            return f"the part {part!r} ends with '.lock'"
+        if part.endswith("."):
+            return f"the part {part!r} ends with '.'"
+    if not pygit2.reference_is_valid_name(f"refs/heads/wswarm/run/{task_id}/1"):
+        return "git does not accept it in a branch name"
+    return None
+
+
+def quoted(text: str) -> str:
+    """Quote a name for a one-line message: repr escapes newlines; very long names are cut."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
