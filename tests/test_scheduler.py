@@ -301,6 +301,31 @@ def test_a_stale_task_alone_still_starts() -> None:
     assert s.pick(head="h0", now=2) == "b"       # nothing else to do, nothing running to wait for
 
 
+def test_retries_one_at_a_time_go_oldest_start_first_then_by_priority() -> None:
+    # A chain replayed in reverse: c3 needs c2, which needs c1; c3 comes first in the plan.
+    s = overlapping("c3", "c2", "c1", "i1", files={}, retry_wait=60)
+    s.start("c3", head="h0")
+    s.start("c2", head="h0")
+    s.finish("c2", 1, K.AGENT_FAILED, now=1)
+    s.finish("c3", 1, K.AGENT_FAILED, now=1)
+    assert s.pick(head="h0", now=2) == "c1"
+    s.start("c1", head="h0")
+    s.finish("c1", 1, K.GATED)
+    s.finish("c1", 1, K.MERGED)
+    assert s.pick(head="h1", now=3) == "c3"        # both failed from h0: the plan's order
+    s.start("c3", head="h1")
+    assert s.pick(head="h1", now=3) == "i1"        # c2 waits: such retries go one at a time
+    s.start("i1", head="h1")
+    s.finish("c3", 2, K.AGENT_FAILED, now=4)
+    s.finish("i1", 1, K.GATED)
+    s.finish("i1", 1, K.MERGED)
+    assert s.pick(head="h2", now=5) == "c2"        # its failed attempt started from an older head than c3's
+    s.start("c2", head="h2")
+    s.finish("c2", 2, K.GATED)
+    s.finish("c2", 2, K.MERGED)
+    assert s.pick(head="h3", now=6) == "c3"
+
+
 def test_retries_of_tasks_whose_files_are_unknown_go_one_at_a_time_in_priority_order() -> None:
     s = overlapping("p1", "p2", "p3", "p4", files={}, retry_wait=60)
     for t in ("p1", "p2", "p3", "p4"):

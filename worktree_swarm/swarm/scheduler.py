@@ -70,6 +70,7 @@ class TaskState:
     waits_for: set[str] = field(default_factory=set)   # … and waits for the overlapping work then running
     wait_until: float = 0.0            # to settle, but not past this time
     retrying: bool = False             # its last attempt failed with its files unknown (see `pick`)
+    start_order: int = 0               # how many integration heads came before its last attempt's start
     restarts: int = 0                  # attempts stopped early to start again (on_forecast = restart)
 
     @property
@@ -127,6 +128,7 @@ class Scheduler:
         self.tracked = TrackedFiles(tracked)     # the base's files, for "can two patterns match one path"
         self.overlap = overlap
         self.retry_wait = retry_wait
+        self._heads: dict[str, int] = {}     # every head an attempt started from -> the order it appeared in
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -219,7 +221,7 @@ class Scheduler:
         fallback = None
         ready, running = self.ready(), self.running()
         stale = [t for t in ready if self._stale(t, head=head, now=now)]
-        for task in [t for t in ready if t not in stale] + stale:
+        for task in self._in_turn([t for t in ready if t not in stale]) + self._in_turn(stale):
             if self._waiting(task, running, now=now) or self._after_other_retry(task):
                 continue
             if self.overlap == Overlap.IGNORE or self._blocking(task, running) is None:
@@ -227,6 +229,14 @@ class Scheduler:
             if fallback is None:
                 fallback = task
         return fallback if self.overlap == Overlap.AVOID else None
+
+    def _in_turn(self, tasks: list[str]) -> list[str]:
+        """TASKS, the retries that go one at a time in the order of the heads their failed attempts
+        started from, oldest first, priority breaking ties (each in a place one of them held): the one
+        that saw least of what merged since is the likeliest to succeed now. By priority alone, the first
+        of a chain replayed in reverse spends every attempt before the task it needs has had a second."""
+        turns = iter(sorted((t for t in tasks if self.tasks[t].retrying), key=lambda t: self.tasks[t].start_order))
+        return [next(turns) if self.tasks[t].retrying else t for t in tasks]
 
     def held(self, *, head: str, now: float) -> list[Held]:
         """Ready tasks `pick` passes over right now, each with the task it waits for."""
@@ -256,6 +266,7 @@ class Scheduler:
         state.attempts[n] = AttemptKind.RUNNING
         state.status = TaskStatus.RUNNING
         state.start_head = head
+        state.start_order = self._heads.setdefault(head, len(self._heads)) if head is not None else 0
         state.failed_head = None
         state.waits_for = set()
         return n
