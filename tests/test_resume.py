@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -107,6 +108,10 @@ def test_sigkill_never_leaves_a_running_status(repo: Repo, agent_script: object,
     assert res.returncode == 0, res.stderr
     assert not any(alive(pid) for pid in orphans)   # resume did
     assert set(statuses(repo).values()) == {"merged"}
+    # What a task merged before the kill did reaches its dependents as it would have without one.
+    told = json.loads((run_dir(repo) / "attempts" / "last" / "1" / "task.json").read_text())
+    assert {d["id"]: d["files"] for d in told["dependencies"]} == {
+        "first": ["out/first.txt"], "slow-a": ["out/slow-a.txt"], "slow-b": ["out/slow-b.txt"]}
     assert_cleans_up(repo)
 
 

@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from worktree_swarm.agents.command import last_lines
 from worktree_swarm.gate.report import GateReport
@@ -65,7 +64,7 @@ class Restored:
     recovered: list[AttemptRow] = field(default_factory=list)   # gated before a crash, merged first thing
     adopted: list[tuple[str, int]] = field(default_factory=list)  # go on without this process: collected
     summaries: dict[str, str] = field(default_factory=dict)     # task -> what its merged attempt said
-    files: dict[str, list[Any]] = field(default_factory=dict)   # merged task -> its last attempt's files
+    files: dict[str, list[str]] = field(default_factory=dict)   # merged task -> the paths its last attempt changed
     feedback: dict[str, str | None] = field(default_factory=dict)  # pending task -> what its next attempt is told
 
 
@@ -115,7 +114,7 @@ def restore_state(repo: Repo, store: RunStore, sched: Scheduler, executor: Execu
             task.status = TaskStatus.PENDING
             store.set_task(row.id, status="pending", reason="interrupted; will start again")
         if task.status == TaskStatus.MERGED and mine:
-            restored.files[row.id] = json.loads(mine[-1].files or "[]")
+            restored.files[row.id] = [path for path, _, _ in json.loads(mine[-1].files or "[]")]
         # An interrupted attempt was sent nothing back: the feedback is its predecessor's.
         told = next((a for a in reversed(mine) if a.outcome not in (AttemptKind.INTERRUPTED, AttemptKind.RUNNING)),
                     None)
