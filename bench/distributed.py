@@ -1,15 +1,23 @@
 """Distributed runs against local ones, on this machine: one run of each, same plan, same concurrency.
 
-    python bench/distributed.py [--tasks N] [--workers W] [--agents K] [--files M] [--json]
+    python bench/distributed.py [--tasks N] [--workers W] [--agents K] [--files M] [--sleep MIN MAX]
+                                [--no-local] [--git-trace] [--json]
+
+The issue's shape: --tasks 1000 --workers 4 --agents 8 --files 5000 (the defaults are smaller).
 
 Starts its own redis-server (free port, temporary folder, append-only), a bare remote over file://,
 W `wswarm worker` processes of K agents each (own clone and HOME), then runs a plan of N independent
-tasks whose agents sleep 0.5-2 s (deterministic per task) and write one file: once with
-`start --redis` and --agents W*K, once locally with --agents W*K in a second clone. Prints the
+tasks whose agents sleep MIN-MAX s (0.5-2; deterministic per task) and write one file: once with
+`start --redis` and W*K attempts on workers (none on the integrator), once locally with --agents W*K
+in a second clone (--no-local: not at all, for a quicker look at the distributed side). Prints the
 makespan of each and their ratio, dispatch latency p50/p99 of both (from the integrator's
 attempt-started to the agent's first instruction, same clock; the agent is a shell script), the
 integrator's merges per second of busy time, Redis commands per attempt (INFO commandstats), the
-integrator's peak RSS, and the 1-minute load average before and after each run. Both integration trees must be equal and every task merged.
+integrator's peak RSS, the 1-minute load average before and after each run, and what the workers'
+object stores grew by per attempt (what their fetches brought, plus their own commits). With
+--git-trace, every git process of the distributed side is recorded (GIT_TRACE2_EVENT) and its
+pushes and fetches are counted and timed, the integrator's apart from the workers'. Both
+integration trees must be equal and every task merged.
 """
 
 from __future__ import annotations
@@ -85,31 +93,100 @@ def pct(values: list[float], q: float) -> float:
     return round(1000 * values[min(len(values) - 1, int(len(values) * q))], 1)
 
 
-def merges_per_second(evs: list[dict[str, object]]) -> float:
-    """Merges per second of the integrator's busy time: each merge is charged the time from when its
-    outcome could be taken (its worker's last event read, or the previous merge, whichever is later)
-    to its `merged` event. That span holds the fetch of the task branch, the in-memory merge, and the
-    launches (push of the start commit, request) done in between; waiting for agents is left out."""
-    last_word: dict[object, float] = {}
-    merged: list[tuple[float, object]] = []
-    for e in evs:
-        if e["kind"] in ("gate-finished", "agent-finished"):
-            last_word[e["task"]] = float(e["ts"])  # type: ignore[arg-type]
-        elif e["kind"] == "merged":
-            merged.append((float(e["ts"]), e["task"]))  # type: ignore[arg-type]
-    busy, previous = 0.0, 0.0
-    for ts, task in sorted(merged, key=lambda m: m[0]):
-        busy += ts - max(previous, last_word.get(task, ts))
+def outcome_times(redis_dir: Path) -> dict[str, float]:
+    """When each task's last outcome reached Redis (its entry id is Redis's clock, in ms), read back
+    from the append-only file, which keeps every XADD with the id it was given."""
+    out: dict[str, float] = {}
+    for aof in sorted(redis_dir.rglob("*.aof")):
+        data, at = aof.read_bytes(), 0
+        while data.startswith(b"*", at):
+            end = data.index(b"\r\n", at)
+            count, at, words = int(data[at + 1:end]), end + 2, []
+            for _ in range(count):
+                end = data.index(b"\r\n", at)
+                size = int(data[at + 1:end])
+                words.append(data[end + 2:end + 2 + size])
+                at = end + 2 + size + 2
+            if len(words) > 3 and words[0].lower() == b"xadd" and words[1].endswith(b":outcomes"):
+                fields = dict(zip(words[3::2], words[4::2]))
+                body = json.loads(fields.get(b"msg", b"{}")).get("body", {})
+                out[str(body.get("task"))] = int(words[2].split(b"-")[0]) / 1000
+    return out
+
+
+def merges_per_second(evs: list[dict[str, object]], arrived: dict[str, float]) -> tuple[float, float]:
+    """Merges per second of the integrator's busy time, and the median ms from an outcome reaching
+    Redis to its merge. Each merge is charged the time from when its outcome reached Redis (or the
+    previous merge, whichever is later) to its `merged` event: the fetch of its branch, the in-memory
+    merge and whatever the loop did in between (launches); waiting for workers is left out."""
+    merged = sorted((float(e["ts"]), str(e["task"])) for e in evs if e["kind"] == "merged")  # type: ignore[arg-type]
+    busy, previous, lags = 0.0, 0.0, []
+    for ts, task in merged:
+        busy += ts - max(previous, arrived.get(task, ts))
+        lags.append(ts - arrived.get(task, ts))
         previous = ts
-    return round(len(merged) / busy, 1) if busy > 0 else 0.0
+    rate = round(len(merged) / busy, 1) if busy > 0 else 0.0
+    return rate, pct(sorted(lags), 0.5) if lags else 0.0
+
+
+def steps(evs: list[dict[str, object]], marks: Path) -> dict[str, float]:
+    """Where dispatch goes, p50 ms per step, as the integrator's event log and the agents' marks see
+    it: attempt-started -> attempt-assigned (start commit pushed, request read, by a worker) ->
+    agent-started (start fetched, slot switched) -> the agent's first instruction. A worker's event is
+    stamped when the integrator reads it: a few ms late."""
+    at: dict[tuple[object, object], dict[str, float]] = {}
+    for e in evs:
+        if e["kind"] in ("attempt-started", "attempt-assigned", "agent-started"):
+            at.setdefault((e["task"], e["attempt"]), {})[str(e["kind"])] = float(e["ts"])  # type: ignore[arg-type]
+    spans: dict[str, list[float]] = {"push+request": [], "fetch+slot": [], "agent": []}
+    for (task, n), t in at.items():
+        if len(t) == 3:
+            spans["push+request"].append(t["attempt-assigned"] - t["attempt-started"])
+            spans["fetch+slot"].append(t["agent-started"] - t["attempt-assigned"])
+            spans["agent"].append(float((marks / f"{task}-{n}").read_text()) - t["agent-started"])
+    return {k: pct(sorted(v), 0.5) for k, v in spans.items() if v}
+
+
+def object_bytes(repo: Path) -> int:
+    """Bytes of REPO's object store (loose and packed), as git counts them."""
+    fields = dict(line.split(": ", 1) for line in git(repo, "count-objects", "-v").splitlines())
+    return 1024 * (int(fields["size"]) + int(fields["size-pack"]))
+
+
+def traced(folder: Path) -> dict[str, dict[str, float]]:
+    """The pushes and fetches GIT_TRACE2_EVENT recorded in FOLDER (a file per git process), per side
+    (the integrator's repository or a worker's clone) and command: how many, median and total ms."""
+    times: dict[str, list[float]] = {}
+    for path in folder.iterdir():
+        name, cwd, seconds = None, "", None
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if e.get("event") == "cmd_name" and e.get("hierarchy", "").count("/") == 0:
+                name = e.get("name")
+            elif e.get("event") == "def_repo" and not cwd:
+                cwd = str(e.get("worktree") or "")
+            elif e.get("event") == "exit":
+                seconds = float(e.get("t_abs", 0))
+        if name in ("push", "fetch") and seconds is not None:
+            side = "worker" if cwd.endswith("/clone") else "integrator"
+            times.setdefault(f"{side} {name}", []).append(seconds * 1000)
+    return {k: {"count": len(v), "p50_ms": round(sorted(v)[len(v) // 2], 1), "total_s": round(sum(v) / 1000, 2)}
+            for k, v in sorted(times.items())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--agents", type=int, default=4)
+    ap.add_argument("--agents", type=int, default=4, help="agents per worker")
     ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--sleep", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                    help="seconds each agent sleeps, spread over [MIN, MAX) by task (default 0.5 2)")
+    ap.add_argument("--no-local", action="store_true", help="skip the local run (no makespan ratio)")
+    ap.add_argument("--git-trace", action="store_true", help="count and time the distributed side's pushes and fetches")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
@@ -143,7 +220,8 @@ def main() -> None:
         sleeps.mkdir()
         for i in range(args.tasks):
             task = f"t{i:04d}"
-            (sleeps / task).write_text(f"{0.5 + (zlib.crc32(task.encode()) % 1500) / 1000:.3f}\n")
+            spread = (zlib.crc32(task.encode()) % 1000) / 1000
+            (sleeps / task).write_text(f"{args.sleep[0] + spread * (args.sleep[1] - args.sleep[0]):.3f}\n")
         # A shell agent: its first instruction comes ~2 ms after its start, where a Python one's
         # interpreter start (~80 ms here under load) would hide what dispatch itself costs.
         (tmp / "agent.sh").write_text(AGENT)
@@ -151,8 +229,14 @@ def main() -> None:
         plan = tmp / "plan.json"
         plan.write_text(json.dumps([{"id": f"t{i:04d}", "type": "feature", "description": f"task {i}",
                                      "files": [f"out/t{i:04d}.txt"]} for i in range(args.tasks)]))
-        (repo / "wswarm.toml").write_text("[gate]\nchecks = []\n")
+        concurrency = args.workers * args.agents
+        # Every attempt on a worker (no --agents: none on the integrator), at most W*K at once.
+        (repo / "wswarm.toml").write_text(f"[gate]\nchecks = []\n\n[distributed]\nremote_agents = {concurrency}\n")
         redis_cmd(port, "PING")
+        trace = tmp / "trace"
+        if args.git_trace:
+            trace.mkdir()
+            env["GIT_TRACE2_EVENT"] = str(trace)
         for w in range(args.workers):
             wdir = tmp / f"w{w}"
             (wdir / "home").mkdir(parents=True)
@@ -168,38 +252,51 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not register")
             time.sleep(0.1)
-        concurrency = args.workers * args.agents
+        clones = [tmp / f"w{w}" / "clone" for w in range(args.workers)]
+        grown = sum(object_bytes(c) for c in clones)
         before = commands(port)
         load_dist = [os.getloadavg()[0]]
         dist_s, dist_rss = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
-                                "--agent-cmd", agent, "--agents", str(concurrency)], repo, env)
+                                "--agent-cmd", agent], repo, env)
         load_dist.append(os.getloadavg()[0])
+        env.pop("GIT_TRACE2_EVENT", None)
+        grown = sum(object_bytes(c) for c in clones) - grown
         per_attempt = (commands(port) - before) / args.tasks
         evs = events(repo)
         lat = dispatch(evs, marks)
         merged = sum(1 for e in evs if e["kind"] == "merged")
-        merge_rate = merges_per_second(evs)
-        local = tmp / "local"
-        git(tmp, "clone", "-q", f"file://{bare}", str(local))
-        (local / "wswarm.toml").write_text("[gate]\nchecks = []\n")
-        load_local = [os.getloadavg()[0]]
-        local_s, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
-                         local, env)
-        load_local.append(os.getloadavg()[0])
-        local_lat = dispatch(events(local), marks)
+        merge_rate, merge_lag = merges_per_second(evs, outcome_times(tmp / "redis"))
+        dist_steps = steps(evs, marks)      # before the local run writes its own marks
+        local_s, local_lat, load_local = 0.0, [0.0], [0.0, 0.0]
+        rows: tuple[Path, ...] = (repo,)
+        if not args.no_local:
+            local = tmp / "local"
+            git(tmp, "clone", "-q", f"file://{bare}", str(local))
+            (local / "wswarm.toml").write_text("[gate]\nchecks = []\n")
+            load_local = [os.getloadavg()[0]]
+            local_s, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
+                             local, env)
+            load_local.append(os.getloadavg()[0])
+            local_lat = dispatch(events(local), marks)
+            rows = (repo, local)
         tree = {git(r, "rev-parse", git(r, "for-each-ref", "--format=%(refname)", "refs/heads/wswarm/*/integration")
-                    + "^{tree}") for r in (repo, local)}
+                    + "^{tree}") for r in rows}
         if len(tree) != 1 or merged != args.tasks:
             raise SystemExit(f"trees differ or not all merged ({merged}/{args.tasks})")
-        result = {"tasks": args.tasks, "workers": args.workers, "agents_each": args.agents, "files": args.files,
-                  "distributed_s": round(dist_s, 2), "local_s": round(local_s, 2),
-                  "makespan_ratio": round(dist_s / local_s, 3),
-                  "dispatch_p50_ms": pct(lat, 0.5), "dispatch_p99_ms": pct(lat, 0.99),
-                  "local_dispatch_p50_ms": pct(local_lat, 0.5), "local_dispatch_p99_ms": pct(local_lat, 0.99),
-                  "merges_per_s_busy": merge_rate,
-                  "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1),
-                  "load_dist_before_after": [round(x, 2) for x in load_dist],
-                  "load_local_before_after": [round(x, 2) for x in load_local]}
+        result: dict[str, object] = {
+            "tasks": args.tasks, "workers": args.workers, "agents_each": args.agents, "files": args.files,
+            "distributed_s": round(dist_s, 2), "local_s": round(local_s, 2),
+            "makespan_ratio": round(dist_s / local_s, 3) if local_s else None,
+            "dispatch_p50_ms": pct(lat, 0.5), "dispatch_p99_ms": pct(lat, 0.99),
+            "local_dispatch_p50_ms": pct(local_lat, 0.5), "local_dispatch_p99_ms": pct(local_lat, 0.99),
+            "dispatch_steps_p50_ms": dist_steps,
+            "merges_per_s_busy": merge_rate, "outcome_to_merged_p50_ms": merge_lag,
+            "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1),
+            "worker_objects_kb_per_attempt": round(grown / 1024 / args.tasks, 1),
+            "load_dist_before_after": [round(x, 2) for x in load_dist],
+            "load_local_before_after": [round(x, 2) for x in load_local]}
+        if args.git_trace:
+            result["git_transport"] = traced(trace)
         print(json.dumps(result) if args.json else "\n".join(f"{k:28} {v}" for k, v in result.items()))
     finally:
         for proc in workers:

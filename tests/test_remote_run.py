@@ -139,7 +139,7 @@ def test_a_plan_spread_over_three_workers_merges_each_task_once_like_a_local_run
     for task in "abc":
         (marks / f"sleep-{task}").write_text("1")
     res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                 "--agent-cmd", agent, "--agents", "3", "--lease", "5", timeout=180)
+                 "--agent-cmd", agent, "--lease", "5", timeout=180)
     assert res.returncode == 0, res.stderr
     evs = events(cluster.repo)
     merged = [e["task"] for e in evs if e["kind"] == "merged"]
@@ -308,7 +308,7 @@ def test_a_stopped_worker_resumed_past_its_lease_has_its_late_result_rejected(cl
     first = cluster.start_worker("w1", agent=agent)
     (marks / "sleep-slow").write_text("3")
     integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--lease", "2", "--agents", "2"],
+                                   "--agent-cmd", agent, "--lease", "2"],
                                   cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL)
     until(lambda: (marks / "slow-1.pid").is_file(), what="the first attempt's agent started")

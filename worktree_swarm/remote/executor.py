@@ -5,10 +5,16 @@ come back on two streams this integrator reads with a group of its own. Code tra
 remote. Delivery is at least once, the effect exactly once: every request carries a fresh token, an
 attempt is live only under its token, and whatever arrives under another (a reclaimed attempt's late
 result, a duplicate) is rejected and logged; a task's outcome is handed to the loop at most once.
+
+The loop's thread does no git transport: a sender thread pushes the start commits of the requests
+submitted meanwhile (one push for the batch) and only then adds those requests to the stream, and a
+reader thread reads outcomes and events and fetches the branches of the outcomes it read together
+(one fetch per batch), so the loop merges one batch while the next travels.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote import gitwire
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.client import retrying
+from worktree_swarm.remote.protocol import start_ref, task_ref
 from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
@@ -34,13 +41,17 @@ CONSUMER = "integrator"
 PHASE_FIELDS = frozenset({"worktree", "gating"})
 # Event fields the integrator sets itself; a worker's are dropped.
 OWN_FIELDS = frozenset({"ts", "kind", "task"})
+# Refs of fetched task branches deleted from the remote together once this many wait (or with the
+# next push of a start commit): every push and fetch reads the remote's whole list of refs.
+DELETE_BATCH = 64
+READ_BLOCK_MS = 250     # the reader's longest block on Redis: how long `close` may wait for it
 
 
 @dataclass
 class _Live:
     request: AttemptRequest
     token: str
-    entry: str            # the request's stream entry
+    entry: str | None = None    # the request's stream entry, once its start commit is on the remote
     worker: str | None = None
 
 
@@ -59,12 +70,20 @@ class RedisExecutor(Executor):
         self.lease = lease
         self.run = store.run().id
         self.names = p.Names(p.repository_id(gitwire.roots(repo, store.run().base)))
+        # Everything below is shared by the loop's thread, the sender and the reader: under _cond.
+        self._cond = threading.Condition()
         self._live: dict[tuple[str, int], _Live] = {}
         self._by_token: dict[str, tuple[str, int]] = {}
         self._phases: list[Phase] = []
-        self._ready: list[Outcome] = []     # outcomes of adopted attempts found on the stream, for the next wait
-        self._pushed: set[str] = set()
-        self._unfetched: list[tuple[Outcome, str]] = []   # outcomes read whose branches are still on the remote
+        self._ready: list[Outcome] = []     # outcomes whose branches are here, for the next wait
+        self._transit = 0                   # outcomes read (their attempts no longer live) still being fetched
+        self._sending: list[tuple[tuple[str, int], str, Any]] = []   # (key, token, entry fields) not yet added
+        self._pushed: set[str] = set()      # start commits this integrator put on the remote
+        self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
+        self._doomed: list[str] = []        # fetched task refs to delete from the remote
+        self._failure: BaseException | None = None
+        self._closing = False
+        self._threads: list[threading.Thread] = []
         self._reclaimed_at = time.monotonic()
         self._open()
 
@@ -88,34 +107,52 @@ class RedisExecutor(Executor):
         return self.running() < self.agents
 
     def running(self) -> int:
-        return len(self._live) + len(self._ready)
+        with self._cond:
+            return len(self._live) + len(self._ready) + self._transit
 
     def submit(self, request: AttemptRequest) -> None:
-        if request.start not in self._pushed:
-            gitwire.push_start(self.repo, self.remote, self.run, request.start)
-            self._pushed.add(request.start)
+        """REQUEST is live at once under a fresh token; the sender adds it to the stream once its start
+        commit is on the remote (a worker never reads a request whose start it cannot fetch)."""
+        self._check()
+        self._start_threads()
         token = p.new_token()
         fields: Any = p.seal(self.key, "request", p.request_body(self.run, token, request, lease=self.lease))
-        entry = self._retrying(lambda: self.client.xadd(self.names.requests(self.run), fields))
-        self._live[request.key] = _Live(request=request, token=token, entry=_text(entry))
-        self._by_token[token] = request.key
+        with self._cond:
+            self._live[request.key] = _Live(request=request, token=token)
+            self._by_token[token] = request.key
+            self._sending.append((request.key, token, fields))
+            self._newest = request.start
+            self._cond.notify_all()
 
     def phases(self) -> list[Phase]:
-        out, self._phases = self._phases, []
+        with self._cond:
+            out, self._phases = self._phases, []
         return out
 
     def wait(self, timeout: float) -> list[Outcome]:
-        if self._ready:
-            ready, self._ready = self._ready, []
-            return ready
-        return self._retrying(lambda: self._wait(timeout))
+        self._start_threads()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check()
+            done = self._retrying(self._reclaim)
+            with self._cond:
+                if not done and not self._ready and self._failure is None and (self._live or self._transit):
+                    until_reclaim = self._reclaimed_at + self.lease / 4 - time.monotonic()
+                    self._cond.wait(max(0.0, min(deadline - time.monotonic(), until_reclaim)))
+                done.extend(self._ready)
+                self._ready = []
+                outstanding = bool(self._live or self._transit)
+            if done or not outstanding or time.monotonic() >= deadline:
+                self._check()
+                return done
 
     def adopt(self, attempts: list[AttemptRow]) -> set[tuple[str, int]]:
         """Attempts a killed integrator left running are taken over, not started again. Each one's
         request is still on the run's request stream under its token (a reclaimed attempt's request
         was deleted, and with it its token): it is live again under that token. Outcomes that arrived
         meanwhile, read or not by the dead integrator, are found on the outcome stream and handed to
-        the next `wait`; the group then reads on from after them, so none is handed over twice."""
+        the next `wait`; the group then reads on from after them, so none is handed over twice.
+        Called before the first `submit` or `wait` (the reader does not run yet)."""
         wanted = {(a.task_id, a.n) for a in attempts}
         requests = self.names.requests(self.run)
         listed: Any = self._retrying(lambda: self.client.xrange(requests))
@@ -131,20 +168,21 @@ class RedisExecutor(Executor):
         adopted = set(self._live)
         outcomes = self.names.outcomes(self.run)
         last = None
+        found: list[tuple[Outcome, str]] = []
         listed = self._retrying(lambda: self.client.xrange(outcomes))
         for entry, fields in listed:
             last = entry
             if str(p.peek(fields).get("token")) in self._by_token:
-                outcome = self._outcome(fields)
-                if outcome is not None:
-                    self._ready.append(outcome)
-        self._fetch_branches()
+                got = self._outcome(fields)
+                if got is not None:
+                    found.append(got)
+        self._deliver(found)
         if last is not None:
             self.client.xgroup_setid(outcomes, p.INTEGRATOR_GROUP, last)
         if adopted:
             self.store.event(EventKind.DISTRIBUTED, repository=self.names.repo, remote=self.remote,
                              adopted=sorted(f"{t}#{n}" for t, n in adopted),
-                             finished_meanwhile=sorted(f"{o.task.id}#{o.n}" for o in self._ready))
+                             finished_meanwhile=sorted(f"{o.task.id}#{o.n}" for o, _ in found))
         return adopted
 
     def _retrying(self, fn: Callable[[], T]) -> T:
@@ -159,32 +197,11 @@ class RedisExecutor(Executor):
 
         return retrying(fn, for_s=4 * self.lease, on_wait=note)
 
-    def _wait(self, timeout: float) -> list[Outcome]:
-        deadline = time.monotonic() + timeout
-        while self._live:
-            done = self._reclaim()
-            streams: dict[Any, Any] = {self.names.events(self.run): ">", self.names.outcomes(self.run): ">"}
-            left = max(1, int((deadline - time.monotonic()) * 1000))
-            got: Any = self.client.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200,
-                                              block=min(left, int(self.lease * 500)))
-            for stream, entries in got or []:
-                for entry, fields in entries:
-                    if _text(stream) == self.names.events(self.run):
-                        self._event(fields)
-                    else:
-                        outcome = self._outcome(fields)
-                        if outcome is not None:
-                            done.append(outcome)
-                    self.client.xack(stream, p.INTEGRATOR_GROUP, entry)
-            self._fetch_branches()
-            if done or time.monotonic() >= deadline:
-                return done
-        return []
-
     def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
         """ITEM goes to the worker running attempt KEY (signed, under the attempt's token), which posts it
         to that agent's news box; dropped when the attempt has ended or Redis does not answer soon."""
-        live = self._live.get(key)
+        with self._cond:
+            live = self._live.get(key)
         if live is None:
             return
         fields: Any = p.seal(self.key, "news", p.news_body(self.run, live.token, key, item))
@@ -194,14 +211,22 @@ class RedisExecutor(Executor):
             self.store.event(EventKind.REDIS_UNREACHABLE, key[0], error=f"news not sent: {str(exc)[:200]}")
 
     def stop(self) -> tuple[list[Outcome], list[BaseException]]:
-        """Workers are told to cancel this run's attempts; each ends here as interrupted."""
+        """Workers are told to cancel this run's attempts; each ends here as interrupted (outcomes
+        already read stay on the outcome stream: a resumed run collects them)."""
         self.client.set(self.names.stopped(self.run), "1", ex=24 * 3600)
-        outcomes = [self._interrupted(key, "interrupted: the run stopped") for key in list(self._live)]
+        with self._cond:
+            keys = list(self._live)
+        outcomes = [out for key in keys if (out := self._interrupted(key, "interrupted: the run stopped")) is not None]
         return outcomes, []
 
     def close(self) -> None:
         """The run leaves Redis and the remote: workers stop reading it, its refs there are deleted
         (its task branches are local by now)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=4 * self.lease)
         self.client.srem(self.names.runs, self.run)
         self.client.delete(self.names.requests(self.run), self.names.outcomes(self.run), self.names.events(self.run),
                            self.names.news(self.run))
@@ -211,6 +236,103 @@ class RedisExecutor(Executor):
         except CommandError as exc:
             self.store.event(EventKind.CLEANUP_FAILED, error=f"the run's refs on {self.remote}: {str(exc).splitlines()[0]}")
 
+    # -- the threads -----------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
+        for name, target in (("wswarm-sender", self._send_loop), ("wswarm-reader", self._read_loop)):
+            thread = threading.Thread(target=self._guarded, args=(target,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _guarded(self, target: Callable[[], None]) -> None:
+        """TARGET on its thread; whatever it raises (git or Redis giving up, a worker's crash report, a
+        bug) is raised again on the loop's thread at its next call, which stops the run with it."""
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - handed over to the loop's thread, not swallowed
+            with self._cond:
+                if self._failure is None:
+                    self._failure = exc
+                self._closing = True
+                self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _send_loop(self) -> None:
+        """Put the start commits of the requests submitted meanwhile on the remote (one push, with the
+        refs nobody needs any more deleted in passing), then add the requests still live to the stream."""
+        while True:
+            with self._cond:
+                while not self._closing and not self._sending and len(self._doomed) < DELETE_BATCH:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                batch, self._sending = self._sending, []
+                starts = {self._live[k].request.start for k, _, _ in batch if k in self._live}
+                updates = {start_ref(self.run, s): Sha(s) for s in starts - self._pushed}
+                wanted = {live.request.start for live in self._live.values()} | {self._newest}
+                stale = sorted(s for s in self._pushed if s not in wanted)
+                self._pushed.difference_update(stale)
+                deletions = [start_ref(self.run, s) for s in stale] + self._doomed
+                self._doomed = []
+            try:
+                gitwire.push_refs(self.repo, self.remote, updates, deletions)
+            except CommandError:
+                if not deletions:
+                    raise
+                gitwire.push_refs(self.repo, self.remote, updates, [])   # a deletion refused: they can wait for close
+            with self._cond:
+                self._pushed.update(starts)
+            if batch:
+                self._add_requests(batch)
+
+    def _add_requests(self, batch: list[tuple[tuple[str, int], str, Any]]) -> None:
+        """BATCH's requests on the stream (one round trip); an attempt that ended meanwhile (stopped) has
+        its entry deleted again, and a worker that read it already finds its token dead."""
+        stream = self.names.requests(self.run)
+
+        def add() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, fields in batch:
+                pipe.xadd(stream, fields)
+            return list(pipe.execute())
+
+        entries = self._retrying(add)
+        orphans = []
+        with self._cond:
+            for (key, token, _), entry in zip(batch, entries):
+                live = self._live.get(key)
+                if live is not None and live.token == token:
+                    live.entry = _text(entry)
+                else:
+                    orphans.append(entry)
+        if orphans:
+            self._retrying(lambda: self.client.xdel(stream, *orphans))
+
+    def _read_loop(self) -> None:
+        """Read outcomes and events as they come; fetch the branches of the outcomes read together in
+        one fetch, then hand them to `wait`."""
+        streams: dict[Any, Any] = {self.names.events(self.run): ">", self.names.outcomes(self.run): ">"}
+        while not self._closing:
+            got: Any = self._retrying(lambda: self.client.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200,
+                                                                      block=READ_BLOCK_MS))
+            found: list[tuple[Outcome, str]] = []
+            for stream, entries in got or []:
+                name = _text(stream)
+                for _, fields in entries:
+                    if name == self.names.events(self.run):
+                        self._event(fields)
+                    elif (out := self._outcome(fields)) is not None:
+                        found.append(out)
+                ids = [entry for entry, _ in entries]
+                if ids:
+                    self._retrying(lambda: self.client.xack(name, p.INTEGRATOR_GROUP, *ids))
+            self._deliver(found)
+
     # -- what comes back -------------------------------------------------------------------------
 
     def _event(self, fields: dict[bytes, bytes]) -> None:
@@ -219,18 +341,20 @@ class RedisExecutor(Executor):
         except p.Refused as exc:
             self.store.event(EventKind.REMOTE_REFUSED, stream="events", reason=str(exc))
             return
-        live = self._current(body)
-        if live is None:
-            return          # a reclaimed attempt still talking: not this run's business any more
         worker = str(body.get("worker"))
-        live.worker = worker
+        with self._cond:
+            live = self._current(body)
+            if live is None:
+                return      # a reclaimed attempt still talking: not this run's business any more
+            live.worker = worker
+            task = live.request.task.id
         raw = body.get("fields")
         data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        task = live.request.task.id
         if kind == "phase":
             phase = {k: v for k, v in data.items() if k in PHASE_FIELDS}
             if phase:
-                self._phases.append((task, phase))
+                with self._cond:
+                    self._phases.append((task, phase))
             return
         event = kind_of(body.get("kind"))
         if event is None:     # not a kind wswarm knows: a worker of another make, or a forged entry
@@ -241,19 +365,25 @@ class RedisExecutor(Executor):
         extra["worker"] = worker
         self.store.event(event, task, **extra)
 
-    def _outcome(self, fields: dict[bytes, bytes]) -> Outcome | None:
+    def _outcome(self, fields: dict[bytes, bytes]) -> tuple[Outcome, str] | None:
+        """The outcome an entry reports and its worker, when its token is a live attempt's; that
+        attempt is settled here and then (in transit until `_deliver` hands it over)."""
         try:
             body = p.unseal(self.key, fields, kind="outcome")
         except p.Refused as exc:
             self.store.event(EventKind.REMOTE_REFUSED, stream="outcomes", reason=str(exc))
             return None
-        live = self._current(body)
+        with self._cond:
+            live = self._current(body)
+            if live is not None:
+                self._forget(live.request.key)
+                self._transit += 1
         if live is None:
             self.store.event(EventKind.REMOTE_RESULT_REJECTED, body.get("task") if isinstance(body.get("task"), str) else None,
                              attempt=body.get("n"), worker=body.get("worker"),
                              reason="its attempt was taken back and handed out again, or already settled")
             return None
-        key = live.request.key
+        worker = str(body.get("worker"))
         if body.get("refused"):
             out = Outcome(task=live.request.task, n=live.request.n, kind="error", branch=live.request.branch,
                           start=live.request.start, reason=str(body.get("reason")))
@@ -262,39 +392,43 @@ class RedisExecutor(Executor):
                 out = p.parse_outcome(body, live.request.task)
             except p.Refused as exc:
                 out = Outcome(task=live.request.task, n=live.request.n, kind="error", branch=live.request.branch,
-                              start=live.request.start, reason=f"worker {body.get('worker')}: {exc}")
-        self._forget(key)
+                              start=live.request.start, reason=f"worker {worker}: {exc}")
         out.branch, out.start, out.worktree = live.request.branch, live.request.start, None
-        self._collect(out, str(body.get("worker")), str(body.get("log") or ""))
-        return out
+        self._collect(out, str(body.get("log") or ""))
+        return out, worker
 
-    def _collect(self, out: Outcome, worker: str, log: str) -> None:
-        """The attempt's files, here: its log and verdict; its branch is fetched by `_fetch_branches`."""
+    def _collect(self, out: Outcome, log: str) -> None:
+        """The attempt's files, here: its log and verdict; its branch is fetched by `_deliver`."""
         adir = self.store.attempt_dir(out.task.id, out.n)
         if log:
             (adir / layout.AGENT_LOG).write_text(log, encoding="utf-8")
         if out.report is not None:
             (adir / "gate.json").write_text(out.report.to_json(), encoding="utf-8")
-        if out.head is not None:
-            self._unfetched.append((out, worker))
 
-    def _fetch_branches(self) -> None:
-        """The branches of the outcomes just read, at their reported heads, in one fetch: under load
-        outcomes come in batches, and a fetch per outcome would bound the merges per second. An
-        outcome whose branch does not arrive at its head becomes an error."""
-        batch, self._unfetched = self._unfetched, []
-        if not batch:
-            return
+    def _deliver(self, found: list[tuple[Outcome, str]]) -> None:
+        """The branches of the outcomes FOUND, at their reported heads, in one fetch (under load
+        outcomes come in batches, and a fetch each would bound the merges per second); then each
+        outcome is ready for `wait`. One whose branch does not arrive at its head becomes an error."""
+        fetching = [(out, worker) for out, worker in found if out.head is not None]
         errors = gitwire.fetch_tasks(self.repo, self.remote, self.run,
-                                     [(o.task.id, o.n, o.branch, Sha(str(o.head))) for o, _ in batch])
-        for (out, worker), error in zip(batch, errors):
+                                     [(o.task.id, o.n, o.branch, Sha(str(o.head))) for o, _ in fetching]) if fetching else []
+        fetched = []
+        for (out, worker), error in zip(fetching, errors):
             if error is not None:
                 out.kind = "error"
                 out.reason = f"could not fetch the task branch from worker {worker}: {error}"
                 out.feedback, out.report = "", None
+            else:
+                fetched.append(task_ref(self.run, out.task.id, out.n))
+        with self._cond:
+            self._transit -= len(found)
+            self._ready.extend(out for out, _ in found)
+            self._doomed.extend(fetched)
+            self._cond.notify_all()
 
     def _current(self, body: dict[str, Any]) -> _Live | None:
-        """The live attempt BODY speaks for: its token is the one that attempt was given, and the run is ours."""
+        """The live attempt BODY speaks for: its token is the one that attempt was given, and the run
+        is ours. Under _cond."""
         if body.get("run") != self.run:
             return None
         key = self._by_token.get(str(body.get("token")))
@@ -316,26 +450,39 @@ class RedisExecutor(Executor):
             return []
         self.client.xack(stream, p.WORKER_GROUP, *claimed)
         self.client.xdel(stream, *claimed)
-        by_entry = {live.entry: key for key, live in self._live.items()}
+        with self._cond:
+            by_entry = {live.entry: key for key, live in self._live.items() if live.entry is not None}
         out = []
         for entry in claimed:
             key = by_entry.get(entry)
             if key is None:
                 continue
-            worker = self._live[key].worker or "unknown"
+            with self._cond:
+                live = self._live.get(key)
+            if live is None:
+                continue        # its outcome was read meanwhile
+            worker = live.worker or "unknown"
             reason = f"interrupted: worker {worker} sent no heartbeat for {self.lease:g}s; its attempt was taken back"
-            self.store.event(EventKind.ATTEMPT_RECLAIMED, key[0], attempt=key[1], worker=worker, reason=reason)
-            out.append(self._interrupted(key, reason))
+            got_out = self._interrupted(key, reason)
+            if got_out is not None:
+                self.store.event(EventKind.ATTEMPT_RECLAIMED, key[0], attempt=key[1], worker=worker, reason=reason)
+                out.append(got_out)
         return out
 
-    def _interrupted(self, key: tuple[str, int], reason: str) -> Outcome:
-        live = self._live[key]
-        self._forget(key)
-        self.client.xdel(self.names.requests(self.run), live.entry)
+    def _interrupted(self, key: tuple[str, int], reason: str) -> Outcome | None:
+        """Attempt KEY ends as interrupted, its token dead; None when it ended meanwhile (its outcome read)."""
+        with self._cond:
+            live = self._live.get(key)
+            if live is None:
+                return None
+            self._forget(key)
+        if live.entry is not None:
+            self.client.xdel(self.names.requests(self.run), live.entry)
         return Outcome(task=live.request.task, n=live.request.n, kind="interrupted",
                        branch=BranchName(live.request.branch), start=live.request.start, reason=reason)
 
     def _forget(self, key: tuple[str, int]) -> None:
+        """Under _cond."""
         live = self._live.pop(key)
         self._by_token.pop(live.token, None)
 

@@ -16,21 +16,53 @@ from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
 
 QUIET = ("-q", "--no-verify")
+# A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
+# process each time): a worker runs it between attempts (`maintain`), the integrator's repository is
+# kept by the user's own git.
+FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance")
 
 
 def push_start(repo: Repo, remote: str, run: str, sha: Sha) -> None:
     """Put commit SHA on the remote where workers fetch it from (only the objects it lacks travel)."""
-    repo.git("push", *QUIET, remote, f"{sha}:{start_ref(run, sha)}")
+    push_refs(repo, remote, {start_ref(run, sha): sha}, [])
 
 
-def fetch_start(repo: Repo, remote: str, run: str, sha: Sha) -> None:
-    """Fetch the start commit of an attempt; CommandError when the remote does not have it."""
-    if _has_commit(repo, sha):
-        return
-    repo.git("fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, start_ref(run, sha))
-    if not _has_commit(repo, sha):
-        raise CommandError(["git", "fetch", remote, start_ref(run, sha)], 1,
-                           f"the remote's {start_ref(run, sha)} is not commit {sha}")
+def push_refs(repo: Repo, remote: str, updates: dict[str, Sha], deletions: list[str]) -> None:
+    """One push: each ref of UPDATES set to its commit, each ref of DELETIONS removed (every one must
+    exist there: git refuses to delete a ref the remote lacks). One git process for the lot, so a
+    batch of start commits costs one round trip, not one each."""
+    specs = [f"{sha}:{ref}" for ref, sha in updates.items()] + [f":{ref}" for ref in deletions]
+    if specs:
+        repo.git("push", *QUIET, remote, *specs)
+
+
+def fetch_start(repo: Repo, remote: str, run: str, sha: Sha) -> bool:
+    """Fetch the start commit of an attempt into the ref of the same name here (kept, so the next
+    fetch names it as a commit this clone has and only the objects since travel); CommandError when
+    the remote does not have it. False when it was here already (nothing fetched)."""
+    if has_commit(repo, sha):
+        return False
+    ref = start_ref(run, sha)
+    try:
+        repo.git(*FETCH, remote, f"+{ref}:{ref}")
+    except CommandError:
+        if not has_commit(repo, sha):       # not a local ref locked by another fetch of the same commit
+            raise
+        return True
+    if repo.ref_sha(ref) != sha:
+        raise CommandError(["git", "fetch", remote, ref], 1, f"the remote's {ref} is not commit {sha}")
+    return True
+
+
+def maintain(repo: Repo) -> None:
+    """git's own housekeeping when it is due (packing loose objects, as a fetch would have asked for)."""
+    repo.git("maintenance", "run", "--auto", "--quiet")
+
+
+def forget_refs(repo: Repo, refs: list[str]) -> None:
+    """Delete local REFS (start commits fetched earlier, no longer worth naming) in one git process."""
+    if refs:
+        repo.git("update-ref", "--stdin", input="".join(f"delete {ref}\n" for ref in refs))
 
 
 def push_task(repo: Repo, remote: str, run: str, task_id: str, n: int, branch: BranchName) -> None:
@@ -41,8 +73,7 @@ def push_task(repo: Repo, remote: str, run: str, task_id: str, n: int, branch: B
 def fetch_task(repo: Repo, remote: str, run: str, task_id: str, n: int, branch: BranchName, head: Sha) -> None:
     """Fetch attempt N's branch into local BRANCH; CommandError unless it arrives at HEAD, the commit
     the worker reported (a ref moved meanwhile is not what was gated)."""
-    repo.git("fetch", "-q", "--no-tags", "--no-write-fetch-head", remote,
-             f"+{task_ref(run, task_id, n)}:refs/heads/{branch}")
+    repo.git(*FETCH, remote, f"+{task_ref(run, task_id, n)}:refs/heads/{branch}")
     got = repo.branch_sha(branch)
     if got != head:
         raise CommandError(["git", "fetch", remote, task_ref(run, task_id, n)], 1,
@@ -55,7 +86,7 @@ def fetch_tasks(repo: Repo, remote: str, run: str, attempts: list[tuple[str, int
     if len(attempts) > 1:
         specs = [f"+{task_ref(run, task_id, n)}:refs/heads/{branch}" for task_id, n, branch, _ in attempts]
         try:
-            repo.git("fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, *specs)
+            repo.git(*FETCH, remote, *specs)
         except CommandError:
             pass        # one ref missing fails them all: each is fetched alone below, to say which
         else:
@@ -68,7 +99,9 @@ def fetch_tasks(repo: Repo, remote: str, run: str, attempts: list[tuple[str, int
             fetch_task(repo, remote, run, task_id, n, branch, head)
             errors.append(None)
         except CommandError as exc:
-            errors.append(str(exc).splitlines()[0])
+            # Fetched before and its remote ref deleted since (an integrator that died between the
+            # two, now resumed): the branch is here at the gated commit, which is all that counts.
+            errors.append(None if repo.branch_sha(branch) == head else str(exc).splitlines()[0])
     return errors
 
 
@@ -96,8 +129,15 @@ def origin_url(path: Path) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def _has_commit(repo: Repo, sha: str) -> bool:
-    return repo.git("cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
+def has_commit(repo: Repo, sha: str) -> bool:
+    """Whether commit SHA is in REPO's object store (read in this process: no git process)."""
+    import pygit2
+
+    try:
+        obj = repo.pygit.get(sha)
+    except (ValueError, pygit2.GitError):
+        return False
+    return isinstance(obj, pygit2.Commit)
 
 
 def fetch_all(path: Path) -> None:

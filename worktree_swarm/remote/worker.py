@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,12 +41,17 @@ from worktree_swarm.swarm.attempt import AttemptRunner, Outcome
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError, WswarmError
 from worktree_swarm.util.redact import secret_env_values
-from worktree_swarm.util.types import RunId
+from worktree_swarm.util.types import RunId, Sha
 from worktree_swarm.store.events import EventKind
 
 REGISTER_EVERY = 2.0            # seconds between updates of this worker's entry for `wswarm workers`
 REGISTRY_TTL = 30               # seconds it outlives a worker that stopped without saying so
 LOG_TAIL_BYTES = 256 * 1024     # of an attempt's agent log, sent with its outcome for `wswarm logs`
+# Start commits fetched lately keep a local ref each: the next fetch names them as commits this clone
+# has, so only what was merged since travels (without one, every fetch would bring the run's whole
+# history since the clone's branches). More would only lengthen the negotiation.
+KEEP_STARTS = 8
+MAINTAIN_EVERY = 25             # attempts between two looks at whether the clone needs git's housekeeping
 
 Say = Callable[[str], None]
 
@@ -110,6 +116,8 @@ class Worker:
         self._freed = threading.Event()      # an attempt ended: a full worker reads again at once
         self._news_read: dict[str, str] = {}  # run -> the last news entry read
         self._idle = False                    # no run was open at the last look
+        self._starts: deque[str] = deque()     # local refs of the start commits fetched, oldest first
+        self._fetching: dict[str, threading.Lock] = {}   # start commit -> held while one thread fetches it
         self.done = 0
 
     # -- messages ----------------------------------------------------------------------------
@@ -131,6 +139,9 @@ class Worker:
         """Take and run attempts until STOP; then cancel those running and report them interrupted."""
         beat = threading.Thread(target=self._heartbeats, args=(stop,), name="wswarm-heartbeat", daemon=True)
         beat.start()
+        # Start refs a previous life of this worker fetched: their runs are over or someone else's now.
+        left = self.repo.git("for-each-ref", "--format=%(refname)", "refs/wswarm/").stdout.split()
+        gitwire.forget_refs(self.repo, left)
         try:
             while not stop.is_set():
                 try:
@@ -247,6 +258,9 @@ class Worker:
                 self.pool.release(out.worktree, keep=False)
             if self.repo.branch_sha(req.branch) is not None:
                 self.repo.delete_branch(req.branch)
+            self._forget_starts()
+            if (self.done + 1) % MAINTAIN_EVERY == 0:
+                self._maintain()
 
     def _attempt(self, held: _Held, log: StreamLog) -> Outcome:
         a = held.assignment
@@ -257,7 +271,7 @@ class Worker:
             raise WswarmError(f"this worker cannot run the task's agent: {exc.message}") from None
         if req.task.command and agent.name.startswith("command ("):
             raise WswarmError("this worker runs only the agents its own configuration names, not a task's command")
-        gitwire.fetch_start(self.repo, self.remote, a.run, req.start)
+        self._fetch_start(a.run, req.start)
         confinement = Confinement(sandboxed=agent.confined and sandbox_available(),
                                   network=self.config.sandbox.network, pass_env=self.config.gate.pass_env)
         runner = AttemptRunner(repo=self.repo, config=self.config, store=log, pool=self.pool,
@@ -275,6 +289,36 @@ class Worker:
                 out.kind, out.reason = "error", f"worker {self.name} could not push the task branch: {exc}"
                 out.feedback = ""
         return out
+
+    def _fetch_start(self, run: str, start: Sha) -> None:
+        """START here; attempts reading the same start at once fetch it once (the others wait for it)."""
+        with self._lock:
+            lock = self._fetching.setdefault(start, threading.Lock())
+        try:
+            with lock:
+                if gitwire.fetch_start(self.repo, self.remote, run, start):
+                    with self._lock:
+                        self._starts.append(p.start_ref(run, start))
+        finally:
+            with self._lock:
+                if not lock.locked():
+                    self._fetching.pop(start, None)
+
+    def _forget_starts(self) -> None:
+        """Delete the local refs of all but the KEEP_STARTS start commits fetched last (after an attempt,
+        off the path of the next one's dispatch)."""
+        with self._lock:
+            old = [self._starts.popleft() for _ in range(len(self._starts) - KEEP_STARTS)]
+        try:
+            gitwire.forget_refs(self.repo, old)
+        except CommandError as exc:       # a name to negotiate with, nothing an attempt needs
+            self.say(f"could not delete old start refs: {str(exc).splitlines()[0]}")
+
+    def _maintain(self) -> None:
+        try:
+            gitwire.maintain(self.repo)
+        except CommandError as exc:
+            self.say(f"git maintenance failed: {str(exc).splitlines()[0]}")
 
     def _phase(self, a: p.Assignment, task_id: str, fields: dict[str, Any]) -> None:
         if "worktree" in fields:
