@@ -45,12 +45,12 @@ class Cluster:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url)
 
-    def start_worker(self, name: str, *, agent: str, agents: int = 1) -> Worker:
+    def start_worker(self, name: str, *, agent: str, agents: int = 1, env: dict[str, str] | None = None) -> Worker:
         home = self.root / name / "home"
         home.mkdir(parents=True)
         (home / ".gitconfig").write_text("[user]\n\tname = Worker\n\temail = worker@example.invalid\n")
         env = {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-               "WSWARM_CLUSTER_KEY": KEY}
+               "WSWARM_CLUSTER_KEY": KEY, **(env or {})}
         log = self.root / name / "stderr.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([*WSWARM, "worker", "--redis", self.redis.url, "--repo", self.origin,

@@ -1,0 +1,108 @@
+"""What keeps a distributed run's transport cheap, with real parts (redis-server, `wswarm worker`
+processes, a bare remote over file://): the remote holds only the refs live attempts need, a worker
+fetches each start commit once and only what merged since its last one, and many attempts side by
+side on several workers still merge each task exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import WSWARM, git, wswarm, write_plan
+from tests.test_remote_run import Cluster, agent_cmd, cluster, events, until  # noqa: F401  (cluster is a fixture)
+from worktree_swarm.remote.worker import KEEP_STARTS
+
+
+def _remote_refs(c: Cluster) -> list[str]:
+    return git(Path(c.origin.removeprefix("file://")), "for-each-ref", "--format=%(refname)").split()
+
+
+def test_the_remote_keeps_only_the_refs_live_attempts_need(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    agent, marks = agent_cmd(tmp_path)
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "a", "type": "feature", "description": "a", "files": ["out/a.txt"]},
+        {"id": "b", "type": "feature", "description": "b", "files": ["out/b.txt"]},
+        {"id": "c", "type": "feature", "description": "c", "files": ["out/c.txt"], "dependencies": ["a", "b"]}])
+    (marks / "wait-c").write_text("")
+    cluster.start_worker("w1", agent=agent, agents=2)
+    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                                   "--agent-cmd", agent, "--lease", "5"],
+                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        until(lambda: (marks / "c-1.pid").is_file(), what="c's agent started")
+        [started] = [e for e in events(cluster.repo) if e["kind"] == "attempt-started" and e["task"] == "c"]
+        run = started["branch"].split("/")[1]
+        # a and b merged and their branches came here: their refs left the remote with the push of
+        # c's start, and so did the base's start ref, which no live attempt starts from any more.
+        assert _remote_refs(cluster) == ["refs/heads/main", f"refs/wswarm/{run}/start/{started['start']}"]
+        assert {e["task"] for e in events(cluster.repo) if e["kind"] == "merged"} == {"a", "b"}
+    finally:
+        (marks / "go").write_text("")
+        out, err = integrator.communicate(timeout=120)
+    assert integrator.returncode == 0, err.decode()
+    assert sorted(e["task"] for e in events(cluster.repo) if e["kind"] == "merged") == ["a", "b", "c"]
+    assert _remote_refs(cluster) == ["refs/heads/main"]
+
+
+def _fetched_objects(trace: Path) -> list[int]:
+    """Objects sent for each fetch the trace recorded (by the remote's pack-objects run for it), in order."""
+    sent = []
+    for path in trace.iterdir():
+        lines = [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        names = [e for e in lines if e.get("event") == "cmd_name"]
+        if names and names[0].get("hierarchy") == "fetch/upload-pack/pack-objects":
+            sent += [(names[0]["time"], int(e["value"])) for e in lines if e.get("key") == "write_pack_file/wrote"]
+    return [n for _, n in sorted(sent)]
+
+
+def test_a_worker_fetches_each_start_once_and_only_what_merged_since_its_last(cluster: Cluster,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    agent, _ = agent_cmd(tmp_path)
+    # A chain: each task starts from the merge of the one before, ten different start commits.
+    tasks = [f"t{i}" for i in range(10)]
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
+         "dependencies": [tasks[i - 1]] if i else []} for i, t in enumerate(tasks)])
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    cluster.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                 "--agent-cmd", agent, "--lease", "5", timeout=300)
+    assert res.returncode == 0, res.stderr
+    evs = events(cluster.repo)
+    assert [e["task"] for e in evs if e["kind"] == "merged"] == tasks
+    starts = [e["start"] for e in evs if e["kind"] == "attempt-started"]
+    assert len(set(starts)) == len(tasks)
+    # The first starts from the base, which the clone has: nine fetches, one per new start commit.
+    sent = _fetched_objects(trace)
+    assert len(sent) == len(tasks) - 1, sent
+    # Each brings one merge's worth (the merge, the task's commit, their trees, its file), not the
+    # whole chain since the base: the clone kept refs to the start commits it fetched before.
+    assert max(sent) <= 8 and sent[-1] <= sent[0] + 2, sent
+    clone = cluster.root / "w1" / "clone"
+    kept = git(clone, "for-each-ref", "--format=%(objectname)", "refs/wswarm/").split()
+    assert sorted(kept) == sorted(starts[-KEEP_STARTS:])
+
+
+def test_many_attempts_on_several_workers_merge_each_task_exactly_once(cluster: Cluster,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    agent, _ = agent_cmd(tmp_path)
+    tasks = [f"t{i:02d}" for i in range(24)]
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"]} for t in tasks])
+    (cluster.repo.path / "wswarm.toml").write_text("[distributed]\nremote_agents = 6\n")
+    cluster.start_worker("w1", agent=agent, agents=3)
+    cluster.start_worker("w2", agent=agent, agents=3)
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                 "--agent-cmd", agent, "--lease", "10", timeout=300)
+    assert res.returncode == 0, res.stderr
+    evs = events(cluster.repo)
+    assert sorted((e["task"], e["attempt"]) for e in evs if e["kind"] == "merged") == [(t, 1) for t in tasks]
+    assert not [e for e in evs if e["kind"] in ("remote-result-rejected", "attempt-reclaimed", "error")]
+    assert {e["worker"] for e in evs if e["kind"] == "attempt-assigned"} == {"w1", "w2"}
+    [branch] = cluster.repo.branches("wswarm/*/integration")
+    files = cluster.repo.git("ls-tree", "--name-only", f"{branch}:out").split()
+    assert files == [f"{t}.txt" for t in tasks]
+    assert _remote_refs(cluster) == ["refs/heads/main"]
