@@ -78,6 +78,7 @@ class RedisExecutor(Executor):
         self._ready: list[Outcome] = []     # outcomes whose branches are here, for the next wait
         self._transit = 0                   # outcomes read (their attempts no longer live) still being fetched
         self._sending: list[tuple[tuple[str, int], str, Any]] = []   # (key, token, entry fields) not yet added
+        self._news: list[tuple[str, Any]] = []     # (task, entry fields) for the news stream, not yet added
         self._pushed: set[str] = set()      # start commits this integrator put on the remote
         self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
         self._doomed: list[str] = []        # fetched task refs to delete from the remote
@@ -199,16 +200,28 @@ class RedisExecutor(Executor):
 
     def tell(self, key: tuple[str, int], item: dict[str, Any]) -> None:
         """ITEM goes to the worker running attempt KEY (signed, under the attempt's token), which posts it
-        to that agent's news box; dropped when the attempt has ended or Redis does not answer soon."""
+        to that agent's news box; dropped when the attempt has ended or Redis does not answer soon.
+        The sender adds it (with the others of the moment, in one round trip), not the loop."""
         with self._cond:
             live = self._live.get(key)
-        if live is None:
-            return
-        fields: Any = p.seal(self.key, "news", p.news_body(self.run, live.token, key, item))
+            if live is None:
+                return
+            self._news.append((key[0], p.seal(self.key, "news", p.news_body(self.run, live.token, key, item))))
+            self._cond.notify_all()
+        self._start_threads()
+
+    def _add_news(self, news: list[tuple[str, Any]]) -> None:
+        def add() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for _, fields in news:
+                pipe.xadd(self.names.news(self.run), fields)
+            pipe.execute()
+
         try:
-            retrying(lambda: self.client.xadd(self.names.news(self.run), fields), for_s=5.0)
+            retrying(add, for_s=5.0)
         except redis.RedisError as exc:
-            self.store.event(EventKind.REDIS_UNREACHABLE, key[0], error=f"news not sent: {str(exc)[:200]}")
+            for task, _ in news:
+                self.store.event(EventKind.REDIS_UNREACHABLE, task, error=f"news not sent: {str(exc)[:200]}")
 
     def stop(self) -> tuple[list[Outcome], list[BaseException]]:
         """Workers are told to cancel this run's attempts; each ends here as interrupted (outcomes
@@ -263,22 +276,28 @@ class RedisExecutor(Executor):
             raise self._failure
 
     def _send_loop(self) -> None:
-        """Put the start commits of the requests submitted meanwhile on the remote (one push, with the
-        refs nobody needs any more deleted in passing), then add the requests still live to the stream."""
+        """Add the news told meanwhile; put the start commits of the requests submitted meanwhile on the
+        remote (one push, with the refs nobody needs any more deleted in passing), then add the requests
+        still live to the stream."""
         while True:
             with self._cond:
-                while not self._closing and not self._sending and len(self._doomed) < DELETE_BATCH:
+                while not (self._closing or self._sending or self._news or len(self._doomed) >= DELETE_BATCH):
                     self._cond.wait()
                 if self._closing:
                     return
                 batch, self._sending = self._sending, []
+                news, self._news = self._news, []
                 starts = {self._live[k].request.start for k, _, _ in batch if k in self._live}
                 updates = {start_ref(self.run, s): Sha(s) for s in starts - self._pushed}
-                wanted = {live.request.start for live in self._live.values()} | {self._newest}
-                stale = sorted(s for s in self._pushed if s not in wanted)
-                self._pushed.difference_update(stale)
-                deletions = [start_ref(self.run, s) for s in stale] + self._doomed
-                self._doomed = []
+                deletions: list[str] = []
+                if updates or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
+                    wanted = {live.request.start for live in self._live.values()} | {self._newest}
+                    stale = sorted(s for s in self._pushed if s not in wanted)
+                    self._pushed.difference_update(stale)
+                    deletions = [start_ref(self.run, s) for s in stale] + self._doomed
+                    self._doomed = []
+            if news:        # a few ms, before a push of maybe a hundred
+                self._add_news(news)
             try:
                 gitwire.push_refs(self.repo, self.remote, updates, deletions)
             except CommandError:
