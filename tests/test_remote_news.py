@@ -41,7 +41,7 @@ def test_a_remote_agent_hears_of_a_merge_while_it_works(cluster: Cluster, tmp_pa
                                                {"id": "second", "type": "feature", "description": "second"}])
     cluster.start_worker("w1", agent=agent, agents=2)
     res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                 "--agent-cmd", agent, "--agents", "2", "--lease", "5", timeout=180)
+                 "--agent-cmd", agent, "--lease", "5", timeout=180)
     assert res.returncode == 0, res.stderr
     evs = events(cluster.repo)
     [merged] = [e for e in evs if e["kind"] == "merged" and e["task"] == "first"]

@@ -54,7 +54,7 @@ def test_a_killed_integrator_resumed_collects_the_attempts_still_on_workers(clus
         (marks / f"wait-{t}").write_text("")
     cluster.start_worker("w1", agent=agent, agents=3)
     integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--agents", "3", "--lease", "5", "--max-attempts", "1"],
+                                   "--agent-cmd", agent, "--lease", "5", "--max-attempts", "1"],
                                   cwd=cluster.repo.path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL)
     until(lambda: all((marks / f"{t}-1.pid").is_file() for t in "abc"), what="three agents started")
