@@ -15,7 +15,7 @@ from tests.conftest import Repo, wswarm, write_plan
 from tests.test_remote_run import Cluster, cluster, events  # noqa: F401  (cluster is a fixture)
 from worktree_swarm.commands.start import StartOptions, start
 from worktree_swarm.config import DistributedConfig, load_config
-from worktree_swarm.remote.setup import Distributed, chosen
+from worktree_swarm.remote.setup import Distributed, chosen, local_agents, recorded
 from worktree_swarm.util.errors import ConfigError, UsageError
 
 
@@ -123,3 +123,15 @@ def test_remote_and_lease_apply_to_a_run_from_the_section_alone(cluster: Cluster
     assert not runner.is_alive() and results and results[0].all_merged, said
     [dist] = [e for e in events(cluster.repo) if e["kind"] == "distributed"]
     assert dist["remote"] == "shared" and dist["lease_s"] == 7.0
+
+
+def test_a_run_recorded_before_agents_ran_beside_workers_resumes_as_it_ran() -> None:
+    kept = Distributed("redis://redis-host:6379/0", agents=5).record()
+    assert kept["agents"] == 5
+    # Now: --agents is the agents here, the bound on workers is the run's own.
+    now = {"agents": 2, "distributed": kept}
+    assert local_agents(now) == 2 and recorded(now, {}) == Distributed("redis://redis-host:6379/0", agents=5)
+    # Before: the run's --agents bounded its workers, and nothing ran here.
+    before = {"agents": 3, "distributed": {k: v for k, v in kept.items() if k != "agents"}}
+    assert local_agents(before) == 0 and recorded(before, {}) == Distributed("redis://redis-host:6379/0", agents=3)
+    assert local_agents({"agents": 4, "distributed": None}) == 4
