@@ -187,6 +187,7 @@ def main() -> None:
                     help="seconds each agent sleeps, spread over [MIN, MAX) by task (default 0.5 2)")
     ap.add_argument("--no-local", action="store_true", help="skip the local run (no makespan ratio)")
     ap.add_argument("--git-trace", action="store_true", help="count and time the distributed side's pushes and fetches")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (repositories, logs, Redis)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
@@ -305,7 +306,10 @@ def main() -> None:
             proc.wait(timeout=60)
         redis.terminate()
         redis.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.conftest import WSWARM, git, wswarm, write_plan
 from tests.test_remote_run import Cluster, agent_cmd, cluster, events, until  # noqa: F401  (cluster is a fixture)
+from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.worker import KEEP_STARTS
 
 
@@ -106,3 +107,44 @@ def test_many_attempts_on_several_workers_merge_each_task_exactly_once(cluster: 
     files = cluster.repo.git("ls-tree", "--name-only", f"{branch}:out").split()
     assert files == [f"{t}.txt" for t in tasks]
     assert _remote_refs(cluster) == ["refs/heads/main"]
+
+
+def _merged(c: Cluster) -> list[str]:
+    """Tasks the run has merged so far (none while its event log is not there yet)."""
+    try:
+        return [e["task"] for e in events(c.repo) if e["kind"] == "merged"]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _blocked_reads(c: Cluster) -> int:
+    """Clients of the server blocked in XREADGROUP right now."""
+    return sum(1 for client in c.client().client_list() if client["cmd"] == "xreadgroup" and "b" in client["flags"])
+
+
+def test_a_worker_blocked_on_a_run_that_ends_serves_the_next_run(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    agent, marks = agent_cmd(tmp_path)
+    plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "feature", "description": "a", "files": ["out/a.txt"]},
+                                               {"id": "b", "type": "feature", "description": "b", "files": ["out/b.txt"]}])
+    (marks / "wait-a").write_text("")
+    w = cluster.start_worker("w1", agent=agent, agents=2)
+    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                                   "--agent-cmd", agent, "--lease", "5"],
+                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+    # b is done and a still runs: the worker's free agent waits for a request, blocked on the run's stream.
+    until(lambda: _merged(cluster) and _blocked_reads(cluster),
+          what="b merged and the worker blocked on the run's requests")
+    (marks / "go").write_text("")
+    out, err = integrator.communicate(timeout=120)
+    assert integrator.returncode == 0, err.decode()
+    # The run's streams were deleted under the blocked read: the worker takes that as the run's end.
+    until(lambda: not cluster.client().smembers(p.Names(p.repository_id(
+        [cluster.repo.git("rev-list", "--max-parents=0", "HEAD")])).runs), what="the run left Redis")
+    assert w.proc.poll() is None, w.stderr()
+    plan2 = write_plan(tmp_path / "plan2.json", [{"id": "c", "type": "feature", "description": "c",
+                                                  "files": ["out/c.txt"]}])
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan2), "--redis", cluster.redis.url,
+                 "--agent-cmd", agent, "--lease", "5", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "internal error" not in w.stderr() and w.proc.poll() is None

@@ -181,9 +181,11 @@ class Worker:
         try:
             got: Any = self.client.xreadgroup(p.WORKER_GROUP, self.name, streams, count=free, block=1000)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # A run ended between the two calls (NOGROUP), or while this read was blocked on its stream
+            # (Redis 7 unblocks it: UNBLOCKED the stream key no longer exists).
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
-            return      # a run ended between the two calls
+            return
         for stream, entries in got or []:
             for entry, fields in entries:
                 self._accept(stream.decode(), entry, fields)
