@@ -7,6 +7,7 @@ out of the commit, which the gate would otherwise run against.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,57 +48,94 @@ class Found:
 def scan(root: Path, *, common_dir: Path) -> Found:
     """One walk of ROOT, never following a link: the `.git` of every repository nested in it (a
     submodule's `.git` file pointing into the common dir's modules folder is wswarm's own checkout
-    of a submodule and is not listed), and what looks generated, tracked or not."""
+    of a submodule and is not listed), and what looks generated, tracked or not. Folders are opened
+    by their path from ROOT, as git reaches them: a folder git can list is listed here however long
+    ROOT's own path makes its full one."""
     nested: list[str] = []
     generated: list[str] = []
     modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
-    top = str(root)
-    cut = len(top) + 1
-    stack = [(top, False)]      # (folder, inside a generated folder)
-    while stack:
-        folder, inside = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name == ".git":
-                if folder == top:
-                    continue
-                if entry.is_file(follow_symlinks=False) and _points_into(entry.path, modules):
-                    continue
-                nested.append(entry.path[cut:])
-            elif entry.is_dir(follow_symlinks=False):
-                if not inside and entry.name in GENERATED_DIRS:
-                    generated.append(entry.path[cut:])
-                    stack.append((entry.path, True))
-                else:
-                    stack.append((entry.path, inside))
-            elif not inside and _generated_name(entry.name):
-                generated.append(entry.path[cut:])
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        stack = [("", False)]      # (folder relative to ROOT, inside a generated folder)
+        while stack:
+            folder, inside = stack.pop()
+            try:
+                fd = os.open(folder or ".", _DIR_FLAGS, dir_fd=top)
+            except OSError:
+                continue
+            try:
+                _scan_folder(fd, folder, inside, stack, nested, generated, root=root, modules=modules)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
     return Found(nested=sorted(nested), generated=sorted(generated))
 
 
-def _points_into(gitfile: str, folder: str) -> bool:
-    """Whether the `.git` file points into FOLDER, read exactly as git reads it (bytes; only the
-    line end stripped: `gitdir:  g` names " g"), with no link on the way."""
+# A folder is opened as itself, never through a link or by blocking on a FIFO put in its place.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _scan_folder(fd: int, folder: str, inside: bool, stack: list[tuple[str, bool]], nested: list[str],
+                 generated: list[str], *, root: Path, modules: str) -> None:
+    """One folder of `scan`, open as FD (its entries are looked at through it)."""
     try:
-        with open(gitfile, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
-            raw = f.read(4096)
+        entries = list(os.scandir(fd))
+    except OSError:
+        return
+    for entry in entries:
+        path = f"{folder}/{entry.name}" if folder else entry.name
+        if entry.name == ".git":
+            if not folder:
+                continue
+            if entry.is_file(follow_symlinks=False) and _points_into(fd, os.path.join(root, folder), modules):
+                continue
+            nested.append(path)
+        elif entry.is_dir(follow_symlinks=False):
+            if not inside and entry.name in GENERATED_DIRS:
+                generated.append(path)
+                stack.append((path, True))
+            else:
+                stack.append((path, inside))
+        elif not inside and _generated_name(entry.name):
+            generated.append(path)
+
+
+def _points_into(folder_fd: int, folder: str, modules: str) -> bool:
+    """Whether the `.git` file in FOLDER (open as FOLDER_FD) points into MODULES, read exactly as git
+    reads it (bytes; only the line end stripped: `gitdir:  g` names " g"), with no link on the way."""
+    try:
+        fd = os.open(".git", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
     except OSError:
         return False
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     if not raw.startswith(b"gitdir: "):
         return False
-    named = os.path.join(os.fsencode(os.path.dirname(gitfile)), raw[len(b"gitdir: "):].split(b"\n")[0].rstrip(b"\r"))
+    named = os.path.join(os.fsencode(folder), raw[len(b"gitdir: "):].split(b"\n")[0].rstrip(b"\r"))
     plain = os.path.normpath(os.fsdecode(named))
-    # Spelled into FOLDER and really there: a link in the worktree pointing into it does not count.
-    return plain.startswith(folder + os.sep) and os.path.realpath(plain) == plain
+    # Spelled into MODULES and really there: a link in the worktree pointing into it does not count.
+    return plain.startswith(modules + os.sep) and os.path.realpath(plain) == plain
+
 
 def remove(root: Path, relative: list[str]) -> None:
-    """Delete the entries at RELATIVE paths under ROOT (a link is removed, never followed)."""
-    for rel in relative:
-        path = root / rel
-        if path.is_dir() and not path.is_symlink():
-            proc.remove_tree(path)
-        else:
-            path.unlink(missing_ok=True)
+    """Delete the entries at RELATIVE paths under ROOT (a link is removed, never followed), each
+    reached by its path from ROOT, as `scan` and git reach it."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for rel in relative:
+            try:
+                mode = os.stat(rel, dir_fd=top, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(mode):
+                # rm walks the folder itself, however deep (a recursion here would not).
+                proc.run("rm", "-rf", "--one-file-system", "--", rel, cwd=root, check=False)
+            else:
+                os.unlink(rel, dir_fd=top)
+    finally:
+        os.close(top)

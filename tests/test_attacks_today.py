@@ -1,0 +1,178 @@
+"""Attacks on what changed lately, run for real: the leftovers commit made with plumbing (`git add`,
+`write-tree`, `commit-tree`, compare-and-swap), and the one walk of a worktree (`residue.scan`) that
+finds nested repositories and decides whether git is asked for untracked files at all.
+
+Each test is an attack wswarm defends; the comment above it names the line that defends it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import Repo, events, status, task, wswarm, write_plan
+from worktree_swarm.git import residue
+
+
+def start(repo: Repo, tmp_path: Path, cmd: str) -> Any:
+    plan = write_plan(tmp_path / "plan.json", [task("t", "change the app")])
+    return wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd)
+
+
+def integration(repo: Repo) -> str:
+    [branch] = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split()
+                if b.endswith("/integration")]
+    return branch
+
+
+def tree_paths(repo: Repo, ref: str) -> list[str]:
+    return repo.git("ls-tree", "-r", "--name-only", ref).splitlines()
+
+
+# Builds, below the worktree, folders whose path from the worktree stays under PATH_MAX (git reaches
+# them) while their full path passes it: a walk that opens full paths cannot list them.
+DEEP = """
+PATH_MAX = 4096
+def deep_folder():
+    root = os.getcwd()
+    want = PATH_MAX - len(root) + 8          # the full path ends past PATH_MAX
+    fd, rel = os.open(".", os.O_RDONLY), 0
+    while rel < want:
+        name = "d" * min(200, want - rel)
+        os.mkdir(name, dir_fd=fd)
+        fd, rel = os.open(name, os.O_RDONLY, dir_fd=fd), rel + len(name) + 1
+    assert rel + 64 < PATH_MAX, "the worktree's path is too short for the attack"
+    return fd
+"""
+
+
+def test_generated_files_whose_full_path_passes_path_max_are_left_out_of_the_commit(
+        repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # The walk decides whether git is asked for untracked generated files at all. A bytecode file
+    # the walk cannot list (its full path is too long to open) but git can (git reads paths from the
+    # worktree) would be committed, and judged in place of nothing. Defended by residue.scan opening
+    # each folder by its path from the worktree (`os.open(folder, ..., dir_fd=top)`), as git does.
+    cmd = agent_script(DEEP + """
+fd = deep_folder()
+os.mkdir("__pycache__", dir_fd=fd)
+pyc = os.open("__pycache__/core.cpython-311.pyc", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+os.write(pyc, b"bytecode standing for other code")
+Path("app/core.py").write_text("VALUE = 2\\n")
+""")
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert status(repo)["tasks"][0]["status"] == "merged"
+    committed = tree_paths(repo, integration(repo))
+    assert not [p for p in committed if p.endswith(".pyc")], "a generated file was committed"
+    [left] = [e for e in events(repo) if e["kind"] == "leftovers-excluded"]
+    assert left["files"][0].endswith("__pycache__/ (1 file)")
+
+
+def test_a_repository_whose_full_path_passes_path_max_is_found(repo: Repo, tmp_path: Path,
+                                                              agent_script: Any) -> None:
+    # The same depth hides a nested repository from a walk of full paths; git would then meet it in
+    # the leftovers' `git add`. Defended by residue.scan (above) and residue.remove, which deletes it
+    # by its path from the worktree too.
+    cmd = agent_script(DEEP + """
+fd = deep_folder()
+for sub in ("nested", "nested/.git", "nested/.git/objects", "nested/.git/refs"):
+    os.mkdir(sub, dir_fd=fd)
+head = os.open("nested/.git/HEAD", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+os.write(head, b"ref: refs/heads/main\\n")
+Path("app/core.py").write_text("VALUE = 2\\n")
+""")
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 1, res.stdout + res.stderr
+    reasons = [e["reason"] for e in events(repo) if e["kind"] == "agent-failed"]
+    assert len(reasons) == 3 and all("made a git repository inside its worktree" in r for r in reasons), reasons
+
+
+def test_odd_nested_git_entries_fail_the_attempt_and_hang_nothing(repo: Repo, tmp_path: Path,
+                                                                   agent_script: Any) -> None:
+    # A repository in a folder whose name holds a newline, a `.git` that is a FIFO (opening it
+    # blocks), and a `.git` file spelling its way into the modules folder through `..` to a
+    # repository of the agent's, with a filter that would run as the user. Defended by residue.scan
+    # (every `.git` below the top is listed unless `_points_into` vouches for it after normpath, and
+    # nothing is opened but with O_NONBLOCK) and AttemptRunner's nested check, which fails the attempt.
+    marker = tmp_path / "filter-ran"
+    evil = tmp_path / "evil"
+    cmd = agent_script(f"""
+import subprocess
+subprocess.run(["git", "init", "-q", "one\\ntwo"], check=True)
+os.mkdir("fifo")
+os.mkfifo("fifo/.git")
+subprocess.run(["git", "init", "-q", {str(evil)!r}], check=True)
+subprocess.run(["git", "-C", {str(evil)!r}, "config", "filter.x.clean", "touch {marker}; cat"], check=True)
+common = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+os.mkdir("sub")
+Path("sub/.git").write_text("gitdir: " + os.path.abspath(common) + "/modules/../../../evil/.git\\n")
+Path("sub/.gitattributes").write_text("* filter=x\\n")
+Path("sub/f.txt").write_text("f\\n")
+Path("app/core.py").write_text("VALUE = 2\\n")
+""")
+    began = time.monotonic()
+    res = start(repo, tmp_path, cmd)
+    assert time.monotonic() - began < 60
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert not marker.exists()
+    [first, *_] = [e["reason"] for e in events(repo) if e["kind"] == "agent-failed"]
+    assert "made a git repository inside its worktree" in first
+    assert first.endswith("(fifo/.git, one\ntwo/.git, sub/.git)")
+    assert integration(repo) and repo.show(integration(repo), "app/core.py") == "VALUE = 1"
+
+
+def test_a_walk_meets_link_loops_and_a_link_to_the_root_without_following_them(tmp_path: Path) -> None:
+    # Links the agent leaves: a loop and a link to /. Following either, the walk would never end or
+    # walk the machine. Defended by residue.scan: `is_dir(follow_symlinks=False)` and O_NOFOLLOW.
+    root = tmp_path / "wt"
+    (root / "a" / "__pycache__").mkdir(parents=True)
+    (root / "a" / "loop").symlink_to("..")
+    (root / "everything").symlink_to("/")
+    (root / "node_modules").symlink_to(root / "a")       # a link named like a generated folder
+    began = time.monotonic()
+    found = residue.scan(root, common_dir=tmp_path / "common")
+    assert time.monotonic() - began < 5
+    assert found == residue.Found(nested=[], generated=["a/__pycache__"])
+
+
+def test_a_planted_index_lock_fails_only_its_attempt(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # An index.lock left in the worktree's git dir makes the leftovers' `git add` fail. Defended by
+    # AttemptRunner._commit_leftovers (`git add -A` is checked: the attempt ends in an error, nothing
+    # is committed) and SlotPool._drop_transient (the next attempt in that slot finds no lock).
+    cmd = agent_script("""
+import subprocess
+Path("app/core.py").write_text("VALUE = 2\\n")
+if os.environ["WSWARM_ATTEMPT"] == "1":
+    lock = subprocess.run(["git", "rev-parse", "--git-path", "index.lock"], capture_output=True, text=True)
+    Path(lock.stdout.strip()).write_text("")
+""")
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [t] = status(repo, allow_errors=True)["tasks"]
+    assert (t["status"], t["attempts"]) == ("merged", 2)
+    [error] = [e for e in events(repo) if e["kind"] == "error"]
+    assert error["attempt"] == 1 and "git add -A" in error["reason"]
+    assert repo.show(integration(repo), "app/core.py") == "VALUE = 2"
+
+
+def test_an_agent_pointing_head_at_the_integration_branch_moves_nothing(repo: Repo, tmp_path: Path,
+                                                                      agent_script: Any) -> None:
+    # HEAD made to name the integration branch: a `git commit` of the leftovers would land there,
+    # ungated. Defended by AttemptRunner._left_branch (HEAD must name the attempt's own branch before
+    # anything is committed) and the compare-and-swap in _commit_leftovers (it moves only that branch).
+    cmd = agent_script("""
+import subprocess
+Path("app/core.py").write_text("VALUE = 'ungated'\\n")
+run = os.environ["WSWARM_RUN_ID"]
+subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/wswarm/{run}/integration"], check=True)
+""")
+    base = repo.git("rev-parse", "HEAD")
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 1, res.stdout + res.stderr
+    reasons = [e["reason"] for e in events(repo) if e["kind"] == "agent-failed"]
+    assert len(reasons) == 3 and all("the agent left its branch" in r for r in reasons)
+    assert repo.git("rev-parse", integration(repo)) == base
+    tasks = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split() if "/tasks/" in b]
+    assert len(tasks) == 3 and all(repo.git("rev-parse", b) == base for b in tasks)
+
