@@ -1,17 +1,21 @@
 """Attacks on what changed lately, run for real: the leftovers commit made with plumbing (`git add`,
-`write-tree`, `commit-tree`, compare-and-swap), and the one walk of a worktree (`residue.scan`) that
-finds nested repositories and decides whether git is asked for untracked files at all.
+`write-tree`, `commit-tree`, compare-and-swap), the one walk of a worktree (`residue.scan`) that
+finds nested repositories and decides whether git is asked for untracked files at all, and agents
+on the integrator's machine beside workers.
 
 Each test is an attack wswarm defends; the comment above it names the line that defends it.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Repo, events, status, task, wswarm, write_plan
+from conftest import WSWARM, Repo, events, status, task, wswarm, write_plan
+from tests.test_remote_run import Cluster, agent_cmd, cluster, until  # noqa: F401  (cluster is a fixture)
+from tests.test_remote_run import events as remote_events
 from worktree_swarm.git import residue
 
 
@@ -176,3 +180,44 @@ subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/wswarm/{run}/integra
     tasks = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split() if "/tasks/" in b]
     assert len(tasks) == 3 and all(repo.git("rev-parse", b) == base for b in tasks)
 
+
+
+def test_a_workers_outcome_replayed_beside_a_local_attempt_is_rejected(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    # Anyone who can write to Redis (no cluster key needed) copies a worker's signed outcome back onto
+    # the stream while an attempt runs on the integrator's machine. Defended by RedisExecutor._current:
+    # an outcome counts only under the token of a live request sent to workers; a local attempt has
+    # none, and a settled one's token is forgotten, so the copy is rejected and nothing merges twice.
+    agent, marks = agent_cmd(tmp_path)
+    plan = write_plan(tmp_path / "plan.json", [task(t, files=[f"out/{t}.txt"]) for t in "ab"])
+    (cluster.repo.path / "wswarm.toml").write_text("[distributed]\nremote_agents = 1\n")
+    cluster.start_worker("w1", agent=agent)
+    for t in "ab":
+        (marks / f"wait-{t}").write_text("")
+    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                                   "--agent-cmd", agent, "--agents", "1", "--lease", "5"],
+                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True)
+    try:
+        where = until(lambda: {e["task"]: e.get("local", False) for e in remote_events(cluster.repo)
+                               if e["kind"] == "attempt-assigned"} if (marks / "a-1.pid").is_file()
+                      and (marks / "b-1.pid").is_file() else None, what="a and b both running")
+        [local] = [t for t, here in where.items() if here]
+        [remote] = [t for t, here in where.items() if not here]
+        (marks / f"wait-{remote}").unlink()
+        until(lambda: any(e["kind"] == "merged" and e["task"] == remote for e in remote_events(cluster.repo)),
+              what="the worker's attempt merged")
+        client = cluster.client()
+        [stream] = client.keys("wswarm:*:outcomes")
+        [(_, fields)] = client.xrange(stream)
+        client.xadd(stream, fields)
+        until(lambda: any(e["kind"] == "remote-result-rejected" for e in remote_events(cluster.repo)),
+              what="the copy rejected")
+    finally:
+        (marks / "go").write_text("")
+        _, err = integrator.communicate(timeout=120)
+    assert integrator.returncode == 0, err
+    evs = remote_events(cluster.repo)
+    [rejected] = [e for e in evs if e["kind"] == "remote-result-rejected"]
+    assert (rejected["task"], rejected["attempt"], rejected["worker"]) == (remote, 1, "w1")
+    assert sorted((e["task"], e["attempt"]) for e in evs if e["kind"] == "merged") == [("a", 1), ("b", 1)]
+    assert [e.get("worker") for e in evs if e["kind"] == "agent-finished" and e["task"] == local] == [None]
