@@ -221,3 +221,46 @@ def test_a_workers_outcome_replayed_beside_a_local_attempt_is_rejected(cluster: 
     assert (rejected["task"], rejected["attempt"], rejected["worker"]) == (remote, 1, "w1")
     assert sorted((e["task"], e["attempt"]) for e in evs if e["kind"] == "merged") == [("a", 1), ("b", 1)]
     assert [e.get("worker") for e in evs if e["kind"] == "agent-finished" and e["task"] == local] == [None]
+
+
+# Points its worktree's git dir at a common dir of its own: the repository's objects and refs (so
+# commits still land) under a config whose clean filter runs, as the user, in every git add there.
+REDIRECT_COMMONDIR = """
+import subprocess
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+admin = Path(git("rev-parse", "--absolute-git-dir"))
+common = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir"))
+evil = Path(os.environ["EVIL"])
+evil.mkdir()
+for name in ("objects", "refs", "packed-refs", "worktrees", "HEAD", "logs"):
+    if (common / name).exists():
+        (evil / name).symlink_to(common / name)
+(evil / "config").write_text((common / "config").read_text() + f'[core]\\n\\tattributesFile = {evil}/attrs\\n'
+                             f'[filter "planted"]\\n\\tclean = "touch {evil}/ran-$$; cat"\\n')
+(evil / "attrs").write_text("*.py filter=planted\\n")
+(admin / "commondir").write_text(str(evil) + "\\n")
+Path("app/core.py").write_text("VALUE = 2\\n")
+"""
+
+
+def test_a_slot_pointed_at_another_common_dir_is_put_back_for_the_next_run(repo: Repo, tmp_path: Path,
+                                                                           agent_script: Any) -> None:
+    # A command agent rewrites its slot's `commondir`: git in that slot then reads a config of the
+    # agent's, which no guard of the repository's config sees. Kept, it would act in every later run
+    # (the filter runs in wswarm's own git calls there, whatever agent the run uses). Defended by
+    # SlotPool._drop_transient, which writes `commondir` back before any git command in the slot.
+    evil = tmp_path / "evil"
+    first = write_plan(tmp_path / "first.json", [task("t", "change the app")])
+    res = wswarm(repo.path, "start", "--plan", str(first), "--agent-cmd", agent_script(REDIRECT_COMMONDIR),
+                 env={"EVIL": str(evil)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list(evil.glob("ran-*")), "the planted filter never ran: the attack was not tried"
+    slots = sorted((repo.path / ".git" / "worktrees").iterdir())
+    assert slots and all((s / "commondir").read_bytes() == b"../..\n" for s in slots)
+    ran = len(list(evil.glob("ran-*")))
+    second = write_plan(tmp_path / "second.json", [task("u", "add a module")])
+    harmless = agent_script('Path("app/other.py").write_text("OTHER = 1\\\\n")\n', name="harmless.py")
+    res = wswarm(repo.path, "start", "--plan", str(second), "--agent-cmd", harmless)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(list(evil.glob("ran-*"))) == ran

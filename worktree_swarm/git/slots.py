@@ -32,6 +32,8 @@ from worktree_swarm.util.types import BranchName, Sha
 
 # A waiting acquire makes one more slot after this long: a lost release must not hang the run.
 _WAIT_BEFORE_EXTRA = 30.0
+# A slot's git dir is the common dir's worktrees/NAME: its `commondir` file, as git writes it.
+COMMONDIR = b"../..\n"
 
 
 def open_pool(repo: Repo, config: WorktreeConfig, *, size: int, start: Sha, fresh_root: Path) -> WorktreePool:
@@ -267,6 +269,10 @@ class SlotPool(WorktreePool):
             (admin / name).unlink(missing_ok=True)
         for name in TRANSIENT_DIRS:
             shutil.rmtree(admin / name, ignore_errors=True)
+        # Where git finds the common dir, written by `worktree add` as below. An agent that points it
+        # at a folder of its own makes every git command in the slot read that folder's config (its
+        # filters run as the user), for every later task and run: put back before any git runs here.
+        proc.write_new(admin / "commondir", COMMONDIR)
 
     def _flagged(self, slot: _Slot) -> dict[str, list[str]] | None:
         """Index entries marked assume-unchanged (a lower-case tag) or skip-worktree (S), which
