@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,90 @@ def scan(root: Path, *, common_dir: Path) -> Found:
     of a submodule and is not listed), and what looks generated, tracked or not. Folders are opened
     by their path from ROOT, as git reaches them: a folder git can list is listed here however long
     ROOT's own path makes its full one."""
+    return _walk(root, common_dir, lambda fd, folder: _list(fd))
+
+
+class Scanner:
+    """`scan` for worktrees walked again and again (slots): a folder whose status (device, inode,
+    ctime) is what it was when it was last listed is not listed again. Adding, removing or renaming
+    an entry sets the folder's ctime to the time of the change, which no one but the clock can set
+    back, so the same status means the same entries. A change in the clock tick the folder was
+    listed in could leave its ctime as it was: a folder listed less than `settled_ns` (1 s) after its
+    last change is listed again next time (git's rule for racily clean index entries). A `.git` file's
+    content is read on every walk: it changes without its folder. At 5,000 files in 50 folders a
+    walk that lists every folder costs ~4 ms; one that lists only what changed, a fraction of one."""
+
+    def __init__(self, *, settled_ns: int = 1_000_000_000) -> None:
+        self.settled_ns = settled_ns
+        self.listed = 0          # folders the last walk listed (the others were vouched for by their status)
+        self._seen: dict[str, dict[str, _Listing]] = {}     # root -> folder -> its last listing
+
+    def scan(self, root: Path, *, common_dir: Path) -> Found:
+        before: dict[str, _Listing] = self._seen.get(str(root), {})
+        now: dict[str, _Listing] = {}
+        self.listed = 0
+
+        def listing(fd: int, folder: str) -> _Listing | None:
+            old = before.get(folder)
+            if old is not None and old.listed_ns - old.status[2] > self.settled_ns:
+                try:
+                    st = os.fstat(fd)
+                except OSError:
+                    return None
+                if (st.st_dev, st.st_ino, st.st_ctime_ns) == old.status:
+                    now[folder] = old
+                    return old
+            new = _list(fd)
+            if new is not None:
+                now[folder] = new
+                self.listed += 1
+            return new
+
+        found = _walk(root, common_dir, listing)
+        self._seen[str(root)] = now
+        return found
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What a walk needs of one folder's entries, and the folder's status when they were listed."""
+
+    status: tuple[int, int, int]      # device, inode, ctime (ns), read before listing
+    listed_ns: int                    # the clock when the listing was done
+    folders: tuple[str, ...]          # its folders (not links), `.git` aside
+    git: bool | None                  # a `.git` in it: True a regular file, False anything else, None none
+    generated: tuple[str, ...]        # generated folders and files in it, by name
+
+
+# A folder is opened as itself, never through a link or by blocking on a FIFO put in its place.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _list(fd: int) -> _Listing | None:
+    """The listing of the folder open as FD (its entries are looked at through it)."""
+    try:
+        st = os.fstat(fd)
+        entries = list(os.scandir(fd))
+    except OSError:
+        return None
+    listed_ns = time.time_ns()
+    folders: list[str] = []
+    generated: list[str] = []
+    git: bool | None = None
+    for entry in entries:
+        name = entry.name
+        if name == ".git":
+            git = entry.is_file(follow_symlinks=False)
+        elif entry.is_dir(follow_symlinks=False):
+            folders.append(name)
+            if name in GENERATED_DIRS:
+                generated.append(name)
+        elif _generated_name(name):
+            generated.append(name)
+    return _Listing((st.st_dev, st.st_ino, st.st_ctime_ns), listed_ns, tuple(folders), git, tuple(generated))
+
+
+def _walk(root: Path, common_dir: Path, listing_of: Callable[[int, str], _Listing | None]) -> Found:
     nested: list[str] = []
     generated: list[str] = []
     modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
@@ -64,41 +150,21 @@ def scan(root: Path, *, common_dir: Path) -> Found:
             except OSError:
                 continue
             try:
-                _scan_folder(fd, folder, inside, stack, nested, generated, root=root, modules=modules)
+                listing = listing_of(fd, folder)
+                if listing is None:
+                    continue
+                prefix = folder + "/" if folder else ""
+                if listing.git is not None and folder:
+                    if not (listing.git and _points_into(fd, os.path.join(root, folder), modules)):
+                        nested.append(prefix + ".git")
+                if not inside:
+                    generated.extend(prefix + name for name in listing.generated)
+                stack.extend((prefix + name, inside or name in GENERATED_DIRS) for name in listing.folders)
             finally:
                 os.close(fd)
     finally:
         os.close(top)
     return Found(nested=sorted(nested), generated=sorted(generated))
-
-
-# A folder is opened as itself, never through a link or by blocking on a FIFO put in its place.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-def _scan_folder(fd: int, folder: str, inside: bool, stack: list[tuple[str, bool]], nested: list[str],
-                 generated: list[str], *, root: Path, modules: str) -> None:
-    """One folder of `scan`, open as FD (its entries are looked at through it)."""
-    try:
-        entries = list(os.scandir(fd))
-    except OSError:
-        return
-    for entry in entries:
-        path = f"{folder}/{entry.name}" if folder else entry.name
-        if entry.name == ".git":
-            if not folder:
-                continue
-            if entry.is_file(follow_symlinks=False) and _points_into(fd, os.path.join(root, folder), modules):
-                continue
-            nested.append(path)
-        elif entry.is_dir(follow_symlinks=False):
-            if not inside and entry.name in GENERATED_DIRS:
-                generated.append(path)
-                stack.append((path, True))
-            else:
-                stack.append((path, inside))
-        elif not inside and _generated_name(entry.name):
-            generated.append(path)
 
 
 def _points_into(folder_fd: int, folder: str, modules: str) -> bool:

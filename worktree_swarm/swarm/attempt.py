@@ -107,6 +107,7 @@ class AttemptRunner:
         self.integration_head = integration_head
         self.news: dict[tuple[str, int], News] = {}    # the news box of each attempt, set by its executor
         self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
+        self.scanner = residue.Scanner()     # slots are walked attempt after attempt: it lists what changed
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]],
@@ -178,7 +179,7 @@ class AttemptRunner:
             return out
         # A repository made inside the worktree has a config and attributes of its own, which the
         # next git command in the worktree would follow (a filter driver runs as the user).
-        found = residue.scan(worktree, common_dir=self.repo.common_dir)
+        found = self.scanner.scan(worktree, common_dir=self.repo.common_dir)
         nested = self._nested_repositories(worktree, found.nested)
         if nested:
             residue.remove(worktree, nested)
