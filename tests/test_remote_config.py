@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Repo, wswarm, write_plan
 from tests.test_remote_run import Cluster, cluster, events  # noqa: F401  (cluster is a fixture)
-from worktree_swarm.commands.start import StartOptions, start
 from worktree_swarm.config import DistributedConfig, load_config
 from worktree_swarm.remote.setup import Distributed, chosen, local_agents, recorded
 from worktree_swarm.util.errors import ConfigError, UsageError
@@ -94,11 +91,10 @@ def test_the_command_line_wins_over_the_section_one_setting_at_a_time() -> None:
 
 def test_remote_or_lease_without_any_redis_is_refused_before_anything_is_created(repo: Repo, tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "feature", "description": "a"}])
-    for given in ({"remote": "origin"}, {"lease": 5.0}, {"remote_agents": 4}):
-        with pytest.raises(UsageError, match="for runs on workers, and this run has no Redis") as refused:
-            start(cwd=repo.path, options=StartOptions(plan_path=plan, agent_cmd="true", **given),  # type: ignore[arg-type]
-                  notify=lambda line: None)
-        assert refused.value.exit_code == 2
+    for given in (["--remote", "origin"], ["--lease", "5"], ["--remote-agents", "4"]):
+        res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", "true", *given)
+        assert res.returncode == 2, res.stderr
+        assert "for runs on workers, and this run has no Redis" in res.stderr and "Traceback" not in res.stderr
     assert not (repo.state_dir / "runs").exists() and repo.branches("wswarm/*") == []
 
 
@@ -112,15 +108,9 @@ def test_remote_and_lease_apply_to_a_run_from_the_section_alone(cluster: Cluster
     cluster.repo.git("remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
     cluster.repo.git("remote", "add", "shared", cluster.origin)
     _toml(cluster.repo.path, f'[distributed]\nredis_url = "{cluster.redis.url}"\n')
-    said: list[str] = []
-    results: list[Any] = []
-    # On a thread of its own: the run would take over the test process's signal handlers on the main one.
-    runner = threading.Thread(target=lambda: results.append(start(
-        cwd=cluster.repo.path, options=StartOptions(plan_path=plan, agent_cmd=agent, remote="shared", lease=7.0),
-        notify=said.append)))
-    runner.start()
-    runner.join(timeout=120)
-    assert not runner.is_alive() and results and results[0].all_merged, said
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--agent-cmd", agent, "--remote", "shared",
+                 "--lease", "7")
+    assert res.returncode == 0, res.stderr
     [dist] = [e for e in events(cluster.repo) if e["kind"] == "distributed"]
     assert dist["remote"] == "shared" and dist["lease_s"] == 7.0
 

@@ -47,7 +47,7 @@ def test_a_plan_runs_partly_here_and_partly_on_a_worker_like_a_local_run(cluster
     (marks / "go").write_text("")
     out, err = integrator.communicate(timeout=180)
     assert integrator.returncode == 0, err
-    assert "up to 1 attempts on workers and 1 agents here" in err, err
+    assert "up to 1 attempt on workers and 1 agent here" in err, err
     evs = events(cluster.repo)
     where = _where(evs)
     assert sorted(t for t, _ in where) == ["a", "b", "c", "d", "e"]      # one attempt each, each announced once

@@ -38,7 +38,8 @@ def start(
     title: Annotated[str | None, typer.Option(help="The run's and the PR's title. Default: the goal "
                                                    "(a plan file's \"goal\"), else the file's name.")] = None,
     base: Annotated[str, typer.Option(help="The commit tasks start from.")] = "HEAD",
-    agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once.")] = None,
+    agents: Annotated[int | None, typer.Option(min=1, max=64, help="Agents at once on this machine (beside "
+                                               "workers: none unless given).")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1, max=20, help="Attempts per task.")] = None,
     agent_cmd: Annotated[str | None, typer.Option(help="Command line run as each task's agent.")] = None,
     timeout: Annotated[float | None, typer.Option(min=1, help="Seconds an attempt may take.")] = None,
@@ -48,15 +49,16 @@ def start(
     max_cost: Annotated[float | None, typer.Option(min=0, metavar="USD",
                                                    help="Start no new attempt once the run has spent this.")] = None,
     redis: Annotated[str | None, typer.Option(metavar="URL", help="Run the attempts on workers (wswarm worker) "
-                                                                 "through this Redis.")] = None,
-    remote: Annotated[str, typer.Option(metavar="NAME", help="With --redis: the git remote workers share "
-                                                             "code through.")] = "origin",
-    lease: Annotated[float, typer.Option(min=1, metavar="SECONDS", help="With --redis: how long a worker may "
-                                         "stay silent before its attempt is taken back.")] = 30.0,
+                                                                 "through this Redis. Default: the distributed section of wswarm.toml.")] = None,
+    remote: Annotated[str | None, typer.Option(metavar="NAME", help="For workers: the git remote they share "
+                                                                    "code through. Default: origin.")] = None,
+    lease: Annotated[float | None, typer.Option(min=1, metavar="SECONDS", help="For workers: how long one may "
+                                                "stay silent before its attempt is taken back. Default: 30.")] = None,
+    remote_agents: Annotated[int | None, typer.Option(min=1, metavar="N", help="Attempts on workers at once, "
+                                                      "running or waiting for a free agent. Default: 32.")] = None,
 ) -> None:
     """Plan GOAL with the model (or take --plan), then run it: a worktree per task, the gate, one branch."""
     from worktree_swarm.commands import start as run
-    from worktree_swarm.remote.setup import Distributed
     from worktree_swarm.util.errors import UsageError
 
     def one_goal() -> None:
@@ -73,7 +75,7 @@ def start(
                                title=title or goal, max_cost=max_cost,
                                planner_usage=planned.usage() if planned else None,
                                default_agent=planned.default_agent if planned else None,
-                               distributed=Distributed(redis, remote=remote, lease=lease) if redis else None)
+                               redis_url=redis, remote=remote, lease=lease, remote_agents=remote_agents)
     result = call(lambda: run.start(cwd=Path.cwd(), options=options, notify=_notify,
                                      view=lambda store: watch(store, err)))
     finish(result)

@@ -49,7 +49,6 @@ class StartOptions:
     remote: str | None = None           # --remote: the git remote workers share code through
     lease: float | None = None          # --lease
     remote_agents: int | None = None    # --remote-agents: attempts on workers at once
-    distributed: Distributed | None = None   # --redis with its --remote and --lease, all at once
 
 
 def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None = None) -> RunResult:
@@ -123,10 +122,6 @@ def start(*, cwd: Path, options: StartOptions, notify: Notify, view: View | None
 
 
 def _distributed(options: StartOptions, config: Config) -> Distributed | None:
-    given = options.distributed
-    if given is not None:
-        return chosen(config.distributed, os.environ, redis_url=given.redis_url, remote=given.remote,
-                      lease=given.lease, agents=options.remote_agents)
     return chosen(config.distributed, os.environ, redis_url=options.redis_url, remote=options.remote,
                   lease=options.lease, agents=options.remote_agents)
 
@@ -134,10 +129,11 @@ def _distributed(options: StartOptions, config: Config) -> Distributed | None:
 def _where(plan: Plan, store: RunStore, agents: int, distributed: Distributed | None) -> str:
     """Where the run's attempts run, for its first line: agents here, on workers, or both."""
     slots = slots_needed(plan, store, agents)
-    here = f"{agents} agents" + (f" (at most {slots} at once: the plan allows no more)" if slots < agents else "")
+    here = f"{agents} agent{'s' if agents != 1 else ''}" + (
+        f" (at most {slots} at once: the plan allows no more)" if slots < agents else "")
     if distributed is None:
         return here
-    workers = f"up to {distributed.agents} attempts on workers"
+    workers = f"up to {distributed.agents} attempt{'s' if distributed.agents != 1 else ''} on workers"
     return workers if agents == 0 else f"{workers} and {here} here"
 
 
