@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import WSWARM, Repo, git, write_plan
 from tests.redis_server import RedisServer
-from tests.test_remote_run import KEY, Cluster, agent_cmd, events
+from tests.test_remote_run import Cluster, agent_cmd, cluster_on, events
 
 
 def _free_port() -> int:
@@ -47,20 +47,10 @@ def daemon_cluster(repo: Repo, redis_server: RedisServer, tmp_path: Path,
         assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
         assert time.monotonic() < deadline, "git daemon did not listen within 20 s"
         time.sleep(0.05)
-    origin = f"git://127.0.0.1:{port}/project.git"
-    repo.git("remote", "add", "origin", origin)
-    monkeypatch.setenv("WSWARM_CLUSTER_KEY", KEY)
-    c = Cluster(redis=redis_server, origin=origin, repo=repo, root=tmp_path / "machines", workers=[])
     try:
-        yield c
+        with cluster_on(f"git://127.0.0.1:{port}/project.git", repo, redis_server, tmp_path, monkeypatch) as c:
+            yield c
     finally:
-        for w in c.workers:
-            if w.proc.poll() is None:
-                w.proc.terminate()
-                try:
-                    w.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    w.proc.kill()
         daemon.terminate()
         daemon.wait(timeout=10)
 

@@ -3,6 +3,7 @@ clone and HOME (separate machines in miniature), a bare remote over file://, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,11 +76,10 @@ def until(cond: Callable[[], Any], *, what: str, timeout: float = 60) -> Any:
     raise AssertionError(f"timed out waiting for: {what}")
 
 
-@pytest.fixture
-def cluster(repo: Repo, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    bare = tmp_path / "remote.git"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(bare))
-    origin = f"file://{bare}"
+@contextlib.contextmanager
+def cluster_on(origin: str, repo: Repo, redis_server: RedisServer, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A cluster whose remote is ORIGIN; its workers stopped at the end."""
     repo.git("remote", "add", "origin", origin)
     monkeypatch.setenv("WSWARM_CLUSTER_KEY", KEY)
     c = Cluster(redis=redis_server, origin=origin, repo=repo, root=tmp_path / "machines", workers=[])
@@ -93,6 +93,14 @@ def cluster(repo: Repo, redis_server: RedisServer, tmp_path: Path, monkeypatch: 
                     w.proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     w.proc.kill()
+
+
+@pytest.fixture
+def cluster(repo: Repo, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(bare))
+    with cluster_on(f"file://{bare}", repo, redis_server, tmp_path, monkeypatch) as c:
+        yield c
 
 
 # Writes one file named after its task (its first attempt after the seconds in marks/sleep-TASK; with
