@@ -264,3 +264,35 @@ def test_a_slot_pointed_at_another_common_dir_is_put_back_for_the_next_run(repo:
     res = wswarm(repo.path, "start", "--plan", str(second), "--agent-cmd", harmless)
     assert res.returncode == 0, res.stdout + res.stderr
     assert len(list(evil.glob("ran-*"))) == ran
+
+
+def test_an_unmerged_index_and_intent_to_add_entries_commit_what_the_worktree_holds(
+        repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # The agent leaves a conflicted merge (stages 1-3 of app/core.py, MERGE_HEAD) and an intent-to-add
+    # entry whose file changed since: `write-tree` of that index would fail or commit an empty blob.
+    # Defended by _commit_leftovers' `git add -A`, which stages what the worktree holds for both, and
+    # by commit-tree's one parent (the branch), so MERGE_HEAD brings no other history in.
+    cmd = agent_script("""
+import subprocess
+def git(*args):
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=b", *args], check=True, capture_output=True)
+git("switch", "-q", "-c", "side")
+Path("app/core.py").write_text("VALUE = 'side'\\n")
+git("commit", "-qam", "side")
+git("switch", "-q", "-")
+Path("app/core.py").write_text("VALUE = 'mine'\\n")
+git("commit", "-qam", "mine")
+subprocess.run(["git", "merge", "-q", "side"], capture_output=True)       # conflicts
+Path("app/core.py").write_text("VALUE = 'resolved in the worktree'\\n")
+Path("app/new.py").write_text("NEW = 1\\n")
+git("add", "-N", "app/new.py")
+Path("app/new.py").write_text("NEW = 2\\n")
+""")
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    head = integration(repo)
+    assert repo.show(head, "app/core.py") == "VALUE = 'resolved in the worktree'"
+    assert repo.show(head, "app/new.py") == "NEW = 2"
+    side = repo.git("rev-parse", "--verify", "refs/heads/side")
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", side, head], cwd=repo.path)
+    assert ancestor.returncode == 1, "the side branch's history came in with the leftovers"
