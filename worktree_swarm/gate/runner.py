@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -57,6 +58,24 @@ def run_gate(*, repo: Repo, worktree: Path, base: Sha, head: Sha, config: GateCo
                             env=env, log_dir=log_dir, cancel=cancel, memory=memory, confinement=confinement)
 
 
+
+def _existing(worktree: Path, paths: Sequence[str]) -> list[str]:
+    """The PATHS that exist in WORKTREE, each looked up from the worktree as git reaches it: a path
+    whose full spelling passes PATH_MAX (git commits it fine) is there, and never an error."""
+    top = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = []
+        for path in paths:
+            try:
+                os.stat(path, dir_fd=top)
+            except (OSError, ValueError):
+                continue
+            found.append(path)
+        return found
+    finally:
+        os.close(top)
+
+
 def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callable[[str], int | None],
                      history: tuple[Sha | None, Sha] | None, changed: Sequence[str], config: GateConfig,
                      declared_files: Sequence[str], env: Mapping[str, str], log_dir: Path,
@@ -73,7 +92,7 @@ def run_gate_on_diff(*, repo: Repo, worktree: Path, diff: str, blob_size: Callab
     if config.builtin:
         results += diff_results(repo, diff, blob_size=blob_size, history=history, declared_files=declared_files,
                                 max_binary_bytes=config.max_binary_bytes)
-    existing = [path for path in changed if (worktree / path).exists()]
+    existing = _existing(worktree, changed)
     log_dir.mkdir(parents=True, exist_ok=True)
     for check in config.checks:
         log = log_dir / f"gate-{_safe(check.name)}.log"

@@ -37,6 +37,7 @@ MAX_INTERVAL = 60.0
 # hash), so each git call is killed past this, and an index bigger than this is not copied.
 SNAPSHOT_TIMEOUT = 30.0
 MAX_INDEX_BYTES = 256 << 20
+GITLINK = 0o160000      # an index entry's mode for a submodule
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot",
             # its stat data makes `add` read only the changed files
             if not _copy_index(admin / "index", index):
                 proc.git(*where, "read-tree", head, cwd=worktree, env=env)
+            # Not into a submodule: for a gitlink whose folder holds a repository, `add` runs `git status`
+            # there, with that repository's config (a filter of the agent's, run as the user). The walk
+            # above cannot vouch for the folder: the agent may swap its `.git` in after it.
+            outside = [f":(exclude,literal){path}" for path in _gitlinks(index)]
             # The one call that reads the agent's files: killed past TIMEOUT, or when the forecaster stops.
-            added = proc.run_in_group(["git", *proc.HARDENED, *where, "add", "-A"], cwd=worktree,
+            added = proc.run_in_group(["git", *proc.HARDENED, *where, "add", "-A", "--", ".", *outside], cwd=worktree,
                                       env=proc.clean_env({**proc.NO_GRAFTS, **env}), output=Path(tmp) / "add.log",
                                       timeout=timeout, cancel=cancel)
             if added.returncode != 0:
@@ -91,6 +96,13 @@ def snapshot(repo: Repo, worktree: Path, *, message: str = "wswarm: snapshot",
         except (CommandError, OSError):
             return None         # the agent is mid-change (a lock, a half-written file): next round
     return Sha(commit)
+
+
+def _gitlinks(index: Path) -> list[str]:
+    """The paths of the submodules (gitlinks) the index file INDEX holds, read in-process."""
+    import pygit2
+
+    return [entry.path for entry in pygit2.Index(str(index)) if entry.mode == GITLINK]
 
 
 def _copy_index(own: Path, copy: Path) -> bool:

@@ -1,0 +1,88 @@
+"""Attacks on what the gate judges and on the git wswarm itself runs in an agent's worktree: files the
+gate looks up, submodules a snapshot's `git add` would enter, the bytes a commit holds against the
+bytes the checks ran on, the agent's own index and the slot's git files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import Repo, git, task, wswarm, write_plan
+from test_attacks_today import DEEP
+from worktree_swarm.git import residue
+from worktree_swarm.git.repo import Repo as GitRepo
+from worktree_swarm.swarm.forecast import snapshot
+
+# -- a path too long for its full spelling -------------------------------------------------------------
+
+def test_a_path_too_long_for_its_full_spelling_stops_nothing(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    """A file whose path from the worktree is under PATH_MAX and whose full path is over it (git
+    commits it): the gate's lookup of the changed files once raised, and the run stopped (exit 3).
+    Defended by gate.runner._existing, which looks each path up from the worktree."""
+    cmd = agent_script(DEEP + """
+fd = deep_folder()
+f = os.open("x.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+os.write(f, b"x")
+Path("app/core.py").write_text("VALUE = 2\\n")
+""")
+    plan = write_plan(tmp_path / "plan.json", [task("t", "change the app")])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd)
+    assert res.returncode in (0, 1) and "internal error" not in res.stderr, res.stderr[-300:]
+
+
+# -- a submodule's git dir swapped in under a snapshot ------------------------------------------------
+
+TOGGLER = r'''
+import os, random, sys, time
+from pathlib import Path
+wt, mark_dir, secs = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + secs
+while time.monotonic() < end and not list(mark_dir.glob("mark-*")):
+    os.utime(wt / "lib/s.txt")
+    os.rename(wt / "lib/.git", wt / "lib/.hide")
+    time.sleep(random.random() * 0.02)
+    os.rename(wt / "lib/.hide", wt / "lib/.git")
+    time.sleep(random.random() * 0.02)
+'''
+
+def test_a_snapshot_never_runs_git_in_a_submodule_whose_git_dir_the_agent_swaps_in(repo: Repo, tmp_path: Path) -> None:
+    """A confined agent copies the submodule's git dir (readable in the common dir) into its folder,
+    adds a filter to its config, and swaps that `.git` in and out so that the walk misses it and the
+    snapshot's `git add` meets it: git would run `git status` in the submodule, and the filter as
+    the user. Defended by forecast.snapshot, which adds nothing inside a gitlink."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q", "-b", "main")
+    (sub / "s.txt").write_text("s\n")
+    git(sub, "add", "-A"); git(sub, "commit", "-qm", "sub")
+    repo.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "lib")
+    repo.commit_all("add a submodule")
+    wt = tmp_path / "wt"
+    repo.git("worktree", "add", "-q", "-b", "task", str(wt))
+    lib = wt / "lib"
+    lib.mkdir(exist_ok=True)
+    # What the confined agent can do: the submodule's objects are readable in the common dir.
+    shutil.copytree(repo.path / ".git/modules/lib", lib / ".git")
+    git(wt, "config", "--file", str(lib / ".git/config"), "--unset", "core.worktree")
+    git(lib, "checkout", "-q", "--", ".")
+    git(wt, "config", "--file", str(lib / ".git/config"), "filter.ev.clean", f"touch {tmp_path}/mark-$$; cat")
+    (lib / ".gitattributes").write_text("* filter=ev\n")
+    (lib / "x.txt").write_text("x\n")
+    (wt / "app/core.py").write_text("VALUE = 2\n")
+    toggler = subprocess.Popen([sys.executable, "-c", TOGGLER, str(wt), str(tmp_path), "4"])
+    r = GitRepo.discover(repo.path)
+    n = 0
+    got = 0
+    hidden = 0
+    while toggler.poll() is None and not list(tmp_path.glob("mark-*")):
+        if not residue.scan(wt, common_dir=r.common_dir).nested:
+            hidden += 1
+        s = snapshot(r, wt)
+        got += s is not None
+        n += 1
+    toggler.wait()
+    assert n > 20 and got > 0 and hidden > 0        # the race was run, and the walk was fooled at times
+    assert not list(tmp_path.glob("mark-*")), "a filter planted in the worktree ran outside the sandbox"
