@@ -69,13 +69,17 @@ def commands(port: int) -> int:
     return total
 
 
-def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and the peak RSS (MB) of the children waited for so far."""
+def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, the peak RSS (MB) of the children waited for so far, and the CPU seconds (user and
+    system) ARGV took with every process it waited for (its git processes)."""
     t = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(argv[2:5])} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.monotonic() - t, after.ru_maxrss / 1024, cpu
 
 
 def events(repo: Path) -> list[dict[str, object]]:
@@ -257,7 +261,7 @@ def main() -> None:
         grown = sum(object_bytes(c) for c in clones)
         before = commands(port)
         load_dist = [os.getloadavg()[0]]
-        dist_s, dist_rss = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
+        dist_s, dist_rss, dist_cpu = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
                                 "--agent-cmd", agent], repo, env)
         load_dist.append(os.getloadavg()[0])
         env.pop("GIT_TRACE2_EVENT", None)
@@ -275,7 +279,7 @@ def main() -> None:
             git(tmp, "clone", "-q", f"file://{bare}", str(local))
             (local / "wswarm.toml").write_text("[gate]\nchecks = []\n")
             load_local = [os.getloadavg()[0]]
-            local_s, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
+            local_s, _, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
                              local, env)
             load_local.append(os.getloadavg()[0])
             local_lat = dispatch(events(local), marks)
@@ -292,6 +296,9 @@ def main() -> None:
             "local_dispatch_p50_ms": pct(local_lat, 0.5), "local_dispatch_p99_ms": pct(local_lat, 0.99),
             "dispatch_steps_p50_ms": dist_steps,
             "merges_per_s_busy": merge_rate, "outcome_to_merged_p50_ms": merge_lag,
+            # What one integrator could sustain on a core of its own: its CPU (and its git's) per merge.
+            "integrator_cpu_ms_per_merge": round(1000 * dist_cpu / max(merged, 1), 1),
+            "merges_per_integrator_cpu_s": round(merged / dist_cpu, 1) if dist_cpu else None,
             "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1),
             "worker_objects_kb_per_attempt": round(grown / 1024 / args.tasks, 1),
             "load_dist_before_after": [round(x, 2) for x in load_dist],
