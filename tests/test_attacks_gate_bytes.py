@@ -7,14 +7,50 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from conftest import Repo, git, task, wswarm, write_plan
+from conftest import Repo, events, git, task, wswarm, write_plan
+from tests.fakeapi import FakeAnthropic, text, tool_use
+from test_sandbox_attacks import configure_builtin, needs_bwrap
 from test_attacks_today import DEEP
 from worktree_swarm.git import residue
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.swarm.forecast import snapshot
+
+# -- bytes the gate judged, bytes that merge ----------------------------------------------------------
+
+CORE = 'A = "$Id$"\nB = "$Id: judged $"\nassert A != B, "only a checkout of the commit runs this"\n'
+
+
+@needs_bwrap
+def test_the_gate_judges_the_bytes_a_checkout_of_the_commit_holds(repo: Repo, tmp_path: Path,
+                                                                  fake_api: FakeAnthropic) -> None:
+    """The confined agent writes `.gitattributes` (`*.py ident`) and a module whose `$Id: … $` git's
+    add collapses: the bytes it left pass the check, those of any checkout of the commit fail it.
+    Defended by AttemptRunner._as_checked_out, which rewrites what the agent wrote from the commit
+    before the gate (and so before its verdict is cached by the commit's tree)."""
+    configure_builtin(repo, textwrap.dedent(f"""
+        [[gate.checks]]
+        name = "tests"
+        run = "{sys.executable} app/core.py"
+    """))
+    fake_api.on("change the app", tool_use("write", {"path": ".gitattributes", "content": "*.py ident\n"}))
+    fake_api.on(".gitattributes (", tool_use("write", {"path": "app/core.py", "content": CORE}))
+    fake_api.on("app/core.py (", text("Done."))
+    plan = write_plan(tmp_path / "plan.json", [task("t", "change the app")])
+    res = wswarm(repo.path, "start", "--plan", str(plan), "--max-attempts", "1")
+    assert res.returncode == 1, res.stderr
+    [attempt] = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split()
+                 if "/tasks/" in b]
+    checkout = tmp_path / "checkout"
+    repo.git("worktree", "add", "-q", "--detach", str(checkout), attempt)
+    ran = subprocess.run([sys.executable, "app/core.py"], cwd=checkout, capture_output=True, text=True)
+    assert ran.returncode != 0                       # a checkout of what the agent committed fails …
+    assert [e for e in events(repo) if e["kind"] == "gate-failed"]     # … and so did the gate
+
+
 
 # -- a path too long for its full spelling -------------------------------------------------------------
 

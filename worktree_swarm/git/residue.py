@@ -45,6 +45,7 @@ class Found:
 
     nested: list[str]       # every `.git` below the top but wswarm's own submodule checkouts
     generated: list[str]    # generated folders (the outermost) and generated files outside them
+    attributes: bool = False     # a `.gitattributes` anywhere: files may be converted on add and checkout
 
 
 def scan(root: Path, *, common_dir: Path) -> Found:
@@ -106,6 +107,7 @@ class _Listing:
     folders: tuple[str, ...]          # its folders (not links), `.git` aside
     git: bool | None                  # a `.git` in it: True a regular file, False anything else, None none
     generated: tuple[str, ...]        # generated folders and files in it, by name
+    attributes: bool                  # a `.gitattributes` in it
 
 
 # A folder is opened as itself, never through a link or by blocking on a FIFO put in its place.
@@ -123,8 +125,11 @@ def _list(fd: int) -> _Listing | None:
     folders: list[str] = []
     generated: list[str] = []
     git: bool | None = None
+    attributes = False
     for entry in entries:
         name = entry.name
+        if name == ".gitattributes":
+            attributes = True
         if name == ".git":
             git = entry.is_file(follow_symlinks=False)
         elif entry.is_dir(follow_symlinks=False):
@@ -133,12 +138,14 @@ def _list(fd: int) -> _Listing | None:
                 generated.append(name)
         elif _generated_name(name):
             generated.append(name)
-    return _Listing((st.st_dev, st.st_ino, st.st_ctime_ns), listed_ns, tuple(folders), git, tuple(generated))
+    return _Listing((st.st_dev, st.st_ino, st.st_ctime_ns), listed_ns, tuple(folders), git, tuple(generated),
+                    attributes)
 
 
 def _walk(root: Path, common_dir: Path, listing_of: Callable[[int, str], _Listing | None]) -> Found:
     nested: list[str] = []
     generated: list[str] = []
+    attributes = False
     modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -154,6 +161,7 @@ def _walk(root: Path, common_dir: Path, listing_of: Callable[[int, str], _Listin
                 if listing is None:
                     continue
                 prefix = folder + "/" if folder else ""
+                attributes = attributes or listing.attributes
                 if listing.git is not None and folder:
                     if not (listing.git and _points_into(fd, os.path.join(root, folder), modules)):
                         nested.append(prefix + ".git")
@@ -164,7 +172,26 @@ def _walk(root: Path, common_dir: Path, listing_of: Callable[[int, str], _Listin
                 os.close(fd)
     finally:
         os.close(top)
-    return Found(nested=sorted(nested), generated=sorted(generated))
+    return Found(nested=sorted(nested), generated=sorted(generated), attributes=attributes)
+
+
+def written_since(root: Path, since_ns: int) -> list[str]:
+    """Paths (relative to ROOT) of the files and links below ROOT changed since SINCE_NS (their ctime,
+    which no one but the clock can set back), `.git` entries aside; never following a link."""
+    out: list[str] = []
+    for folder, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        rel = os.path.relpath(folder, root)
+        prefix = "" if rel == "." else rel + "/"
+        for name in files:
+            if name == ".git":
+                continue
+            try:
+                if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime_ns >= since_ns:
+                    out.append(prefix + name)
+            except OSError:
+                continue
+    return sorted(out)
 
 
 def _points_into(folder_fd: int, folder: str, modules: str) -> bool:

@@ -6,10 +6,12 @@ row should say, and the orchestrator settles each Outcome.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,8 @@ class AttemptRunner:
                 self.pool.setup_done(worktree)
         self.store.event(EventKind.AGENT_STARTED, task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         git_link = _read_link(worktree)
+        # A second early: ctimes come from a clock that ticks coarser than this one.
+        started_ns = time.time_ns() - 1_000_000_000
         result = agent.run(request, cancel=cancel)
         # Summaries travel into pr.md, the state and dependents' prompts: no secret goes with them.
         out.summary = redact_secrets(result.summary, known=self.secret_values)
@@ -192,13 +196,14 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        generated = self._commit_leftovers(task, out.n, worktree, out.branch, found.generated)
+        generated, out.head = self._commit_leftovers(task, out.n, worktree, out.branch, found.generated)
         if generated:
             self.store.event(EventKind.LEFTOVERS_EXCLUDED, task.id, attempt=out.n,
                              files=[redact_secrets(p) for p in _summary(generated)])
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
         residue.remove(worktree, generated)
-        out.head = self.repo.branch_sha(out.branch)
+        if found.attributes or self._converting_config:
+            self._as_checked_out(worktree, since_ns=started_ns)
         if not result.ok:
             out.kind = "timeout" if result.timed_out else "agent-failed"
             out.reason = result.error or "the agent failed"
@@ -353,13 +358,14 @@ class AttemptRunner:
         return None
 
     def _commit_leftovers(self, task: Task, n: int, worktree: Path, branch: BranchName,
-                          looks_generated: list[str]) -> list[str]:
+                          looks_generated: list[str]) -> tuple[list[str], Sha | None]:
         """Commit on BRANCH what the agent left uncommitted, with the user's identity, except new
         generated files no one commits (bytecode, node_modules, editor swap files, coverage data, tool
         caches) even where no .gitignore says so. Returns the files left out (all that is still
         untracked), also written to the attempt's leftovers.log; tracked files of those kinds are
         committed like any other. Commits the agent made itself are kept: nothing left, no commit.
-        LOOKS_GENERATED: the worktree's paths of those kinds, tracked or not (`residue.scan`)."""
+        LOOKS_GENERATED: the worktree's paths of those kinds, tracked or not (`residue.scan`). Also
+        returns the branch's head: the commit made here, read from nowhere else."""
         generated = self._untracked(worktree, looks_generated)
         if not generated:
             self.repo.git("add", "-A", cwd=worktree)
@@ -376,10 +382,37 @@ class AttemptRunner:
         tree = Sha(self.repo.git("write-tree", cwd=worktree).stdout.strip())
         parent = self.repo.branch_sha(branch)
         if parent is None or self.repo.tree_of(parent) == tree:
-            return generated
+            return generated, parent
         commit = commit_tree(self.repo, tree, [parent], clean_message(f"{task.id}: {task.description}"))
         self.repo.update_ref(branch, commit, parent, reason=f"wswarm: commit what {task.id} left")
-        return generated
+        return generated, commit
+
+    @functools.cached_property
+    def _converting_config(self) -> bool:
+        """Whether the user's side of git may convert files on add and checkout beyond the worktree's
+        own `.gitattributes`: an attributes file of the repository's or the user's, or line-end settings."""
+        if (self.repo.common_dir / "info" / "attributes").exists():
+            return True
+        home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        if (home / "git" / "attributes").exists():
+            return True
+        said = self.repo.git("config", "--get-regexp", r"^core\.(autocrlf|eol|attributesfile)$", check=False)
+        return bool(said.stdout.strip())
+
+    def _as_checked_out(self, worktree: Path, *, since_ns: int) -> None:
+        """The files the agent wrote become what a checkout of the commit holds. Attributes that convert
+        content (ident, text and eol, filters, encodings) can make the bytes the agent left differ from
+        that checkout's, and the gate must judge the bytes that merge (the commit is the index now)."""
+        import pygit2
+
+        written = residue.written_since(worktree, since_ns)
+        if not written:
+            return
+        tracked = {entry.path for entry in pygit2.Index(str(admin_dir(self.repo, worktree) / "index"))}
+        paths = [path for path in written if path in tracked]
+        # checkout-index leaves a file whose stat matches its index entry as it is, even forced.
+        residue.remove(worktree, paths)
+        self.repo.git("checkout-index", "-f", "-z", "--stdin", cwd=worktree, input="".join(p + "\0" for p in paths))
 
 
     def _untracked(self, worktree: Path, paths: list[str]) -> list[str]:
