@@ -148,3 +148,28 @@ def test_a_worker_blocked_on_a_run_that_ends_serves_the_next_run(cluster: Cluste
                  "--agent-cmd", agent, "--lease", "5", timeout=120)
     assert res.returncode == 0, res.stderr
     assert "internal error" not in w.stderr() and w.proc.poll() is None
+
+
+def test_a_start_commit_that_cannot_be_pushed_sends_no_request_and_stops_the_run(cluster: Cluster,  # noqa: F811
+                                                                                tmp_path: Path) -> None:
+    agent, _ = agent_cmd(tmp_path)
+    plan = write_plan(tmp_path / "plan.json", [{"id": "a", "type": "feature", "description": "a",
+                                                "files": ["out/a.txt"]}])
+    w = cluster.start_worker("w1", agent=agent)
+    # Fetches from the remote work, pushes to it are refused: the start commit never gets there.
+    cluster.repo.git("remote", "set-url", "--push", "origin", str(tmp_path / "no-such-remote.git"))
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                 "--agent-cmd", agent, "--lease", "5", timeout=120)
+    assert res.returncode != 0
+    assert "git push" in res.stderr and "internal error" not in res.stderr, res.stderr
+    evs = events(cluster.repo)
+    # The loop started the attempt; its request never reached a worker, and it cost the task nothing.
+    assert [e["task"] for e in evs if e["kind"] == "attempt-started"] == ["a"]
+    assert not [e for e in evs if e["kind"] == "attempt-assigned"]
+    assert w.proc.poll() is None
+    cluster.repo.git("remote", "set-url", "--push", "origin", cluster.origin)
+    res = wswarm(cluster.repo.path, "resume", timeout=120)
+    assert res.returncode == 0, res.stderr
+    evs = events(cluster.repo)
+    assert [(e["task"], e["attempt"]) for e in evs if e["kind"] == "merged"] == [("a", 2)]
+    assert [e["worker"] for e in evs if e["kind"] == "attempt-assigned"] == ["w1"]
