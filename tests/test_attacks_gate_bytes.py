@@ -14,7 +14,7 @@ from typing import Any
 from conftest import Repo, events, git, task, wswarm, write_plan
 from tests.fakeapi import FakeAnthropic, text, tool_use
 from test_sandbox_attacks import configure_builtin, needs_bwrap
-from test_attacks_today import DEEP
+from test_attacks_today import DEEP, REDIRECT_COMMONDIR
 from worktree_swarm.git import residue
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.swarm.forecast import snapshot
@@ -50,6 +50,129 @@ def test_the_gate_judges_the_bytes_a_checkout_of_the_commit_holds(repo: Repo, tm
     assert ran.returncode != 0                       # a checkout of what the agent committed fails …
     assert [e for e in events(repo) if e["kind"] == "gate-failed"]     # … and so did the gate
 
+
+
+# A configured check that judges the worktree's app/core.py.
+NO_BAD = textwrap.dedent("""
+    [[gate.checks]]
+    name = "no-bad"
+    kind = "lint"
+    run = "if grep -n BAD app/core.py; then exit 1; fi"
+""")
+
+
+def start(repo: Repo, tmp_path: Path, cmd: str, toml: str = NO_BAD, env: dict[str, str] | None = None) -> Any:
+    repo.write("wswarm.toml", toml)
+    repo.commit_all("configure the gate")
+    plan = write_plan(tmp_path / "plan.json", [task("t", "change the app")])
+    return wswarm(repo.path, "start", "--plan", str(plan), "--agent-cmd", cmd, env=env)
+
+
+def merged_core(repo: Repo) -> str:
+    [branch] = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split()
+                if b.endswith("/integration")]
+    return repo.show(branch, "app/core.py")
+
+
+
+# -- the agent's index and its worktree's git files (agents that run as the user) ---------------------
+
+def test_a_staged_blob_hidden_by_assume_unchanged_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    cmd = agent_script("""
+        import subprocess
+        Path("app/core.py").write_text("VALUE = 'BAD'\\n")
+        subprocess.run(["git", "add", "app/core.py"], check=True)
+        Path("app/core.py").write_text("VALUE = 2\\n")
+        subprocess.run(["git", "update-index", "--assume-unchanged", "app/core.py"], check=True)
+    """)
+    start(repo, tmp_path, cmd)
+    assert merged_core(repo) == "VALUE = 2"          # what the gate judged is what merged
+
+
+def test_a_staged_blob_hidden_by_skip_worktree_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    cmd = agent_script("""
+        import subprocess
+        Path("app/core.py").write_text("VALUE = 'BAD'\\n")
+        subprocess.run(["git", "add", "app/core.py"], check=True)
+        Path("app/core.py").write_text("VALUE = 2\\n")
+        subprocess.run(["git", "update-index", "--skip-worktree", "app/core.py"], check=True)
+    """)
+    start(repo, tmp_path, cmd)
+    assert merged_core(repo) == "VALUE = 2"          # what the gate judged is what merged
+
+
+def test_a_forged_index_entry_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # No flag at all: the entry's stat data is the worktree file's, its blob another one. Defended
+    # by the index wswarm saved before the agent and puts back before its add (save_index/restore_index).
+    cmd = agent_script("""
+        import hashlib, subprocess
+        def git(*a, inp=None):
+            return subprocess.run(["git", *a], input=inp, capture_output=True, text=True, check=True).stdout.strip()
+        p = Path("app/core.py")
+        p.write_text("VALUE = 'OK!'\\n")
+        old = time.time() - 3600
+        os.utime(p, (old, old))          # older than the index: not racily clean, never re-hashed
+        git("add", "app/core.py")
+        good = git("hash-object", str(p))
+        bad = git("hash-object", "-w", "--stdin", inp="VALUE = 'BAD'\\n")
+        index = Path(git("rev-parse", "--git-path", "index"))
+        body = index.read_bytes()[:-20].replace(bytes.fromhex(good), bytes.fromhex(bad))
+        index.write_bytes(body + hashlib.sha1(body).digest())
+    """)
+    start(repo, tmp_path, cmd)
+    assert merged_core(repo) == "VALUE = 'OK!'"
+
+
+def test_a_filter_in_the_worktrees_own_config_never_runs_and_fails_the_attempt(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # Users of sparse checkout have extensions.worktreeConfig set; the slot's config.worktree is then
+    # read by wswarm's `git add`. Defended by slot_files.undo_steering, which fails the attempt.
+    repo.git("config", "extensions.worktreeConfig", "true")
+    attrs = tmp_path / "attrs"
+    attrs.write_text("*.py filter=swap\n")
+    cmd = agent_script(f"""
+        import subprocess
+        Path("app/core.py").write_text("VALUE = 'GOOD'\\n")
+        cfg = subprocess.run(["git", "rev-parse", "--git-path", "config.worktree"], capture_output=True, text=True)
+        Path(cfg.stdout.strip()).write_text("[core]\\n\\tattributesFile = {attrs}\\n"
+                                            "[filter \\"swap\\"]\\n\\tclean = sed s/GOOD/BAD/\\n")
+    """)
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 1 and "BAD" not in merged_core(repo)
+    [first, *_] = [e["reason"] for e in events(repo) if e["kind"] == "agent-failed"]
+    assert first == "the agent changed its worktree's git files (config.worktree)"
+
+
+def test_a_commondir_pointed_elsewhere_during_the_attempt_fails_it_and_runs_nothing(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # The slot's commondir pointed at a folder of the agent's: its filter would run in wswarm's own
+    # `git add`. Defended by slot_files.undo_steering, before any git command in the worktree.
+    evil = tmp_path / "evil"
+    res = start(repo, tmp_path, agent_script(REDIRECT_COMMONDIR), env={"EVIL": str(evil)})
+    assert res.returncode == 1, res.stderr
+    assert not list(evil.glob("ran-*")), "wswarm's own git ran a filter the agent planted"
+    [first, *_] = [e["reason"] for e in events(repo) if e["kind"] == "agent-failed"]
+    assert first == "the agent changed its worktree's git files (commondir)"
+
+
+
+def test_what_the_agent_committed_itself_stays_with_wswarms_index(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
+    # The index put back is of the start: the agent's own commits come into it, a file it force-added
+    # past .gitignore included, and what it left uncommitted on top.
+    repo.write(".gitignore", "dist/\n")
+    cmd = agent_script("""
+        import subprocess
+        Path("dist").mkdir()
+        Path("dist/app.js").write_text("built\\n")
+        Path("app/core.py").write_text("VALUE = 2\\n")
+        subprocess.run(["git", "add", "-f", "dist/app.js", "app/core.py"], check=True)
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", "mine"], check=True)
+        Path("app/more.py").write_text("MORE = 1\\n")
+    """)
+    res = start(repo, tmp_path, cmd)
+    assert res.returncode == 0, res.stderr
+    [branch] = [b for b in repo.git("for-each-ref", "--format=%(refname)", "refs/heads/wswarm").split()
+                if b.endswith("/integration")]
+    assert repo.show(branch, "dist/app.js") == "built" and repo.show(branch, "app/more.py") == "MORE = 1"
+    assert merged_core(repo) == "VALUE = 2"
 
 
 # -- a path too long for its full spelling -------------------------------------------------------------

@@ -249,16 +249,18 @@ def test_a_slot_pointed_at_another_common_dir_is_put_back_for_the_next_run(repo:
     # A command agent rewrites its slot's `commondir`: git in that slot then reads a config of the
     # agent's, which no guard of the repository's config sees. Kept, it would act in every later run
     # (the filter runs in wswarm's own git calls there, whatever agent the run uses). Defended by
+    # slot_files.undo_steering right after the agent (which fails its attempt), and by
     # SlotPool._drop_transient, which writes `commondir` back before any git command in the slot.
     evil = tmp_path / "evil"
     first = write_plan(tmp_path / "first.json", [task("t", "change the app")])
     res = wswarm(repo.path, "start", "--plan", str(first), "--agent-cmd", agent_script(REDIRECT_COMMONDIR),
                  env={"EVIL": str(evil)})
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert list(evil.glob("ran-*")), "the planted filter never ran: the attack was not tried"
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert [e for e in events(repo) if e["kind"] == "agent-failed" and "(commondir)" in e["reason"]]
     slots = sorted((repo.path / ".git" / "worktrees").iterdir())
     assert slots and all((s / "commondir").read_bytes() == b"../..\n" for s in slots)
     ran = len(list(evil.glob("ran-*")))
+    assert ran == 0
     second = write_plan(tmp_path / "second.json", [task("u", "add a module")])
     harmless = agent_script('Path("app/other.py").write_text("OTHER = 1\\\\n")\n', name="harmless.py")
     res = wswarm(repo.path, "start", "--plan", str(second), "--agent-cmd", harmless)

@@ -11,9 +11,11 @@ import fcntl
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worktree_swarm.util import proc
 from worktree_swarm.util.errors import WswarmError
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import list_worktrees, remove_worktree
@@ -117,6 +119,54 @@ def admin_dir(repo: Repo, path: Path) -> Path:
             or real(Path((admin / "gitdir").read_text(encoding="utf-8").strip())) != real(path / ".git")):
         raise WswarmError(f"{path}/.git does not point at this worktree's own git dir")
     return admin
+
+
+# A worktree's git dir's `commondir` file, as `git worktree add` writes it.
+COMMONDIR = b"../..\n"
+
+
+def undo_steering(admin: Path) -> list[str]:
+    """Undo what steers git commands run in the worktree of git dir ADMIN to other config or another
+    repository, which no task has business writing: a per-worktree config (read when the repository
+    has extensions.worktreeConfig: a filter there runs in wswarm's own `git add`) and a `commondir`
+    not as `worktree add` wrote it. Returns the names of what was undone."""
+    undone = []
+    if os.path.lexists(admin / "config.worktree"):
+        (admin / "config.worktree").unlink()
+        undone.append("config.worktree")
+    try:
+        intact = proc.read_bytes(admin / "commondir") == COMMONDIR
+    except OSError:
+        intact = False
+    if not intact:
+        proc.write_new(admin / "commondir", COMMONDIR)
+        undone.append("commondir")
+    return undone
+
+
+@dataclass(frozen=True)
+class SavedIndex:
+    """A worktree's index file as wswarm left it: its bytes and times (git tells racily clean
+    entries by the file's mtime, so a copy put back must keep it)."""
+
+    data: bytes
+    times_ns: tuple[int, int]
+
+
+def save_index(admin: Path) -> SavedIndex | None:
+    try:
+        fd = proc.open_regular(admin / "index", os.O_RDONLY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        return SavedIndex(f.read(), (st.st_atime_ns, st.st_mtime_ns))
+
+
+def restore_index(admin: Path, saved: SavedIndex) -> None:
+    """Put SAVED back as the index of git dir ADMIN, whatever stands there now (never followed)."""
+    proc.write_new(admin / "index", saved.data)
+    os.utime(admin / "index", ns=saved.times_ns, follow_symlinks=False)
 
 
 def write_head(admin: Path, sha: Sha) -> None:

@@ -25,17 +25,13 @@ from worktree_swarm.util import proc
 from worktree_swarm.config import WorktreeConfig
 from worktree_swarm.util.errors import WswarmError
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.slot_files import (TRANSIENT_DIRS, TRANSIENT_FILES, admin_dir, read_meta, real, slots_dir,
+from worktree_swarm.git.slot_files import (COMMONDIR, TRANSIENT_DIRS, TRANSIENT_FILES, admin_dir, read_meta, real, slots_dir,
                                            try_lock, write_head, write_meta)
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreePool, list_worktrees, remove_worktree
 from worktree_swarm.util.types import BranchName, Sha
 
 # A waiting acquire makes one more slot after this long: a lost release must not hang the run.
 _WAIT_BEFORE_EXTRA = 30.0
-# A slot's git dir is the common dir's worktrees/NAME: its `commondir` file, as git writes it.
-COMMONDIR = b"../..\n"
-
-
 def open_pool(repo: Repo, config: WorktreeConfig, *, size: int, start: Sha, fresh_root: Path) -> WorktreePool:
     """The run's worktree pool: slots, or a fresh worktree per attempt with `[worktree] slots = false`."""
     if not config.slots:

@@ -32,7 +32,7 @@ from worktree_swarm.git.diff import FileChange, changed_files
 from worktree_swarm.git.merge_tree import clean_message, commit_tree
 from worktree_swarm.git import residue
 from worktree_swarm.git.refs import encode
-from worktree_swarm.git.slot_files import admin_dir
+from worktree_swarm.git.slot_files import admin_dir, restore_index, save_index, undo_steering
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
 from worktree_swarm.plan import Task
@@ -157,6 +157,10 @@ class AttemptRunner:
                 self.pool.setup_done(worktree)
         self.store.event(EventKind.AGENT_STARTED, task.id, attempt=out.n, agent=agent.name, log=str(request.log_path))
         git_link = _read_link(worktree)
+        admin = admin_dir(self.repo, worktree)
+        # The index as wswarm left it: an agent's index decides what git's add takes as unchanged (a
+        # flag, or a forged entry whose stat matches a file and whose blob is another), not the files.
+        index = save_index(admin)
         # A second early: ctimes come from a clock that ticks coarser than this one.
         started_ns = time.time_ns() - 1_000_000_000
         result = agent.run(request, cancel=cancel)
@@ -181,6 +185,12 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", "the agent rewrote its worktree's .git file"
             out.feedback = out.reason + ": leave .git alone; it links the worktree to the repository."
             return out
+        steered = undo_steering(admin)
+        if steered:
+            out.kind = "agent-failed"
+            out.reason = f"the agent changed its worktree's git files ({', '.join(steered)})"
+            out.feedback = out.reason + ": they decide which configuration and repository git uses; leave them alone."
+            return out
         # A repository made inside the worktree has a config and attributes of its own, which the
         # next git command in the worktree would follow (a filter driver runs as the user).
         found = self.scanner.scan(worktree, common_dir=self.repo.common_dir)
@@ -196,7 +206,10 @@ class AttemptRunner:
             out.kind, out.reason = "agent-failed", wrong_branch
             out.feedback = wrong_branch + "\nStay on the branch your worktree was created on."
             return out
-        generated, out.head = self._commit_leftovers(task, out.n, worktree, out.branch, found.generated)
+        if index is not None:
+            restore_index(admin, index)
+        generated, out.head = self._commit_leftovers(task, out.n, worktree, out.branch, found.generated,
+                                                     start=out.start)
         if generated:
             self.store.event(EventKind.LEFTOVERS_EXCLUDED, task.id, attempt=out.n,
                              files=[redact_secrets(p) for p in _summary(generated)])
@@ -358,7 +371,7 @@ class AttemptRunner:
         return None
 
     def _commit_leftovers(self, task: Task, n: int, worktree: Path, branch: BranchName,
-                          looks_generated: list[str]) -> tuple[list[str], Sha | None]:
+                          looks_generated: list[str], *, start: Sha) -> tuple[list[str], Sha | None]:
         """Commit on BRANCH what the agent left uncommitted, with the user's identity, except new
         generated files no one commits (bytecode, node_modules, editor swap files, coverage data, tool
         caches) even where no .gitignore says so. Returns the files left out (all that is still
@@ -366,6 +379,11 @@ class AttemptRunner:
         committed like any other. Commits the agent made itself are kept: nothing left, no commit.
         LOOKS_GENERATED: the worktree's paths of those kinds, tracked or not (`residue.scan`). Also
         returns the branch's head: the commit made here, read from nowhere else."""
+        # The index is wswarm's, of START: what the agent committed on top comes into it, entries
+        # unchanged since START keeping the stat data of wswarm's checkout, the others none (hashed again).
+        tip = self.repo.branch_sha(branch)
+        if tip is not None and tip != start:
+            self.repo.git("read-tree", "--reset", tip, cwd=worktree)
         generated = self._untracked(worktree, looks_generated)
         if not generated:
             self.repo.git("add", "-A", cwd=worktree)
@@ -380,11 +398,10 @@ class AttemptRunner:
         # again, ~8 ms at 5,000 files), nothing to commit is a tree compared in memory, and no hook,
         # template or signing program of anyone's is in the way; the branch moves by compare-and-swap.
         tree = Sha(self.repo.git("write-tree", cwd=worktree).stdout.strip())
-        parent = self.repo.branch_sha(branch)
-        if parent is None or self.repo.tree_of(parent) == tree:
-            return generated, parent
-        commit = commit_tree(self.repo, tree, [parent], clean_message(f"{task.id}: {task.description}"))
-        self.repo.update_ref(branch, commit, parent, reason=f"wswarm: commit what {task.id} left")
+        if tip is None or self.repo.tree_of(tip) == tree:
+            return generated, tip
+        commit = commit_tree(self.repo, tree, [tip], clean_message(f"{task.id}: {task.description}"))
+        self.repo.update_ref(branch, commit, tip, reason=f"wswarm: commit what {task.id} left")
         return generated, commit
 
     @functools.cached_property
