@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import WSWARM, git, wswarm, write_plan
@@ -35,9 +36,11 @@ def test_the_remote_keeps_only_the_refs_live_attempts_need(cluster: Cluster, tmp
         until(lambda: (marks / "c-1.pid").is_file(), what="c's agent started")
         [started] = [e for e in events(cluster.repo) if e["kind"] == "attempt-started" and e["task"] == "c"]
         run = started["branch"].split("/")[1]
-        # a and b merged and their branches came here: their refs left the remote with the push of
-        # c's start, and so did the base's start ref, which no live attempt starts from any more.
-        assert _remote_refs(cluster) == ["refs/heads/main", f"refs/wswarm/{run}/start/{started['start']}"]
+        # a and b merged and their branches came here: their refs leave the remote with the push of
+        # c's start (which c's request, carrying its objects, may overtake), and so does the base's
+        # start ref, which no live attempt starts from any more.
+        expected = ["refs/heads/main", f"refs/wswarm/{run}/start/{started['start']}"]
+        until(lambda: _remote_refs(cluster) == expected, what=f"the remote down to {expected}", timeout=30)
         assert {e["task"] for e in events(cluster.repo) if e["kind"] == "merged"} == {"a", "b"}
     finally:
         (marks / "go").write_text("")
@@ -58,8 +61,8 @@ def _fetched_objects(trace: Path) -> list[int]:
     return [n for _, n in sorted(sent)]
 
 
-def test_a_worker_fetches_each_start_once_and_only_what_merged_since_its_last(cluster: Cluster,  # noqa: F811
-                                                                              tmp_path: Path) -> None:
+def test_a_worker_gets_each_new_start_with_its_request_and_keeps_refs_to_the_last(cluster: Cluster,  # noqa: F811
+                                                                                   tmp_path: Path) -> None:
     agent, _ = agent_cmd(tmp_path)
     # A chain: each task starts from the merge of the one before, ten different start commits.
     tasks = [f"t{i}" for i in range(10)]
@@ -76,15 +79,50 @@ def test_a_worker_fetches_each_start_once_and_only_what_merged_since_its_last(cl
     assert [e["task"] for e in evs if e["kind"] == "merged"] == tasks
     starts = [e["start"] for e in evs if e["kind"] == "attempt-started"]
     assert len(set(starts)) == len(tasks)
-    # The first starts from the base, which the clone has: nine fetches, one per new start commit.
-    sent = _fetched_objects(trace)
-    assert len(sent) == len(tasks) - 1, sent
-    # Each brings one merge's worth (the merge, the task's commit, their trees, its file), not the
-    # whole chain since the base: the clone kept refs to the start commits it fetched before.
-    assert max(sent) <= 8 and sent[-1] <= sent[0] + 2, sent
+    # The first starts from the base, which the clone has; each later one came with its request,
+    # its few new objects counted from the start before, which the worker had: no fetch at all.
+    assert _fetched_objects(trace) == []
     clone = cluster.root / "w1" / "clone"
-    kept = git(clone, "for-each-ref", "--format=%(objectname)", "refs/wswarm/").split()
+    kept = git(clone, "for-each-ref", "--format=%(objectname)", "refs/wswarm/*/start/*").split()
     assert sorted(kept) == sorted(starts[-KEEP_STARTS:])
+    for sha in starts:      # each one whole: its tree reads back from the worker's clone
+        git(clone, "ls-tree", "-r", sha)
+
+
+BIG_AGENT = """\
+import os
+from pathlib import Path
+task = os.environ["WSWARM_TASK_ID"]
+Path("out").mkdir(exist_ok=True)
+Path("out", task + ".bin").write_bytes(os.urandom(400 * 1024) if task == "big" else task.encode())
+"""
+
+
+def test_a_start_too_big_to_send_inline_is_fetched_and_only_what_is_new_travels(cluster: Cluster,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    script = tmp_path / "big_agent.py"
+    script.write_text(BIG_AGENT)
+    agent = f"{sys.executable} {script}"
+    # big brings 400 KB that does not compress: the start of `after` (big merged) goes through the
+    # remote; the start of `last` (after merged) is inline again, counted from after's start.
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "big", "type": "feature", "description": "big", "files": ["out/big.bin"]},
+        {"id": "after", "type": "feature", "description": "after", "files": ["out/after.bin"],
+         "dependencies": ["big"]},
+        {"id": "last", "type": "feature", "description": "last", "files": ["out/last.bin"],
+         "dependencies": ["after"]}])
+    (cluster.repo.path / "wswarm.toml").write_text("[gate]\nchecks = []\n")
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    cluster.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
+    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                 "--agent-cmd", agent, "--lease", "5", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert [e["task"] for e in events(cluster.repo) if e["kind"] == "merged"] == ["big", "after", "last"]
+    # One fetch, after's start: the merge commit alone. big's commit, its trees and its 400 KB file
+    # are the worker's own (it made big, and kept a ref to it), and the kept refs spare everything older.
+    [sent] = _fetched_objects(trace)
+    assert sent == 1, sent
 
 
 def test_many_attempts_on_several_workers_merge_each_task_exactly_once(cluster: Cluster,  # noqa: F811

@@ -44,6 +44,7 @@ OWN_FIELDS = frozenset({"ts", "kind", "task"})
 # Refs of fetched task branches deleted from the remote together once this many wait (or with the
 # next push of a start commit): every push and fetch reads the remote's whole list of refs.
 DELETE_BATCH = 64
+RECENT_STARTS = 8       # start commits a new one's inline objects may be counted from (the oldest that fits)
 READ_BLOCK_MS = 250     # the reader's longest block on Redis: how long `close` may wait for it
 
 
@@ -77,10 +78,11 @@ class RedisExecutor(Executor):
         self._phases: list[Phase] = []
         self._ready: list[Outcome] = []     # outcomes whose branches are here, for the next wait
         self._transit = 0                   # outcomes read (their attempts no longer live) still being fetched
-        self._sending: list[tuple[tuple[str, int], str, Any]] = []   # (key, token, entry fields) not yet added
+        self._sending: list[tuple[AttemptRequest, str]] = []   # (request, token) not yet on the stream
         self._news: list[tuple[str, Any]] = []     # (task, entry fields) for the news stream, not yet added
         self._pushed: set[str] = set()      # start commits this integrator put on the remote
         self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
+        self._recent: list[str] = []        # the last start commits sent, oldest first: bases of inline objects
         self._doomed: list[str] = []        # fetched task refs to delete from the remote
         self._failure: BaseException | None = None
         self._closing = False
@@ -113,15 +115,14 @@ class RedisExecutor(Executor):
 
     def submit(self, request: AttemptRequest) -> None:
         """REQUEST is live at once under a fresh token; the sender adds it to the stream once its start
-        commit is on the remote (a worker never reads a request whose start it cannot fetch)."""
+        commit is on the remote, or before with that commit's objects (beyond a recent start's)."""
         self._check()
         self._start_threads()
         token = p.new_token()
-        fields: Any = p.seal(self.key, "request", p.request_body(self.run, token, request, lease=self.lease))
         with self._cond:
             self._live[request.key] = _Live(request=request, token=token)
             self._by_token[token] = request.key
-            self._sending.append((request.key, token, fields))
+            self._sending.append((request, token))
             self._newest = request.start
             self._cond.notify_all()
 
@@ -276,9 +277,9 @@ class RedisExecutor(Executor):
             raise self._failure
 
     def _send_loop(self) -> None:
-        """Add the news told meanwhile; put the start commits of the requests submitted meanwhile on the
-        remote (one push, with the refs nobody needs any more deleted in passing), then add the requests
-        still live to the stream."""
+        """Add the news told meanwhile; for the requests submitted meanwhile: those whose start commit is
+        on the remote, or whose objects fit inline, go on the stream at once; then the new start commits
+        are pushed (one push, with the refs nobody needs any more deleted in passing), then the others go."""
         while True:
             with self._cond:
                 while not (self._closing or self._sending or self._news or len(self._doomed) >= DELETE_BATCH):
@@ -287,10 +288,11 @@ class RedisExecutor(Executor):
                     return
                 batch, self._sending = self._sending, []
                 news, self._news = self._news, []
-                starts = {self._live[k].request.start for k, _, _ in batch if k in self._live}
-                updates = {start_ref(self.run, s): Sha(s) for s in starts - self._pushed}
+                batch = [(req, token) for req, token in batch if req.key in self._live]
+                new = list(dict.fromkeys(req.start for req, _ in batch if req.start not in self._pushed))
+                bases = list(self._recent)
                 deletions: list[str] = []
-                if updates or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
+                if new or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
                     wanted = {live.request.start for live in self._live.values()} | {self._newest}
                     stale = sorted(s for s in self._pushed if s not in wanted)
                     self._pushed.difference_update(stale)
@@ -298,33 +300,41 @@ class RedisExecutor(Executor):
                     self._doomed = []
             if news:        # a few ms, before a push of maybe a hundred
                 self._add_news(news)
+            inline = {s: got for s in new if (got := gitwire.objects_since(self.repo, s, bases)) is not None}
+            self._add_requests([(req, token, inline.get(req.start)) for req, token in batch
+                                if req.start not in new or req.start in inline])
             try:
-                gitwire.push_refs(self.repo, self.remote, updates, deletions)
+                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in new}, deletions)
             except CommandError:
                 if not deletions:
                     raise
-                gitwire.push_refs(self.repo, self.remote, updates, [])   # a deletion refused: they can wait for close
+                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in new}, [])
             with self._cond:
-                self._pushed.update(starts)
-            if batch:
-                self._add_requests(batch)
+                self._pushed.update(new)
+                self._recent = (self._recent + new)[-RECENT_STARTS:]
+            self._add_requests([(req, token, None) for req, token in batch if req.start in new and req.start not in inline])
 
-    def _add_requests(self, batch: list[tuple[tuple[str, int], str, Any]]) -> None:
-        """BATCH's requests on the stream (one round trip); an attempt that ended meanwhile (stopped) has
-        its entry deleted again, and a worker that read it already finds its token dead."""
+    def _add_requests(self, batch: list[tuple[AttemptRequest, str, tuple[str, str] | None]]) -> None:
+        """BATCH's requests (each with its start's objects or not) on the stream, in one round trip; an
+        attempt that ended meanwhile (stopped) has its entry deleted again, and a worker that read it
+        already finds its token dead."""
+        if not batch:
+            return
         stream = self.names.requests(self.run)
+        sealed = [p.seal(self.key, "request", p.request_body(self.run, token, req, lease=self.lease, objects=objects))
+                  for req, token, objects in batch]
 
         def add() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for _, _, fields in batch:
-                pipe.xadd(stream, fields)
+            for fields in sealed:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
             return list(pipe.execute())
 
         entries = self._retrying(add)
         orphans = []
         with self._cond:
-            for (key, token, _), entry in zip(batch, entries):
-                live = self._live.get(key)
+            for (req, token, _), entry in zip(batch, entries):
+                live = self._live.get(req.key)
                 if live is not None and live.token == token:
                     live.entry = _text(entry)
                 else:

@@ -7,6 +7,9 @@ pushes its task branch, and the integrator fetches that one ref into the task's 
 
 from __future__ import annotations
 
+import base64
+import time
+import zlib
 from pathlib import Path
 
 from worktree_swarm.git.repo import Repo
@@ -36,22 +39,130 @@ def push_refs(repo: Repo, remote: str, updates: dict[str, Sha], deletions: list[
         repo.git("push", *QUIET, remote, *specs)
 
 
-def fetch_start(repo: Repo, remote: str, run: str, sha: Sha) -> bool:
+def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 0.0) -> bool:
     """Fetch the start commit of an attempt into the ref of the same name here (kept, so the next
-    fetch names it as a commit this clone has and only the objects since travel); CommandError when
-    the remote does not have it. False when it was here already (nothing fetched)."""
+    fetch names it as a commit this clone has and only the objects since travel); while the remote
+    does not have it, again for up to WAIT_S seconds (a request that carried its start's objects may
+    arrive before the push of that start), then CommandError. False when it was here already."""
     if has_commit(repo, sha):
         return False
     ref = start_ref(run, sha)
-    try:
-        repo.git(*FETCH, remote, f"+{ref}:{ref}")
-    except CommandError:
-        if not has_commit(repo, sha):       # not a local ref locked by another fetch of the same commit
-            raise
-        return True
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            repo.git(*FETCH, remote, f"+{ref}:{ref}")
+            break
+        except CommandError:
+            if has_commit(repo, sha):       # a local ref locked by another fetch of the same commit
+                return True
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
     if repo.ref_sha(ref) != sha:
         raise CommandError(["git", "fetch", remote, ref], 1, f"the remote's {ref} is not commit {sha}")
     return True
+
+
+# -- a start commit's objects inline -------------------------------------------------------------
+# A new start commit is a merge or two away from the one before: a handful of objects. Sent with the
+# request, they spare the request the wait for the push and the worker its fetch (two git round trips
+# on the path of every dispatch), for any worker that has one of the recent start commits.
+
+INLINE_BYTES = 256 * 1024       # compressed; a start bringing more goes through the remote alone
+_UNPACKED_MAX = 64 * 1024 * 1024
+
+
+def objects_since(repo: Repo, sha: str, bases: list[str]) -> tuple[str, str] | None:
+    """(base, payload): the objects commit SHA brings beyond the closure of a commit of BASES (oldest
+    first; the oldest that fits, so more workers have it), packed for `apply_objects`; None when
+    none fits in INLINE_BYTES or SHA is not above any of them."""
+    import pygit2
+
+    for base in bases[:1] + bases[-1:] if len(bases) > 1 else bases:
+        try:
+            payload = _pack(repo, sha, base)
+        except (KeyError, ValueError, pygit2.GitError):
+            continue        # a base gone from here (cannot be, but the push covers it anyway)
+        if payload is not None:
+            return base, payload
+    return None
+
+
+def _pack(repo: Repo, sha: str, base: str) -> str | None:
+    import pygit2
+
+    r = repo.pygit
+    walker = r.walk(sha, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)   # oldest first, SHA last
+    walker.hide(base)
+    base_tree = r[base].peel(pygit2.Tree)
+    order: list[pygit2.Oid] = []
+    seen: set[pygit2.Oid] = set()
+
+    def tree(t: pygit2.Tree, old: pygit2.Tree | None) -> None:
+        # A subtree equal to the base's at the same path is in the base's closure already; so is a
+        # blob equal to the base's there. What differs goes, its entries before it.
+        if (old is not None and t.id == old.id) or t.id in seen:
+            return
+        seen.add(t.id)
+        for entry in t:
+            name = entry.name or ""
+            was = old[name] if old is not None and name in old else None
+            if entry.type_str == "tree":
+                sub, before = r[entry.id], r[was.id] if was is not None and was.type_str == "tree" else None
+                assert isinstance(sub, pygit2.Tree)
+                tree(sub, before if isinstance(before, pygit2.Tree) else None)
+            elif entry.type_str == "blob" and (was is None or was.id != entry.id) and entry.id not in seen:
+                seen.add(entry.id)
+                order.append(entry.id)
+        order.append(t.id)
+
+    commits = list(walker)
+    if not commits or commits[-1].id != r[sha].id:
+        return None
+    for commit in commits:
+        tree(commit.tree, base_tree)
+        order.append(commit.id)
+    out = zlib.compressobj(6)
+    chunks, size = [], 0
+    for oid in order:
+        kind, data = r.odb.read(oid)
+        chunk = out.compress(f"{kind} {len(data)} {oid}\n".encode() + data)
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > INLINE_BYTES:
+            return None
+    packed = b"".join(chunks) + out.flush()
+    return base64.b64encode(packed).decode() if len(packed) <= INLINE_BYTES else None
+
+
+def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
+    """Write the objects of an `objects_since` PAYLOAD here (each must hash to the id it claims);
+    True when commit SHA is here afterwards. The commit comes last, so a start commit present is
+    one whose closure is."""
+    try:
+        raw = zlib.decompressobj().decompress(base64.b64decode(payload, validate=True), _UNPACKED_MAX)
+    except (ValueError, zlib.error):
+        return False
+    r = repo.pygit
+    at = 0
+    while at < len(raw):
+        end = raw.find(b"\n", at)
+        try:
+            kind, size, claimed = raw[at:end].decode().split(" ")
+            data = raw[end + 1:end + 1 + int(size)]
+            if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+                return False
+        except ValueError:
+            return False
+        if str(r.odb.write(int(kind), data)) != claimed:
+            return False
+        at = end + 1 + int(size)
+    return has_commit(repo, sha)
+
+
+def keep_ref(repo: Repo, ref: str, sha: str) -> None:
+    """REF at commit SHA here (in process, no git process): a name the next fetch negotiates with."""
+    repo.pygit.references.create(ref, sha, force=True)
 
 
 def maintain(repo: Repo) -> None:

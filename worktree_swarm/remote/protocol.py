@@ -26,7 +26,7 @@ from worktree_swarm.swarm.executor import AttemptRequest
 from worktree_swarm.util.errors import UsageError
 from worktree_swarm.util.types import BranchName, Sha, TaskId
 
-PROTOCOL = 1
+PROTOCOL = 2     # 2: a request may carry its start commit's objects, and come before that commit's push
 VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
 MIN_KEY_LENGTH = 16
@@ -196,12 +196,17 @@ class Assignment:
     token: str
     request: AttemptRequest
     lease: float = 30.0     # seconds the integrator waits for a heartbeat before taking the attempt back
+    objects: tuple[str, str] | None = None   # (base, payload): the start commit's objects beyond base's
 
 
-def request_body(run: str, token: str, request: AttemptRequest, *, lease: float = 30.0) -> dict[str, Any]:
-    return {"run": run, "token": token, "lease": lease, "task": request.task.to_dict(), "n": request.n, "branch": request.branch,
-            "start": request.start, "feedback": request.feedback, "env": request.env,
+def request_body(run: str, token: str, request: AttemptRequest, *, lease: float = 30.0,
+                 objects: tuple[str, str] | None = None) -> dict[str, Any]:
+    body = {"run": run, "token": token, "lease": lease, "task": request.task.to_dict(), "n": request.n,
+            "branch": request.branch, "start": request.start, "feedback": request.feedback, "env": request.env,
             "dependencies": request.dependencies}
+    if objects is not None:
+        body["objects"] = {"base": objects[0], "data": objects[1]}
+    return body
 
 
 def parse_request(body: Mapping[str, Any]) -> Assignment:
@@ -222,7 +227,12 @@ def parse_request(body: Mapping[str, Any]) -> Assignment:
         lease = float(body.get("lease") or 30.0)
         if not 0.5 <= lease <= 86400:
             raise ValueError("lease")
-        return Assignment(run=_str(body, "run"), token=_str(body, "token"), request=request, lease=lease)
+        inline = body.get("objects")
+        objects = None
+        if isinstance(inline, dict) and isinstance(inline.get("base"), str) and isinstance(inline.get("data"), str):
+            objects = (inline["base"], inline["data"])
+        return Assignment(run=_str(body, "run"), token=_str(body, "token"), request=request, lease=lease,
+                          objects=objects)
     except (KeyError, TypeError, ValueError) as exc:
         raise Refused(f"malformed request ({exc})") from None
 

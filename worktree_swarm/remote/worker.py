@@ -51,6 +51,9 @@ LOG_TAIL_BYTES = 256 * 1024     # of an attempt's agent log, sent with its outco
 # has, so only what was merged since travels (without one, every fetch would bring the run's whole
 # history since the clone's branches). More would only lengthen the negotiation.
 KEEP_STARTS = 8
+# How long a worker waits for a start commit to reach the remote: a request carrying its start's
+# objects is sent before that start's push, and a worker without their base fetches it instead.
+START_WAIT_S = 15.0
 MAINTAIN_EVERY = 25             # attempts between two looks at whether the clone needs git's housekeeping
 
 Say = Callable[[str], None]
@@ -117,6 +120,7 @@ class Worker:
         self._news_read: dict[str, str] = {}  # run -> the last news entry read
         self._idle = False                    # no run was open at the last look
         self._starts: deque[str] = deque()     # local refs of the start commits fetched, oldest first
+        self._pushed: deque[str] = deque()     # local refs of the task branches pushed, oldest first
         self._fetching: dict[str, threading.Lock] = {}   # start commit -> held while one thread fetches it
         self.done = 0
 
@@ -273,7 +277,7 @@ class Worker:
             raise WswarmError(f"this worker cannot run the task's agent: {exc.message}") from None
         if req.task.command and agent.name.startswith("command ("):
             raise WswarmError("this worker runs only the agents its own configuration names, not a task's command")
-        self._fetch_start(a.run, req.start)
+        self._fetch_start(a.run, req.start, a.objects)
         confinement = Confinement(sandboxed=agent.confined and sandbox_available(),
                                   network=self.config.sandbox.network, pass_env=self.config.gate.pass_env)
         runner = AttemptRunner(repo=self.repo, config=self.config, store=log, pool=self.pool,
@@ -287,18 +291,34 @@ class Worker:
         if out.head is not None and out.kind not in ("interrupted",):
             try:
                 gitwire.push_task(self.repo, self.remote, a.run, req.task.id, req.n, req.branch)
+                # Named here too once the branch is gone: the next start, which merged it, is fetched
+                # without its objects (the remote learns this clone has them).
+                ref = p.task_ref(a.run, req.task.id, req.n)
+                gitwire.keep_ref(self.repo, ref, out.head)
+                with self._lock:
+                    self._pushed.append(ref)
             except CommandError as exc:
                 out.kind, out.reason = "error", f"worker {self.name} could not push the task branch: {exc}"
                 out.feedback = ""
         return out
 
-    def _fetch_start(self, run: str, start: Sha) -> None:
-        """START here; attempts reading the same start at once fetch it once (the others wait for it)."""
+    def _fetch_start(self, run: str, start: Sha, objects: tuple[str, str] | None) -> None:
+        """START here: from the OBJECTS its request carried when this clone has their base, else
+        fetched (waiting a little for its push, which such a request may overtake); attempts reading the
+        same start at once get it once (the others wait for it)."""
         with self._lock:
             lock = self._fetching.setdefault(start, threading.Lock())
         try:
             with lock:
-                if gitwire.fetch_start(self.repo, self.remote, run, start):
+                if gitwire.has_commit(self.repo, start):
+                    return
+                if (objects is not None and gitwire.has_commit(self.repo, objects[0])
+                        and gitwire.apply_objects(self.repo, start, objects[1])):
+                    gitwire.keep_ref(self.repo, p.start_ref(run, start), start)
+                    fetched = True
+                else:
+                    fetched = gitwire.fetch_start(self.repo, self.remote, run, start, wait_s=START_WAIT_S)
+                if fetched:
                     with self._lock:
                         self._starts.append(p.start_ref(run, start))
         finally:
@@ -311,6 +331,7 @@ class Worker:
         off the path of the next one's dispatch)."""
         with self._lock:
             old = [self._starts.popleft() for _ in range(len(self._starts) - KEEP_STARTS)]
+            old += [self._pushed.popleft() for _ in range(len(self._pushed) - KEEP_STARTS)]
         try:
             gitwire.forget_refs(self.repo, old)
         except CommandError as exc:       # a name to negotiate with, nothing an attempt needs
