@@ -147,7 +147,10 @@ def _walk(root: Path, common_dir: Path, listing_of: Callable[[int, str], _Listin
     generated: list[str] = []
     attributes = False
     modules = os.path.normpath(os.path.realpath(common_dir / "modules"))
-    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return Found(nested=[], generated=[])      # no worktree left (the agent deleted it): nothing in it
     try:
         stack = [("", False)]      # (folder relative to ROOT, inside a generated folder)
         while stack:
@@ -218,6 +221,8 @@ def _points_into(folder_fd: int, folder: str, modules: str) -> bool:
 def remove(root: Path, relative: list[str]) -> None:
     """Delete the entries at RELATIVE paths under ROOT (a link is removed, never followed), each
     reached by its path from ROOT, as `scan` and git reach it."""
+    if not relative:
+        return
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for rel in relative:
