@@ -31,6 +31,7 @@ from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
 from worktree_swarm.store import layout
+from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
 from worktree_swarm.store.events import EventKind, kind_of
@@ -430,9 +431,9 @@ class RedisExecutor(Executor):
         """The attempt's files, here: its log and verdict; its branch is fetched by `_deliver`."""
         adir = self.store.attempt_dir(out.task.id, out.n)
         if log:
-            (adir / layout.AGENT_LOG).write_text(log, encoding="utf-8")
+            proc.write_new(adir / layout.AGENT_LOG, log.encode("utf-8", errors="replace"))
         if out.report is not None:
-            (adir / "gate.json").write_text(out.report.to_json(), encoding="utf-8")
+            proc.write_new(adir / "gate.json", out.report.to_json().encode("utf-8"))
 
     def _deliver(self, found: list[tuple[Outcome, str]]) -> None:
         """The branches of the outcomes FOUND, at their reported heads, in one fetch (under load
