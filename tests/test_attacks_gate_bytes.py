@@ -11,6 +11,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Repo, events, git, task, wswarm, write_plan
 from tests.fakeapi import FakeAnthropic, text, tool_use
 from test_sandbox_attacks import configure_builtin, needs_bwrap
@@ -77,25 +79,17 @@ def merged_core(repo: Repo) -> str:
 
 # -- the agent's index and its worktree's git files (agents that run as the user) ---------------------
 
-def test_a_staged_blob_hidden_by_assume_unchanged_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
-    cmd = agent_script("""
+@pytest.mark.parametrize("flag", ["--assume-unchanged", "--skip-worktree"])
+def test_a_staged_blob_hidden_by_an_index_flag_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any,
+                                                                  flag: str) -> None:
+    # `git add -A` passes over a flagged entry: the staged BAD blob would be committed, the file the
+    # gate judged would not. Defended by the index wswarm saved before the agent (save_index/restore_index).
+    cmd = agent_script(f"""
         import subprocess
         Path("app/core.py").write_text("VALUE = 'BAD'\\n")
         subprocess.run(["git", "add", "app/core.py"], check=True)
         Path("app/core.py").write_text("VALUE = 2\\n")
-        subprocess.run(["git", "update-index", "--assume-unchanged", "app/core.py"], check=True)
-    """)
-    start(repo, tmp_path, cmd)
-    assert merged_core(repo) == "VALUE = 2"          # what the gate judged is what merged
-
-
-def test_a_staged_blob_hidden_by_skip_worktree_is_not_what_merges(repo: Repo, tmp_path: Path, agent_script: Any) -> None:
-    cmd = agent_script("""
-        import subprocess
-        Path("app/core.py").write_text("VALUE = 'BAD'\\n")
-        subprocess.run(["git", "add", "app/core.py"], check=True)
-        Path("app/core.py").write_text("VALUE = 2\\n")
-        subprocess.run(["git", "update-index", "--skip-worktree", "app/core.py"], check=True)
+        subprocess.run(["git", "update-index", "{flag}", "app/core.py"], check=True)
     """)
     start(repo, tmp_path, cmd)
     assert merged_core(repo) == "VALUE = 2"          # what the gate judged is what merged
