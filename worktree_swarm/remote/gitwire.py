@@ -11,12 +11,16 @@ import base64
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
+
+if TYPE_CHECKING:
+    import pygit2
 
 QUIET = ("-q", "--no-verify")
 # A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
@@ -68,7 +72,7 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
 # request, they spare the request the wait for the push and the worker its fetch (two git round trips
 # on the path of every dispatch), for any worker that has one of the recent start commits.
 
-INLINE_BYTES = 256 * 1024       # compressed; a start bringing more goes through the remote alone
+INLINE_BYTES = 64 * 1024        # compressed, per request; a start bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
 
 
@@ -91,36 +95,28 @@ def objects_since(repo: Repo, sha: str, bases: list[str]) -> tuple[str, str] | N
 def _pack(repo: Repo, sha: str, base: str) -> str | None:
     import pygit2
 
-    r = repo.pygit
+    # A repository object of its own, dropped on return: libgit2 keeps every tree it parsed in the
+    # object's cache (up to 256 MB), which over a long run of new starts is all of them.
+    r = pygit2.Repository(repo.pygit.path)
+    try:
+        return _packed(r, sha, base)
+    finally:
+        r.free()
+
+
+def _packed(r: pygit2.Repository, sha: str, base: str) -> str | None:
+    import pygit2
+
     walker = r.walk(sha, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)   # oldest first, SHA last
     walker.hide(base)
     base_tree = r[base].peel(pygit2.Tree)
-    order: list[pygit2.Oid] = []
-    seen: set[pygit2.Oid] = set()
-
-    def tree(t: pygit2.Tree, old: pygit2.Tree | None) -> None:
-        # A subtree equal to the base's at the same path is in the base's closure already; so is a
-        # blob equal to the base's there. What differs goes, its entries before it.
-        if (old is not None and t.id == old.id) or t.id in seen:
-            return
-        seen.add(t.id)
-        for entry in t:
-            name = entry.name or ""
-            was = old[name] if old is not None and name in old else None
-            if entry.type_str == "tree":
-                sub, before = r[entry.id], r[was.id] if was is not None and was.type_str == "tree" else None
-                assert isinstance(sub, pygit2.Tree)
-                tree(sub, before if isinstance(before, pygit2.Tree) else None)
-            elif entry.type_str == "blob" and (was is None or was.id != entry.id) and entry.id not in seen:
-                seen.add(entry.id)
-                order.append(entry.id)
-        order.append(t.id)
-
     commits = list(walker)
     if not commits or commits[-1].id != r[sha].id:
         return None
+    order: list[pygit2.Oid] = []
+    seen: set[pygit2.Oid] = set()
     for commit in commits:
-        tree(commit.tree, base_tree)
+        _tree_objects(r, commit.tree, base_tree, order, seen)
         order.append(commit.id)
     out = zlib.compressobj(6)
     chunks, size = [], 0
@@ -133,6 +129,37 @@ def _pack(repo: Repo, sha: str, base: str) -> str | None:
             return None
     packed = b"".join(chunks) + out.flush()
     return base64.b64encode(packed).decode() if len(packed) <= INLINE_BYTES else None
+
+
+def _tree_objects(r: pygit2.Repository, top: pygit2.Tree, old_top: pygit2.Tree | None, order: list[pygit2.Oid],
+                  seen: set[pygit2.Oid]) -> None:
+    """Onto ORDER, the objects of tree TOP that the tree at the same path in the base (OLD_TOP) does not
+    have, each tree after its entries. A subtree equal to the base's at its path is in the base's
+    closure already; so is a blob equal to the base's there. A plain function over a stack: a
+    recursive closure is a reference cycle, which kept each call's repository (and the trees it had
+    parsed) alive until a full garbage collection."""
+    import pygit2
+
+    stack: list[tuple[pygit2.Tree, pygit2.Tree | None, bool]] = [(top, old_top, False)]
+    while stack:
+        t, old, entered = stack.pop()
+        if entered:
+            order.append(t.id)
+            continue
+        if (old is not None and t.id == old.id) or t.id in seen:
+            continue
+        seen.add(t.id)
+        stack.append((t, old, True))
+        for entry in t:
+            name = entry.name or ""
+            was = old[name] if old is not None and name in old else None
+            if entry.type_str == "tree":
+                sub, before = r[entry.id], r[was.id] if was is not None and was.type_str == "tree" else None
+                assert isinstance(sub, pygit2.Tree)
+                stack.append((sub, before if isinstance(before, pygit2.Tree) else None, False))
+            elif entry.type_str == "blob" and (was is None or was.id != entry.id) and entry.id not in seen:
+                seen.add(entry.id)
+                order.append(entry.id)
 
 
 def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
