@@ -296,3 +296,38 @@ def test_unreadable_files(tmp_path: pathlib.Path) -> None:
 def test_plan_constructed_directly_is_validated_too() -> None:
     with pytest.raises(PlanError, match="x: task 'b' depends on unknown task 'a'"):
         Plan([Task(id=TaskId("b"), type="general", description="d", dependencies=(TaskId("a"),))], source="x")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_plans_graph_walks_agree_with_networkx(seed: int) -> None:
+    """Topological order (file order among ready tasks), dependents, priorities and cycle detection,
+    against networkx on random plans, some with a cycle."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 30)
+    ids = [f"t{i}" for i in rng.sample(range(100), n)]
+    deps = {tid: sorted(rng.sample(ids[:i], rng.randint(0, min(i, 3)))) for i, tid in enumerate(ids)}
+    if seed % 4 == 0 and n > 1:             # a back edge: a cycle
+        a, b = sorted(rng.sample(range(n), 2))
+        deps[ids[a]].append(ids[b])
+    graph = networkx.DiGraph()
+    graph.add_nodes_from(ids)
+    graph.add_edges_from((d, tid) for tid, ds in deps.items() for d in ds)
+    tasks = [Task(id=TaskId(tid), type="t", description="x", dependencies=tuple(TaskId(d) for d in deps[tid]))
+             for tid in ids]
+    if not networkx.is_directed_acyclic_graph(graph):
+        with pytest.raises(PlanError, match="the plan has a cycle: ") as refused:
+            Plan(tasks)
+        cycle = refused.value.args[0].split("cycle: ")[1].split(" → ")
+        assert cycle[0] == cycle[-1] and all(graph.has_edge(a, b) for a, b in zip(cycle, cycle[1:]))
+        return
+    plan = Plan(tasks)
+    index = {tid: i for i, tid in enumerate(ids)}
+    assert plan.topological_order() == list(networkx.lexicographical_topological_sort(graph, key=index.__getitem__))
+    for tid in ids:
+        assert plan.dependents(tid) == networkx.descendants(graph, tid)
+    # Every task below TID is reachable from it, so the longest path of that part starts at TID.
+    assert plan.priority() == {tid: 1 + networkx.dag_longest_path_length(
+        graph.subgraph({tid} | networkx.descendants(graph, tid))) for tid in ids}
+    assert set(plan.graph.edges) == set(graph.edges)

@@ -6,16 +6,20 @@ Reading a plan file (JSON or TOML) and checking its fields is `plan.py`'s, which
 from __future__ import annotations
 
 import difflib
+import heapq
 import json
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx
 import pygit2
 
 from worktree_swarm.util.errors import PlanError
 from worktree_swarm.util.types import TaskId
+
+if TYPE_CHECKING:
+    import networkx
 
 MAX_TASKS = 1000
 MAX_ID_LENGTH = 100
@@ -57,7 +61,7 @@ class Task:
 class Plan:
     """A validated, immutable set of tasks and the DAG of their dependencies."""
 
-    __slots__ = ("_tasks", "_by_id", "_index", "_graph", "_goal")
+    __slots__ = ("_tasks", "_by_id", "_index", "_after", "_goal")
 
     def __init__(self, tasks: Iterable[Task], *, source: str = "plan", goal: str | None = None) -> None:
         """Check the plan-level rules (count, ids, dependencies, cycles); raise PlanError.
@@ -83,24 +87,44 @@ class Plan:
                 raise PlanError(f"{source}: duplicate task id {quoted(task.id)} (same as {quoted(first)} ignoring case)")
             self._by_id[task.id] = task
         self._index = {task.id: i for i, task in enumerate(self._tasks)}
-        graph = networkx.DiGraph()
-        graph.add_nodes_from(task.id for task in self._tasks)
+        # The DAG as lists of dependents in file order: an edge runs from a dependency to its dependent.
+        # Kept by hand rather than as a networkx graph: importing networkx costs every command that
+        # loads a plan ~85 ms (it loads all its algorithms), and these few walks are all a run needs.
+        self._after: dict[TaskId, list[TaskId]] = {task.id: [] for task in self._tasks}
         for task in self._tasks:
-            for dep in task.dependencies:
+            for dep in dict.fromkeys(task.dependencies):
                 if dep not in self._by_id:
                     close = difflib.get_close_matches(dep, list(self._by_id), n=1)
                     raise PlanError(f"{source}: task {quoted(task.id)} depends on unknown task {quoted(dep)}",
                                     hint=f"did you mean {quoted(close[0])}?" if close else None)
-                graph.add_edge(dep, task.id)
-        try:
-            cycle = networkx.find_cycle(graph)
-        except networkx.NetworkXNoCycle:
-            cycle = []
+                self._after[dep].append(task.id)
+        cycle = self._a_cycle()
         if cycle:
-            path = " → ".join([str(edge[0]) for edge in cycle] + [str(cycle[0][0])])
-            raise PlanError(f"{source}: the plan has a cycle: {path}",
+            raise PlanError(f"{source}: the plan has a cycle: {' → '.join(cycle + cycle[:1])}",
                             hint="remove one of these dependencies")
-        self._graph = networkx.freeze(graph)
+
+    def _a_cycle(self) -> list[TaskId]:
+        """The tasks of one cycle of dependencies in edge order (the first met walking in file order),
+        or [] when there is none."""
+        state: dict[TaskId, int] = {}          # 1: on the walk's path, 2: done
+        for root in self._after:
+            if root in state:
+                continue
+            path: list[TaskId] = [root]
+            todo = [iter(self._after[root])]
+            state[root] = 1
+            while todo:
+                nxt = next(todo[-1], None)
+                if nxt is None:
+                    state[path.pop()] = 2
+                    todo.pop()
+                elif state.get(nxt) == 1:
+                    return path[path.index(nxt):]
+                elif nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    todo.append(iter(self._after[nxt]))
+        return []
 
     @property
     def goal(self) -> str | None:
@@ -118,8 +142,14 @@ class Plan:
 
     @property
     def graph(self) -> networkx.DiGraph:
-        """The frozen DAG; an edge runs from a dependency to its dependent."""
-        return self._graph
+        """The DAG as a frozen networkx graph (for the planner's and the dashboard's analyses); an
+        edge runs from a dependency to its dependent."""
+        import networkx
+
+        graph = networkx.DiGraph()
+        graph.add_nodes_from(self._after)
+        graph.add_edges_from((dep, task) for dep, after in self._after.items() for task in after)
+        return networkx.freeze(graph)
 
     def __getitem__(self, task_id: str) -> Task:
         return self._by_id[task_id]
@@ -147,18 +177,39 @@ class Plan:
         """Length in tasks of the longest chain of dependents from each task (a sink is 1)."""
         result: dict[TaskId, int] = {}
         for node in reversed(self.topological_order()):
-            result[node] = 1 + max((result[s] for s in self._graph.successors(node)), default=0)
+            result[node] = 1 + max((result[s] for s in self._after[node]), default=0)
         return {task.id: result[task.id] for task in self._tasks}
 
     def dependents(self, task_id: str) -> set[TaskId]:
         """Every task that depends on `task_id`, directly or not; KeyError if unknown."""
         if task_id not in self._by_id:
             raise KeyError(task_id)
-        return set(networkx.descendants(self._graph, task_id))
+        seen: set[TaskId] = set()
+        todo = list(self._after[TaskId(task_id)])
+        while todo:
+            tid = todo.pop()
+            if tid not in seen:
+                seen.add(tid)
+                todo.extend(self._after[tid])
+        return seen
 
     def topological_order(self) -> list[TaskId]:
         """Dependencies before dependents; among ready tasks, file order wins."""
-        return list(networkx.lexicographical_topological_sort(self._graph, key=self._index.__getitem__))
+        waiting = {tid: 0 for tid in self._after}
+        for after in self._after.values():
+            for tid in after:
+                waiting[tid] += 1
+        ready = [self._index[tid] for tid, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
+        order: list[TaskId] = []
+        while ready:
+            tid = self._tasks[heapq.heappop(ready)].id
+            order.append(tid)
+            for nxt in self._after[tid]:
+                waiting[nxt] -= 1
+                if waiting[nxt] == 0:
+                    heapq.heappush(ready, self._index[nxt])
+        return order
 
     def width(self, among: Iterable[str] | None = None) -> int:
         """The most tasks of AMONG (default: all) that can run at once: the largest set of them
@@ -175,7 +226,7 @@ class Plan:
         reach = [0] * len(order)
         for tid in reversed(order):
             bits = 0
-            for succ in self._graph.successors(tid):
+            for succ in self._after[tid]:
                 bits |= reach[index[succ]] | 1 << index[succ]
             reach[index[tid]] = bits
         reach = [bits & wanted for bits in reach]
