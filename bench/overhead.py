@@ -28,7 +28,7 @@ from pathlib import Path
 
 from machine import QUIET_CORES, cpu_seconds, default_tmp, machine, machine_busy, read_trace, wait_for_idle
 from sides import (AGENT_CMD, BASELINES, BenchError, bench_env, check_result, find_wswarm, make_repo, run_raw,
-                   run_wswarm, task_ids, write_plan)
+                   run_wswarm, task_ids, warm_up, write_plan)
 
 
 @dataclass
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repositories under {root} on {info['filesystem']}", file=sys.stderr)
         cases = [Case(n, args.files, k, args.baseline) for n in args.tasks for k in args.agents]
         try:
+            warm_up(wswarm, root, env=env)
             for case in cases:
                 measure(case, repeat=args.repeat, root=root, wswarm=wswarm, env=env, date=date,
                         keep=args.keep, git_trace=args.git_trace, wait_idle=args.wait_idle)

@@ -39,7 +39,23 @@ def bench_env(home: Path) -> dict[str, str]:
                          "[init]\n\tdefaultBranch = main\n", encoding="utf-8")
     env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(gitconfig),
                GIT_TERMINAL_PROMPT="0")
+    # wswarm as installed: with its bytecode cached (pip compiles it on install), which a checkout's
+    # editable install never has where PYTHONDONTWRITEBYTECODE is set. `warm_up` fills the cache.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(home / "pycache")
     return env
+
+
+def warm_up(wswarm: list[str], root: Path, *, env: dict[str, str]) -> None:
+    """One small run before any measured one, so neither pays for compiling wswarm's bytecode."""
+    repo = root / "warm-up"
+    make_repo(repo, files=4, date=int(time.time()) - 3600, env=env)
+    write_plan(root / "warm-up.json", task_ids(1, 4))
+    res = subprocess.run([*wswarm, "start", "--plan", str(root / "warm-up.json"), "--agent-cmd", AGENT_CMD],
+                         cwd=repo, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BenchError(f"the warm-up run failed: {(res.stdout + res.stderr)[-2000:]}")
+    shutil.rmtree(repo, ignore_errors=True)
 
 
 def git(*args: str | Path, cwd: Path, env: dict[str, str], input: str | None = None) -> str:
