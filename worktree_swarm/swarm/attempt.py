@@ -216,7 +216,7 @@ class AttemptRunner:
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
         residue.remove(worktree, generated)
         if found.attributes or self._converting_config:
-            self._as_checked_out(worktree, since_ns=started_ns)
+            self._as_checked_out(worktree, admin, since_ns=started_ns)
         if not result.ok:
             out.kind = "timeout" if result.timed_out else "agent-failed"
             out.reason = result.error or "the agent failed"
@@ -416,7 +416,7 @@ class AttemptRunner:
         said = self.repo.git("config", "--get-regexp", r"^core\.(autocrlf|eol|attributesfile)$", check=False)
         return bool(said.stdout.strip())
 
-    def _as_checked_out(self, worktree: Path, *, since_ns: int) -> None:
+    def _as_checked_out(self, worktree: Path, admin: Path, *, since_ns: int) -> None:
         """The files the agent wrote become what a checkout of the commit holds. Attributes that convert
         content (ident, text and eol, filters, encodings) can make the bytes the agent left differ from
         that checkout's, and the gate must judge the bytes that merge (the commit is the index now)."""
@@ -425,12 +425,13 @@ class AttemptRunner:
         written = residue.written_since(worktree, since_ns)
         if not written:
             return
-        tracked = {entry.path for entry in pygit2.Index(str(admin_dir(self.repo, worktree) / "index"))}
+        tracked = {entry.path for entry in pygit2.Index(str(admin / "index"))}
         paths = [path for path in written if path in tracked]
+        if not paths:
+            return
         # checkout-index leaves a file whose stat matches its index entry as it is, even forced.
         residue.remove(worktree, paths)
         self.repo.git("checkout-index", "-f", "-z", "--stdin", cwd=worktree, input="".join(p + "\0" for p in paths))
-
 
     def _untracked(self, worktree: Path, paths: list[str]) -> list[str]:
         """The untracked, not ignored files at or under PATHS: git is asked only when there are any
