@@ -162,8 +162,9 @@ def events(repo: Repo, run: str | None = None, *, after_kill: bool = False) -> l
     may be writing the last one right now. AFTER_KILL is for a run killed at any moment, maybe
     before it began (then it has no events), and maybe resumed: a line the kill cut short stays
     in the middle of the log, and is passed over."""
-    if after_kill and not (repo.state_dir / "runs").is_dir():
-        return []
+    runs = repo.state_dir / "runs"
+    if after_kill and not (runs.is_dir() and any(p.is_dir() for p in runs.iterdir())):
+        return []       # not begun: the runs folder is made a moment before the run's own
     path = run_dir(repo, run) / "events.jsonl"
     if after_kill and not path.exists():
         return []
