@@ -76,7 +76,7 @@ def test_ref_judges_what_the_branch_adds_over_main(repo: Repo) -> None:
 def test_ref_runs_checks_in_a_temporary_worktree_that_is_removed(repo: Repo, tmp_path: Path, passes: bool) -> None:
     branch_with(repo, "feature", "feature.txt", "only on the branch\n")
     out = tmp_path / "pwd.txt"
-    # wswarm.toml is read from the user's checkout, committed or not (SPEC §7)
+    # wswarm.toml is read from the user's checkout, committed or not
     verdict = "true" if passes else "false"
     repo.write("wswarm.toml", '[[gate.checks]]\nname = "has-feature"\nkind = "tests"\n'
                               f'run = "pwd > \\"$GATE_OUT\\" && test -f feature.txt && {verdict}"\n')
