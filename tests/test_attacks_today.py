@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import WSWARM, Repo, events, status, task, wswarm, write_plan
+from conftest import Repo, events, status, task, wswarm, write_plan
 from tests.test_remote_run import Cluster, agent_cmd, cluster, until  # noqa: F401  (cluster is a fixture)
 from tests.test_remote_run import events as remote_events
+from tests.test_remote_mixed import side_by_side
 from worktree_swarm.git import residue
 
 
@@ -189,14 +190,7 @@ def test_a_workers_outcome_replayed_beside_a_local_attempt_is_rejected(cluster: 
     # none, and a settled one's token is forgotten, so the copy is rejected and nothing merges twice.
     agent, marks = agent_cmd(tmp_path)
     plan = write_plan(tmp_path / "plan.json", [task(t, files=[f"out/{t}.txt"]) for t in "ab"])
-    (cluster.repo.path / "wswarm.toml").write_text("[distributed]\nremote_agents = 1\n")
-    cluster.start_worker("w1", agent=agent)
-    for t in "ab":
-        (marks / f"wait-{t}").write_text("")
-    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--agents", "1", "--lease", "5"],
-                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, text=True)
+    integrator = side_by_side(cluster, plan, agent, marks)
     try:
         where = until(lambda: {e["task"]: e.get("local", False) for e in remote_events(cluster.repo)
                                if e["kind"] == "attempt-assigned"} if (marks / "a-1.pid").is_file()

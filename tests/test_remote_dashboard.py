@@ -14,6 +14,7 @@ from typing import Any
 from tests.conftest import WSWARM, write_plan
 from tests.live_run import need_tool
 from tests.test_remote_run import Cluster, agent_cmd, cluster, events, until  # noqa: F401  (cluster is a fixture)
+from tests.test_remote_mixed import side_by_side
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -39,14 +40,7 @@ def test_remote_agents_show_with_their_workers_name(cluster: Cluster, tmp_path: 
     plan = write_plan(tmp_path / "plan.json", [
         {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"]} for t in "ab"])
     # One attempt on workers at once and one agent here: one task runs on each, both waiting for the test.
-    (cluster.repo.path / "wswarm.toml").write_text("[distributed]\nremote_agents = 1\n")
-    cluster.start_worker("box-1", agent=agent)
-    for t in "ab":
-        (marks / f"wait-{t}").write_text("")
-    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--agents", "1", "--lease", "5"],
-                                  cwd=cluster.repo.path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, text=True)
+    integrator = side_by_side(cluster, plan, agent, marks, worker="box-1")
     dashboard: subprocess.Popen[str] | None = None
     try:
         # Both agents running, and the worker has said it took its attempt.

@@ -23,9 +23,17 @@ def _where(evs: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
     return out
 
 
-def _one_each(c: Cluster) -> None:
-    """One attempt on workers at once (the [distributed] bound), so one agent here and one worker share the plan."""
+def side_by_side(c: Cluster, plan: Path, agent: str, marks: Path, *, worker: str = "w1",
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """`wswarm start` with one agent here and one attempt on workers at once (the [distributed] bound),
+    a worker WORKER started for it, and tasks a and b told to wait until the test lets them go."""
     (c.repo.path / "wswarm.toml").write_text("[distributed]\nremote_agents = 1\n")
+    c.start_worker(worker, agent=agent)
+    for t in "ab":
+        (marks / f"wait-{t}").write_text("")
+    return subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", c.redis.url, "--agent-cmd", agent,
+                             "--agents", "1", "--lease", "5", *extra], cwd=c.repo.path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
 def test_a_plan_runs_partly_here_and_partly_on_a_worker_like_a_local_run(cluster: Cluster,  # noqa: F811
@@ -34,18 +42,11 @@ def test_a_plan_runs_partly_here_and_partly_on_a_worker_like_a_local_run(cluster
     tasks = [{"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"]} for t in "abcd"]
     tasks.append({"id": "e", "type": "feature", "description": "e", "files": ["out/e.txt"], "dependencies": ["a", "b"]})
     plan = write_plan(tmp_path / "plan.json", tasks)
-    _one_each(cluster)
-    cluster.start_worker("w1", agent=agent)
     # The first two wait until both have started: one here, one on the worker, side by side.
-    for t in "ab":
-        (marks / f"wait-{t}").write_text("")
-    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--agents", "1", "--lease", "5"],
-                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, text=True)
+    integrator = side_by_side(cluster, plan, agent, marks)
     until(lambda: (marks / "a-1.pid").is_file() and (marks / "b-1.pid").is_file(), what="a and b both running")
     (marks / "go").write_text("")
-    out, err = integrator.communicate(timeout=180)
+    _, err = integrator.communicate(timeout=180)
     assert integrator.returncode == 0, err
     assert "up to 1 attempt on workers and 1 agent here" in err, err
     evs = events(cluster.repo)
@@ -93,14 +94,7 @@ def test_a_killed_mixed_run_resumed_adopts_the_workers_attempt_and_starts_the_lo
     agent, marks = agent_cmd(tmp_path)
     plan = write_plan(tmp_path / "plan.json", [
         {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"]} for t in "ab"])
-    _one_each(cluster)
-    cluster.start_worker("w1", agent=agent)
-    for t in "ab":
-        (marks / f"wait-{t}").write_text("")
-    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                                   "--agent-cmd", agent, "--agents", "1", "--lease", "5", "--max-attempts", "1"],
-                                  cwd=cluster.repo.path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL)
+    integrator = side_by_side(cluster, plan, agent, marks, extra=("--max-attempts", "1"))
     until(lambda: (marks / "a-1.pid").is_file() and (marks / "b-1.pid").is_file(), what="a and b both running")
     where = until(lambda: len(w := _where(events(cluster.repo))) == 2 and w, what="both attempts announced")
     [here] = [t for (t, _), place in where.items() if place == "local"]
