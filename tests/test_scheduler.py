@@ -350,3 +350,52 @@ def test_retries_of_tasks_whose_files_are_unknown_go_one_at_a_time_in_priority_o
     t.finish("b", 1, K.AGENT_FAILED, now=1)
     t.start("b", head="h0")
     assert t.pick(head="h0", now=2) == "a"
+
+
+# -- the index of running tasks: the same answers as comparing every pair ------------------------------
+
+PATH_PARTS = ["src", "app", "a", "b.py", "c.md", "x y"]
+ODD = ["src/*.py", "**/b.py", "a/?", "[ab]/b.py", " src", "./a", "././a", "a//b.py", "a/./b.py", "a/../src", "/src",
+       "src/", "a\\b.py", "src/[", "."]
+
+
+def random_path(rng: random.Random) -> str:
+    return "/".join(rng.choice(PATH_PARTS) for _ in range(rng.randint(1, 3)))
+
+
+def held_pairwise(s: Scheduler, ready: list[str]) -> dict[str, tuple[str, str] | None]:
+    """For each of READY, the first running task it overlaps (plan order) and where: every pair compared."""
+    out: dict[str, tuple[str, str] | None] = {}
+    for task in ready:
+        out[task] = next(((other, where) for other in s.running()
+                          if other != task and (where := s.overlaps(task, other))), None)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_the_running_index_finds_the_first_overlap_every_pair_would(seed: int) -> None:
+    rng = random.Random(seed)
+    ids = [f"t{i}" for i in range(rng.randint(2, 14))]
+    files = {t: [rng.choice(ODD) if rng.random() < 0.15 else random_path(rng) + rng.choice(["", "", "/"])
+                 for _ in range(rng.randint(0, 3))] for t in ids}
+    tracked = sorted({random_path(rng) for _ in range(20)})
+    s = Scheduler(order=ids, dependencies={}, priority={t: rng.randint(0, 3) for t in ids}, max_attempts=3,
+                  files=files, tracked=tracked, overlap=rng.choice([Overlap.AVOID, Overlap.SERIALIZE]))
+    for t in ids:
+        if rng.random() < 0.5:
+            s.learn(t, {random_path(rng) for _ in range(rng.randint(1, 3))})
+        if rng.random() < 0.5:
+            s.start(t)
+    ready = s.ready()
+    expected = held_pairwise(s, ready)
+    got = {h.task: (h.waiting_for, h.reason.removeprefix("both change ")) for h in s.held(head="h", now=0.0)}
+    free = [t for t in ready if expected[t] is None]
+    if s.overlap == Overlap.SERIALIZE or free:
+        assert got == {t: e for t, e in expected.items() if e is not None}
+    else:
+        assert got == {}
+    picked = s.pick(head="h", now=0.0)
+    if free:
+        assert picked == free[0]
+    else:
+        assert picked == (ready[0] if ready and s.overlap == Overlap.AVOID else None)

@@ -193,20 +193,24 @@ class Scheduler:
                 return Held(task, other, why)
         return None
 
-    def _blocking(self, task: str, running: list[str]) -> Held | None:
-        for other in running:
+    def _blocking(self, task: str, running: _Running) -> Held | None:
+        """The first running task (in plan order) that TASK overlaps, as a Held; None when none."""
+        for other in running.candidates(task):
             if other != task and (where := self.overlaps(task, other)):
                 return Held(task, other, f"both change {where}")
         return None
 
-    def _after_other_retry(self, task: str) -> bool:
+    def _after_other_retry(self, task: str, retrying: list[str]) -> str | None:
         """Tasks whose attempts failed with nothing known of their files retry one at a time, in priority
         order: the work one lacked is often another's (a replayed history, where a change applies only on
-        top of an earlier one), and retrying them side by side fails them all again at once."""
+        top of an earlier one), and retrying them side by side fails them all again at once. The retry
+        (of RETRYING, those running now) TASK waits for, or None."""
         if self.overlap == Overlap.IGNORE or not self.tasks[task].retrying:
-            return False
-        return any(other != task and state.retrying and state.status in ACTIVE
-                   for other, state in self.tasks.items())
+            return None
+        return next((other for other in retrying if other != task), None)
+
+    def _retrying_now(self) -> list[str]:
+        return [t for t, state in self.tasks.items() if state.retrying and state.status in ACTIVE]
 
     def _stale(self, task: str, *, head: str, now: float) -> bool:
         """Its last attempt failed on HEAD (and the wait for a new head is not over)."""
@@ -219,10 +223,10 @@ class Scheduler:
         A task whose last attempt failed on the current head goes after every other ready task: what
         they merge moves the head, and the work it lacked is often theirs."""
         fallback = None
-        ready, running = self.ready(), self.running()
+        ready, running, retrying = self.ready(), _Running(self), self._retrying_now()
         stale = [t for t in ready if self._stale(t, head=head, now=now)]
         for task in self._in_turn([t for t in ready if t not in stale]) + self._in_turn(stale):
-            if self._waiting(task, running, now=now) or self._after_other_retry(task):
+            if self._waiting(task, running.order, now=now) or self._after_other_retry(task, retrying):
                 continue
             if self.overlap == Overlap.IGNORE or self._blocking(task, running) is None:
                 return task
@@ -240,20 +244,23 @@ class Scheduler:
 
     def held(self, *, head: str, now: float) -> list[Held]:
         """Ready tasks `pick` passes over right now, each with the task it waits for."""
-        out = []
-        ready, running = self.ready(), self.running()
-        free = [t for t in ready if not self._waiting(t, running, now=now) and not self._after_other_retry(t)
-                and self._blocking(t, running) is None]
+        ready, running, retrying = self.ready(), _Running(self), self._retrying_now()
+        out: list[Held] = []
+        overlapping: set[str] = set()    # held by overlap alone
+        free = False                     # some ready task is held by nothing
         for task in ready:
-            if held := self._waiting(task, running, now=now):
+            if held := self._waiting(task, running.order, now=now):
                 out.append(held)
-            elif self._after_other_retry(task):
-                other = next(o for o, s in self.tasks.items() if o != task and s.retrying and s.status in ACTIVE)
+            elif other := self._after_other_retry(task, retrying):
                 out.append(Held(task, other, "its last attempt failed; such retries go one at a time"))
             elif self.overlap != Overlap.IGNORE and (held := self._blocking(task, running)) is not None:
-                # avoid: held only while a task that overlaps nothing goes first
-                if self.overlap == Overlap.SERIALIZE or free:
-                    out.append(held)
+                out.append(held)
+                overlapping.add(task)
+            else:
+                free = True
+        if self.overlap == Overlap.AVOID and not free:
+            # avoid: a task held by overlap alone waits only while one that overlaps nothing goes first
+            out = [h for h in out if h.task not in overlapping]
         return out
 
     # -- what happened -------------------------------------------------------------------------
@@ -354,6 +361,66 @@ class Scheduler:
         for task in waiting:
             self.tasks[task].status = TaskStatus.BLOCKED
         return [Blocked(t, reason) for t in waiting]
+
+
+class _Running:
+    """The tasks running now, indexed by the paths they declare or are known to change, so that a ready
+    task is compared (`Scheduler.overlaps`, which decides) only with those that may overlap it: at a
+    thousand ready tasks and dozens running, comparing every pair on every turn of the loop was most of
+    the loop's time."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self.order = sched.running()
+        self._rank = {t: i for i, t in enumerate(self.order)}
+        self._anywhere: set[str] = set()               # a pattern read only as a pattern: compared always
+        self._at: dict[str, set[str]] = {}             # a path -> tasks with a path or folder equal to it
+        self._under: dict[str, set[str]] = {}          # a folder -> tasks with a path inside it
+        for task in self.order:
+            paths = _plain_paths(sched, task)
+            if paths is None:
+                self._anywhere.add(task)
+                continue
+            for path in paths:
+                self._at.setdefault(path, set()).add(task)
+                for folder in _folders(path):
+                    self._under.setdefault(folder, set()).add(task)
+
+    def candidates(self, task: str) -> list[str]:
+        """The running tasks TASK may overlap, in plan order: those whose paths or folders are TASK's,
+        inside TASK's or around them, and any that a plain path cannot stand for."""
+        paths = _plain_paths(self.sched, task)
+        if paths is None or not self.order:
+            return self.order
+        found = set(self._anywhere)
+        for path in paths:
+            found.update(self._at.get(path, ()))
+            found.update(self._under.get(path, ()))
+            for folder in _folders(path):
+                found.update(self._at.get(folder, ()))
+        return sorted(found, key=self._rank.__getitem__)
+
+
+_GLOB = frozenset("*?[]\\")
+
+
+def _plain_paths(sched: Scheduler, task: str) -> list[str] | None:
+    """TASK's declared patterns and known paths as plain paths (a pattern without wildcards matches
+    itself and what is under it), or None when one of its patterns is more than a plain path."""
+    out = list(sched.tasks[task].known)
+    for pattern in sched.files[task]:
+        path = pattern.removeprefix("./").rstrip("/")
+        if (path != pattern.strip().removeprefix("./").rstrip("/") or any(c in _GLOB for c in path)
+                or any(part in ("", ".", "..") for part in path.split("/"))):
+            return None     # compared the long way: read as the gate reads it, it may stand for more
+        out.append(path)
+    return out
+
+
+def _folders(path: str) -> list[str]:
+    """The folders PATH is inside: "a/b/c" -> "a", "a/b"."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _paths(paths: Sequence[str]) -> str:
