@@ -119,7 +119,8 @@ class Repo:
         import pygit2
 
         try:
-            ref = self.pygit.references.get(f"refs/heads/{branch}")
+            # Not references.get(): pygit2 1.21 keeps every name that looks up (one string per call).
+            ref = self.pygit.branches.local.get(branch)
         except (ValueError, pygit2.GitError):
             return None
         return Sha(str(ref.target)) if ref is not None else None

@@ -11,16 +11,12 @@ import base64
 import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
-
-if TYPE_CHECKING:
-    import pygit2
 
 QUIET = ("-q", "--no-verify")
 # A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
@@ -74,92 +70,55 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
 
 INLINE_BYTES = 64 * 1024        # compressed, per request; a start bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
+_RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress into INLINE_BYTES
+_COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 
 
 def objects_since(repo: Repo, sha: str, bases: list[str]) -> tuple[str, str] | None:
     """(base, payload): the objects commit SHA brings beyond the closure of a commit of BASES (oldest
     first; the oldest that fits, so more workers have it), packed for `apply_objects`; None when
     none fits in INLINE_BYTES or SHA is not above any of them."""
-    import pygit2
-
     for base in bases[:1] + bases[-1:] if len(bases) > 1 else bases:
         try:
-            payload = _pack(repo, sha, base)
-        except (KeyError, ValueError, pygit2.GitError):
+            payload = _packed(repo, sha, base)
+        except CommandError:
             continue        # a base gone from here (cannot be, but the push covers it anyway)
         if payload is not None:
             return base, payload
     return None
 
 
-def _pack(repo: Repo, sha: str, base: str) -> str | None:
-    import pygit2
-
-    # A repository object of its own, dropped on return: libgit2 keeps every tree it parsed in the
-    # object's cache (up to 256 MB), which over a long run of new starts is all of them.
-    r = pygit2.Repository(repo.pygit.path)
-    try:
-        return _packed(r, sha, base)
-    finally:
-        r.free()
-
-
-def _packed(r: pygit2.Repository, sha: str, base: str) -> str | None:
-    import pygit2
-
-    walker = r.walk(sha, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE)   # oldest first, SHA last
-    walker.hide(base)
-    base_tree = r[base].peel(pygit2.Tree)
-    commits = list(walker)
-    if not commits or commits[-1].id != r[sha].id:
+def _packed(repo: Repo, sha: str, base: str) -> str | None:
+    # git lists the objects (in C, outside this process's interpreter lock: the loop merges meanwhile)
+    # and this thread reads them whole. No tree is looked into here: pygit2 1.21 keeps a reference to
+    # every name a tree or a ref is looked up by (`tree[name]`, `name in tree`, `references.get`),
+    # which over a thousand-task run was hundreds of MB. Trees and blobs first, then the commits
+    # oldest first, SHA last.
+    listed = repo.git("rev-list", "--objects", "--no-object-names", "--topo-order", "--reverse", sha,
+                      f"^{base}").stdout.split()
+    commits: list[bytes] = []
+    others: list[bytes] = []
+    last, raw = "", 0
+    odb = repo.pygit.odb
+    for oid in listed:
+        kind, data = odb.read(oid)
+        (commits if kind == _COMMIT else others).append(f"{kind} {len(data)} {oid}\n".encode() + data)
+        last = oid if kind == _COMMIT else last
+        raw += len(data)
+        if raw > _RAW_MAX:
+            return None
+    if last != sha:
         return None
-    order: list[pygit2.Oid] = []
-    seen: set[pygit2.Oid] = set()
-    for commit in commits:
-        _tree_objects(r, commit.tree, base_tree, order, seen)
-        order.append(commit.id)
     out = zlib.compressobj(6)
     chunks, size = [], 0
-    for oid in order:
-        kind, data = r.odb.read(oid)
-        chunk = out.compress(f"{kind} {len(data)} {oid}\n".encode() + data)
+    for record in others + commits:
+        chunk = out.compress(record)
         size += len(chunk)
-        chunks.append(chunk)
         if size > INLINE_BYTES:
             return None
+        chunks.append(chunk)
     packed = b"".join(chunks) + out.flush()
     return base64.b64encode(packed).decode() if len(packed) <= INLINE_BYTES else None
-
-
-def _tree_objects(r: pygit2.Repository, top: pygit2.Tree, old_top: pygit2.Tree | None, order: list[pygit2.Oid],
-                  seen: set[pygit2.Oid]) -> None:
-    """Onto ORDER, the objects of tree TOP that the tree at the same path in the base (OLD_TOP) does not
-    have, each tree after its entries. A subtree equal to the base's at its path is in the base's
-    closure already; so is a blob equal to the base's there. A plain function over a stack: a
-    recursive closure is a reference cycle, which kept each call's repository (and the trees it had
-    parsed) alive until a full garbage collection."""
-    import pygit2
-
-    stack: list[tuple[pygit2.Tree, pygit2.Tree | None, bool]] = [(top, old_top, False)]
-    while stack:
-        t, old, entered = stack.pop()
-        if entered:
-            order.append(t.id)
-            continue
-        if (old is not None and t.id == old.id) or t.id in seen:
-            continue
-        seen.add(t.id)
-        stack.append((t, old, True))
-        for entry in t:
-            name = entry.name or ""
-            was = old[name] if old is not None and name in old else None
-            if entry.type_str == "tree":
-                sub, before = r[entry.id], r[was.id] if was is not None and was.type_str == "tree" else None
-                assert isinstance(sub, pygit2.Tree)
-                stack.append((sub, before if isinstance(before, pygit2.Tree) else None, False))
-            elif entry.type_str == "blob" and (was is None or was.id != entry.id) and entry.id not in seen:
-                seen.add(entry.id)
-                order.append(entry.id)
 
 
 def apply_objects(repo: Repo, sha: str, payload: str) -> bool:

@@ -77,10 +77,10 @@ def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = N
     pygit = repo.pygit
     head_ref = pygit.lookup_reference("HEAD")
     head = str(head_ref.target)      # a ref name when on a branch, else the commit id
-    # Looked up with get(): a ref listed a moment ago may be deleted meanwhile (by the user, by an agent).
-    found = {name: pygit.references.get(name) for name in pygit.references
-             if name != "refs/stash" and not (own and name.startswith(own))}
-    refs = {name: str(ref.target) for name, ref in found.items() if ref is not None}
+    # One pass that reads each ref as it lists it (a ref deleted meanwhile is simply not listed); not
+    # a listing and then references.get(name) for each, which pygit2 1.21 makes keep every name.
+    refs = {ref.name: str(ref.target) for ref in pygit.references.iterator()
+            if ref.name != "refs/stash" and not (own and ref.name.startswith(own))}
     branches = {n: t for n, t in refs.items() if n.startswith("refs/heads/") and not n.startswith(_OURS)}
     others = {n: t for n, t in refs.items() if n not in branches}
     stash_ref = pygit.references.get("refs/stash")
