@@ -267,3 +267,37 @@ def test_on_resume_the_feedback_is_the_last_judged_attempts_not_lost_to_an_inter
     assert resumed.data["t"].feedback == "fix the test\n"
     assert resumed.run() is True
     assert executor.seen[0].n == 3 and executor.seen[0].feedback == "fix the test\n"
+
+
+class ElsewhereExecutor(ScriptedExecutor):
+    """The same, saying its attempts run on another machine (as a worker's do)."""
+
+    def here(self, key: tuple[str, int]) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_shared_state_changes_are_pinned_only_on_attempts_that_ran_on_this_machine(repo: SampleRepo,
+                                                                                   elsewhere: bool) -> None:
+    repo.git("branch", "other")
+
+    def switch_the_users_checkout(request: AttemptRequest, g: pygit2.Repository) -> Step:
+        g.set_head("refs/heads/other")      # what a hostile agent on this machine could do
+        return Step({"t.txt": "t\n"})
+
+    cls = ElsewhereExecutor if elsewhere else ScriptedExecutor
+    swarm, store = build(repo, make_plan(("t", [])), cls(repo.path, switch_the_users_checkout), max_attempts=1)
+
+    merged = swarm.run()
+
+    [changed, *_] = [e for e in store.events() if e["kind"] == "shared-state-changed"]
+    assert "other" in changed["detail"]
+    if elsewhere:
+        # a worker's agent works in the worker's clone: the change here is not its doing; it is seen
+        # (the last look, once nothing runs) and blamed on no one, and the attempt merges
+        assert merged is True and status(store) == {"t": ("merged", 1)}
+        assert changed["agents_running"] == []
+    else:
+        assert merged is False and status(store) == {"t": ("failed", 1)}
+        assert changed["agents_running"] == ["t#1"]
+        assert "git state shared with the user changed" in (store.attempts("t")[0].reason or "")

@@ -127,6 +127,9 @@ class RedisExecutor(Executor):
             self._newest = request.start
             self._cond.notify_all()
 
+    def here(self, key: tuple[str, int]) -> bool:
+        return False        # on a worker, with its own clone
+
     def phases(self) -> list[Phase]:
         with self._cond:
             out, self._phases = self._phases, []

@@ -76,6 +76,11 @@ class Executor(ABC):
         conflict forecasts; an executor whose worktrees are elsewhere returns none."""
         return {}
 
+    def here(self, key: tuple[str, int]) -> bool:
+        """Whether the agent of submitted attempt KEY runs on this machine, where it can reach the
+        user's checkout and the repository's shared state (an executor that cannot say: it does)."""
+        return True
+
     def restart(self, key: tuple[str, int]) -> bool:
         """Stop the running attempt KEY (it ends as interrupted); False when this executor cannot."""
         return False

@@ -116,7 +116,7 @@ class Swarm:
         self._recovered = restored.recovered
         for key in restored.adopted:
             self._live.add(key)
-            self.watch.began(key)
+            self.watch.began(key, here=self.executor.here(key))
             self._launched[key] = time.monotonic()
         for task_id, summary in restored.summaries.items():
             self.data[task_id].summary = summary
@@ -282,7 +282,6 @@ class Swarm:
         self.store.start_attempt(task_id, n, branch=branch, start=start)
         self._live.add((task_id, n))
         self._launched[(task_id, n)] = time.monotonic()
-        self.watch.began((task_id, n))
         self._ports[(task_id, n)] = self._free_port()
         self.store.event(EventKind.ATTEMPT_STARTED, task_id, attempt=n, branch=branch, start=start,
                          port=self._ports[(task_id, n)], agent=self.agent_for(self.plan[task_id]).name)
@@ -290,6 +289,7 @@ class Swarm:
         self.executor.submit(AttemptRequest(task=task, n=n, branch=branch, start=start,
                                             feedback=self.data[task_id].feedback, env=self._task_env(task, n),
                                             dependencies=self._dependency_summaries(task)))
+        self.watch.began((task_id, n), here=self.executor.here((task_id, n)))
 
     # -- what an attempt is given -----------------------------------------------------------
 

@@ -88,6 +88,9 @@ class MixedExecutor(Executor):
     def worktrees(self) -> dict[tuple[str, int], tuple[Path, Sha]]:
         return self.local.worktrees()       # a worker's worktrees cannot be read from here
 
+    def here(self, key: tuple[str, int]) -> bool:
+        return self._of(key).here(key)
+
     def restart(self, key: tuple[str, int]) -> bool:
         return self._of(key).restart(key)
 

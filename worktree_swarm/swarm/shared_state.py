@@ -19,16 +19,20 @@ class SharedStateWatch:
     def __init__(self, guard: Guard, store: RunStore) -> None:
         self.guard = guard
         self.store = store
-        self._window: set[Key] = set()          # attempts that ran since the last guard check
+        self._here: set[Key] = set()            # attempts running on this machine
+        self._window: set[Key] = set()          # attempts that ran here since the last guard check
         self._suspects: set[Key] = set()        # ran while shared git state changed
         self._suspect_reason = ""
         self._scanned = time.monotonic()        # when the last listing of the checkout's files began
         self._file_window: set[Key] = set()     # attempts that ran since the files compared last
         self._listing_window: set[Key] = set()  # ran since the listing under way began
 
-    def began(self, key: Key) -> None:
-        """Attempt KEY runs from now on: the next check counts it among those that ran."""
-        self._window.add(key)
+    def began(self, key: Key, *, here: bool = True) -> None:
+        """Attempt KEY runs from now on, on this machine (HERE) or on a worker: the next check counts
+        one that runs here among those that ran. A worker's agent works in the worker's own clone."""
+        if here:
+            self._here.add(key)
+            self._window.add(key)
 
     def check(self, out: Outcome | None, live: set[Key]) -> None:
         """Before OUT is judged (LIVE: the attempts still running, OUT's not among them): did the user's
@@ -37,10 +41,15 @@ class SharedStateWatch:
         since any of them may carry what it took, and none is merged on trust. OUT None: the last word,
         which lists the checkout's files here and now."""
         me = (out.task.id, out.n) if out is not None else None
+        if me is not None and me not in self._here and not self._window:
+            return      # nothing ran here since the last check: nothing here to look at or to blame
+        if me is not None:
+            self._here.discard(me)
+        live = live & self._here
         # The checkout's files (a warning only) are listed at most once a second, on the guard's
         # thread: `git status` walks the whole tree (~15 ms at 5,000 files, ~90 at 50,000), which
         # would hold up this merge. A check compares the last listing once it is done; refs and the
-        # stash cost microseconds. The last word (no attempt) lists them here and now.
+        # stash are read here (~20 us a loose ref). The last word (no attempt) lists them here and now.
         findings = self.guard.check(scan_files=me is None)
         ran, self._window = sorted(self._window), set(live)
         self._file_window.update(ran)
