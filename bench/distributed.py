@@ -39,6 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 WSWARM = [PY, "-m", "worktree_swarm"]
 KEY = "bench-cluster-key-0123456789abcdef"
+# The two sides are compared at the same concurrency: admission's load limit (which past 4 per CPU
+# holds new agents back, differently on each side) is lifted on the integrator, the workers and the
+# local run alike. 32 agents on 2 CPUs are past any load a limit would allow.
+UNLIMITED = "[limits]\nmax_load = 1000\n"
 
 AGENT = """\
 date +%s.%N > "$1/$WSWARM_TASK_ID-$WSWARM_ATTEMPT"
@@ -202,6 +206,12 @@ def main() -> None:
     (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n")
     env = {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
            "WSWARM_CLUSTER_KEY": KEY}
+    # wswarm as installed, its bytecode cached (pip compiles on install), which an editable install
+    # never has where PYTHONDONTWRITEBYTECODE is set: every process would compile it at its start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "worktree_swarm")], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     port = free_port()
     (tmp / "redis").mkdir()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp / "redis"),
@@ -236,7 +246,7 @@ def main() -> None:
                                      "files": [f"out/t{i:04d}.txt"]} for i in range(args.tasks)]))
         concurrency = args.workers * args.agents
         # Every attempt on a worker (no --agents: none on the integrator), at most W*K at once.
-        (repo / "wswarm.toml").write_text(f"[gate]\nchecks = []\n\n[distributed]\nremote_agents = {concurrency}\n")
+        (repo / "wswarm.toml").write_text(f"[gate]\nchecks = []\n{UNLIMITED}\n[distributed]\nremote_agents = {concurrency}\n")
         redis_cmd(port, "PING")
         trace = tmp / "trace"
         if args.git_trace:
@@ -247,6 +257,9 @@ def main() -> None:
             (wdir / "home").mkdir(parents=True)
             shutil.copy(home / ".gitconfig", wdir / "home" / ".gitconfig")
             wenv = {**env, "HOME": str(wdir / "home"), "GIT_CONFIG_GLOBAL": str(wdir / "home" / ".gitconfig")}
+            # The worker's clone made here, to carry the worker's own configuration (as a user's would).
+            git(wdir, "clone", "-q", "--no-tags", f"file://{bare}", str(wdir / "clone"))
+            (wdir / "clone" / "wswarm.toml").write_text(UNLIMITED)
             workers.append(subprocess.Popen([*WSWARM, "worker", "--redis", f"redis://127.0.0.1:{port}/0", "--repo",
                                              f"file://{bare}", "--agents", str(args.agents), "--name", f"w{w}",
                                              "--dir", str(wdir / "clone"), "--agent-cmd", agent],
@@ -277,7 +290,7 @@ def main() -> None:
         if not args.no_local:
             local = tmp / "local"
             git(tmp, "clone", "-q", f"file://{bare}", str(local))
-            (local / "wswarm.toml").write_text("[gate]\nchecks = []\n")
+            (local / "wswarm.toml").write_text(f"[gate]\nchecks = []\n{UNLIMITED}")
             load_local = [os.getloadavg()[0]]
             local_s, _, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
                              local, env)
