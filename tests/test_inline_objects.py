@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import Repo, git
 
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.remote import gitwire
+from worktree_swarm.util.types import BranchName, Sha
 
 
 def wire(path: Path) -> GitRepo:
@@ -83,3 +86,63 @@ def test_the_oldest_base_that_fits_is_chosen_and_too_much_is_not_sent_inline(rep
     assert gitwire.objects_since(wire(repo.path), big, [base, sha]) is None
     # a base this clone does not have is passed over, not an error
     assert gitwire.objects_since(wire(repo.path), sha, ["0" * 40]) is None
+
+
+def repack(payload: str, keep: Callable[[int, str], bool]) -> str:
+    """PAYLOAD with only the records KEEP(kind, oid) says yes to."""
+    raw = zlib.decompress(base64.b64decode(payload))
+    out, at = b"", 0
+    while at < len(raw):
+        end = raw.index(b"\n", at)
+        kind, size, oid = raw[at:end].decode().split(" ")
+        record = raw[at:end + 1 + int(size)]
+        if keep(int(kind), oid):
+            out += record
+        at = end + 1 + int(size)
+    return base64.b64encode(zlib.compress(out)).decode()
+
+
+def integrator_with_base(repo: Repo, tmp_path: Path, base: str) -> Path:
+    """A repository holding BASE's closure alone, as an integrator holds the starts it made."""
+    there = tmp_path / "integrator"
+    git(tmp_path, "init", "-q", "--bare", str(there))
+    git(repo.path, "push", "-q", str(there), f"{base}:refs/heads/main")
+    return there
+
+
+@pytest.mark.parametrize("broken", [None, "tree", "blob", "commit", "garbage"])
+def test_a_branch_written_from_an_outcomes_objects_is_whole_or_refused(repo: Repo, tmp_path: Path,
+                                                                       broken: str | None) -> None:
+    base, sha = history(repo)
+    _, payload = gitwire.objects_since(wire(repo.path), sha, [base]) or ("", "")
+    dropped = {"tree": 2, "blob": 3, "commit": 1}.get(broken or "")
+    victim = next((oid for kind, oid in records(payload) if kind == dropped), None)
+    if broken == "garbage":
+        payload = "not base64 at all!"
+    elif victim is not None:
+        payload = repack(payload, lambda kind, oid: oid != victim)
+    there = integrator_with_base(repo, tmp_path, base)
+    other = history_elsewhere(repo, tmp_path)
+
+    errors = gitwire.write_branches(wire(there), [(BranchName("wswarm/r/t/1"), Sha(sha), Sha(base), payload),
+                                                  other])
+
+    assert errors[1] is None and git(there, "rev-parse", f"refs/heads/{other[0]}") == other[1]
+    if broken is None:
+        assert errors[0] is None and git(there, "rev-parse", "refs/heads/wswarm/r/t/1") == sha
+        git(there, "fsck", "--connectivity-only", "--no-dangling")
+    else:
+        # a branch whose history or tree is not all here is never set: the merge would read a hole
+        assert errors[0] is not None
+        assert git(there, "for-each-ref", "--format=%(refname)", "refs/heads/wswarm/r/t") == ""
+
+
+def history_elsewhere(repo: Repo, tmp_path: Path) -> tuple[BranchName, Sha, Sha, str]:
+    """A second outcome of the same batch, on a branch of the base's: it is written whatever the first is."""
+    base = repo.git("rev-list", "--max-parents=0", "HEAD")
+    repo.git("switch", "-q", "-c", "other", base)
+    repo.write("other.txt", "other\n")
+    head = repo.commit_all("other")
+    repo.git("switch", "-q", "main")
+    _, payload = gitwire.objects_since(wire(repo.path), head, [base]) or ("", "")
+    return BranchName("wswarm/r/other/1"), Sha(head), Sha(base), payload

@@ -61,6 +61,16 @@ def _fetched_objects(trace: Path) -> list[int]:
     return [n for _, n in sorted(sent)]
 
 
+def _pushes(trace: Path) -> int:
+    """Pushes the trace recorded."""
+    count = 0
+    for path in trace.iterdir():
+        lines = [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        names = [e for e in lines if e.get("event") == "cmd_name"]
+        count += bool(names) and names[0].get("name") == "push"
+    return count
+
+
 def test_a_worker_gets_each_new_start_with_its_request_and_keeps_refs_to_the_last(cluster: Cluster,  # noqa: F811
                                                                                    tmp_path: Path) -> None:
     agent, _ = agent_cmd(tmp_path)
@@ -80,8 +90,10 @@ def test_a_worker_gets_each_new_start_with_its_request_and_keeps_refs_to_the_las
     starts = [e["start"] for e in evs if e["kind"] == "attempt-started"]
     assert len(set(starts)) == len(tasks)
     # The first starts from the base, which the clone has; each later one came with its request,
-    # its few new objects counted from the start before, which the worker had: no fetch at all.
+    # its few new objects counted from the start before, which the worker had: no fetch at all. Each
+    # task branch went back the same way, with its outcome: no push either.
     assert _fetched_objects(trace) == []
+    assert _pushes(trace) == 0
     clone = cluster.root / "w1" / "clone"
     kept = git(clone, "for-each-ref", "--format=%(objectname)", "refs/wswarm/*/start/*").split()
     assert sorted(kept) == sorted(starts[-KEEP_STARTS:])
@@ -123,6 +135,7 @@ def test_a_start_too_big_to_send_inline_is_fetched_and_only_what_is_new_travels(
     # are the worker's own (it made big, and kept a ref to it), and the kept refs spare everything older.
     [sent] = _fetched_objects(trace)
     assert sent == 1, sent
+    assert _pushes(trace) == 1      # big's branch, too big to go with its outcome
 
 
 def test_many_attempts_on_several_workers_merge_each_task_exactly_once(cluster: Cluster,  # noqa: F811

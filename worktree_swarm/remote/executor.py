@@ -174,7 +174,7 @@ class RedisExecutor(Executor):
         adopted = set(self._live)
         outcomes = self.names.outcomes(self.run)
         last = None
-        found: list[tuple[Outcome, str]] = []
+        found: list[_Found] = []
         listed = self._retrying(lambda: self.client.xrange(outcomes))
         for entry, fields in listed:
             last = entry
@@ -188,7 +188,7 @@ class RedisExecutor(Executor):
         if adopted:
             self.store.event(EventKind.DISTRIBUTED, repository=self.names.repo, remote=self.remote,
                              adopted=sorted(f"{t}#{n}" for t, n in adopted),
-                             finished_meanwhile=sorted(f"{o.task.id}#{o.n}" for o, _ in found))
+                             finished_meanwhile=sorted(f"{f.out.task.id}#{f.out.n}" for f in found))
         return adopted
 
     def _retrying(self, fn: Callable[[], T]) -> T:
@@ -353,7 +353,7 @@ class RedisExecutor(Executor):
         while not self._closing:
             got: Any = self._retrying(lambda: self.client.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200,
                                                                       block=READ_BLOCK_MS))
-            found: list[tuple[Outcome, str]] = []
+            found: list[_Found] = []
             for stream, entries in got or []:
                 name = _text(stream)
                 for _, fields in entries:
@@ -398,7 +398,7 @@ class RedisExecutor(Executor):
         extra["worker"] = worker
         self.store.event(event, task, **extra)
 
-    def _outcome(self, fields: dict[bytes, bytes]) -> tuple[Outcome, str] | None:
+    def _outcome(self, fields: dict[bytes, bytes]) -> _Found | None:
         """The outcome an entry reports and its worker, when its token is a live attempt's; that
         attempt is settled here and then (in transit until `_deliver` hands it over)."""
         try:
@@ -428,7 +428,7 @@ class RedisExecutor(Executor):
                               start=live.request.start, reason=f"worker {worker}: {exc}")
         out.branch, out.start, out.worktree = live.request.branch, live.request.start, None
         self._collect(out, str(body.get("log") or ""))
-        return out, worker
+        return _Found(out, worker, p.outcome_objects(body))
 
     def _collect(self, out: Outcome, log: str) -> None:
         """The attempt's files, here: its log and verdict; its branch is fetched by `_deliver`."""
@@ -438,24 +438,34 @@ class RedisExecutor(Executor):
         if out.report is not None:
             proc.write_new(adir / "gate.json", out.report.to_json().encode("utf-8"))
 
-    def _deliver(self, found: list[tuple[Outcome, str]]) -> None:
-        """The branches of the outcomes FOUND, at their reported heads, in one fetch (under load
-        outcomes come in batches, and a fetch each would bound the merges per second); then each
-        outcome is ready for `wait`. One whose branch does not arrive at its head becomes an error."""
-        fetching = [(out, worker) for out, worker in found if out.head is not None]
-        errors = gitwire.fetch_tasks(self.repo, self.remote, self.run,
-                                     [(o.task.id, o.n, o.branch, Sha(str(o.head))) for o, _ in fetching]) if fetching else []
-        fetched = []
-        for (out, worker), error in zip(fetching, errors):
+    def _deliver(self, found: list[_Found]) -> None:
+        """The branches of the outcomes FOUND, at their reported heads: written from the objects an
+        outcome carried, the others in one fetch (under load outcomes come in batches, and a fetch each
+        would bound the merges per second); then each outcome is ready for `wait`. One whose branch
+        does not arrive whole at its head becomes an error."""
+        errors: dict[int, str] = {}
+        carried = [f for f in found if f.out.head is not None and f.objects is not None]
+        for f, error in zip(carried, gitwire.write_branches(
+                self.repo, [(f.out.branch, Sha(str(f.out.head)), f.out.start, str(f.objects)) for f in carried])):
             if error is not None:
-                out.kind = "error"
-                out.reason = f"could not fetch the task branch from worker {worker}: {error}"
-                out.feedback, out.report = "", None
+                errors[id(f)] = error
+        fetching = [f for f in found if f.out.head is not None and f.objects is None]
+        fetched = []
+        for f, error in zip(fetching, gitwire.fetch_tasks(
+                self.repo, self.remote, self.run,
+                [(f.out.task.id, f.out.n, f.out.branch, Sha(str(f.out.head))) for f in fetching]) if fetching else []):
+            if error is not None:
+                errors[id(f)] = error
             else:
-                fetched.append(task_ref(self.run, out.task.id, out.n))
+                fetched.append(task_ref(self.run, f.out.task.id, f.out.n))
+        for f in found:
+            if id(f) in errors:
+                f.out.kind = "error"
+                f.out.reason = f"the task branch from worker {f.worker} did not arrive: {errors[id(f)]}"
+                f.out.feedback, f.out.report = "", None
         with self._cond:
             self._transit -= len(found)
-            self._ready.extend(out for out, _ in found)
+            self._ready.extend(f.out for f in found)
             self._doomed.extend(fetched)
             self._cond.notify_all()
 
@@ -518,6 +528,15 @@ class RedisExecutor(Executor):
         """Under _cond."""
         live = self._live.pop(key)
         self._by_token.pop(live.token, None)
+
+
+@dataclass
+class _Found:
+    """An outcome read for a live attempt, before its branch is here."""
+
+    out: Outcome
+    worker: str
+    objects: str | None      # its branch's objects, when the outcome carried them
 
 
 def _text(value: bytes | str) -> str:

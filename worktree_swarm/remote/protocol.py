@@ -26,7 +26,9 @@ from worktree_swarm.swarm.executor import AttemptRequest
 from worktree_swarm.util.errors import UsageError
 from worktree_swarm.util.types import BranchName, Sha, TaskId
 
-PROTOCOL = 2     # 2: a request may carry its start commit's objects, and come before that commit's push
+# 2: a request may carry its start commit's objects, and come before that commit's push.
+# 3: an outcome may carry its branch's objects (beyond its start's), and then its branch is not pushed.
+PROTOCOL = 3
 VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
 MIN_KEY_LENGTH = 16
@@ -256,13 +258,25 @@ def _str(data: Mapping[str, Any], name: str) -> str:
 
 # -- outcomes and events ---------------------------------------------------------------------------
 
-def outcome_body(run: str, token: str, worker: str, out: Outcome, *, log_tail: str = "") -> dict[str, Any]:
-    return {"run": run, "token": token, "worker": worker, "task": out.task.id, "n": out.n, "kind": out.kind,
+def outcome_body(run: str, token: str, worker: str, out: Outcome, *, log_tail: str = "",
+                 objects: str | None = None) -> dict[str, Any]:
+    """OBJECTS: the branch head's objects beyond the start commit's (`gitwire.objects_since`), when
+    they fit: then the branch was not pushed, and the integrator writes them instead of fetching."""
+    body = {"run": run, "token": token, "worker": worker, "task": out.task.id, "n": out.n, "kind": out.kind,
             "branch": out.branch, "start": out.start, "head": out.head, "reason": out.reason,
             "feedback": out.feedback, "summary": out.summary,
             "report": out.report.to_json() if out.report is not None else None,
             "cost_usd": out.cost_usd, "usage": out.usage, "log": log_tail,
             "changes": [[c.path, c.added, c.removed, c.old_path] for c in out.changes]}
+    if objects is not None:
+        body["objects"] = objects
+    return body
+
+
+def outcome_objects(body: Mapping[str, Any]) -> str | None:
+    """The objects an outcome BODY carries for its branch (`outcome_body`), or None."""
+    objects = body.get("objects")
+    return objects if isinstance(objects, str) else None
 
 
 class WorkerCrash(Exception):

@@ -68,6 +68,7 @@ class _Held:
     assignment: p.Assignment
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
+    objects: str | None = None      # the branch's objects beyond its start's, sent with the outcome
     beat: float = field(default_factory=time.monotonic)    # when its entry was last claimed again
     news: News = field(default_factory=News)                # what the integrator tells its agent
 
@@ -120,7 +121,7 @@ class Worker:
         self._news_read: dict[str, str] = {}  # run -> the last news entry read
         self._idle = False                    # no run was open at the last look
         self._starts: deque[str] = deque()     # local refs of the start commits fetched, oldest first
-        self._pushed: deque[str] = deque()     # local refs of the task branches pushed, oldest first
+        self._pushed: deque[str] = deque()     # local refs of the task branches sent, oldest first
         self._fetching: dict[str, threading.Lock] = {}   # start commit -> held while one thread fetches it
         self.done = 0
 
@@ -244,7 +245,7 @@ class Worker:
             out.reason = f"wswarm crashed on worker {self.name}: {type(exc).__name__}: {exc}"
         try:
             tail = _tail(log.attempt_dir(req.task.id, req.n) / layout.AGENT_LOG)
-            body = p.outcome_body(a.run, a.token, self.name, out, log_tail=tail)
+            body = p.outcome_body(a.run, a.token, self.name, out, log_tail=tail, objects=held.objects)
             if crash:       # a bug, not the task's failure: the integrator stops the run with its traceback
                 body["crash"] = crash[-8000:]
             # Through a Redis restart too: the attempt's work is not thrown away for a blip.
@@ -290,7 +291,13 @@ class Worker:
                          dependencies=req.dependencies)
         if out.head is not None and out.kind not in ("interrupted",):
             try:
-                gitwire.push_task(self.repo, self.remote, a.run, req.task.id, req.n, req.branch)
+                # The branch's few new objects go with the outcome (the integrator has its start: it made
+                # it), which spares a push here and a fetch there; a branch bringing more is pushed.
+                inline = gitwire.objects_since(self.repo, out.head, [req.start])
+                if inline is not None:
+                    held.objects = inline[1]
+                else:
+                    gitwire.push_task(self.repo, self.remote, a.run, req.task.id, req.n, req.branch)
                 # Named here too once the branch is gone: the next start, which merged it, is fetched
                 # without its objects (the remote learns this clone has them).
                 ref = p.task_ref(a.run, req.task.id, req.n)
