@@ -22,13 +22,14 @@ def wire(path: Path) -> GitRepo:
 
 
 def records(payload: str) -> list[tuple[int, str]]:
-    raw = zlib.decompress(base64.b64decode(payload))
-    out, at = [], 0
-    while at < len(raw):
-        end = raw.index(b"\n", at)
-        kind, size, oid = raw[at:end].decode().split(" ")
-        out.append((int(kind), oid))
-        at = end + 1 + int(size)
+    out = []
+    for segment in payload.split("."):
+        raw, at = zlib.decompress(base64.b64decode(segment)), 0
+        while at < len(raw):
+            end = raw.index(b"\n", at)
+            kind, size, oid = raw[at:end].decode().split(" ")
+            out.append((int(kind), oid))
+            at = end + 1 + int(size)
     return out
 
 
@@ -54,12 +55,20 @@ def history(repo: Repo) -> tuple[str, str]:
     return base, repo.git("rev-parse", "HEAD")
 
 
+def worker_with(repo: Repo, tmp_path: Path, base: str) -> Path:
+    """A repository holding BASE's closure alone (a worker's clone, or an integrator's store)."""
+    there = tmp_path / "worker"
+    git(tmp_path, "init", "-q", "--bare", str(there))
+    git(repo.path, "push", "-q", str(there), f"{base}:refs/heads/base")
+    return there
+
+
 def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_commit_there(repo: Repo,
                                                                                            tmp_path: Path) -> None:
     base, sha = history(repo)
-    got = gitwire.objects_since(wire(repo.path), sha, [base])
-    assert got is not None and got[0] == base
-    sent = records(got[1])
+    payload = gitwire.objects_since(wire(repo.path), sha, base)
+    assert payload is not None
+    sent = records(payload)
     assert {oid for _, oid in sent} == closure(repo.path, sha) - closure(repo.path, base)
     # every tree and blob before any commit; the commits oldest first, the start itself last
     kinds = [kind for kind, _ in sent]
@@ -67,25 +76,44 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
     commits = [oid for kind, oid in sent if kind == 1]
     assert commits == git(repo.path, "rev-list", "--topo-order", "--reverse", sha, f"^{base}").split()
     # a clone that has the base alone gets the start commit whole from the payload
-    worker = tmp_path / "worker"
-    git(tmp_path, "init", "-q", "--bare", str(worker))
-    git(repo.path, "push", "-q", str(worker), f"{base}:refs/heads/base")
+    worker = worker_with(repo, tmp_path, base)
     assert not gitwire.has_commit(wire(worker), sha)
-    assert gitwire.apply_objects(wire(worker), sha, got[1])
+    assert gitwire.apply_objects(wire(worker), sha, payload)
     assert closure(worker, sha) == closure(repo.path, sha)
     git(worker, "fsck", "--connectivity-only", "--no-dangling")
-
-
-def test_the_oldest_base_that_fits_is_chosen_and_too_much_is_not_sent_inline(repo: Repo) -> None:
-    base, sha = history(repo)
-    middle = repo.git("rev-parse", "HEAD^1")
-    got = gitwire.objects_since(wire(repo.path), sha, [base, middle])
-    assert got is not None and got[0] == base
+    # too much is not sent inline; a base this clone does not have is passed over, not an error
     repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
     big = repo.commit_all("too big to travel inline")
-    assert gitwire.objects_since(wire(repo.path), big, [base, sha]) is None
-    # a base this clone does not have is passed over, not an error
-    assert gitwire.objects_since(wire(repo.path), sha, ["0" * 40]) is None
+    assert gitwire.objects_since(wire(repo.path), big, sha) is None
+    assert gitwire.objects_since(wire(repo.path), sha, "0" * 40) is None
+
+
+def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(repo: Repo, tmp_path: Path) -> None:
+    base, merge = history(repo)
+    starts = [base, repo.git("rev-parse", "HEAD^1"), merge]
+    for i in range(3):
+        repo.write(f"later/{i}.txt", f"{i}\n")
+        starts.append(repo.commit_all(f"later {i}"))
+    chain = gitwire.StartChain(wire(repo.path), keep=4)
+    got = [chain.add(s) for s in starts]
+    # the first has nothing before it; then each goes back as far as the chain keeps (4 starts)
+    assert got[0] is None
+    assert [g[0] for g in got[1:] if g is not None] == [starts[0], starts[0], starts[0], starts[1], starts[2]]
+    # the last one's three segments, applied where only its base is, make it whole there
+    base_of_last, payload = got[-1] or ("", "")
+    assert payload.count(".") == 2
+    worker = worker_with(repo, tmp_path, base_of_last)
+    assert gitwire.apply_objects(wire(worker), starts[-1], payload)
+    assert closure(worker, starts[-1]) == closure(repo.path, starts[-1])
+    git(worker, "fsck", "--connectivity-only", "--no-dangling")
+    # a start too big for a segment breaks the chain: it goes through the remote, the next counts from it
+    repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
+    big = repo.commit_all("big")
+    repo.write("after.txt", "after\n")
+    after = repo.commit_all("after")
+    assert chain.add(big) is None
+    got_after = chain.add(after)
+    assert got_after is not None and got_after[0] == big
 
 
 def repack(payload: str, keep: Callable[[int, str], bool]) -> str:
@@ -102,26 +130,18 @@ def repack(payload: str, keep: Callable[[int, str], bool]) -> str:
     return base64.b64encode(zlib.compress(out)).decode()
 
 
-def integrator_with_base(repo: Repo, tmp_path: Path, base: str) -> Path:
-    """A repository holding BASE's closure alone, as an integrator holds the starts it made."""
-    there = tmp_path / "integrator"
-    git(tmp_path, "init", "-q", "--bare", str(there))
-    git(repo.path, "push", "-q", str(there), f"{base}:refs/heads/main")
-    return there
-
-
 @pytest.mark.parametrize("broken", [None, "tree", "blob", "commit", "garbage"])
 def test_a_branch_written_from_an_outcomes_objects_is_whole_or_refused(repo: Repo, tmp_path: Path,
                                                                        broken: str | None) -> None:
     base, sha = history(repo)
-    _, payload = gitwire.objects_since(wire(repo.path), sha, [base]) or ("", "")
+    payload = gitwire.objects_since(wire(repo.path), sha, base) or ""
     dropped = {"tree": 2, "blob": 3, "commit": 1}.get(broken or "")
     victim = next((oid for kind, oid in records(payload) if kind == dropped), None)
     if broken == "garbage":
         payload = "not base64 at all!"
     elif victim is not None:
         payload = repack(payload, lambda kind, oid: oid != victim)
-    there = integrator_with_base(repo, tmp_path, base)
+    there = worker_with(repo, tmp_path, base)  # as an integrator holds the starts it made
     other = history_elsewhere(repo, tmp_path)
 
     errors = gitwire.write_branches(wire(there), [(BranchName("wswarm/r/t/1"), Sha(sha), Sha(base), payload),
@@ -144,5 +164,5 @@ def history_elsewhere(repo: Repo, tmp_path: Path) -> tuple[BranchName, Sha, Sha,
     repo.write("other.txt", "other\n")
     head = repo.commit_all("other")
     repo.git("switch", "-q", "main")
-    _, payload = gitwire.objects_since(wire(repo.path), head, [base]) or ("", "")
+    payload = gitwire.objects_since(wire(repo.path), head, base) or ""
     return BranchName("wswarm/r/other/1"), Sha(head), Sha(base), payload

@@ -83,7 +83,7 @@ class RedisExecutor(Executor):
         self._news: list[tuple[str, Any]] = []     # (task, entry fields) for the news stream, not yet added
         self._pushed: set[str] = set()      # start commits this integrator put on the remote
         self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
-        self._recent: list[str] = []        # the last start commits sent, oldest first: bases of inline objects
+        self._chain = gitwire.StartChain(repo, keep=RECENT_STARTS)   # the sender's: bases of inline objects
         self._doomed: list[str] = []        # fetched task refs to delete from the remote
         self._failure: BaseException | None = None
         self._closing = False
@@ -294,7 +294,6 @@ class RedisExecutor(Executor):
                 news, self._news = self._news, []
                 batch = [(req, token) for req, token in batch if req.key in self._live]
                 new = list(dict.fromkeys(req.start for req, _ in batch if req.start not in self._pushed))
-                bases = list(self._recent)
                 deletions: list[str] = []
                 if new or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
                     wanted = {live.request.start for live in self._live.values()} | {self._newest}
@@ -304,7 +303,7 @@ class RedisExecutor(Executor):
                     self._doomed = []
             if news:        # a few ms, before a push of maybe a hundred
                 self._add_news(news)
-            inline = {s: got for s in new if (got := gitwire.objects_since(self.repo, s, bases)) is not None}
+            inline = {s: got for s in new if (got := self._chain.add(s)) is not None}
             self._add_requests([(req, token, inline.get(req.start)) for req, token in batch
                                 if req.start not in new or req.start in inline])
             try:
@@ -315,7 +314,6 @@ class RedisExecutor(Executor):
                 gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in new}, [])
             with self._cond:
                 self._pushed.update(new)
-                self._recent = (self._recent + new)[-RECENT_STARTS:]
             self._add_requests([(req, token, None) for req, token in batch if req.start in new and req.start not in inline])
 
     def _add_requests(self, batch: list[tuple[AttemptRequest, str, tuple[str, str] | None]]) -> None:

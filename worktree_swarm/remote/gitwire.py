@@ -63,44 +63,41 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
     return True
 
 
-# -- a start commit's objects inline -------------------------------------------------------------
-# A new start commit is a merge or two away from the one before: a handful of objects. Sent with the
-# request, they spare the request the wait for the push and the worker its fetch (two git round trips
-# on the path of every dispatch), for any worker that has one of the recent start commits.
+# -- objects inline --------------------------------------------------------------------------------
+# A new start commit is a merge or two away from the one before, a task branch a commit or two from
+# its start: a handful of objects. Sent with the request (the outcome), they spare the request the wait
+# for the push and the worker its fetch (the worker its push and the integrator its fetch): two git
+# round trips on the path of every dispatch (every merge). A payload is one or more segments joined by
+# "." (base64 never writes one), each the objects one commit adds beyond another, compressed alone.
 
-INLINE_BYTES = 64 * 1024        # compressed, per request; a start bringing more goes through the remote alone
+INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
 _RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress into INLINE_BYTES
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 
 
-def objects_since(repo: Repo, sha: str, bases: list[str]) -> tuple[str, str] | None:
-    """(base, payload): the objects commit SHA brings beyond the closure of a commit of BASES (oldest
-    first; the oldest that fits, so more workers have it), packed for `apply_objects`; None when
-    none fits in INLINE_BYTES or SHA is not above any of them."""
-    for base in bases[:1] + bases[-1:] if len(bases) > 1 else bases:
-        try:
-            payload = _packed(repo, sha, base)
-        except CommandError:
-            continue        # a base gone from here (cannot be, but the push covers it anyway)
-        if payload is not None:
-            return base, payload
-    return None
+def objects_since(repo: Repo, sha: str, base: str) -> str | None:
+    """The objects commit SHA brings beyond the closure of commit BASE, packed for `apply_objects`;
+    None when they do not fit in INLINE_BYTES, or BASE is not here."""
+    packed = _packed(repo, sha, base)
+    return None if packed is None else base64.b64encode(packed).decode()
 
 
-def _packed(repo: Repo, sha: str, base: str) -> str | None:
+def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
     # git lists the objects (in C, outside this process's interpreter lock: the loop merges meanwhile)
     # and this thread reads them whole. No tree is looked into here: pygit2 1.21 keeps a reference to
     # every name a tree or a ref is looked up by (`tree[name]`, `name in tree`, `references.get`),
     # which over a thousand-task run was hundreds of MB. Trees and blobs first, then the commits
     # oldest first, SHA last.
     listed = repo.git("rev-list", "--objects", "--no-object-names", "--topo-order", "--reverse", sha,
-                      f"^{base}").stdout.split()
+                      f"^{base}", check=False)
+    if listed.returncode != 0:
+        return None
     commits: list[bytes] = []
     others: list[bytes] = []
     last, raw = "", 0
     odb = repo.pygit.odb
-    for oid in listed:
+    for oid in listed.stdout.split():
         kind, data = odb.read(oid)
         (commits if kind == _COMMIT else others).append(f"{kind} {len(data)} {oid}\n".encode() + data)
         last = oid if kind == _COMMIT else last
@@ -118,31 +115,64 @@ def _packed(repo: Repo, sha: str, base: str) -> str | None:
             return None
         chunks.append(chunk)
     packed = b"".join(chunks) + out.flush()
-    return base64.b64encode(packed).decode() if len(packed) <= INLINE_BYTES else None
+    return packed if len(packed) <= INLINE_BYTES else None
+
+
+class StartChain:
+    """The start commits sent lately, each with the objects it adds beyond the one before (computed
+    once, when it is new): a new start's payload is the segments back to the oldest start that fits in
+    INLINE_BYTES (the oldest: more workers have it). One thread's."""
+
+    def __init__(self, repo: Repo, *, keep: int) -> None:
+        self.repo = repo
+        self.keep = keep
+        self._chain: list[tuple[str, bytes | None]] = []    # (start, its objects beyond the one before)
+
+    def add(self, sha: str) -> tuple[str, str] | None:
+        """SHA is the newest start: (base, payload) for its request, or None (it goes through the remote)."""
+        before = self._chain[-1][0] if self._chain else None
+        self._chain = (self._chain + [(sha, None if before is None else _packed(self.repo, sha, before))])[-self.keep:]
+        segments: list[bytes] = []
+        base, size = None, 0
+        for i in range(len(self._chain) - 1, 0, -1):
+            segment = self._chain[i][1]
+            if segment is None or size + len(segment) > INLINE_BYTES:
+                break
+            segments.insert(0, segment)
+            size += len(segment)
+            base = self._chain[i - 1][0]
+        if base is None:
+            return None
+        return base, ".".join(base64.b64encode(s).decode() for s in segments)
 
 
 def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
-    """Write the objects of an `objects_since` PAYLOAD here (each must hash to the id it claims);
-    True when commit SHA is here afterwards. The commit comes last, so a start commit present is
-    one whose closure is."""
-    try:
-        raw = zlib.decompressobj().decompress(base64.b64decode(payload, validate=True), _UNPACKED_MAX)
-    except (ValueError, zlib.error):
-        return False
+    """Write the objects of an `objects_since` or `StartChain` PAYLOAD here (each must hash to the id it
+    claims); True when commit SHA is here afterwards. Each segment writes its commits last, oldest
+    first, the segments oldest first: a commit present is one whose closure is."""
     r = repo.pygit
-    at = 0
-    while at < len(raw):
-        end = raw.find(b"\n", at)
+    budget = _UNPACKED_MAX
+    for segment in payload.split("."):
         try:
-            kind, size, claimed = raw[at:end].decode().split(" ")
-            data = raw[end + 1:end + 1 + int(size)]
-            if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+            raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
+        except (ValueError, zlib.error):
+            return False
+        budget -= len(raw)
+        if budget <= 0:
+            return False
+        at = 0
+        while at < len(raw):
+            end = raw.find(b"\n", at)
+            try:
+                kind, size, claimed = raw[at:end].decode().split(" ")
+                data = raw[end + 1:end + 1 + int(size)]
+                if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+                    return False
+            except ValueError:
                 return False
-        except ValueError:
-            return False
-        if str(r.odb.write(int(kind), data)) != claimed:
-            return False
-        at = end + 1 + int(size)
+            if str(r.odb.write(int(kind), data)) != claimed:
+                return False
+            at = end + 1 + int(size)
     return has_commit(repo, sha)
 
 

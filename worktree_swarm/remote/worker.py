@@ -293,10 +293,8 @@ class Worker:
             try:
                 # The branch's few new objects go with the outcome (the integrator has its start: it made
                 # it), which spares a push here and a fetch there; a branch bringing more is pushed.
-                inline = gitwire.objects_since(self.repo, out.head, [req.start])
-                if inline is not None:
-                    held.objects = inline[1]
-                else:
+                held.objects = gitwire.objects_since(self.repo, out.head, req.start)
+                if held.objects is None:
                     gitwire.push_task(self.repo, self.remote, a.run, req.task.id, req.n, req.branch)
                 # Named here too once the branch is gone: the next start, which merged it, is fetched
                 # without its objects (the remote learns this clone has them).
