@@ -86,6 +86,14 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, 
     return time.monotonic() - t, after.ru_maxrss / 1024, cpu
 
 
+def worker_cpu(proc: subprocess.Popen[bytes]) -> float:
+    """CPU seconds a long-lived process (a worker, Redis) and the children it waited for took so far."""
+    import psutil
+
+    t = psutil.Process(proc.pid).cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def events(repo: Path) -> list[dict[str, object]]:
     [run_dir] = list((repo / ".git" / "wswarm" / "runs").iterdir())
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -274,9 +282,13 @@ def main() -> None:
         grown = sum(object_bytes(c) for c in clones)
         before = commands(port)
         load_dist = [os.getloadavg()[0]]
+        workers_cpu = sum(worker_cpu(w) for w in workers)
+        redis_cpu = worker_cpu(redis)
         dist_s, dist_rss, dist_cpu = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
                                 "--agent-cmd", agent], repo, env)
         load_dist.append(os.getloadavg()[0])
+        workers_cpu = sum(worker_cpu(w) for w in workers) - workers_cpu
+        redis_cpu = worker_cpu(redis) - redis_cpu
         env.pop("GIT_TRACE2_EVENT", None)
         grown = sum(object_bytes(c) for c in clones) - grown
         per_attempt = (commands(port) - before) / args.tasks
@@ -285,14 +297,14 @@ def main() -> None:
         merged = sum(1 for e in evs if e["kind"] == "merged")
         merge_rate, merge_lag = merges_per_second(evs, outcome_times(tmp / "redis"))
         dist_steps = steps(evs, marks)      # before the local run writes its own marks
-        local_s, local_lat, load_local = 0.0, [0.0], [0.0, 0.0]
+        local_s, local_lat, load_local, local_cpu = 0.0, [0.0], [0.0, 0.0], 0.0
         rows: tuple[Path, ...] = (repo,)
         if not args.no_local:
             local = tmp / "local"
             git(tmp, "clone", "-q", f"file://{bare}", str(local))
             (local / "wswarm.toml").write_text(f"[gate]\nchecks = []\n{UNLIMITED}")
             load_local = [os.getloadavg()[0]]
-            local_s, _, _ = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
+            local_s, _, local_cpu = run([*WSWARM, "start", "--plan", str(plan), "--agent-cmd", agent, "--agents", str(concurrency)],
                              local, env)
             load_local.append(os.getloadavg()[0])
             local_lat = dispatch(events(local), marks)
@@ -311,6 +323,11 @@ def main() -> None:
             "merges_per_s_busy": merge_rate, "outcome_to_merged_p50_ms": merge_lag,
             # What one integrator could sustain on a core of its own: its CPU (and its git's) per merge.
             "integrator_cpu_ms_per_merge": round(1000 * dist_cpu / max(merged, 1), 1),
+            # Every process of each side, per task (the agents' own shells and sleeps included on both)
+            "cpu_ms_per_task_dist_local": [round(1000 * (dist_cpu + workers_cpu + redis_cpu) / args.tasks, 1),
+                                           round(1000 * local_cpu / args.tasks, 1)],
+            "cpu_ms_per_task_integrator_workers_redis": [round(1000 * c / args.tasks, 1)
+                                                         for c in (dist_cpu, workers_cpu, redis_cpu)],
             "merges_per_integrator_cpu_s": round(merged / dist_cpu, 1) if dist_cpu else None,
             "redis_commands_per_attempt": round(per_attempt, 1), "integrator_peak_rss_mb": round(dist_rss, 1),
             "worker_objects_kb_per_attempt": round(grown / 1024 / args.tasks, 1),

@@ -81,6 +81,13 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
     assert gitwire.apply_objects(wire(worker), sha, payload)
     assert closure(worker, sha) == closure(repo.path, sha)
     git(worker, "fsck", "--connectivity-only", "--no-dangling")
+    # again, every object already there: still whole; an object claiming an id its data does not hash
+    # to is refused, even an id the clone has
+    assert gitwire.apply_objects(wire(worker), sha, payload)
+    blob = next(oid for kind, oid in sent if kind == 3)
+    forged = base64.b64encode(zlib.compress(f"3 6 {blob}\nforged".encode())).decode()
+    assert not gitwire.apply_objects(wire(worker), sha, forged)
+    assert not gitwire.apply_objects(wire(worker), sha, payload + "." + forged)
     # too much is not sent inline; a base this clone does not have is passed over, not an error
     repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
     big = repo.commit_all("too big to travel inline")

@@ -20,7 +20,7 @@ def _remote_refs(c: Cluster) -> list[str]:
     return git(Path(c.origin.removeprefix("file://")), "for-each-ref", "--format=%(refname)").split()
 
 
-def test_the_remote_keeps_only_the_refs_live_attempts_need(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_the_remote_gets_only_the_refs_a_worker_needs_and_keeps_none(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     agent, marks = agent_cmd(tmp_path)
     plan = write_plan(tmp_path / "plan.json", [
         {"id": "a", "type": "feature", "description": "a", "files": ["out/a.txt"]},
@@ -35,12 +35,11 @@ def test_the_remote_keeps_only_the_refs_live_attempts_need(cluster: Cluster, tmp
     try:
         until(lambda: (marks / "c-1.pid").is_file(), what="c's agent started")
         [started] = [e for e in events(cluster.repo) if e["kind"] == "attempt-started" and e["task"] == "c"]
+        base = git(cluster.repo.path, "rev-parse", "HEAD")
         run = started["branch"].split("/")[1]
-        # a and b merged and their branches came here: their refs leave the remote with the push of
-        # c's start (which c's request, carrying its objects, may overtake), and so does the base's
-        # start ref, which no live attempt starts from any more.
-        expected = ["refs/heads/main", f"refs/wswarm/{run}/start/{started['start']}"]
-        until(lambda: _remote_refs(cluster) == expected, what=f"the remote down to {expected}", timeout=30)
+        # a and b came back with their objects (nothing of theirs on the remote), and c's start went
+        # with c's request, which the worker could read: only the run's first start was ever pushed.
+        assert _remote_refs(cluster) == ["refs/heads/main", f"refs/wswarm/{run}/start/{base}"]
         assert {e["task"] for e in events(cluster.repo) if e["kind"] == "merged"} == {"a", "b"}
     finally:
         (marks / "go").write_text("")
@@ -224,3 +223,38 @@ def test_a_start_commit_that_cannot_be_pushed_sends_no_request_and_stops_the_run
     evs = events(cluster.repo)
     assert [(e["task"], e["attempt"]) for e in evs if e["kind"] == "merged"] == [("a", 2)]
     assert [e["worker"] for e in evs if e["kind"] == "attempt-assigned"] == ["w1"]
+
+
+def test_a_worker_without_the_base_of_a_requests_objects_asks_for_its_start_and_gets_it(cluster: Cluster,  # noqa: F811
+                                                                                          tmp_path: Path) -> None:
+    agent, marks = agent_cmd(tmp_path)
+    # A chain longer than the starts a request's objects reach back to, then `hold`, whose agent waits.
+    chain = [f"c{i}" for i in range(12)]
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
+         "dependencies": [chain[i - 1]] if i else []} for i, t in enumerate(chain)] + [
+        {"id": "hold", "type": "feature", "description": "hold", "files": ["out/hold.txt"],
+         "dependencies": [chain[-1]]}])
+    (marks / "wait-hold").write_text("")
+    w1 = cluster.start_worker("w1", agent=agent)
+    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                                   "--agent-cmd", agent, "--lease", "5", "--max-attempts", "1"],
+                                  cwd=cluster.repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        until(lambda: (marks / "hold-1.pid").is_file(), what="hold's agent started on w1", timeout=120)
+        # w2's clone has the base alone; w1 stops, and hold's next attempt (nothing charged) goes to w2 with
+        # objects counted from a start w2 never saw: it asks for the start, which is pushed then.
+        w2 = cluster.start_worker("w2", agent=agent)
+        w1.proc.terminate()
+        w1.proc.wait(timeout=60)
+        (marks / "go").write_text("")
+        out, err = integrator.communicate(timeout=180)
+    finally:
+        if integrator.poll() is None:
+            integrator.kill()
+    assert integrator.returncode == 0, err.decode()
+    evs = events(cluster.repo)
+    assert sorted(e["task"] for e in evs if e["kind"] == "merged") == sorted([*chain, "hold"])
+    [second] = [e for e in evs if e["kind"] == "attempt-assigned" and e["task"] == "hold" and e["attempt"] == 2]
+    assert second["worker"] == "w2", w2.stderr()

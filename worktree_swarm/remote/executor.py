@@ -84,6 +84,8 @@ class RedisExecutor(Executor):
         self._pushed: set[str] = set()      # start commits this integrator put on the remote
         self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
         self._chain = gitwire.StartChain(repo, keep=RECENT_STARTS)   # the sender's: bases of inline objects
+        self._inline: dict[str, tuple[str, str]] = {}   # the sender's: recent start -> (base, its objects)
+        self._asked: set[str] = set()       # start commits a worker asked to find on the remote
         self._doomed: list[str] = []        # fetched task refs to delete from the remote
         self._failure: BaseException | None = None
         self._closing = False
@@ -281,40 +283,51 @@ class RedisExecutor(Executor):
             raise self._failure
 
     def _send_loop(self) -> None:
-        """Add the news told meanwhile; for the requests submitted meanwhile: those whose start commit is
-        on the remote, or whose objects fit inline, go on the stream at once; then the new start commits
-        are pushed (one push, with the refs nobody needs any more deleted in passing), then the others go."""
+        """Add the news told meanwhile; for the requests submitted meanwhile: those whose start commit's
+        objects fit inline, or that is on the remote, go on the stream at once; the other new start
+        commits and those a worker asked for are pushed (one push, with the refs nobody needs any more
+        deleted in passing), then the requests that waited for them go."""
         while True:
             with self._cond:
-                while not (self._closing or self._sending or self._news or len(self._doomed) >= DELETE_BATCH):
+                while not (self._closing or self._sending or self._news or self._asked
+                           or len(self._doomed) >= DELETE_BATCH):
                     self._cond.wait()
                 if self._closing:
                     return
                 batch, self._sending = self._sending, []
                 news, self._news = self._news, []
+                asked, self._asked = self._asked - self._pushed, set()
                 batch = [(req, token) for req, token in batch if req.key in self._live]
-                new = list(dict.fromkeys(req.start for req, _ in batch if req.start not in self._pushed))
+                new = list(dict.fromkeys(req.start for req, _ in batch
+                                         if req.start not in self._pushed and req.start not in self._inline))
+            if news:        # a few ms, before a push of maybe a hundred
+                self._add_news(news)
+            for start in new:
+                if (got := self._chain.add(start)) is not None:
+                    self._inline[start] = got
+            while len(self._inline) > 4 * RECENT_STARTS:
+                del self._inline[next(iter(self._inline))]
+            self._add_requests([(req, token, self._inline.get(req.start)) for req, token in batch
+                                if req.start in self._pushed or req.start in self._inline])
+            push = [s for s in new if s not in self._inline] + sorted(asked)
+            with self._cond:
                 deletions: list[str] = []
-                if new or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
+                if push or len(self._doomed) >= DELETE_BATCH:      # no push for deletions alone, mostly
                     wanted = {live.request.start for live in self._live.values()} | {self._newest}
                     stale = sorted(s for s in self._pushed if s not in wanted)
                     self._pushed.difference_update(stale)
                     deletions = [start_ref(self.run, s) for s in stale] + self._doomed
                     self._doomed = []
-            if news:        # a few ms, before a push of maybe a hundred
-                self._add_news(news)
-            inline = {s: got for s in new if (got := self._chain.add(s)) is not None}
-            self._add_requests([(req, token, inline.get(req.start)) for req, token in batch
-                                if req.start not in new or req.start in inline])
             try:
-                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in new}, deletions)
+                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in push}, deletions)
             except CommandError:
                 if not deletions:
                     raise
-                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in new}, [])
+                gitwire.push_refs(self.repo, self.remote, {start_ref(self.run, s): Sha(s) for s in push}, [])
             with self._cond:
-                self._pushed.update(new)
-            self._add_requests([(req, token, None) for req, token in batch if req.start in new and req.start not in inline])
+                self._pushed.update(push)
+            self._add_requests([(req, token, None) for req, token in batch
+                                if req.start not in self._inline and req.start in push])
 
     def _add_requests(self, batch: list[tuple[AttemptRequest, str, tuple[str, str] | None]]) -> None:
         """BATCH's requests (each with its start's objects or not) on the stream, in one round trip; an
@@ -368,7 +381,7 @@ class RedisExecutor(Executor):
 
     def _event(self, fields: dict[bytes, bytes]) -> None:
         try:
-            kind, body = p.unseal_any(self.key, fields, kinds=("event", "phase"))
+            kind, body = p.unseal_any(self.key, fields, kinds=("event", "phase", "need"))
         except p.Refused as exc:
             self.store.event(EventKind.REMOTE_REFUSED, stream="events", reason=str(exc))
             return
@@ -379,6 +392,11 @@ class RedisExecutor(Executor):
                 return      # a reclaimed attempt still talking: not this run's business any more
             live.worker = worker
             task = live.request.task.id
+            if kind == "need":      # its start, and only its start, goes to the remote with the next push
+                if body.get("start") == live.request.start:
+                    self._asked.add(live.request.start)
+                    self._cond.notify_all()
+                return
         raw = body.get("fields")
         data: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if kind == "phase":

@@ -27,7 +27,8 @@ from worktree_swarm.util.errors import UsageError
 from worktree_swarm.util.types import BranchName, Sha, TaskId
 
 # 2: a request may carry its start commit's objects, and come before that commit's push.
-# 3: an outcome may carry its branch's objects (beyond its start's), and then its branch is not pushed.
+# 3: an outcome may carry its branch's objects (beyond its start's), and then its branch is not pushed;
+#    a start whose objects went inline is pushed only when a worker asks ("need").
 PROTOCOL = 3
 VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
@@ -322,6 +323,12 @@ def event_body(run: str, token: str, worker: str, kind: str, task: str | None, f
 
 def news_body(run: str, token: str, key: tuple[str, int], item: Mapping[str, Any]) -> dict[str, Any]:
     return {"run": run, "token": token, "task": key[0], "n": key[1], "item": dict(item)}
+
+
+def need_body(run: str, token: str, worker: str, start: str) -> dict[str, Any]:
+    """A worker asks for the start commit of the attempt under TOKEN on the remote (its request's
+    objects did not fit this clone)."""
+    return {"run": run, "token": token, "worker": worker, "start": start}
 
 
 def phase_body(run: str, token: str, worker: str, task: str, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,8 +51,8 @@ LOG_TAIL_BYTES = 256 * 1024     # of an attempt's agent log, sent with its outco
 # has, so only what was merged since travels (without one, every fetch would bring the run's whole
 # history since the clone's branches). More would only lengthen the negotiation.
 KEEP_STARTS = 8
-# How long a worker waits for a start commit to reach the remote: a request carrying its start's
-# objects is sent before that start's push, and a worker without their base fetches it instead.
+# How long a worker waits for a start commit to reach the remote: the start of a request that carried
+# its objects is pushed only when a worker without their base asks for it.
 START_WAIT_S = 15.0
 MAINTAIN_EVERY = 25             # attempts between two looks at whether the clone needs git's housekeeping
 
@@ -278,7 +278,7 @@ class Worker:
             raise WswarmError(f"this worker cannot run the task's agent: {exc.message}") from None
         if req.task.command and agent.name.startswith("command ("):
             raise WswarmError("this worker runs only the agents its own configuration names, not a task's command")
-        self._fetch_start(a.run, req.start, a.objects)
+        self._fetch_start(a, req.start)
         confinement = Confinement(sandboxed=agent.confined and sandbox_available(),
                                   network=self.config.sandbox.network, pass_env=self.config.gate.pass_env)
         runner = AttemptRunner(repo=self.repo, config=self.config, store=log, pool=self.pool,
@@ -307,10 +307,12 @@ class Worker:
                 out.feedback = ""
         return out
 
-    def _fetch_start(self, run: str, start: Sha, objects: tuple[str, str] | None) -> None:
-        """START here: from the OBJECTS its request carried when this clone has their base, else
-        fetched (waiting a little for its push, which such a request may overtake); attempts reading the
-        same start at once get it once (the others wait for it)."""
+    def _fetch_start(self, a: p.Assignment, start: Sha) -> None:
+        """START here: from the objects its request carried when this clone has their base, else
+        fetched (the integrator pushes a start whose objects went inline only when a worker asks for
+        it: this one asks, then waits a little for it); attempts reading the same start at once get it
+        once (the others wait for it)."""
+        run, objects = a.run, a.objects
         with self._lock:
             lock = self._fetching.setdefault(start, threading.Lock())
         try:
@@ -322,6 +324,8 @@ class Worker:
                     gitwire.keep_ref(self.repo, p.start_ref(run, start), start)
                     fetched = True
                 else:
+                    if objects is not None:
+                        self.tell(self.names.events(run), "need", p.need_body(run, a.token, self.name, start))
                     fetched = gitwire.fetch_start(self.repo, self.remote, run, start, wait_s=START_WAIT_S)
                 if fetched:
                     with self._lock:
