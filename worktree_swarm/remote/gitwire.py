@@ -24,10 +24,6 @@ QUIET = ("-q", "--no-verify")
 # process each time): a worker runs it between attempts (`maintain`), the integrator's repository is
 # kept by the user's own git.
 FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance")
-# Every fetch kept as a pack (not unpacked into loose objects, as git does below 100 objects): a pack
-# appears whole, where loose objects appear one by one, a commit before its tree, to a look from
-# another thread (an attempt whose start is among them).
-WHOLE = ("-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1")
 
 
 def push_start(repo: Repo, remote: str, run: str, sha: Sha) -> None:
@@ -55,7 +51,7 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            repo.git(*WHOLE, *FETCH, remote, f"+{ref}:{ref}")
+            repo.git(*FETCH, remote, f"+{ref}:{ref}")
             break
         except CommandError:
             if has_commit(repo, sha):       # a local ref locked by another fetch of the same commit
@@ -94,13 +90,10 @@ def start_pack(repo: Repo, sha: str, base: str) -> str | None:
 
 
 def apply_pack(repo: Repo, sha: str, payload: str) -> bool:
-    """Keep the pack of a `start_pack` PAYLOAD here (git checks each object's id and completes the
-    thin pack from this clone's objects); True when commit SHA is here afterwards. A kept pack appears
-    whole (its index is written last): objects unpacked one by one would show a start commit before
-    its tree to another attempt's look."""
+    """Write the objects of a `start_pack` PAYLOAD here (git checks each one's id, and resolves the
+    deltas against this clone's objects); True when commit SHA is here afterwards."""
     try:
-        proc.git_bytes("index-pack", "--stdin", "--fix-thin", cwd=repo.root,
-                       input=base64.b64decode(payload, validate=True))
+        proc.git_bytes("unpack-objects", "-q", cwd=repo.root, input=base64.b64decode(payload, validate=True))
     except (ValueError, CommandError):
         return False
     return has_commit(repo, sha)
