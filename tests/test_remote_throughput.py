@@ -228,11 +228,8 @@ def test_a_start_commit_that_cannot_be_pushed_sends_no_request_and_stops_the_run
 def test_a_worker_without_the_base_of_a_requests_objects_asks_for_its_start_and_gets_it(cluster: Cluster,  # noqa: F811
                                                                                           tmp_path: Path) -> None:
     agent, marks = agent_cmd(tmp_path)
-    # The run's base is a commit of the integrator's own, not on the remote's branches (a clone has it
-    # only once the run pushes it), then a chain, then `hold`, whose agent waits.
-    cluster.repo.write("local.txt", "not pushed\n")
-    cluster.repo.commit_all("a commit of the integrator's own")
-    chain = [f"c{i}" for i in range(3)]
+    # A chain longer than the starts a request's objects reach back to, then `hold`, whose agent waits.
+    chain = [f"c{i}" for i in range(12)]
     plan = write_plan(tmp_path / "plan.json", [
         {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
          "dependencies": [chain[i - 1]] if i else []} for i, t in enumerate(chain)] + [
@@ -246,9 +243,8 @@ def test_a_worker_without_the_base_of_a_requests_objects_asks_for_its_start_and_
                                   stdin=subprocess.DEVNULL)
     try:
         until(lambda: (marks / "hold-1.pid").is_file(), what="hold's agent started on w1", timeout=120)
-        # w2's clone has the remote's branches alone; w1 stops, and hold's next attempt (nothing charged)
-        # goes to w2 with objects counted from the run's base, which w2 never saw: it asks for the
-        # start, which is pushed then.
+        # w2's clone has the base alone; w1 stops, and hold's next attempt (nothing charged) goes to w2 with
+        # objects counted from a start w2 never saw: it asks for the start, which is pushed then.
         w2 = cluster.start_worker("w2", agent=agent)
         w1.proc.terminate()
         w1.proc.wait(timeout=60)

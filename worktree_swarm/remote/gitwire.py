@@ -65,10 +65,11 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
 
 
 # -- objects inline --------------------------------------------------------------------------------
-# A new start commit is a merge or two away from the ones before, a task branch a commit or two from
+# A new start commit is a merge or two away from the one before, a task branch a commit or two from
 # its start: a handful of objects. Sent with the request (the outcome), they spare the request the wait
 # for the push and the worker its fetch (the worker its push and the integrator its fetch): two git
-# round trips on the path of every dispatch (every merge).
+# round trips on the path of every dispatch (every merge). A payload is one or more segments joined by
+# "." (base64 never writes one), each the objects one commit adds beyond another, compressed alone.
 
 INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
@@ -76,51 +77,9 @@ _RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 
 
-def start_pack(repo: Repo, sha: str, base: str) -> str | None:
-    """Commit SHA's objects beyond commit BASE's closure as git packs them for a fetch (a thin pack:
-    each a delta against an object of BASE's where one is close), for `apply_pack`; None when it does
-    not fit in INLINE_BYTES or BASE is not here. A start a few dozen merges past BASE is a few KB: the
-    versions of a large folder's tree between them are deltas of one another."""
-    try:
-        pack = proc.git_bytes("pack-objects", "--revs", "--thin", "--stdout", "-q", cwd=repo.root,
-                              input=f"{sha}\n^{base}\n".encode())
-    except CommandError:
-        return None
-    return base64.b64encode(pack).decode() if len(pack) <= INLINE_BYTES else None
-
-
-def apply_pack(repo: Repo, sha: str, payload: str) -> bool:
-    """Write the objects of a `start_pack` PAYLOAD here (git checks each one's id, and resolves the
-    deltas against this clone's objects); True when commit SHA is here afterwards."""
-    try:
-        proc.git_bytes("unpack-objects", "-q", cwd=repo.root, input=base64.b64decode(payload, validate=True))
-    except (ValueError, CommandError):
-        return False
-    return has_commit(repo, sha)
-
-
-class StartChain:
-    """The start commits sent lately, oldest first: a new one is packed against the oldest of them
-    (most workers have it), or the newest when that does not fit. One thread's."""
-
-    def __init__(self, repo: Repo, *, keep: int) -> None:
-        self.repo = repo
-        self.keep = keep
-        self._recent: list[str] = []
-
-    def add(self, sha: str) -> tuple[str, str] | None:
-        """SHA is the newest start: (base, payload) for its request, or None (it goes through the remote)."""
-        bases, self._recent = self._recent, (self._recent + [sha])[-self.keep:]
-        for base in dict.fromkeys(bases[:1] + bases[-1:]):
-            if (payload := start_pack(self.repo, sha, base)) is not None:
-                return base, payload
-        return None
-
-
 def objects_since(repo: Repo, sha: str, base: str) -> str | None:
-    """The objects commit SHA brings beyond the closure of commit BASE, packed for `apply_objects` (in
-    this process, no git process: an outcome's branch is a commit or two, written by the integrator's
-    reader); None when they do not fit in INLINE_BYTES, or BASE is not here."""
+    """The objects commit SHA brings beyond the closure of commit BASE, packed for `apply_objects`;
+    None when they do not fit in INLINE_BYTES, or BASE is not here."""
     packed = _packed(repo, sha, base)
     return None if packed is None else base64.b64encode(packed).decode()
 
@@ -160,33 +119,66 @@ def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
     return packed if len(packed) <= INLINE_BYTES else None
 
 
+class StartChain:
+    """The start commits sent lately, each with the objects it adds beyond the one before (computed
+    once, when it is new): a new start's payload is the segments back to the oldest start that fits in
+    INLINE_BYTES (the oldest: more workers have it). One thread's."""
+
+    def __init__(self, repo: Repo, *, keep: int) -> None:
+        self.repo = repo
+        self.keep = keep
+        self._chain: list[tuple[str, bytes | None]] = []    # (start, its objects beyond the one before)
+
+    def add(self, sha: str) -> tuple[str, str] | None:
+        """SHA is the newest start: (base, payload) for its request, or None (it goes through the remote)."""
+        before = self._chain[-1][0] if self._chain else None
+        self._chain = (self._chain + [(sha, None if before is None else _packed(self.repo, sha, before))])[-self.keep:]
+        segments: list[bytes] = []
+        base, size = None, 0
+        for i in range(len(self._chain) - 1, 0, -1):
+            segment = self._chain[i][1]
+            if segment is None or size + len(segment) > INLINE_BYTES:
+                break
+            segments.insert(0, segment)
+            size += len(segment)
+            base = self._chain[i - 1][0]
+        if base is None:
+            return None
+        return base, ".".join(base64.b64encode(s).decode() for s in segments)
+
+
 def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
-    """Write the objects of an `objects_since` PAYLOAD here (each must hash to the id it claims); True
-    when commit SHA is here afterwards. The commits come last, oldest first: a commit present is one
-    whose closure is."""
-    try:
-        raw = zlib.decompressobj().decompress(base64.b64decode(payload, validate=True), _UNPACKED_MAX)
-    except (ValueError, zlib.error):
-        return False
+    """Write the objects of an `objects_since` or `StartChain` PAYLOAD here (each must hash to the id it
+    claims); True when commit SHA is here afterwards. Each segment writes its commits last, oldest
+    first, the segments oldest first: a commit present is one whose closure is."""
     r = repo.pygit
-    at = 0
-    while at < len(raw):
-        end = raw.find(b"\n", at)
+    budget = _UNPACKED_MAX
+    for segment in payload.split("."):
         try:
-            kind, size, claimed = raw[at:end].decode().split(" ")
-            data = raw[end + 1:end + 1 + int(size)]
-            if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+            raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
+        except (ValueError, zlib.error):
+            return False
+        budget -= len(raw)
+        if budget <= 0:
+            return False
+        at = 0
+        while at < len(raw):
+            end = raw.find(b"\n", at)
+            try:
+                kind, size, claimed = raw[at:end].decode().split(" ")
+                data = raw[end + 1:end + 1 + int(size)]
+                if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+                    return False
+            except ValueError:
                 return False
-        except ValueError:
-            return False
-        # One this clone has already is not written again: libgit2 writes a temporary file even then
-        # (~200 us here against ~8 for the hash and the look). The hash only decides to skip: data
-        # claiming an id it does not have goes to libgit2's write, which hashes it (with collision
-        # detection) and is refused below.
-        here = _sha1(int(kind), data) == claimed and claimed in r.odb
-        if not here and str(r.odb.write(int(kind), data)) != claimed:
-            return False
-        at = end + 1 + int(size)
+            # One this clone has already (a payload reaches back a few starts) is not written again:
+            # libgit2 writes a temporary file even then (~200 us here against ~8 for the hash and the look).
+            # The hash only decides to skip: data claiming an id it does not have goes to libgit2's write,
+            # which hashes it (with collision detection) and is refused below.
+            here = _sha1(int(kind), data) == claimed and claimed in r.odb
+            if not here and str(r.odb.write(int(kind), data)) != claimed:
+                return False
+            at = end + 1 + int(size)
     return has_commit(repo, sha)
 
 
