@@ -24,6 +24,10 @@ QUIET = ("-q", "--no-verify")
 # process each time): a worker runs it between attempts (`maintain`), the integrator's repository is
 # kept by the user's own git.
 FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance")
+# A start fetched is kept as a pack (not unpacked into loose objects, as git does below 100 objects): a
+# pack appears whole, where loose objects appear one by one, a commit before its tree, to the look of
+# another attempt of the same worker whose start is among them.
+WHOLE = ("-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1")
 
 
 def push_start(repo: Repo, remote: str, run: str, sha: Sha) -> None:
@@ -51,7 +55,7 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            repo.git(*FETCH, remote, f"+{ref}:{ref}")
+            repo.git(*WHOLE, *FETCH, remote, f"+{ref}:{ref}")
             break
         except CommandError:
             if has_commit(repo, sha):       # a local ref locked by another fetch of the same commit
