@@ -47,11 +47,6 @@ def loose_objects(path: Path) -> int:
 
 # -- 1. a head the payload never carried --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "gitwire.write_branches/apply_objects take the outcome's head as any id pygit2 resolves (an "
-    "abbreviation, upper case) and accept it when the commit is already in the integrator's store, "
-    "though the payload never carried it: a keyholder can point a task branch at the user's stash or "
-    "any local-only commit, which the fetch path (branch_sha == head, a commit the worker pushed) never allowed"))
 @pytest.mark.parametrize("spelling", ["abbreviated", "upper case", "full id, not in the payload"])
 def test_an_outcome_cannot_name_a_commit_only_the_integrator_has(repo: Repo, spelling: str) -> None:
     start = repo.git("rev-parse", "HEAD")
@@ -87,10 +82,6 @@ def take_request(client: redis.Redis, names: p.Names, run: str) -> tuple[bytes, 
     return entry, p.unseal(KEY.encode(), fields, kind="request")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a keyholder's outcome names the user's stash by its abbreviated id with an empty payload: "
-    "write_branches sets the task branch there, the train merges it, and the next request carries "
-    "the stashed secret out to the workers"))
 def test_a_worker_cannot_merge_and_read_back_the_users_stash(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     repo = cluster.repo
     secret = stash_a_secret(repo)
@@ -122,7 +113,10 @@ def test_a_worker_cannot_merge_and_read_back_the_users_stash(cluster: Cluster, t
         stream = names.requests(run)
 
         def settled() -> Any:
-            got = client.xreadgroup(p.WORKER_GROUP, "evil", {stream: ">"}, count=1, block=200)
+            try:
+                got = client.xreadgroup(p.WORKER_GROUP, "evil", {stream: ">"}, count=1, block=200)
+            except redis.ResponseError:     # the run ended and took its streams with it
+                got = None
             if got and got[0][1]:
                 return ("request", p.unseal(KEY.encode(), got[0][1][0][1], kind="request"))
             return ("ended", None) if integrator.poll() is not None else None
@@ -155,10 +149,6 @@ def _blob_record(data: bytes) -> bytes:
     return f"3 {len(data)} {oid}\n".encode() + data
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "apply_objects bounds only the decompressed bytes (64 MB), not the payload (a worker sends at most "
-    "INLINE_BYTES) nor the count of objects: each object becomes one loose file in the user's repository, "
-    "where a fetch of as many would have kept one pack"))
 def test_an_outcome_payload_beyond_inline_bytes_writes_nothing(repo: Repo) -> None:
     start = repo.git("rev-parse", "HEAD")
     raw = b"".join(_blob_record(b"%d\n" % i) for i in range(20_000))

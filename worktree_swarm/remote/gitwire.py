@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 import zlib
 from pathlib import Path
@@ -79,6 +80,9 @@ INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing mor
 _UNPACKED_MAX = 64 * 1024 * 1024
 _RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress into INLINE_BYTES
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
+# Base64 of INLINE_BYTES, and a separator per segment: no sender makes a longer payload.
+_PAYLOAD_MAX = 4 * INLINE_BYTES // 3 + 4 + 64
+_FULL_ID = re.compile(r"[0-9a-f]{40}")
 
 
 def objects_since(repo: Repo, sha: str, base: str) -> str | None:
@@ -153,10 +157,16 @@ class StartChain:
 
 def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
     """Write the objects of an `objects_since` or `StartChain` PAYLOAD here (each must hash to the id it
-    claims); True when commit SHA is here afterwards. Each segment writes its commits last, oldest
-    first, the segments oldest first: a commit present is one whose closure is."""
+    claims); True when commit SHA, in full, is one of the commits it carries and is here afterwards.
+    Each segment writes its commits last, oldest first, the segments oldest first: a commit present is
+    one whose closure is. A payload larger than any a sender makes is refused unread."""
+    # The commit must come with the payload: a sender naming a commit this repository has, but it
+    # never saw (the user's stash; found by a prefix of its id), would have its branch set there.
+    if not _FULL_ID.fullmatch(sha) or len(payload) > _PAYLOAD_MAX:
+        return False
     r = repo.pygit
     budget = _UNPACKED_MAX
+    carried: set[str] = set()
     for segment in payload.split("."):
         try:
             raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
@@ -182,8 +192,10 @@ def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
             here = _sha1(int(kind), data) == claimed and claimed in r.odb
             if not here and str(r.odb.write(int(kind), data)) != claimed:
                 return False
+            if int(kind) == _COMMIT:
+                carried.add(claimed)
             at = end + 1 + int(size)
-    return has_commit(repo, sha)
+    return sha in carried and has_commit(repo, sha)
 
 
 _KIND_NAMES = {1: b"commit", 2: b"tree", 3: b"blob"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ PROTOCOL = 3
 VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
 MIN_KEY_LENGTH = 16
+
+_FULL_ID = re.compile(r"[0-9a-f]{40}")      # a commit id as git writes it in full
 
 WORKER_GROUP = "workers"          # the consumer group workers read requests with
 INTEGRATOR_GROUP = "integrator"   # the one the integrator reads outcomes and events with
@@ -297,6 +300,8 @@ def parse_outcome(body: Mapping[str, Any], task: Task) -> Outcome:
         if kind not in REMOTE_KINDS:
             raise ValueError(f"kind {kind!r}")
         head = body.get("head")
+        if head is not None and not (isinstance(head, str) and _FULL_ID.fullmatch(head)):
+            raise ValueError(f"head {head!r} is not a full commit id")
         report = body.get("report")
         usage = body.get("usage") or {}
         if not isinstance(usage, dict):
