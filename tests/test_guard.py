@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from conftest import Repo, events, idle_slots, wswarm, write_plan
@@ -201,3 +202,38 @@ def test_a_hooks_folder_swapped_for_a_link_is_put_back_without_touching_its_targ
     assert hooks.is_dir() and not hooks.is_symlink()
     assert (hooks / "pre-merge-commit").read_text() == "#!/bin/sh\nexit 0\n"
     assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+
+
+def test_refs_read_from_git_files_are_the_refs_git_lists_but_the_runs_own(repo: Repo) -> None:
+    head = repo.git("rev-parse", "HEAD")
+    repo.write("x.txt", "x\n")
+    second = repo.commit_all("second")
+    own = "refs/heads/wswarm/20260101-000000-abcd/"
+    for name in ("feature/a", "feature/b/c", "wswarm/older-run/integration", "wswarm/older-run/tasks/t/1",
+                 "wswarm/20260101-000000-abcd/tasks/t/1", "wswarm/20260101-000000-abcd/integration"):
+        repo.git("branch", name, head)
+    repo.git("tag", "v1", head)
+    repo.git("tag", "-a", "-m", "annotated", "v2", second)
+    repo.git("update-ref", "refs/remotes/origin/main", head)
+    repo.git("pack-refs", "--all")
+    # loose refs over packed ones: moved, added, one packed and deleted
+    repo.git("update-ref", "refs/heads/feature/a", second)
+    repo.git("branch", "loose-only", second)
+    repo.git("update-ref", "-d", "refs/tags/v1")
+    repo.git("symbolic-ref", "refs/heads/alias", "refs/heads/main")
+    common = repo.path / ".git"
+
+    got = guard._ref_files(common, own)
+
+    listed = {r.name: r.target for r in pygit2.Repository(str(repo.path)).references.iterator()}
+    # the run's own refs and every run's task branches are not read; everything else is, as git lists it
+    expected = {name: str(target) if isinstance(target, pygit2.Oid) else f"ref: {target}"
+                for name, target in listed.items() if not name.startswith((own, "refs/heads/wswarm/older-run/tasks/"))}
+    assert got == expected
+    assert "refs/heads/wswarm/older-run/integration" in got and "refs/tags/v1" not in got
+    # a task branch packed is left out as well as a loose one
+    repo.git("pack-refs", "--all")
+    assert guard._ref_files(common, own) == expected
+    # a link in a ref's place is read as one, never followed
+    (common / "refs" / "heads" / "linked").symlink_to(common / "refs" / "heads" / "main")
+    assert guard._ref_files(common, own)["refs/heads/linked"] == "not a regular file"

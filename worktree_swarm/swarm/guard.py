@@ -12,6 +12,7 @@ aside), and says who ran while it happened.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -23,6 +24,7 @@ from worktree_swarm.git.repo import Repo
 
 # Branches of wswarm's runs are not the user's.
 _OURS = "refs/heads/wswarm/"
+_TASKS = re.compile(r"refs/heads/wswarm/[^/]+/tasks/")     # the task branches of a run
 # Files in the common dir that decide what git executes, and the folder of its hooks.
 CODE_FILES = ("config", "config.worktree", "info/attributes")
 HOOKS = "hooks"
@@ -77,10 +79,13 @@ def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = N
     pygit = repo.pygit
     head_ref = pygit.lookup_reference("HEAD")
     head = str(head_ref.target)      # a ref name when on a branch, else the commit id
-    # One pass that reads each ref as it lists it (a ref deleted meanwhile is simply not listed); not
-    # a listing and then references.get(name) for each, which pygit2 1.21 makes keep every name.
-    refs = {ref.name: str(ref.target) for ref in pygit.references.iterator()
-            if ref.name != "refs/stash" and not (own and ref.name.startswith(own))}
+    refs = _ref_files(repo.common_dir, own)
+    if refs is None:
+        # One pass that reads each ref as it lists it (a ref deleted meanwhile is simply not listed);
+        # not a listing and then references.get(name) for each, which pygit2 1.21 makes keep every name.
+        refs = {ref.name: str(ref.target) for ref in pygit.references.iterator()
+                if not (own and ref.name.startswith(own)) and not _TASKS.match(ref.name)}
+    refs.pop("refs/stash", None)
     branches = {n: t for n, t in refs.items() if n.startswith("refs/heads/") and not n.startswith(_OURS)}
     others = {n: t for n, t in refs.items() if n not in branches}
     stash_ref = pygit.references.get("refs/stash")
@@ -90,6 +95,59 @@ def snapshot(repo: Repo, *, checkout: frozenset[tuple[str, int, int]] | None = N
     return Snapshot(head=head, branches=branches, stash=stash,
                     checkout=_checkout_files(repo) if checkout is None else checkout,
                     others=others, code=_code_files(repo.common_dir))
+
+
+def _ref_files(common: Path, own: str) -> dict[str, str] | None:
+    """Every ref but those under OWN and the task branches of wswarm's runs, read from git's files
+    (`packed-refs`, then the loose ones, which win), name -> what the file says: a commit id, or
+    `ref: NAME` for a symbolic one. Those folders are not walked: task branches, a hundred or a
+    thousand a run, were most of what a listing of every ref read on every outcome (each read of a
+    ref a wait for the interpreter lock behind the agents' threads), and they are wswarm's record of
+    attempts, not the user's (another run's integration branch is watched). None when the repository
+    keeps its refs another way (reftable). Never through a link: one in a ref's place reads as a
+    change."""
+    if os.path.lexists(common / "reftable"):
+        return None
+    refs: dict[str, str] = {}
+    try:
+        packed = proc.read_bytes(common / "packed-refs")
+    except FileNotFoundError:
+        packed = b""
+    except OSError:
+        packed, refs["packed-refs"] = b"", "not a regular file"
+    for line in packed.decode("utf-8", errors="replace").splitlines():
+        if line and line[0] not in "#^":
+            value, _, name = line.partition(" ")
+            if not (own and name.startswith(own)) and not _TASKS.match(name):
+                refs[name] = value
+    # Plain strings and descriptors: a path object per ref costs more than reading it.
+    top = os.fspath(common) + os.sep
+    skip = top + own.rstrip("/") if own else None
+    folders = [top + "refs"]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue        # gone meanwhile, or not a folder: its refs are simply not listed
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.path != skip and not (entry.name == "tasks" and _TASKS.match(entry.path[len(top):] + "/")):
+                    folders.append(entry.path)
+            elif not entry.name.endswith(".lock"):
+                name = entry.path[len(top):].replace(os.sep, "/")
+                try:
+                    fd = proc.open_regular(Path(entry.path), os.O_RDONLY)
+                except FileNotFoundError:
+                    continue        # deleted meanwhile (and from packed-refs first, as git deletes)
+                except OSError:
+                    refs[name] = "not a regular file"
+                    continue
+                try:
+                    refs[name] = os.read(fd, 4096).decode("utf-8", errors="replace").strip()
+                finally:
+                    os.close(fd)
+    return refs
 
 
 def _code_files(common: Path) -> dict[str, bytes]:
