@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import WSWARM, git, wswarm, write_plan
 from tests.test_remote_run import Cluster, agent_cmd, cluster, events, until  # noqa: F401  (cluster is a fixture)
@@ -60,6 +61,13 @@ def _fetched_objects(trace: Path) -> list[int]:
     return [n for _, n in sorted(sent)]
 
 
+def chain_plan(tmp_path: Path, ids: list[str], *, then: dict[str, Any] | None = None) -> Path:
+    """A plan of IDS each depending on the one before (each writes out/<id>.txt), and THEN after them."""
+    return write_plan(tmp_path / "plan.json", [
+        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
+         "dependencies": [ids[i - 1]] if i else []} for i, t in enumerate(ids)] + ([then] if then else []))
+
+
 def _pushes(trace: Path) -> int:
     """Pushes the trace recorded."""
     count = 0
@@ -75,9 +83,7 @@ def test_a_worker_gets_each_new_start_with_its_request_and_keeps_refs_to_the_las
     agent, _ = agent_cmd(tmp_path)
     # A chain: each task starts from the merge of the one before, ten different start commits.
     tasks = [f"t{i}" for i in range(10)]
-    plan = write_plan(tmp_path / "plan.json", [
-        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
-         "dependencies": [tasks[i - 1]] if i else []} for i, t in enumerate(tasks)])
+    plan = chain_plan(tmp_path, tasks)
     trace = tmp_path / "trace"
     trace.mkdir()
     cluster.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
@@ -228,13 +234,13 @@ def test_a_start_commit_that_cannot_be_pushed_sends_no_request_and_stops_the_run
 def test_a_worker_without_the_base_of_a_requests_objects_asks_for_its_start_and_gets_it(cluster: Cluster,  # noqa: F811
                                                                                           tmp_path: Path) -> None:
     agent, marks = agent_cmd(tmp_path)
-    # A chain longer than the starts a request's objects reach back to, then `hold`, whose agent waits.
-    chain = [f"c{i}" for i in range(12)]
-    plan = write_plan(tmp_path / "plan.json", [
-        {"id": t, "type": "feature", "description": t, "files": [f"out/{t}.txt"],
-         "dependencies": [chain[i - 1]] if i else []} for i, t in enumerate(chain)] + [
-        {"id": "hold", "type": "feature", "description": "hold", "files": ["out/hold.txt"],
-         "dependencies": [chain[-1]]}])
+    # The run's base is a commit of the integrator's own, on none of the remote's branches (a clone
+    # has it only once the run pushes it); then a chain, then `hold`, whose agent waits.
+    cluster.repo.write("local.txt", "not pushed\n")
+    cluster.repo.commit_all("a commit of the integrator's own")
+    chain = [f"c{i}" for i in range(3)]
+    plan = chain_plan(tmp_path, chain, then={"id": "hold", "type": "feature", "description": "hold",
+                                             "files": ["out/hold.txt"], "dependencies": [chain[-1]]})
     (marks / "wait-hold").write_text("")
     w1 = cluster.start_worker("w1", agent=agent)
     integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
@@ -243,8 +249,8 @@ def test_a_worker_without_the_base_of_a_requests_objects_asks_for_its_start_and_
                                   stdin=subprocess.DEVNULL)
     try:
         until(lambda: (marks / "hold-1.pid").is_file(), what="hold's agent started on w1", timeout=120)
-        # w2's clone has the base alone; w1 stops, and hold's next attempt (nothing charged) goes to w2 with
-        # objects counted from a start w2 never saw: it asks for the start, which is pushed then.
+        # w2's clone has the remote's branches alone; w1 stops, and hold's next attempt (nothing charged)
+        # goes to w2 with objects counted from a start w2 never saw: it asks for the start, pushed then.
         w2 = cluster.start_worker("w2", agent=agent)
         w1.proc.terminate()
         w1.proc.wait(timeout=60)
