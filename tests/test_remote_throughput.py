@@ -68,6 +68,17 @@ def chain_plan(tmp_path: Path, ids: list[str], *, then: dict[str, Any] | None = 
          "dependencies": [ids[i - 1]] if i else []} for i, t in enumerate(ids)] + ([then] if then else []))
 
 
+def run_traced(c: Cluster, tmp_path: Path, plan: Path, agent: str) -> Path:
+    """PLAN run to its end on one worker, w1, whose git processes are traced: the trace's folder."""
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    c.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
+    res = wswarm(c.repo.path, "start", "--plan", str(plan), "--redis", c.redis.url,
+                 "--agent-cmd", agent, "--lease", "5", timeout=300)
+    assert res.returncode == 0, res.stderr
+    return trace
+
+
 def _pushes(trace: Path) -> int:
     """Pushes the trace recorded."""
     count = 0
@@ -84,12 +95,7 @@ def test_a_worker_gets_each_new_start_with_its_request_and_keeps_refs_to_the_las
     # A chain: each task starts from the merge of the one before, ten different start commits.
     tasks = [f"t{i}" for i in range(10)]
     plan = chain_plan(tmp_path, tasks)
-    trace = tmp_path / "trace"
-    trace.mkdir()
-    cluster.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
-    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                 "--agent-cmd", agent, "--lease", "5", timeout=300)
-    assert res.returncode == 0, res.stderr
+    trace = run_traced(cluster, tmp_path, plan, agent)
     evs = events(cluster.repo)
     assert [e["task"] for e in evs if e["kind"] == "merged"] == tasks
     starts = [e["start"] for e in evs if e["kind"] == "attempt-started"]
@@ -129,12 +135,7 @@ def test_a_start_too_big_to_send_inline_is_fetched_and_only_what_is_new_travels(
         {"id": "last", "type": "feature", "description": "last", "files": ["out/last.bin"],
          "dependencies": ["after"]}])
     (cluster.repo.path / "wswarm.toml").write_text("[gate]\nchecks = []\n")
-    trace = tmp_path / "trace"
-    trace.mkdir()
-    cluster.start_worker("w1", agent=agent, env={"GIT_TRACE2_EVENT": str(trace)})
-    res = wswarm(cluster.repo.path, "start", "--plan", str(plan), "--redis", cluster.redis.url,
-                 "--agent-cmd", agent, "--lease", "5", timeout=300)
-    assert res.returncode == 0, res.stderr
+    trace = run_traced(cluster, tmp_path, plan, agent)
     assert [e["task"] for e in events(cluster.repo) if e["kind"] == "merged"] == ["big", "after", "last"]
     # One fetch, after's start: the merge commit alone. big's commit, its trees and its 400 KB file
     # are the worker's own (it made big, and kept a ref to it), and the kept refs spare everything older.
