@@ -1,8 +1,11 @@
-"""Git as the transport for code: what the integrator and a worker push and fetch, and nothing more.
+"""Git as the transport for code: what the integrator and a worker push and fetch, and the few objects
+that travel inside a request or an outcome instead.
 
-Everything goes under the run's private namespace on the remote (`refs/wswarm/<run>/…`, never
-`refs/heads`): the integrator pushes each start commit once, a worker fetches exactly that ref and
-pushes its task branch, and the integrator fetches that one ref into the task's local branch.
+Everything on the remote goes under the run's private namespace (`refs/wswarm/<run>/…`, never
+`refs/heads`). A start commit whose objects fit in its request, and a task branch whose objects fit
+in its outcome, travel there; the others through the remote: the integrator pushes a start commit
+once, a worker fetches exactly that ref and pushes its task branch, and the integrator fetches that
+one ref into the task's local branch.
 """
 
 from __future__ import annotations
@@ -29,11 +32,6 @@ FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-auto-mainten
 # pack appears whole, where loose objects appear one by one, a commit before its tree, to the look of
 # another attempt of the same worker whose start is among them.
 WHOLE = ("-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1")
-
-
-def push_start(repo: Repo, remote: str, run: str, sha: Sha) -> None:
-    """Put commit SHA on the remote where workers fetch it from (only the objects it lacks travel)."""
-    push_refs(repo, remote, {start_ref(run, sha): sha}, [])
 
 
 def push_refs(repo: Repo, remote: str, updates: dict[str, Sha], deletions: list[str]) -> None:
