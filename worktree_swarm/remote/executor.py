@@ -447,7 +447,7 @@ class RedisExecutor(Executor):
         return _Found(out, worker, p.outcome_objects(body))
 
     def _collect(self, out: Outcome, log: str) -> None:
-        """The attempt's files, here: its log and verdict; its branch is fetched by `_deliver`."""
+        """The attempt's files, here: its log and verdict; its branch is brought by `_deliver`."""
         adir = self.store.attempt_dir(out.task.id, out.n)
         if log:
             proc.write_new(adir / layout.AGENT_LOG, log.encode("utf-8", errors="replace"))
@@ -459,30 +459,27 @@ class RedisExecutor(Executor):
         outcome carried, the others in one fetch (under load outcomes come in batches, and a fetch each
         would bound the merges per second); then each outcome is ready for `wait`. One whose branch
         does not arrive whole at its head becomes an error."""
-        errors: dict[int, str] = {}
         carried = [f for f in found if f.out.head is not None and f.objects is not None]
-        for f, error in zip(carried, gitwire.write_branches(
-                self.repo, [(f.out.branch, Sha(str(f.out.head)), f.out.start, str(f.objects)) for f in carried])):
-            if error is not None:
-                errors[id(f)] = error
+        if carried:
+            errors = gitwire.write_branches(self.repo, [(f.out.branch, Sha(str(f.out.head)), f.out.start, str(f.objects))
+                                                        for f in carried])
+            for f, error in zip(carried, errors):
+                f.error = error
         fetching = [f for f in found if f.out.head is not None and f.objects is None]
-        fetched = []
-        for f, error in zip(fetching, gitwire.fetch_tasks(
-                self.repo, self.remote, self.run,
-                [(f.out.task.id, f.out.n, f.out.branch, Sha(str(f.out.head))) for f in fetching]) if fetching else []):
-            if error is not None:
-                errors[id(f)] = error
-            else:
-                fetched.append(task_ref(self.run, f.out.task.id, f.out.n))
+        if fetching:
+            errors = gitwire.fetch_tasks(self.repo, self.remote, self.run,
+                                         [(f.out.task.id, f.out.n, f.out.branch, Sha(str(f.out.head))) for f in fetching])
+            for f, error in zip(fetching, errors):
+                f.error = error
         for f in found:
-            if id(f) in errors:
+            if f.error is not None:
                 f.out.kind = "error"
-                f.out.reason = f"the task branch from worker {f.worker} did not arrive: {errors[id(f)]}"
+                f.out.reason = f"the task branch from worker {f.worker} did not arrive: {f.error}"
                 f.out.feedback, f.out.report = "", None
         with self._cond:
             self._transit -= len(found)
             self._ready.extend(f.out for f in found)
-            self._doomed.extend(fetched)
+            self._doomed.extend(task_ref(self.run, f.out.task.id, f.out.n) for f in fetching if f.error is None)
             self._cond.notify_all()
 
     def _current(self, body: dict[str, Any]) -> _Live | None:
@@ -553,6 +550,7 @@ class _Found:
     out: Outcome
     worker: str
     objects: str | None      # its branch's objects, when the outcome carried them
+    error: str | None = None  # why its branch did not arrive
 
 
 def _text(value: bytes | str) -> str:
