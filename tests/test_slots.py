@@ -420,3 +420,26 @@ Path(os.environ["WSWARM_TASK_ID"] + ".txt").write_text("done\\n")
         assert git(orphan_slot, "symbolic-ref", "--short", "HEAD").endswith("/tasks/slow/1")
     finally:
         os.killpg(orphan, signal.SIGKILL)
+
+
+def test_a_slots_commondir_is_left_alone_when_intact_and_replaced_whole_when_not(tmp_path: Path) -> None:
+    # Every `git worktree add` reads every worktree's commondir: one rewritten in place on each release
+    # was caught empty by the merge gate's worktree add now and then ("failed to read .../commondir").
+    from worktree_swarm.git.slot_files import COMMONDIR, put_commondir
+
+    admin = tmp_path / "admin"
+    admin.mkdir()
+    (admin / "commondir").write_bytes(COMMONDIR)
+    before = os.stat(admin / "commondir")
+    assert put_commondir(admin) is False
+    after = os.stat(admin / "commondir")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # pointed elsewhere, or a link: replaced by a rename (the link itself, never its target)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"/somewhere/else\n")
+    (admin / "commondir").unlink()
+    (admin / "commondir").symlink_to(target)
+    assert put_commondir(admin) is True
+    assert (admin / "commondir").read_bytes() == COMMONDIR and not (admin / "commondir").is_symlink()
+    assert target.read_bytes() == b"/somewhere/else\n"
+    assert sorted(p.name for p in admin.iterdir()) == ["commondir"]

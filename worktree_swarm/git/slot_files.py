@@ -134,14 +134,24 @@ def undo_steering(admin: Path) -> list[str]:
     if os.path.lexists(admin / "config.worktree"):
         (admin / "config.worktree").unlink()
         undone.append("config.worktree")
-    try:
-        intact = proc.read_bytes(admin / "commondir") == COMMONDIR
-    except OSError:
-        intact = False
-    if not intact:
-        proc.write_new(admin / "commondir", COMMONDIR)
+    if put_commondir(admin):
         undone.append("commondir")
     return undone
+
+
+def put_commondir(admin: Path) -> bool:
+    """The `commondir` of git dir ADMIN as `worktree add` wrote it; True when it was not. Replaced in one
+    rename, never followed: every `git worktree add` reads every worktree's `commondir`, and one caught
+    between an unlink and a write (an empty file) fails ("failed to read .../commondir")."""
+    try:
+        if proc.read_bytes(admin / "commondir") == COMMONDIR:
+            return False
+    except OSError:
+        pass
+    tmp = admin / "commondir.wswarm-tmp"
+    proc.write_new(tmp, COMMONDIR)
+    os.replace(tmp, admin / "commondir")
+    return True
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from worktree_swarm.util import proc
 from worktree_swarm.config import WorktreeConfig
 from worktree_swarm.util.errors import WswarmError
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.git.slot_files import (COMMONDIR, TRANSIENT_DIRS, TRANSIENT_FILES, admin_dir, read_meta, real, slots_dir,
-                                           try_lock, write_head, write_meta)
+from worktree_swarm.git.slot_files import (TRANSIENT_DIRS, TRANSIENT_FILES, admin_dir, read_meta, real, slots_dir,
+                                           put_commondir, try_lock, write_head, write_meta)
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreePool, list_worktrees, remove_worktree
 from worktree_swarm.util.types import BranchName, Sha
 
@@ -268,7 +268,7 @@ class SlotPool(WorktreePool):
         # Where git finds the common dir, written by `worktree add` as below. An agent that points it
         # at a folder of its own makes every git command in the slot read that folder's config (its
         # filters run as the user), for every later task and run: put back before any git runs here.
-        proc.write_new(admin / "commondir", COMMONDIR)
+        put_commondir(admin)
 
     def _flagged(self, slot: _Slot) -> dict[str, list[str]] | None:
         """Index entries marked assume-unchanged (a lower-case tag) or skip-worktree (S), which
