@@ -1,15 +1,16 @@
 """`RedisExecutor`: the loop's attempts run by workers on other machines.
 
 Requests go on the run's request stream (read by the workers' consumer group); outcomes and events
-come back on two streams this integrator reads with a group of its own. Code travels through the git
-remote. Delivery is at least once, the effect exactly once: every request carries a fresh token, an
-attempt is live only under its token, and whatever arrives under another (a reclaimed attempt's late
-result, a duplicate) is rejected and logged; a task's outcome is handed to the loop at most once.
+come back on two streams this integrator reads with a group of its own. Delivery is at least once,
+the effect exactly once: every request carries a fresh token, an attempt is live only under its
+token, and whatever arrives under another (a reclaimed attempt's late result, a duplicate) is
+rejected and logged; a task's outcome is handed to the loop at most once.
 
-The loop's thread does no git transport: a sender thread pushes the start commits of the requests
-submitted meanwhile (one push for the batch) and only then adds those requests to the stream, and a
-reader thread reads outcomes and events and fetches the branches of the outcomes it read together
-(one fetch per batch), so the loop merges one batch while the next travels.
+The loop's thread does no transport. A sender thread adds the requests submitted meanwhile, each with
+its start commit's new objects when they fit, and pushes to the remote the start commits that do not
+(and those a worker asks for), one push for the batch. A reader thread reads outcomes and events and
+brings the branches of the outcomes it read together (`inbound`), so the loop merges one batch while
+the next travels.
 """
 
 from __future__ import annotations
@@ -23,25 +24,19 @@ from typing import Any, TypeVar
 import redis
 
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.remote import gitwire
+from worktree_swarm.remote import gitwire, inbound
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.client import retrying
-from worktree_swarm.remote.protocol import start_ref, task_ref
+from worktree_swarm.remote.protocol import start_ref
 from worktree_swarm.store.run_store import AttemptRow, RunStore
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest, Executor, Phase
-from worktree_swarm.store import layout
-from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha
-from worktree_swarm.store.events import EventKind, kind_of
+from worktree_swarm.store.events import EventKind
 
 T = TypeVar("T")
 CONSUMER = "integrator"
-# Fields a worker may set on a task row; anything else it says about a phase is ignored.
-PHASE_FIELDS = frozenset({"worktree", "gating"})
-# Event fields the integrator sets itself; a worker's are dropped.
-OWN_FIELDS = frozenset({"ts", "kind", "task"})
 # Refs of fetched task branches deleted from the remote together once this many wait (or with the
 # next push of a start commit): every push and fetch reads the remote's whole list of refs.
 DELETE_BATCH = 64
@@ -176,7 +171,7 @@ class RedisExecutor(Executor):
         adopted = set(self._live)
         outcomes = self.names.outcomes(self.run)
         last = None
-        found: list[_Found] = []
+        found: list[inbound.Found] = []
         listed = self._retrying(lambda: self.client.xrange(outcomes))
         for entry, fields in listed:
             last = entry
@@ -364,7 +359,7 @@ class RedisExecutor(Executor):
         while not self._closing:
             got: Any = self._retrying(lambda: self.client.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200,
                                                                       block=READ_BLOCK_MS))
-            found: list[_Found] = []
+            found: list[inbound.Found] = []
             for stream, entries in got or []:
                 name = _text(stream)
                 for _, fields in entries:
@@ -397,24 +392,14 @@ class RedisExecutor(Executor):
                     self._asked.add(live.request.start)
                     self._cond.notify_all()
                 return
-        raw = body.get("fields")
-        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if kind == "phase":
-            phase = {k: v for k, v in data.items() if k in PHASE_FIELDS}
-            if phase:
+            if update := inbound.phase(body):
                 with self._cond:
-                    self._phases.append((task, phase))
+                    self._phases.append((task, update))
             return
-        event = kind_of(body.get("kind"))
-        if event is None:     # not a kind wswarm knows: a worker of another make, or a forged entry
-            self.store.event(EventKind.REMOTE_REFUSED, stream="events", reason=f"unknown event kind {body.get('kind')!r}",
-                             worker=worker)
-            return
-        extra = {k: v for k, v in data.items() if k not in OWN_FIELDS}
-        extra["worker"] = worker
-        self.store.event(event, task, **extra)
+        inbound.record_event(self.store, body, task, worker)
 
-    def _outcome(self, fields: dict[bytes, bytes]) -> _Found | None:
+    def _outcome(self, fields: dict[bytes, bytes]) -> inbound.Found | None:
         """The outcome an entry reports and its worker, when its token is a live attempt's; that
         attempt is settled here and then (in transit until `_deliver` hands it over)."""
         try:
@@ -432,54 +417,16 @@ class RedisExecutor(Executor):
                              attempt=body.get("n"), worker=body.get("worker"),
                              reason="its attempt was taken back and handed out again, or already settled")
             return None
-        worker = str(body.get("worker"))
-        if body.get("refused"):
-            out = Outcome(task=live.request.task, n=live.request.n, kind="error", branch=live.request.branch,
-                          start=live.request.start, reason=str(body.get("reason")))
-        else:
-            try:
-                out = p.parse_outcome(body, live.request.task)
-            except p.Refused as exc:
-                out = Outcome(task=live.request.task, n=live.request.n, kind="error", branch=live.request.branch,
-                              start=live.request.start, reason=f"worker {worker}: {exc}")
-        out.branch, out.start, out.worktree = live.request.branch, live.request.start, None
-        self._collect(out, str(body.get("log") or ""))
-        return _Found(out, worker, p.outcome_objects(body))
+        return inbound.found(self.store, body, live.request)
 
-    def _collect(self, out: Outcome, log: str) -> None:
-        """The attempt's files, here: its log and verdict; its branch is brought by `_deliver`."""
-        adir = self.store.attempt_dir(out.task.id, out.n)
-        if log:
-            proc.write_new(adir / layout.AGENT_LOG, log.encode("utf-8", errors="replace"))
-        if out.report is not None:
-            proc.write_new(adir / "gate.json", out.report.to_json().encode("utf-8"))
-
-    def _deliver(self, found: list[_Found]) -> None:
-        """The branches of the outcomes FOUND, at their reported heads: written from the objects an
-        outcome carried, the others in one fetch (under load outcomes come in batches, and a fetch each
-        would bound the merges per second); then each outcome is ready for `wait`. One whose branch
-        does not arrive whole at its head becomes an error."""
-        carried = [f for f in found if f.out.head is not None and f.objects is not None]
-        if carried:
-            errors = gitwire.write_branches(self.repo, [(f.out.branch, Sha(str(f.out.head)), f.out.start, str(f.objects))
-                                                        for f in carried])
-            for f, error in zip(carried, errors):
-                f.error = error
-        fetching = [f for f in found if f.out.head is not None and f.objects is None]
-        if fetching:
-            errors = gitwire.fetch_tasks(self.repo, self.remote, self.run,
-                                         [(f.out.task.id, f.out.n, f.out.branch, Sha(str(f.out.head))) for f in fetching])
-            for f, error in zip(fetching, errors):
-                f.error = error
-        for f in found:
-            if f.error is not None:
-                f.out.kind = "error"
-                f.out.reason = f"the task branch from worker {f.worker} did not arrive: {f.error}"
-                f.out.feedback, f.out.report = "", None
+    def _deliver(self, found: list[inbound.Found]) -> None:
+        """The branches of the outcomes FOUND brought here (`inbound.bring_branches`); then each outcome
+        is ready for `wait`."""
+        fetched = inbound.bring_branches(self.repo, self.remote, self.run, found)
         with self._cond:
             self._transit -= len(found)
             self._ready.extend(f.out for f in found)
-            self._doomed.extend(task_ref(self.run, f.out.task.id, f.out.n) for f in fetching if f.error is None)
+            self._doomed.extend(fetched)
             self._cond.notify_all()
 
     def _current(self, body: dict[str, Any]) -> _Live | None:
@@ -541,16 +488,6 @@ class RedisExecutor(Executor):
         """Under _cond."""
         live = self._live.pop(key)
         self._by_token.pop(live.token, None)
-
-
-@dataclass
-class _Found:
-    """An outcome read for a live attempt, before its branch is here."""
-
-    out: Outcome
-    worker: str
-    objects: str | None      # its branch's objects, when the outcome carried them
-    error: str | None = None  # why its branch did not arrive
 
 
 def _text(value: bytes | str) -> str:
