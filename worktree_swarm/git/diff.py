@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from worktree_swarm.util import proc
 from worktree_swarm.git.repo import Repo
 
+from worktree_swarm.util.types import is_full_id
 
 @dataclass(frozen=True)
 class FileChange:
@@ -32,7 +32,6 @@ _patches: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 _patches_lock = threading.Lock()
 _KEEP = 8
 # Only commit ids name the same diff at both calls; a ref may move in between.
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def diff_text(repo: Repo, base: str, head: str, paths: Sequence[str] = ()) -> str:
@@ -41,7 +40,7 @@ def diff_text(repo: Repo, base: str, head: str, paths: Sequence[str] = ()) -> st
 
     Prefixes are forced: a user's diff.noprefix would otherwise eat real top-level `a/` folders.
     """
-    if not paths and _OID.fullmatch(base) and _OID.fullmatch(head):
+    if not paths and is_full_id(base) and is_full_id(head):
         with _patches_lock:
             kept = _patches.pop((str(repo.common_dir), base, head), None)
         if kept is not None:
@@ -66,7 +65,7 @@ def changed_files(repo: Repo, base: str, head: str) -> list[FileChange]:
     raw = proc.git_bytes(*repo.objects_only(), "diff", *_PATCH, "--numstat", "-z", "-p", base, head,
                          cwd=repo.common_dir)
     stat, _, patch = raw.partition(b"\0\0")
-    if _OID.fullmatch(base) and _OID.fullmatch(head):
+    if is_full_id(base) and is_full_id(head):
         with _patches_lock:
             _patches[(str(repo.common_dir), base, head)] = patch.decode("utf-8", errors="surrogateescape")
             while len(_patches) > _KEEP:

@@ -6,15 +6,13 @@ slower on 38k-file trees and uses libgit2's first merge base, so git's own merge
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.util.types import Sha
+from worktree_swarm.util.types import Sha, is_full_id
 
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ def merge_tree(repo: Repo, ours: Sha, theirs: Sha) -> MergeTree:
     records = res.stdout.split("\0")
     # exit 0 = clean, 1 = conflicts; anything else is an error, never "no conflicts". git also
     # exits 1 for "not something we can merge": a conflict always comes with a tree id.
-    if res.returncode not in (0, 1) or not _OID.fullmatch(records[0]):
+    if res.returncode not in (0, 1) or not is_full_id(records[0]):
         raise CommandError(proc.display_argv(res.argv), res.returncode, res.stdout + res.stderr)
     paths: list[str] = []
     i = 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +20,7 @@ from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
-from worktree_swarm.util.types import BranchName, Sha
+from worktree_swarm.util.types import BranchName, Sha, is_full_id
 
 QUIET = ("-q", "--no-verify")
 # A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
@@ -80,7 +79,6 @@ _RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 # Base64 of INLINE_BYTES, and a separator per segment: no sender makes a longer payload.
 _PAYLOAD_MAX = 4 * INLINE_BYTES // 3 + 4 + 64
-_FULL_ID = re.compile(r"[0-9a-f]{40}")
 
 
 def objects_since(repo: Repo, sha: str, base: str) -> str | None:
@@ -160,7 +158,7 @@ def apply_objects(repo: Repo, sha: str, payload: str) -> bool:
     one whose closure is. A payload larger than any a sender makes is refused unread."""
     # The commit must come with the payload: a sender naming a commit this repository has, but it
     # never saw (the user's stash; found by a prefix of its id), would have its branch set there.
-    if not _FULL_ID.fullmatch(sha) or len(payload) > _PAYLOAD_MAX:
+    if not is_full_id(sha) or len(payload) > _PAYLOAD_MAX:
         return False
     r = repo.pygit
     budget = _UNPACKED_MAX

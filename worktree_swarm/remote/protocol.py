@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from worktree_swarm.plan import Task
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.swarm.executor import AttemptRequest
 from worktree_swarm.util.errors import UsageError
-from worktree_swarm.util.types import BranchName, Sha, TaskId
+from worktree_swarm.util.types import BranchName, Sha, TaskId, is_full_id
 
 # 2: a request may carry its start commit's objects, and come before that commit's push.
 # 3: an outcome may carry its branch's objects (beyond its start's), and then its branch is not pushed;
@@ -35,7 +34,6 @@ VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
 MIN_KEY_LENGTH = 16
 
-_FULL_ID = re.compile(r"[0-9a-f]{40}")      # a commit id as git writes it in full
 
 WORKER_GROUP = "workers"          # the consumer group workers read requests with
 INTEGRATOR_GROUP = "integrator"   # the one the integrator reads outcomes and events with
@@ -300,7 +298,7 @@ def parse_outcome(body: Mapping[str, Any], task: Task) -> Outcome:
         if kind not in REMOTE_KINDS:
             raise ValueError(f"kind {kind!r}")
         head = body.get("head")
-        if head is not None and not (isinstance(head, str) and _FULL_ID.fullmatch(head)):
+        if head is not None and not (isinstance(head, str) and is_full_id(head)):
             raise ValueError(f"head {head!r} is not a full commit id")
         report = body.get("report")
         usage = body.get("usage") or {}
