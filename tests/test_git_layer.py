@@ -4,11 +4,14 @@ discovery, diffs, worktrees, and the run's state with a real second process hold
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -17,7 +20,7 @@ import pytest
 from conftest import Repo, git
 from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, RunNotFoundError, UsageError
 from worktree_swarm.git.diff import FileChange, changed_files, diff_text
-from worktree_swarm.git.merge_tree import MergeTree, clean_message, commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import MergeTree, clean_message, merge_tree
 from worktree_swarm.git.refs import encode, integration_branch, task_branch, task_branch_prefix
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.git.worktrees import FreshWorktrees, WorktreeInfo, list_worktrees, remove_worktree
@@ -318,7 +321,7 @@ def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo
     train.store.finish_attempt("t", 1, outcome="gated", head=theirs)
     merged = merge_tree(train.repo, base, theirs)
     assert merged.tree is not None
-    new = commit_tree(train.repo, merged.tree, [base, theirs], merge_message("t", "d"))
+    new = train.repo.commit(merged.tree, [base, theirs], merge_message("t", "d"))
     # Written ahead, then the process died before the ref moved: the move never happened.
     train.store.set_run(integration_pending=new)
     again = Integration(train.repo, train.store)
@@ -351,7 +354,7 @@ def test_update_ref_is_a_compare_and_swap(repo: Repo) -> None:
     assert merged.tree is not None
     ours = g.branch_sha(branch)                       # read ...
     assert ours == base
-    mine = commit_tree(g, merged.tree, [base, theirs], "mine")
+    mine = g.commit(merged.tree, [base, theirs], "mine")
     someone = commit_on(repo, "someone", base, {"someone.txt": "s\n"}, "someone")
     repo.git("update-ref", f"refs/heads/{branch}", someone)      # ... another process moves it ...
 
@@ -376,9 +379,52 @@ def test_commit_tree_keeps_the_message_byte_for_byte(repo: Repo) -> None:
     g = gitrepo(repo)
     head = sha(repo, "HEAD")
     message = "t: $(touch pwned) `id` 'quote' \"dq\"\n\n-p not-an-option\n"
-    commit = commit_tree(g, Sha(repo.git("rev-parse", "HEAD^{tree}")), [head], message)
+    commit = g.commit(Sha(repo.git("rev-parse", "HEAD^{tree}")), [head], message)
     assert repo.git("cat-file", "commit", commit).split("\n\n", 1)[1] == message.rstrip("\n")
     assert not (repo.path / "pwned").exists()
+
+
+def test_a_commit_made_in_process_is_the_one_git_commit_tree_makes(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    head = sha(repo, "HEAD")
+    other = commit_on(repo, "other", head, {"o.txt": "o\n"}, "other")
+    tree = Sha(repo.git("rev-parse", "HEAD^{tree}"))
+    message = "t: a task\n\nwith a body ü\n"
+
+    def by_git(*parents: str) -> str:
+        argv = [arg for parent in parents for arg in ("-p", parent)]
+        return subprocess.run(["git", "commit-tree", tree, *argv, "-F", "-"], cwd=repo.path,
+                              input=message, capture_output=True, text=True, check=True).stdout.strip()
+
+    # Dates set by the environment: the very same object, id and all.
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0130")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000100 -0700")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Ann Author")
+    assert gitrepo(repo).commit(tree, [head, other], message) == by_git(head, other)
+    assert gitrepo(repo).commit(tree, [head, head], message) == by_git(head, head)     # one parent, as git
+    # Dates of now, in the local zone: the same but for the second it was made in.
+    for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        mine = repo.git("cat-file", "commit", gitrepo(repo).commit(tree, [head, other], message))
+        theirs = repo.git("cat-file", "commit", by_git(head, other))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert re.sub(r"> \d+ ", "> T ", mine) == re.sub(r"> \d+ ", "> T ", theirs)
+    assert "Ann Author" in mine and "+0530" in mine
+    # A commit encoding other than UTF-8 is left to git, which records it.
+    repo.git("config", "i18n.commitEncoding", "ISO-8859-1")
+    latin = gitrepo(repo).commit(tree, [head], "t: plain\n")
+    assert "\nencoding ISO-8859-1\n" in repo.git("cat-file", "commit", latin)
+
+
+def test_no_identity_is_what_git_says(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    (Path(os.environ["HOME"]) / ".gitconfig").write_text("[user]\n\tname = Test User\n\tuseConfigOnly = true\n")
+    monkeypatch.delenv("EMAIL", raising=False)
+    with pytest.raises(CommandError, match="commit-tree"):
+        gitrepo(repo).commit(Sha(repo.git("rev-parse", "HEAD^{tree}")), [sha(repo, "HEAD")], "m\n")
 
 
 # -- discovery ----------------------------------------------------------------------------------

@@ -66,11 +66,3 @@ def clean_message(text: str) -> str:
     lines = [line.rstrip() for line in text.splitlines()]
     kept = [line for i, line in enumerate(lines) if line or (i > 0 and lines[i - 1])]
     return "\n".join(kept).strip("\n") + "\n"
-
-
-def commit_tree(repo: Repo, tree: Sha, parents: list[Sha], message: str) -> Sha:
-    """A commit of TREE with the user's identity; the message goes through stdin, not argv."""
-    args: list[str] = ["commit-tree", tree]
-    for parent in parents:
-        args += ["-p", parent]
-    return Sha(proc.git(*args, "-F", "-", cwd=repo.root, input=message).stdout.strip())

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.util import proc
-from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
+from worktree_swarm.util.errors import NotARepositoryError, RefMovedError, UsageError
 from worktree_swarm.util.types import Sha
 
 if TYPE_CHECKING:
@@ -25,6 +30,33 @@ def git_version(text: str) -> tuple[int, ...]:
     if match is None:
         return ()
     return tuple(int(part) for part in match.groups() if part is not None)
+
+
+@dataclass(frozen=True)
+class Ident:
+    """Who a commit is by, as `git var GIT_AUTHOR_IDENT` / `GIT_COMMITTER_IDENT` say."""
+
+    name: str
+    email: str
+    fixed: tuple[int, int] | None   # (seconds, minutes east of UTC) set by GIT_*_DATE; None: now
+
+    @classmethod
+    def parse(cls, text: str, *, fixed: bool) -> Ident | None:
+        """`Name <email> 1700000000 +0100`; None when it does not read so."""
+        match = re.fullmatch(r"(.+) <([^<>]*)> (\d+) ([+-])(\d\d)(\d\d)", text.strip())
+        if match is None:
+            return None
+        name, email, seconds, sign, hours, minutes = match.groups()
+        offset = (int(hours) * 60 + int(minutes)) * (-1 if sign == "-" else 1)
+        return cls(name, email, (int(seconds), offset) if fixed else None)
+
+    def signature(self) -> pygit2.Signature:
+        import pygit2
+
+        if self.fixed is not None:
+            return pygit2.Signature(self.name, self.email, *self.fixed)
+        now = int(time.time())
+        return pygit2.Signature(self.name, self.email, now, (time.localtime(now).tm_gmtoff or 0) // 60)
 
 
 def require_git(cwd: Path) -> None:
@@ -160,15 +192,57 @@ class Repo:
                              hint='run: git config --global user.name "Your Name" && '
                                   'git config --global user.email you@example.com')
 
+    @functools.cached_property
+    def _idents(self) -> tuple[Ident, Ident] | None:
+        """The author and committer `git commit-tree` would use; None where git itself must commit:
+        it has no identity (it says why) or a commit encoding other than UTF-8 is configured."""
+        encoding = self.git("config", "--get", "i18n.commitEncoding", check=False).stdout.strip()
+        if encoding and encoding.lower().replace("-", "") != "utf8":
+            return None
+        found = []
+        for who in ("AUTHOR", "COMMITTER"):
+            res = self.git("var", f"GIT_{who}_IDENT", check=False)
+            ident = Ident.parse(res.stdout, fixed=bool(os.environ.get(f"GIT_{who}_DATE"))) if res.returncode == 0 else None
+            if ident is None:
+                return None
+            found.append(ident)
+        return found[0], found[1]
+
+    def commit(self, tree: str, parents: Sequence[str], message: str) -> Sha:
+        """A commit of TREE on PARENTS as `git commit-tree` makes it: the user's identity, the message
+        byte for byte, no signing. Written in process (a commit-tree costs ~3 ms)."""
+        import pygit2
+
+        idents = self._idents
+        if idents is None:
+            args = [arg for parent in parents for arg in ("-p", parent)]
+            return Sha(self.git("commit-tree", tree, *args, "-F", "-", input=message).stdout.strip())
+        author, committer = idents
+        # git drops a parent named twice ("duplicate parent … ignored"); so does this.
+        oid = self.pygit.create_commit(None, author.signature(), committer.signature(), message,
+                                       pygit2.Oid(hex=tree), [pygit2.Oid(hex=p) for p in dict.fromkeys(parents)])
+        return Sha(str(oid))
+
     def update_ref(self, branch: str, new: Sha, old: Sha | None, *, reason: str) -> None:
         """Move refs/heads/BRANCH from old (None: must not exist) to new, or raise RefMovedError."""
+        import pygit2
+
         ref = f"refs/heads/{branch}"
+        # In process (a `git update-ref` costs ~2.5 ms an update): libgit2 compares the value it
+        # looked up with the ref's under the ref's lock, as update-ref does with an old value.
         try:
-            self.git("update-ref", "-m", reason, ref, new, old or ZERO_SHA)
-        except CommandError as exc:
-            now = self.branch_sha(branch)
-            raise RefMovedError(f"{ref} moved under wswarm (expected {old or 'nothing'}, found {now or 'nothing'})",
-                                hint="another process changed the branch; nothing was overwritten") from exc
+            if old is None:
+                self.pygit.create_reference_direct(ref, pygit2.Oid(hex=new), False, message=reason)
+                return
+            found = self.pygit.branches.local.get(branch)
+            if found is not None and str(found.target) == old:
+                found.set_target(pygit2.Oid(hex=new), reason)
+                return
+        except (ValueError, pygit2.GitError):
+            pass
+        now = self.branch_sha(branch)
+        raise RefMovedError(f"{ref} moved under wswarm (expected {old or 'nothing'}, found {now or 'nothing'})",
+                            hint="another process changed the branch; nothing was overwritten")
 
     def delete_branch(self, branch: str) -> None:
         sha = self.branch_sha(branch)

@@ -29,7 +29,7 @@ from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import CheckResult, GateReport, tail
 from worktree_swarm.gate.runner import Memory, run_gate, run_setup
 from worktree_swarm.git.diff import FileChange, changed_files
-from worktree_swarm.git.merge_tree import clean_message, commit_tree
+from worktree_swarm.git.merge_tree import clean_message
 from worktree_swarm.git import residue
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.slot_files import admin_dir, restore_index, save_index, undo_steering
@@ -400,7 +400,7 @@ class AttemptRunner:
         tree = Sha(self.repo.git("write-tree", cwd=worktree).stdout.strip())
         if tip is None or self.repo.tree_of(tip) == tree:
             return generated, tip
-        commit = commit_tree(self.repo, tree, [tip], clean_message(f"{task.id}: {task.description}"))
+        commit = self.repo.commit(tree, [tip], clean_message(f"{task.id}: {task.description}"))
         self.repo.update_ref(branch, commit, tip, reason=f"wswarm: commit what {task.id} left")
         return generated, commit
 

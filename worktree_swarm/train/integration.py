@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pygit2
 
 from worktree_swarm.util.errors import EXIT_TASKS_FAILED, RefMovedError
-from worktree_swarm.git.merge_tree import commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import merge_tree
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.store.run_store import RunStore
 from worktree_swarm.util.types import BranchName, Sha
@@ -118,6 +118,6 @@ class Integration:
         merged = merge_tree(self.repo, ours, theirs)
         if merged.tree is None:
             return TrainResult(None, ours, merged.conflicts, merged.messages)
-        commit = commit_tree(self.repo, merged.tree, [ours, theirs], message)
+        commit = self.repo.commit(merged.tree, [ours, theirs], message)
         self.move(commit, reason=message.splitlines()[0])
         return TrainResult(commit, ours, messages=merged.messages)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.gate.report import GateReport
-from worktree_swarm.git.merge_tree import commit_tree, merge_tree
+from worktree_swarm.git.merge_tree import merge_tree
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util.types import Sha
 
@@ -80,7 +80,7 @@ def rebuild_without(repo: Repo, merges: Sequence[TrainMerge], guilty: int) -> Re
         if result.tree is None:
             dropped.append(Dropped(m, "conflicts"))
             continue
-        head = commit_tree(repo, result.tree, [head, m.theirs], m.message)
+        head = repo.commit(result.tree, [head, m.theirs], m.message)
     return Rebuilt(head, dropped)
 
 
