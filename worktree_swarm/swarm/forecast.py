@@ -102,6 +102,10 @@ def _gitlinks(index: Path) -> list[str]:
     """The paths of the submodules (gitlinks) the index file INDEX holds, read in-process."""
     import pygit2
 
+    # An entry's mode is 4 bytes, big-endian: a gitlink's (0o160000) never absent from an index that
+    # has one. Nearly every index has none, and listing 5,000 entries in Python holds the GIL ~2 ms.
+    if GITLINK.to_bytes(4, "big") not in index.read_bytes():
+        return []
     return [entry.path for entry in pygit2.Index(str(index)) if entry.mode == GITLINK]
 
 
