@@ -61,13 +61,14 @@ class Task:
 class Plan:
     """A validated, immutable set of tasks and the DAG of their dependencies."""
 
-    __slots__ = ("_tasks", "_by_id", "_index", "_after", "_goal")
+    __slots__ = ("_tasks", "_by_id", "_index", "_after", "_goal", "_order")
 
     def __init__(self, tasks: Iterable[Task], *, source: str = "plan", goal: str | None = None) -> None:
         """Check the plan-level rules (count, ids, dependencies, cycles); raise PlanError.
         GOAL is what the plan is for (the planner's goal), when known."""
         self._tasks = tuple(tasks)
         self._goal = goal
+        self._order: tuple[TaskId, ...] | None = None
         if not self._tasks:
             raise PlanError(f"{source}: the plan has no tasks", hint="a plan is a JSON array of task objects")
         if len(self._tasks) > MAX_TASKS:
@@ -195,6 +196,11 @@ class Plan:
 
     def topological_order(self) -> list[TaskId]:
         """Dependencies before dependents; among ready tasks, file order wins."""
+        if self._order is None:     # once: every launch orders its task's dependencies by it
+            self._order = tuple(self._ordered())
+        return list(self._order)
+
+    def _ordered(self) -> list[TaskId]:
         waiting = {tid: 0 for tid in self._after}
         for after in self._after.values():
             for tid in after:

@@ -37,6 +37,8 @@ def dependency_summaries(plan: Plan, task: Task, done: Mapping[str, tuple[str, l
         if dep not in ancestors:
             ancestors.add(dep)
             stack.extend(plan[dep].dependencies)
+    if not ancestors:
+        return []
     return [{"id": tid, "description": plan[tid].description, "summary": done[tid][0], "files": done[tid][1]}
             for tid in plan.topological_order() if tid in ancestors]
 
