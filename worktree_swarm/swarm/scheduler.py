@@ -147,8 +147,9 @@ class Scheduler:
     def ready(self) -> list[str]:
         """Pending tasks whose dependencies have all merged; the longest chain of dependents first,
         plan order breaking ties."""
-        ready = [t for t in self.order if self.tasks[t].status == TaskStatus.PENDING
-                 and all(self.tasks[d].status == TaskStatus.MERGED for d in self.dependencies[t])]
+        tasks, deps = self.tasks, self.dependencies
+        ready = [t for t in self.order if tasks[t].status == TaskStatus.PENDING
+                 and (not deps[t] or all(tasks[d].status == TaskStatus.MERGED for d in deps[t]))]
         return sorted(ready, key=lambda t: -self.priority.get(t, 0))
 
     # -- overlap -------------------------------------------------------------------------------
@@ -249,6 +250,10 @@ class Scheduler:
         overlapping: set[str] = set()    # held by overlap alone
         free = False                     # some ready task is held by nothing
         for task in ready:
+            state = self.tasks[task]
+            if not (state.waits_for or state.retrying or state.known or self.files[task]):
+                free = True     # nothing to wait out, no files to overlap: every look below says so, slower
+                continue
             if held := self._waiting(task, running.order, now=now):
                 out.append(held)
             elif other := self._after_other_retry(task, retrying):
