@@ -75,19 +75,26 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
     assert kinds == sorted(kinds, key=lambda k: k == 1) and sent[-1] == (1, sha)
     commits = [oid for kind, oid in sent if kind == 1]
     assert commits == git(repo.path, "rev-list", "--topo-order", "--reverse", sha, f"^{base}").split()
-    # a clone that has the base alone gets the start commit whole from the payload
-    worker = worker_with(repo, tmp_path, base)
-    assert not gitwire.has_commit(wire(worker), sha)
-    assert gitwire.apply_objects(wire(worker), sha, payload)
-    assert closure(worker, sha) == closure(repo.path, sha)
-    git(worker, "fsck", "--connectivity-only", "--no-dangling")
-    # again, every object already there: still whole; an object claiming an id its data does not hash
-    # to is refused, even an id the clone has
-    assert gitwire.apply_objects(wire(worker), sha, payload)
+    # a clone that has the base alone gets the start commit whole from the payload: written loose, or
+    # as one pack that git indexes
+    for pack_from, packs in ((len(sent) + 1, 0), (len(sent), 1)):
+        (tmp_path / str(pack_from)).mkdir()
+        worker = worker_with(repo, tmp_path / str(pack_from), base)
+        before = set((worker / "objects" / "pack").glob("*.pack"))
+        assert not gitwire.has_commit(wire(worker), sha)
+        assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
+        assert closure(worker, sha) == closure(repo.path, sha)
+        git(worker, "fsck", "--connectivity-only", "--no-dangling")
+        assert len(set((worker / "objects" / "pack").glob("*.pack")) - before) == packs
+    # again, every object already there: still whole, nothing written; an object claiming an id its
+    # data does not hash to is refused, even an id the clone has
+    assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=1)
+    assert len(set((worker / "objects" / "pack").glob("*.pack")) - before) == 1
     blob = next(oid for kind, oid in sent if kind == 3)
     forged = base64.b64encode(zlib.compress(f"3 6 {blob}\nforged".encode())).decode()
-    assert not gitwire.apply_objects(wire(worker), sha, forged)
-    assert not gitwire.apply_objects(wire(worker), sha, payload + "." + forged)
+    for pack_from in (1, 100):
+        assert not gitwire.apply_objects(wire(worker), sha, forged, pack_from=pack_from)
+        assert not gitwire.apply_objects(wire(worker), sha, payload + "." + forged, pack_from=pack_from)
     # too much is not sent inline; a base this clone does not have is passed over, not an error
     repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
     big = repo.commit_all("too big to travel inline")
@@ -110,7 +117,7 @@ def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(rep
     base_of_last, payload = got[-1] or ("", "")
     assert payload.count(".") == 2
     worker = worker_with(repo, tmp_path, base_of_last)
-    assert gitwire.apply_objects(wire(worker), starts[-1], payload)
+    assert gitwire.apply_objects(wire(worker), starts[-1], payload, pack_from=gitwire.PACK_FROM_WORKER)
     assert closure(worker, starts[-1]) == closure(repo.path, starts[-1])
     git(worker, "fsck", "--connectivity-only", "--no-dangling")
     # a start too big for a segment breaks the chain: it goes through the remote, the next counts from it
@@ -173,3 +180,26 @@ def history_elsewhere(repo: Repo, tmp_path: Path) -> tuple[BranchName, Sha, Sha,
     repo.git("switch", "-q", "main")
     payload = gitwire.objects_since(wire(repo.path), head, base) or ""
     return BranchName("wswarm/r/other/1"), Sha(head), Sha(base), payload
+
+
+def test_the_packs_a_worker_receives_are_rolled_up_past_a_few(repo: Repo, tmp_path: Path) -> None:
+    base = git(repo.path, "rev-parse", "HEAD")
+    worker = worker_with(repo, tmp_path, base)
+    packs = worker / "objects" / "pack"
+    before, tips = base, []
+    for i in range(gitwire.PACKS_MAX + 4):
+        repo.write(f"out/{i}.txt", f"{i}\n")
+        tips.append(repo.commit_all(f"start {i}"))
+        payload = gitwire.objects_since(wire(repo.path), tips[-1], before)
+        assert payload is not None and gitwire.apply_objects(wire(worker), tips[-1], payload, pack_from=1)
+        before = tips[-1]
+    many = len(list(packs.glob("*.pack")))
+    assert many > gitwire.PACKS_MAX
+    gitwire.maintain(wire(worker))
+    assert len(list(packs.glob("*.pack"))) <= 4 < many
+    git(worker, "update-ref", "refs/heads/last", tips[-1])
+    git(worker, "fsck", "--no-dangling")
+    assert closure(worker, tips[-1]) == closure(repo.path, tips[-1])
+    # few packs: nothing to roll up
+    gitwire.maintain(wire(worker))
+    assert len(list(packs.glob("*.pack"))) <= 4

@@ -320,7 +320,7 @@ class Worker:
                 if gitwire.has_commit(self.repo, start):
                     return
                 if (objects is not None and gitwire.has_commit(self.repo, objects[0])
-                        and gitwire.apply_objects(self.repo, start, objects[1])):
+                        and gitwire.apply_objects(self.repo, start, objects[1], pack_from=gitwire.PACK_FROM_WORKER)):
                     gitwire.keep_ref(self.repo, p.start_ref(run, start), start)
                     fetched = True
                 else:

@@ -117,11 +117,11 @@ def run(
     return result
 
 
-def git_bytes(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> bytes:
-    """git's stdout as raw bytes: text mode would turn a lone CR into a line break."""
+def git_bytes(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, input: bytes | None = None) -> bytes:
+    """git's stdout as raw bytes (text mode would turn a lone CR into a line break); INPUT its stdin."""
     argv = ["git", *HARDENED, *(str(a) for a in args)]
-    proc = subprocess.run(argv, cwd=cwd, env=clean_env({**NO_GRAFTS, **(env or {})}), stdin=subprocess.DEVNULL,
-                          capture_output=True)
+    proc = subprocess.run(argv, cwd=cwd, env=clean_env({**NO_GRAFTS, **(env or {})}), input=input,
+                          stdin=subprocess.DEVNULL if input is None else None, capture_output=True)
     if proc.returncode != 0:
         raise CommandError(display_argv(argv), proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace"))
     return proc.stdout
