@@ -203,8 +203,8 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
     if len(missing) >= pack_from:
         _index_pack(repo, list(missing.values()))
     else:
-        for claimed, (kind, data) in missing.items():
-            if str(odb.write(kind, data)) != claimed:
+        for claimed, (number, data) in missing.items():
+            if str(odb.write(number, data)) != claimed:
                 return False
     return has_commit(repo, sha)
 
