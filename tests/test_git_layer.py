@@ -375,6 +375,22 @@ def test_update_ref_is_a_compare_and_swap(repo: Repo) -> None:
     assert g.branch_sha("wswarm/fresh") == mine
 
 
+def test_a_ref_write_that_fails_where_the_ref_has_not_moved_says_why(repo: Repo) -> None:
+    g = gitrepo(repo)
+    base = sha(repo, "HEAD")
+    branch = integration_at(repo, base)
+    theirs = commit_on(repo, "task", base, {"task.txt": "t\n"}, "task")
+    lock = repo.path / ".git" / "refs" / "heads" / f"{branch}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")             # another git process is writing it
+    with pytest.raises(CommandError, match="lock"):
+        g.update_ref(branch, theirs, base, reason="blocked")
+    assert sha(repo, branch) == base
+    lock.unlink()
+    g.update_ref(branch, theirs, base, reason="free")
+    assert sha(repo, branch) == theirs
+
+
 def test_commit_tree_keeps_the_message_byte_for_byte(repo: Repo) -> None:
     g = gitrepo(repo)
     head = sha(repo, "HEAD")
@@ -414,6 +430,9 @@ def test_a_commit_made_in_process_is_the_one_git_commit_tree_makes(repo: Repo, m
         time.tzset()
     assert re.sub(r"> \d+ ", "> T ", mine) == re.sub(r"> \d+ ", "> T ", theirs)
     assert "Ann Author" in mine and "+0530" in mine
+    # A tree that is not there fails as git's commit-tree would.
+    with pytest.raises(CommandError, match="commit-tree"):
+        gitrepo(repo).commit(Sha("1" * 40), [head], message)
     # A commit encoding other than UTF-8 is left to git, which records it.
     repo.git("config", "i18n.commitEncoding", "ISO-8859-1")
     latin = gitrepo(repo).commit(tree, [head], "t: plain\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.util import proc
-from worktree_swarm.util.errors import NotARepositoryError, RefMovedError, UsageError
+from worktree_swarm.util.errors import CommandError, NotARepositoryError, RefMovedError, UsageError
 from worktree_swarm.util.types import Sha
 
 if TYPE_CHECKING:
@@ -218,9 +218,12 @@ class Repo:
             args = [arg for parent in parents for arg in ("-p", parent)]
             return Sha(self.git("commit-tree", tree, *args, "-F", "-", input=message).stdout.strip())
         author, committer = idents
-        # git drops a parent named twice ("duplicate parent … ignored"); so does this.
-        oid = self.pygit.create_commit(None, author.signature(), committer.signature(), message,
-                                       pygit2.Oid(hex=tree), [pygit2.Oid(hex=p) for p in dict.fromkeys(parents)])
+        try:
+            # git drops a parent named twice ("duplicate parent … ignored"); so does this.
+            oid = self.pygit.create_commit(None, author.signature(), committer.signature(), message,
+                                           pygit2.Oid(hex=tree), [pygit2.Oid(hex=p) for p in dict.fromkeys(parents)])
+        except (ValueError, OSError, pygit2.GitError) as exc:    # a missing object, a full disk: as git would fail
+            raise CommandError(["git", "commit-tree", tree, *parents], 1, str(exc)) from exc
         return Sha(str(oid))
 
     def update_ref(self, branch: str, new: Sha, old: Sha | None, *, reason: str) -> None:
@@ -238,9 +241,13 @@ class Repo:
             if found is not None and str(found.target) == old:
                 found.set_target(pygit2.Oid(hex=new), reason)
                 return
-        except (ValueError, pygit2.GitError):
-            pass
+        except (ValueError, OSError, pygit2.GitError) as exc:    # libgit2 says a held lock with OSError
+            failed: Exception | None = exc
+        else:
+            failed = None
         now = self.branch_sha(branch)
+        if failed is not None and now == old:     # not moved: the write itself failed (a disk full, a lock)
+            raise CommandError(["git", "update-ref", ref, new, old or ZERO_SHA], 1, str(failed)) from failed
         raise RefMovedError(f"{ref} moved under wswarm (expected {old or 'nothing'}, found {now or 'nothing'})",
                             hint="another process changed the branch; nothing was overwritten")
 
