@@ -391,6 +391,23 @@ def test_a_ref_write_that_fails_where_the_ref_has_not_moved_says_why(repo: Repo)
     assert sha(repo, branch) == theirs
 
 
+def test_a_branch_and_refs_are_deleted_in_process_even_one_checked_out_in_a_worktree(repo: Repo, tmp_path: Path) -> None:
+    from worktree_swarm.remote import gitwire
+
+    g = gitrepo(repo)
+    base = sha(repo, "HEAD")
+    repo.git("branch", "gone", base)
+    repo.git("worktree", "add", "-q", str(tmp_path / "wt"), "-b", "busy", base)
+    g.delete_branch("gone")
+    g.delete_branch("busy")         # as `update-ref -d` would: the worktree is wswarm's own to drop
+    g.delete_branch("never-was")
+    assert repo.git("for-each-ref", "--format=%(refname)", "refs/heads/gone", "refs/heads/busy") == ""
+    repo.git("update-ref", "refs/wswarm/r/start/a", base)
+    repo.git("update-ref", "refs/wswarm/r/start/b", base)
+    gitwire.forget_refs(g, ["refs/wswarm/r/start/a", "refs/wswarm/r/start/missing"])
+    assert repo.git("for-each-ref", "--format=%(refname)", "refs/wswarm/") == "refs/wswarm/r/start/b"
+
+
 def test_commit_tree_keeps_the_message_byte_for_byte(repo: Repo) -> None:
     g = gitrepo(repo)
     head = sha(repo, "HEAD")

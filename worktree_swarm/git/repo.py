@@ -252,9 +252,17 @@ class Repo:
                             hint="another process changed the branch; nothing was overwritten")
 
     def delete_branch(self, branch: str) -> None:
-        sha = self.branch_sha(branch)
-        if sha is not None:
-            self.git("update-ref", "-d", f"refs/heads/{branch}", sha)
+        """Delete refs/heads/BRANCH if it is there, unless it moves meanwhile (in process, as `update_ref`)."""
+        import pygit2
+
+        try:
+            found = self.pygit.branches.local.get(branch)
+            if found is not None:
+                # The reference's delete, not the branch's: that one reads every worktree's HEAD first
+                # and refuses a branch checked out in one, which `update-ref -d` never did.
+                pygit2.Reference.delete(found)
+        except (ValueError, OSError, pygit2.GitError) as exc:
+            raise CommandError(["git", "update-ref", "-d", f"refs/heads/{branch}"], 1, str(exc)) from exc
 
     def branches(self, prefix: str) -> list[str]:
         """Branch names under refs/heads/PREFIX."""

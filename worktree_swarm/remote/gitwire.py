@@ -250,9 +250,16 @@ def maintain(repo: Repo) -> None:
 
 
 def forget_refs(repo: Repo, refs: list[str]) -> None:
-    """Delete local REFS (start commits fetched earlier, no longer worth naming) in one git process."""
-    if refs:
-        repo.git("update-ref", "--stdin", input="".join(f"delete {ref}\n" for ref in refs))
+    """Delete local REFS (start commits fetched earlier, no longer worth naming), in process."""
+    import pygit2
+
+    for ref in refs:
+        try:
+            repo.pygit.references.delete(ref)
+        except KeyError:
+            pass            # gone already
+        except (ValueError, OSError, pygit2.GitError) as exc:
+            raise CommandError(["git", "update-ref", "-d", ref], 1, str(exc)) from exc
 
 
 def push_task(repo: Repo, remote: str, run: str, task_id: str, n: int, branch: BranchName) -> None:
