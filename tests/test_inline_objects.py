@@ -4,7 +4,9 @@ lacks, written there in an order that never leaves a commit without its closure.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -203,3 +205,86 @@ def test_the_packs_a_worker_receives_are_rolled_up_past_a_few(repo: Repo, tmp_pa
     # few packs: nothing to roll up
     gitwire.maintain(wire(worker))
     assert len(list(packs.glob("*.pack"))) <= 4
+
+
+def segment(*records: tuple[int, str, bytes]) -> str:
+    return base64.b64encode(zlib.compress(b"".join(f"{kind} {len(data)} {oid}\n".encode() + data
+                                                   for kind, oid, data in records))).decode()
+
+
+def test_a_big_folder_or_file_changed_a_little_travels_as_the_change(repo: Repo, tmp_path: Path) -> None:
+    for i in range(300):
+        repo.write(f"out/t{i:04d}.txt", f"{i}\n")
+    repo.write("big.txt", "".join(f"line {i}\n" for i in range(3000)))
+    base = repo.commit_all("base")
+    repo.write("out/t9999.txt", "new\n")
+    repo.write("big.txt", "".join(f"line {i}\n" if i != 1500 else "changed\n" for i in range(3000)))
+    sha = repo.commit_all("one more file, one line changed")
+    payload = gitwire.objects_since(wire(repo.path), sha, base)
+    assert payload is not None
+    kinds = dict((oid, kind) for kind, oid in records(payload))
+    folder = git(repo.path, "rev-parse", f"{sha}:out")
+    blob = git(repo.path, "rev-parse", f"{sha}:big.txt")
+    root = git(repo.path, "rev-parse", f"{sha}^{{tree}}")
+    assert (kinds[folder], kinds[blob]) == (12, 13)
+    assert kinds[root] == 2        # four entries: as a change it would save less than half
+    # the folder is ~12 KB and the file ~30 KB whole; as changes the payload is a few hundred bytes
+    assert len(payload) < 1500
+    for pack_from in (1, 100):
+        (tmp_path / str(pack_from)).mkdir()
+        worker = worker_with(repo, tmp_path / str(pack_from), base)
+        assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
+        assert closure(worker, sha) == closure(repo.path, sha)
+        git(worker, "fsck", "--connectivity-only", "--no-dangling")
+
+
+def test_a_change_whose_base_is_not_there_or_does_not_fit_it_is_refused(repo: Repo, tmp_path: Path) -> None:
+    repo.write("a.txt", "hello world\n")
+    base = repo.commit_all("base")
+    worker = worker_with(repo, tmp_path, base)
+    blob = git(repo.path, "rev-parse", f"{base}:a.txt")
+    tree = git(repo.path, "rev-parse", f"{base}^{{tree}}")
+    wanted = b"hello there world\n"
+    claimed = hashlib.sha1(b"blob %d\0" % len(wanted) + wanted).hexdigest()
+    repo.write("a.txt", wanted.decode())
+    made = repo.commit_all("there")
+
+    def raw(kind: str, oid: str) -> bytes:
+        return subprocess.run(["git", "cat-file", kind, oid], cwd=repo.path, capture_output=True, check=True).stdout
+
+    new_tree = git(repo.path, "rev-parse", f"{made}^{{tree}}")
+
+    def payload(body: bytes, kind: int = 13, oid: str = claimed) -> str:
+        return segment((kind, oid, body), (2, new_tree, raw("tree", new_tree)), (1, made, raw("commit", made)))
+
+    for bad in (payload(f"{'d' * 40} 6 6\n".encode() + b"there "),            # a base that is not here
+                payload(f"{blob} 6 12\n".encode() + b"there "),               # prefix and suffix past the base
+                payload(f"{tree} 6 6\n".encode() + b"there "),                # a base of another kind
+                payload(f"{blob} 6 6\n".encode() + b"there ", oid="e" * 40),  # not the object it claims
+                payload(f"{blob} -1 6\n".encode() + b"there "),
+                payload(f"{blob} 6\n".encode() + b"there "),
+                payload(f"{blob} 6 6\n".encode() + b"there ", kind=11)):      # commits never travel as changes
+        for pack_from in (1, 100):
+            assert not gitwire.apply_objects(wire(worker), made, bad, pack_from=pack_from)
+    assert subprocess.run(["git", "cat-file", "-e", claimed], cwd=worker).returncode != 0
+    # the same, well made, is taken
+    assert gitwire.apply_objects(wire(worker), made, payload(f"{blob} 6 6\n".encode() + b"there "), pack_from=100)
+    assert git(worker, "cat-file", "-p", claimed) == wanted.decode().strip()
+    git(worker, "fsck", "--no-dangling")
+
+
+def test_changes_of_a_big_object_cannot_make_a_small_payload_unpack_without_bound(repo: Repo, tmp_path: Path) -> None:
+    repo.write("big.bin", os.urandom(1 << 20).hex())         # 2 MB
+    base = repo.commit_all("base")
+    worker = worker_with(repo, tmp_path, base)
+    blob = git(repo.path, "rev-parse", f"{base}:big.bin")
+    commit = subprocess.run(["git", "cat-file", "commit", base], cwd=repo.path, capture_output=True, check=True).stdout
+    empty = hashlib.sha1(b"blob 0\0").hexdigest()
+
+    def payload(n: int) -> str:       # N changes of the 2 MB blob into the empty one, and a commit
+        return segment(*[(13, empty, f"{blob} 0 0\n".encode())] * n, (1, base, commit))
+
+    assert gitwire.apply_objects(wire(worker), base, payload(5), pack_from=100)
+    # each change reads the 2 MB base: 40 of them are past what a payload may unpack
+    assert len(payload(40)) < 4000
+    assert not gitwire.apply_objects(wire(worker), base, payload(40), pack_from=100)

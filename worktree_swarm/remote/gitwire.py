@@ -16,12 +16,16 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.types import BranchName, Sha, is_full_id
+
+if TYPE_CHECKING:
+    import pygit2
 
 QUIET = ("-q", "--no-verify")
 # A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
@@ -76,8 +80,12 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
 
 INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
-_RAW_MAX = 16 * INLINE_BYTES     # read no further: this much would not compress into INLINE_BYTES
+_RAW_MAX = 16 * INLINE_BYTES     # send no more: this much would not compress into INLINE_BYTES
+_READ_MAX = 16 * _RAW_MAX        # read no further: not even as changes of what the receiver has would it fit
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
+_TREE = 2
+_TREE_MODE = b"40000"
+_DELTA = 10                      # a record of kind 10 + K: an object of kind K sent as a change of another
 # Objects not here yet from which a payload is written as a pack: a worker's clone is wswarm's own (kept
 # by `maintain`); the user's repository is kept loose below git's own fetch limit (transfer.unpackLimit).
 PACK_FROM_WORKER = 8
@@ -96,27 +104,36 @@ def objects_since(repo: Repo, sha: str, base: str) -> str | None:
 
 def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
     # git lists the objects (in C, outside this process's interpreter lock: the loop merges meanwhile)
-    # and this thread reads them whole. No tree is looked into here: pygit2 1.21 keeps a reference to
-    # every name a tree or a ref is looked up by (`tree[name]`, `name in tree`, `references.get`),
-    # which over a thousand-task run was hundreds of MB. Trees and blobs first, then the commits
-    # oldest first, SHA last.
+    # and this thread reads them whole. No tree is looked into by name here: pygit2 1.21 keeps a
+    # reference to every name a tree or a ref is looked up by (`tree[name]`, `name in tree`,
+    # `references.get`), which over a thousand-task run was hundreds of MB; trees are read as bytes.
+    # Trees and blobs first, then the commits oldest first, SHA last.
     listed = repo.git("rev-list", "--objects", "--no-object-names", "--topo-order", "--reverse", sha,
                       f"^{base}", check=False)
     if listed.returncode != 0:
         return None
+    odb = repo.pygit.odb
+    objects: dict[str, tuple[int, bytes]] = {}
+    read = 0
+    for oid in listed.stdout.split():
+        objects[oid] = odb.read(oid)
+        read += len(objects[oid][1])
+        if read > _READ_MAX:
+            return None
+    if [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
+        return None
+    bases = _delta_bases(repo, objects)
     commits: list[bytes] = []
     others: list[bytes] = []
-    last, raw = "", 0
-    odb = repo.pygit.odb
-    for oid in listed.stdout.split():
-        kind, data = odb.read(oid)
-        (commits if kind == _COMMIT else others).append(f"{kind} {len(data)} {oid}\n".encode() + data)
-        last = oid if kind == _COMMIT else last
-        raw += len(data)
+    raw = 0
+    for oid, (kind, data) in objects.items():
+        body = _delta(odb.read(bases[oid])[1], data, bases[oid]) if oid in bases else None
+        record = (f"{kind} {len(data)} {oid}\n".encode() + data if body is None
+                  else f"{kind + _DELTA} {len(body)} {oid}\n".encode() + body)
+        (commits if kind == _COMMIT else others).append(record)
+        raw += len(record)
         if raw > _RAW_MAX:
             return None
-    if last != sha:
-        return None
     out = zlib.compressobj(6)
     chunks, size = [], 0
     for record in others + commits:
@@ -127,6 +144,68 @@ def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
         chunks.append(chunk)
     packed = b"".join(chunks) + out.flush()
     return packed if len(packed) <= INLINE_BYTES else None
+
+
+def _delta_bases(repo: Repo, objects: dict[str, tuple[int, bytes]]) -> dict[str, str]:
+    """For the trees and blobs of OBJECTS, the object at the same path in the tree of their commit's
+    first parent, where that one is not among OBJECTS (the receiver has it): a folder of a thousand
+    files that gained one is sent as that one entry, not as the whole folder again."""
+    odb = repo.pygit.odb
+    bases: dict[str, str] = {}
+    walked: set[str] = set()
+    for kind, data in objects.values():
+        lines = data.split(b"\n", 2)
+        if kind != _COMMIT or len(lines) < 2 or not lines[1].startswith(b"parent "):
+            continue
+        _, parent = odb.read(lines[1][7:].decode())
+        todo = [(lines[0][5:].decode(), parent.split(b"\n", 1)[0][5:].decode())]
+        while todo:
+            new, old = todo.pop()
+            if new in walked or new not in objects:
+                continue
+            walked.add(new)
+            if old not in objects:
+                bases[new] = old
+            if objects[new][0] != _TREE:
+                continue
+            old_kind, old_data = odb.read(old)
+            if old_kind != _TREE:
+                continue
+            before = {name: (mode, oid) for mode, name, oid in _entries(old_data)}
+            for mode, name, oid in _entries(objects[new][1]):
+                mode_then, then = before.get(name, (b"", ""))
+                if then and then != oid and (mode == _TREE_MODE) == (mode_then == _TREE_MODE):
+                    todo.append((oid, then))
+    return bases
+
+
+def _entries(tree: bytes) -> list[tuple[bytes, bytes, str]]:
+    """(mode, name, id) of each entry of a tree's raw data."""
+    out, at = [], 0
+    while at < len(tree):
+        space = tree.index(b" ", at)
+        nul = tree.index(b"\0", space)
+        out.append((tree[at:space], tree[space + 1:nul], tree[nul + 1:nul + 21].hex()))
+        at = nul + 21
+    return out
+
+
+def _delta(base: bytes, data: bytes, base_id: str) -> bytes | None:
+    """DATA as BASE_ID's bytes with their middle replaced (`<base> <prefix> <suffix>` and the new
+    middle); None when that saves less than half."""
+    most = min(len(base), len(data))
+    low, high = 0, most                     # the longest common prefix, by halving (each look a memcmp)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if base[:mid] == data[:mid] else (low, mid - 1)
+    prefix = low
+    low, high = 0, most - prefix            # the longest common suffix beside it
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if base[len(base) - mid:] == data[len(data) - mid:] else (low, mid - 1)
+    suffix = low
+    body = f"{base_id} {prefix} {suffix}\n".encode() + data[prefix:len(data) - suffix]
+    return body if 2 * len(body) < len(data) else None
 
 
 class StartChain:
@@ -169,6 +248,7 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
     odb = repo.pygit.odb
     budget = _UNPACKED_MAX
     carried: set[str] = set()
+    seen: dict[str, tuple[int, bytes]] = {}            # the payload's objects, bases of later changes
     missing: dict[str, tuple[int, bytes]] = {}
     for segment in payload.split("."):
         try:
@@ -184,20 +264,30 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
             try:
                 kind, size, claimed = raw[at:end].decode().split(" ")
                 data = raw[end + 1:end + 1 + int(size)]
-                if end < 0 or len(data) != int(size) or int(kind) not in (1, 2, 3):
+                number = int(kind)
+                if end < 0 or len(data) != int(size) or number not in (1, 2, 3, _DELTA + 2, _DELTA + 3):
                     return False
             except ValueError:
                 return False
+            at = end + 1 + int(size)
+            if number > _DELTA:
+                number -= _DELTA
+                whole = _undelta(data, number, seen, odb, budget)
+                if whole is None:
+                    return False
+                data, budget = whole[0], budget - whole[1]
+                if budget <= 0:
+                    return False
             # Every object is what it claims before any is written. One this clone has already (a
             # payload reaches back a few starts) is not written again: libgit2 writes a temporary file
             # even then. Whatever is written is hashed again by git, with collision detection.
-            if _sha1(int(kind), data) != claimed:
+            if _sha1(number, data) != claimed:
                 return False
+            seen[claimed] = (number, data)
             if claimed not in missing and claimed not in odb:
-                missing[claimed] = (int(kind), data)
-            if int(kind) == _COMMIT:
+                missing[claimed] = (number, data)
+            if number == _COMMIT:
                 carried.add(claimed)
-            at = end + 1 + int(size)
     if sha not in carried:
         return False
     if len(missing) >= pack_from:
@@ -207,6 +297,34 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
             if str(odb.write(number, data)) != claimed:
                 return False
     return has_commit(repo, sha)
+
+
+def _undelta(body: bytes, kind: int, seen: dict[str, tuple[int, bytes]], odb: pygit2.Odb,
+             budget: int) -> tuple[bytes, int] | None:
+    """The object a `_delta` BODY makes of its base (an object of the payload before it, or one here),
+    and the bytes that took; None when the body is malformed, the base is not here, is of another kind
+    than KIND, or would take more than BUDGET."""
+    import pygit2
+
+    end = body.find(b"\n")
+    try:
+        base_id, prefix_s, suffix_s = body[:end].decode().split(" ")
+        prefix, suffix = int(prefix_s), int(suffix_s)
+    except ValueError:
+        return None
+    if end < 0 or not is_full_id(base_id) or prefix < 0 or suffix < 0:
+        return None
+    got = seen.get(base_id)
+    if got is None:
+        try:
+            got = odb.read(base_id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+    base_kind, base = got
+    whole = base[:prefix] + body[end + 1:] + base[len(base) - suffix:]
+    if base_kind != kind or prefix + suffix > len(base) or len(base) + len(whole) > budget:
+        return None
+    return whole, len(base) + len(whole)
 
 
 def _index_pack(repo: Repo, objects: list[tuple[int, bytes]]) -> None:

@@ -29,7 +29,7 @@ from worktree_swarm.util.types import BranchName, Sha, TaskId, is_full_id
 # 2: a request may carry its start commit's objects, and come before that commit's push.
 # 3: an outcome may carry its branch's objects (beyond its start's), and then its branch is not pushed;
 #    a start whose objects went inline is pushed only when a worker asks ("need").
-PROTOCOL = 3
+PROTOCOL = 4
 VERSION = f"{__version__}/protocol-{PROTOCOL}"
 KEY_ENV = "WSWARM_CLUSTER_KEY"
 MIN_KEY_LENGTH = 16
