@@ -122,6 +122,17 @@ def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(rep
     assert gitwire.apply_objects(wire(worker), starts[-1], payload, pack_from=gitwire.PACK_FROM_WORKER)
     assert closure(worker, starts[-1]) == closure(repo.path, starts[-1])
     git(worker, "fsck", "--connectivity-only", "--no-dangling")
+    # a receiver that has the start before the last takes the earlier segments as they are, unread:
+    # even made-up ones, which one without that start refuses
+    (tmp_path / "later").mkdir()
+    later = worker_with(repo, tmp_path / "later", starts[-2])
+    made_up = base64.b64encode(zlib.compress(f"3 5 {'0' * 40}\njunk!1 3 {starts[-3]}\nnot".encode())).decode()
+    forged = ".".join([made_up] + payload.split(".")[1:])
+    assert gitwire.apply_objects(wire(later), starts[-1], forged, pack_from=gitwire.PACK_FROM_WORKER)
+    assert closure(later, starts[-1]) == closure(repo.path, starts[-1])
+    (tmp_path / "early").mkdir()
+    early = worker_with(repo, tmp_path / "early", base_of_last)
+    assert not gitwire.apply_objects(wire(early), starts[-1], forged, pack_from=gitwire.PACK_FROM_WORKER)
     # a start too big for a segment breaks the chain: it goes through the remote, the next counts from it
     repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
     big = repo.commit_all("big")

@@ -40,7 +40,7 @@ CONSUMER = "integrator"
 # Refs of fetched task branches deleted from the remote together once this many wait (or with the
 # next push of a start commit): every push and fetch reads the remote's whole list of refs.
 DELETE_BATCH = 64
-RECENT_STARTS = 8       # start commits a new one's inline objects may be counted from (the oldest that fits)
+RECENT_STARTS = 32      # start commits a new one's inline objects may be counted from (the oldest that fits)
 READ_BLOCK_MS = 250     # the reader's longest block on Redis: how long `close` may wait for it
 
 

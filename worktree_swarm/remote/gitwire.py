@@ -250,7 +250,8 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
     carried: set[str] = set()
     seen: dict[str, tuple[int, bytes]] = {}            # the payload's objects, bases of later changes
     missing: dict[str, tuple[int, bytes]] = {}
-    for segment in payload.split("."):
+    segments = payload.split(".")
+    for i, segment in enumerate(segments):
         try:
             raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
         except (ValueError, zlib.error):
@@ -258,6 +259,7 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
         budget -= len(raw)
         if budget <= 0:
             return False
+        records: list[tuple[int, str, bytes]] = []
         at = 0
         while at < len(raw):
             end = raw.find(b"\n", at)
@@ -269,7 +271,14 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
                     return False
             except ValueError:
                 return False
+            records.append((number, claimed, data))
             at = end + 1 + int(size)
+        # A segment before the last whose commit is here already is here whole (a commit present is one
+        # whose closure is): a payload reaches back many starts, and a receiver mostly has all but the
+        # last few. Nothing of it counts as carried.
+        if i < len(segments) - 1 and records and records[-1][0] == _COMMIT and records[-1][1] in odb:
+            continue
+        for number, claimed, data in records:
             if number > _DELTA:
                 number -= _DELTA
                 whole = _undelta(data, number, seen, odb, budget)
@@ -278,9 +287,9 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
                 data, budget = whole[0], budget - whole[1]
                 if budget <= 0:
                     return False
-            # Every object is what it claims before any is written. One this clone has already (a
-            # payload reaches back a few starts) is not written again: libgit2 writes a temporary file
-            # even then. Whatever is written is hashed again by git, with collision detection.
+            # Every object is what it claims before any is written. One this clone has already is not
+            # written again: libgit2 writes a temporary file even then. Whatever is written is hashed
+            # again by git, with collision detection.
             if _sha1(number, data) != claimed:
                 return False
             seen[claimed] = (number, data)
