@@ -122,7 +122,10 @@ def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
             return None
     if [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
         return None
-    bases = _delta_bases(repo, objects)
+    try:
+        bases = _delta_bases(repo, objects)
+    except (KeyError, ValueError):      # an object not here to compare with (a shallow clone): all whole
+        bases = {}
     commits: list[bytes] = []
     others: list[bytes] = []
     raw = 0
@@ -300,7 +303,10 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
     if sha not in carried:
         return False
     if len(missing) >= pack_from:
-        _index_pack(repo, list(missing.values()))
+        try:
+            _index_pack(repo, list(missing.values()))
+        except CommandError:        # git refused it (a full disk, say): the start or branch comes another way
+            return False
     else:
         for claimed, (number, data) in missing.items():
             if str(odb.write(number, data)) != claimed:
