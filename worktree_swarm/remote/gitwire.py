@@ -279,7 +279,8 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
         # A segment before the last whose commit is here already is here whole (a commit present is one
         # whose closure is): a payload reaches back many starts, and a receiver mostly has all but the
         # last few. Nothing of it counts as carried.
-        if i < len(segments) - 1 and records and records[-1][0] == _COMMIT and records[-1][1] in odb:
+        if (i < len(segments) - 1 and records and records[-1][0] == _COMMIT and is_full_id(records[-1][1])
+                and records[-1][1] in odb):
             continue
         for number, claimed, data in records:
             if number > _DELTA:
@@ -308,7 +309,8 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
         except CommandError:        # git refused it (a full disk, say): the start or branch comes another way
             return False
     else:
-        for claimed, (number, data) in missing.items():
+        # Commits last, whatever order a sender chose: a commit here is one whose closure is.
+        for claimed, (number, data) in sorted(missing.items(), key=lambda item: item[1][0] == _COMMIT):
             if str(odb.write(number, data)) != claimed:
                 return False
     return has_commit(repo, sha)
@@ -332,6 +334,11 @@ def _undelta(body: bytes, kind: int, seen: dict[str, tuple[int, bytes]], odb: py
     got = seen.get(base_id)
     if got is None:
         try:
+            # Its kind and size first: a base of any size may be named (the largest file here), and it
+            # is read only when it and what it makes fit in the budget.
+            header_kind, size = odb.read_header(base_id)
+            if header_kind != kind or prefix + suffix > size or 2 * size + len(body) > budget:
+                return None
             got = odb.read(base_id)
         except (KeyError, ValueError, pygit2.GitError):
             return None
