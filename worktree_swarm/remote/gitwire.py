@@ -262,20 +262,9 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
         budget -= len(raw)
         if budget <= 0:
             return False
-        records: list[tuple[int, str, bytes]] = []
-        at = 0
-        while at < len(raw):
-            end = raw.find(b"\n", at)
-            try:
-                kind, size, claimed = raw[at:end].decode().split(" ")
-                data = raw[end + 1:end + 1 + int(size)]
-                number = int(kind)
-                if end < 0 or len(data) != int(size) or number not in (1, 2, 3, _DELTA + 2, _DELTA + 3):
-                    return False
-            except ValueError:
-                return False
-            records.append((number, claimed, data))
-            at = end + 1 + int(size)
+        records = _records(raw)
+        if records is None:
+            return False
         # A segment before the last whose commit is here already is here whole (a commit present is one
         # whose closure is): a payload reaches back many starts, and a receiver mostly has all but the
         # last few. Nothing of it counts as carried.
@@ -314,6 +303,25 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
             if str(odb.write(number, data)) != claimed:
                 return False
     return has_commit(repo, sha)
+
+
+def _records(raw: bytes) -> list[tuple[int, str, bytes]] | None:
+    """A segment's records, (kind, claimed id, data) each; None when one is malformed."""
+    records = []
+    at = 0
+    while at < len(raw):
+        end = raw.find(b"\n", at)
+        try:
+            kind, size, claimed = raw[at:end].decode().split(" ")
+            data = raw[end + 1:end + 1 + int(size)]
+            number = int(kind)
+        except ValueError:
+            return None
+        if end < 0 or len(data) != int(size) or number not in (1, 2, 3, _DELTA + 2, _DELTA + 3):
+            return None
+        records.append((number, claimed, data))
+        at = end + 1 + int(size)
+    return records
 
 
 def _undelta(body: bytes, kind: int, seen: dict[str, tuple[int, bytes]], odb: pygit2.Odb,
