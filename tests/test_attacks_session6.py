@@ -23,7 +23,7 @@ from tests.conftest import WSWARM, Repo, write_plan
 from tests.test_remote_run import KEY, Cluster, cluster  # noqa: F401  (cluster is a fixture)
 from worktree_swarm.gate.report import GateReport
 from worktree_swarm.git.repo import Repo as GitRepo
-from worktree_swarm.remote import gitwire
+from worktree_swarm.remote import gitwire, inline
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.swarm.attempt import Outcome
 from worktree_swarm.util.types import BranchName, Sha
@@ -153,7 +153,7 @@ def test_an_outcome_payload_beyond_inline_bytes_writes_nothing(repo: Repo) -> No
     start = repo.git("rev-parse", "HEAD")
     raw = b"".join(_blob_record(b"%d\n" % i) for i in range(20_000))
     payload = base64.b64encode(zlib.compress(raw, 9)).decode()
-    assert len(payload) > 4 * gitwire.INLINE_BYTES       # no honest worker sends this (objects_since)
+    assert len(payload) > 4 * inline.INLINE_BYTES       # no honest worker sends this (objects_since)
     before = loose_objects(repo.path)
 
     errors = gitwire.write_branches(wire(repo.path), [(BranchName("wswarm/r/t/1"), Sha("0" * 40), Sha(start), payload)])

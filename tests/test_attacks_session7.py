@@ -1,5 +1,5 @@
 """Session 7 attacks: objects sent as changes of a base, skipped segments and packs written with
-index-pack (`gitwire.apply_objects`); commits, ref moves and deletes made in process (`Repo`).
+index-pack (`inline.apply_objects`); commits, ref moves and deletes made in process (`Repo`).
 
 Each test asserts the SAFE behaviour: it fails when the attack works. Real git, no mocks."""
 
@@ -16,7 +16,7 @@ import pytest
 from conftest import Repo, git
 
 from worktree_swarm.git.repo import Repo as GitRepo
-from worktree_swarm.remote import gitwire
+from worktree_swarm.remote import gitwire, inline
 from worktree_swarm.util.errors import CommandError, RefMovedError
 from worktree_swarm.util.types import BranchName, Sha
 
@@ -55,7 +55,7 @@ def a_worker_branch(repo: Repo, tmp_path: Path, name: str = "worker") -> tuple[S
     w.write("app/core.py", "VALUE = 2\n")
     w.write("app/extra.py", "EXTRA = 1\n")
     head = w.commit_all("worker's change")
-    payload = gitwire.objects_since(wire(there), head, start)
+    payload = inline.objects_since(wire(there), head, start)
     assert payload is not None
     return Sha(start), Sha(head), payload
 
@@ -116,7 +116,7 @@ def test_a_change_of_a_huge_object_here_is_not_read_whole(repo: Repo, tmp_path: 
         tracemalloc.stop()
 
     assert errors[0] is not None
-    assert peak < gitwire._UNPACKED_MAX, (
+    assert peak < inline._UNPACKED_MAX, (
         f"a {len(payload)}-byte payload made the integrator allocate {peak >> 20} MB (the base read whole)")
 
 
@@ -138,7 +138,7 @@ def test_a_change_cannot_turn_the_users_stash_into_an_object_it_does_not_hash_to
 
 def test_a_forged_object_among_a_packs_worth_writes_no_pack(repo: Repo, tmp_path: Path) -> None:
     start, head, honest = a_worker_branch(repo, tmp_path)
-    blobs = [b"blob %d\n" % i for i in range(gitwire.PACK_FROM_USER + 5)]
+    blobs = [b"blob %d\n" % i for i in range(inline.PACK_FROM_USER + 5)]
     records = [(3, oid_of(b"blob", b), b) for b in blobs]
     records[-1] = (3, records[-1][1], b"not what it claims")
     pack_dir = repo.path / ".git" / "objects" / "pack"
@@ -154,10 +154,10 @@ def test_an_honest_payload_of_many_objects_is_packed_and_whole(repo: Repo, tmp_p
     there = tmp_path / "worker"
     git(tmp_path, "clone", "-q", str(repo.path), str(there))
     w = Repo(there)
-    for i in range(gitwire.PACK_FROM_USER + 10):
+    for i in range(inline.PACK_FROM_USER + 10):
         w.write(f"gen/{i:03d}.txt", f"{i}\n")
     head = w.commit_all("many")
-    payload = gitwire.objects_since(wire(there), head, start)
+    payload = inline.objects_since(wire(there), head, start)
     assert payload is not None
     errors = gitwire.write_branches(wire(repo.path), [(BRANCH, Sha(head), Sha(start), payload)])
     assert errors[0] is None and repo.git("rev-parse", f"refs/heads/{BRANCH}") == head

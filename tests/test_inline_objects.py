@@ -15,7 +15,7 @@ import pytest
 from conftest import Repo, git
 
 from worktree_swarm.git.repo import Repo as GitRepo
-from worktree_swarm.remote import gitwire
+from worktree_swarm.remote import gitwire, inline
 from worktree_swarm.util.types import BranchName, Sha
 
 
@@ -68,7 +68,7 @@ def worker_with(repo: Repo, tmp_path: Path, base: str) -> Path:
 def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_commit_there(repo: Repo,
                                                                                            tmp_path: Path) -> None:
     base, sha = history(repo)
-    payload = gitwire.objects_since(wire(repo.path), sha, base)
+    payload = inline.objects_since(wire(repo.path), sha, base)
     assert payload is not None
     sent = records(payload)
     assert {oid for _, oid in sent} == closure(repo.path, sha) - closure(repo.path, base)
@@ -83,25 +83,25 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
         (tmp_path / str(pack_from)).mkdir()
         worker = worker_with(repo, tmp_path / str(pack_from), base)
         before = set((worker / "objects" / "pack").glob("*.pack"))
-        assert not gitwire.has_commit(wire(worker), sha)
-        assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
+        assert not inline.has_commit(wire(worker), sha)
+        assert inline.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
         assert closure(worker, sha) == closure(repo.path, sha)
         git(worker, "fsck", "--connectivity-only", "--no-dangling")
         assert len(set((worker / "objects" / "pack").glob("*.pack")) - before) == packs
     # again, every object already there: still whole, nothing written; an object claiming an id its
     # data does not hash to is refused, even an id the clone has
-    assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=1)
+    assert inline.apply_objects(wire(worker), sha, payload, pack_from=1)
     assert len(set((worker / "objects" / "pack").glob("*.pack")) - before) == 1
     blob = next(oid for kind, oid in sent if kind == 3)
     forged = base64.b64encode(zlib.compress(f"3 6 {blob}\nforged".encode())).decode()
     for pack_from in (1, 100):
-        assert not gitwire.apply_objects(wire(worker), sha, forged, pack_from=pack_from)
-        assert not gitwire.apply_objects(wire(worker), sha, payload + "." + forged, pack_from=pack_from)
+        assert not inline.apply_objects(wire(worker), sha, forged, pack_from=pack_from)
+        assert not inline.apply_objects(wire(worker), sha, payload + "." + forged, pack_from=pack_from)
     # too much is not sent inline; a base this clone does not have is passed over, not an error
-    repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
+    repo.write("big.bin", os.urandom(2 * inline.INLINE_BYTES).hex())
     big = repo.commit_all("too big to travel inline")
-    assert gitwire.objects_since(wire(repo.path), big, sha) is None
-    assert gitwire.objects_since(wire(repo.path), sha, "0" * 40) is None
+    assert inline.objects_since(wire(repo.path), big, sha) is None
+    assert inline.objects_since(wire(repo.path), sha, "0" * 40) is None
 
 
 def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(repo: Repo, tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(rep
     for i in range(3):
         repo.write(f"later/{i}.txt", f"{i}\n")
         starts.append(repo.commit_all(f"later {i}"))
-    chain = gitwire.StartChain(wire(repo.path), keep=4)
+    chain = inline.StartChain(wire(repo.path), keep=4)
     got = [chain.add(s) for s in starts]
     # the first has nothing before it; then each goes back as far as the chain keeps (4 starts)
     assert got[0] is None
@@ -119,7 +119,7 @@ def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(rep
     base_of_last, payload = got[-1] or ("", "")
     assert payload.count(".") == 2
     worker = worker_with(repo, tmp_path, base_of_last)
-    assert gitwire.apply_objects(wire(worker), starts[-1], payload, pack_from=gitwire.PACK_FROM_WORKER)
+    assert inline.apply_objects(wire(worker), starts[-1], payload, pack_from=inline.PACK_FROM_WORKER)
     assert closure(worker, starts[-1]) == closure(repo.path, starts[-1])
     git(worker, "fsck", "--connectivity-only", "--no-dangling")
     # a receiver that has the start before the last takes the earlier segments as they are, unread:
@@ -128,13 +128,13 @@ def test_a_new_start_carries_the_segments_back_to_the_oldest_start_that_fits(rep
     later = worker_with(repo, tmp_path / "later", starts[-2])
     made_up = base64.b64encode(zlib.compress(f"3 5 {'0' * 40}\njunk!1 3 {starts[-3]}\nnot".encode())).decode()
     forged = ".".join([made_up] + payload.split(".")[1:])
-    assert gitwire.apply_objects(wire(later), starts[-1], forged, pack_from=gitwire.PACK_FROM_WORKER)
+    assert inline.apply_objects(wire(later), starts[-1], forged, pack_from=inline.PACK_FROM_WORKER)
     assert closure(later, starts[-1]) == closure(repo.path, starts[-1])
     (tmp_path / "early").mkdir()
     early = worker_with(repo, tmp_path / "early", base_of_last)
-    assert not gitwire.apply_objects(wire(early), starts[-1], forged, pack_from=gitwire.PACK_FROM_WORKER)
+    assert not inline.apply_objects(wire(early), starts[-1], forged, pack_from=inline.PACK_FROM_WORKER)
     # a start too big for a segment breaks the chain: it goes through the remote, the next counts from it
-    repo.write("big.bin", os.urandom(2 * gitwire.INLINE_BYTES).hex())
+    repo.write("big.bin", os.urandom(2 * inline.INLINE_BYTES).hex())
     big = repo.commit_all("big")
     repo.write("after.txt", "after\n")
     after = repo.commit_all("after")
@@ -161,7 +161,7 @@ def repack(payload: str, keep: Callable[[int, str], bool]) -> str:
 def test_a_branch_written_from_an_outcomes_objects_is_whole_or_refused(repo: Repo, tmp_path: Path,
                                                                        broken: str | None) -> None:
     base, sha = history(repo)
-    payload = gitwire.objects_since(wire(repo.path), sha, base) or ""
+    payload = inline.objects_since(wire(repo.path), sha, base) or ""
     dropped = {"tree": 2, "blob": 3, "commit": 1}.get(broken or "")
     victim = next((oid for kind, oid in records(payload) if kind == dropped), None)
     if broken == "garbage":
@@ -191,7 +191,7 @@ def history_elsewhere(repo: Repo, tmp_path: Path) -> tuple[BranchName, Sha, Sha,
     repo.write("other.txt", "other\n")
     head = repo.commit_all("other")
     repo.git("switch", "-q", "main")
-    payload = gitwire.objects_since(wire(repo.path), head, base) or ""
+    payload = inline.objects_since(wire(repo.path), head, base) or ""
     return BranchName("wswarm/r/other/1"), Sha(head), Sha(base), payload
 
 
@@ -203,8 +203,8 @@ def test_the_packs_a_worker_receives_are_rolled_up_past_a_few(repo: Repo, tmp_pa
     for i in range(gitwire.PACKS_MAX + 4):
         repo.write(f"out/{i}.txt", f"{i}\n")
         tips.append(repo.commit_all(f"start {i}"))
-        payload = gitwire.objects_since(wire(repo.path), tips[-1], before)
-        assert payload is not None and gitwire.apply_objects(wire(worker), tips[-1], payload, pack_from=1)
+        payload = inline.objects_since(wire(repo.path), tips[-1], before)
+        assert payload is not None and inline.apply_objects(wire(worker), tips[-1], payload, pack_from=1)
         before = tips[-1]
     many = len(list(packs.glob("*.pack")))
     assert many > gitwire.PACKS_MAX
@@ -231,7 +231,7 @@ def test_a_big_folder_or_file_changed_a_little_travels_as_the_change(repo: Repo,
     repo.write("out/t9999.txt", "new\n")
     repo.write("big.txt", "".join(f"line {i}\n" if i != 1500 else "changed\n" for i in range(3000)))
     sha = repo.commit_all("one more file, one line changed")
-    payload = gitwire.objects_since(wire(repo.path), sha, base)
+    payload = inline.objects_since(wire(repo.path), sha, base)
     assert payload is not None
     kinds = dict((oid, kind) for kind, oid in records(payload))
     folder = git(repo.path, "rev-parse", f"{sha}:out")
@@ -244,7 +244,7 @@ def test_a_big_folder_or_file_changed_a_little_travels_as_the_change(repo: Repo,
     for pack_from in (1, 100):
         (tmp_path / str(pack_from)).mkdir()
         worker = worker_with(repo, tmp_path / str(pack_from), base)
-        assert gitwire.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
+        assert inline.apply_objects(wire(worker), sha, payload, pack_from=pack_from)
         assert closure(worker, sha) == closure(repo.path, sha)
         git(worker, "fsck", "--connectivity-only", "--no-dangling")
 
@@ -276,10 +276,10 @@ def test_a_change_whose_base_is_not_there_or_does_not_fit_it_is_refused(repo: Re
                 payload(f"{blob} 6\n".encode() + b"there "),
                 payload(f"{blob} 6 6\n".encode() + b"there ", kind=11)):      # commits never travel as changes
         for pack_from in (1, 100):
-            assert not gitwire.apply_objects(wire(worker), made, bad, pack_from=pack_from)
+            assert not inline.apply_objects(wire(worker), made, bad, pack_from=pack_from)
     assert subprocess.run(["git", "cat-file", "-e", claimed], cwd=worker).returncode != 0
     # the same, well made, is taken
-    assert gitwire.apply_objects(wire(worker), made, payload(f"{blob} 6 6\n".encode() + b"there "), pack_from=100)
+    assert inline.apply_objects(wire(worker), made, payload(f"{blob} 6 6\n".encode() + b"there "), pack_from=100)
     assert git(worker, "cat-file", "-p", claimed) == wanted.decode().strip()
     git(worker, "fsck", "--no-dangling")
 
@@ -295,7 +295,7 @@ def test_changes_of_a_big_object_cannot_make_a_small_payload_unpack_without_boun
     def payload(n: int) -> str:       # N changes of the 2 MB blob into the empty one, and a commit
         return segment(*[(13, empty, f"{blob} 0 0\n".encode())] * n, (1, base, commit))
 
-    assert gitwire.apply_objects(wire(worker), base, payload(5), pack_from=100)
+    assert inline.apply_objects(wire(worker), base, payload(5), pack_from=100)
     # each change reads the 2 MB base: 40 of them are past what a payload may unpack
     assert len(payload(40)) < 4000
-    assert not gitwire.apply_objects(wire(worker), base, payload(40), pack_from=100)
+    assert not inline.apply_objects(wire(worker), base, payload(40), pack_from=100)

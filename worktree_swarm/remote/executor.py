@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import redis
 
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.remote import gitwire, inbound
+from worktree_swarm.remote import gitwire, inbound, inline
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.client import retrying
 from worktree_swarm.remote.protocol import start_ref
@@ -78,7 +78,7 @@ class RedisExecutor(Executor):
         self._news: list[tuple[str, Any]] = []     # (task, entry fields) for the news stream, not yet added
         self._pushed: set[str] = set()      # start commits this integrator put on the remote
         self._newest: str | None = None     # the last start submitted: kept there, the next is likely the same
-        self._chain = gitwire.StartChain(repo, keep=RECENT_STARTS)   # the sender's: bases of inline objects
+        self._chain = inline.StartChain(repo, keep=RECENT_STARTS)   # the sender's: bases of inline objects
         self._inline: dict[str, tuple[str, str]] = {}   # the sender's: recent start -> (base, its objects)
         self._asked: set[str] = set()       # start commits a worker asked to find on the remote
         self._doomed: list[str] = []        # fetched task refs to delete from the remote

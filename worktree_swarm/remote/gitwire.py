@@ -1,5 +1,5 @@
-"""Git as the transport for code: what the integrator and a worker push and fetch, and the few objects
-that travel inside a request or an outcome instead.
+"""Git as the transport for code: what the integrator and a worker push and fetch (the few objects
+that travel inside a request or an outcome instead are inline.py's).
 
 Everything on the remote goes under the run's private namespace (`refs/wswarm/<run>/…`, never
 `refs/heads`). A start commit whose objects fit in its request, and a task branch whose objects fit
@@ -10,22 +10,15 @@ one ref into the task's local branch.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import struct
 import time
-import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from worktree_swarm.git.repo import Repo
+from worktree_swarm.remote.inline import PACK_FROM_USER, apply_objects, has_commit
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
-from worktree_swarm.util.types import BranchName, Sha, is_full_id
-
-if TYPE_CHECKING:
-    import pygit2
+from worktree_swarm.util.types import BranchName, Sha
 
 QUIET = ("-q", "--no-verify")
 # A fetch on the path of a dispatch or a merge does not also look for housekeeping to do (one more git
@@ -36,6 +29,7 @@ FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-auto-mainten
 # pack appears whole, where loose objects appear one by one, a commit before its tree, to the look of
 # another attempt of the same worker whose start is among them.
 WHOLE = ("-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1")
+PACKS_MAX = 16          # a worker's packs past which `maintain` rolls the small ones up
 
 
 def push_refs(repo: Repo, remote: str, updates: dict[str, Sha], deletions: list[str]) -> None:
@@ -69,318 +63,6 @@ def fetch_start(repo: Repo, remote: str, run: str, sha: Sha, *, wait_s: float = 
     if repo.ref_sha(ref) != sha:
         raise CommandError(["git", "fetch", remote, ref], 1, f"the remote's {ref} is not commit {sha}")
     return True
-
-
-# -- objects inline --------------------------------------------------------------------------------
-# A new start commit is a merge or two away from the one before, a task branch a commit or two from
-# its start: a handful of objects. Sent with the request (the outcome), they spare the request the wait
-# for the push and the worker its fetch (the worker its push and the integrator its fetch): two git
-# round trips on the path of every dispatch (every merge). A payload is one or more segments joined by
-# "." (base64 never writes one), each the objects one commit adds beyond another, compressed alone.
-
-INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
-_UNPACKED_MAX = 64 * 1024 * 1024
-_RAW_MAX = 16 * INLINE_BYTES     # send no more: this much would not compress into INLINE_BYTES
-_READ_MAX = 16 * _RAW_MAX        # read no further: not even as changes of what the receiver has would it fit
-_COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
-_TREE = 2
-_TREE_MODE = b"40000"
-_DELTA = 10                      # a record of kind 10 + K: an object of kind K sent as a change of another
-# Objects not here yet from which a payload is written as a pack: a worker's clone is wswarm's own (kept
-# by `maintain`); the user's repository is kept loose below git's own fetch limit (transfer.unpackLimit).
-PACK_FROM_WORKER = 8
-PACK_FROM_USER = 100
-PACKS_MAX = 16
-# Base64 of INLINE_BYTES, and a separator per segment: no sender makes a longer payload.
-_PAYLOAD_MAX = 4 * INLINE_BYTES // 3 + 4 + 64
-
-
-def objects_since(repo: Repo, sha: str, base: str) -> str | None:
-    """The objects commit SHA brings beyond the closure of commit BASE, packed for `apply_objects`;
-    None when they do not fit in INLINE_BYTES, or BASE is not here."""
-    packed = _packed(repo, sha, base)
-    return None if packed is None else base64.b64encode(packed).decode()
-
-
-def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
-    # git lists the objects (in C, outside this process's interpreter lock: the loop merges meanwhile)
-    # and this thread reads them whole. No tree is looked into by name here: pygit2 1.21 keeps a
-    # reference to every name a tree or a ref is looked up by (`tree[name]`, `name in tree`,
-    # `references.get`), which over a thousand-task run was hundreds of MB; trees are read as bytes.
-    # Trees and blobs first, then the commits oldest first, SHA last.
-    listed = repo.git("rev-list", "--objects", "--no-object-names", "--topo-order", "--reverse", sha,
-                      f"^{base}", check=False)
-    if listed.returncode != 0:
-        return None
-    odb = repo.pygit.odb
-    objects: dict[str, tuple[int, bytes]] = {}
-    read = 0
-    for oid in listed.stdout.split():
-        objects[oid] = odb.read(oid)
-        read += len(objects[oid][1])
-        if read > _READ_MAX:
-            return None
-    if [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
-        return None
-    try:
-        bases = _delta_bases(repo, objects)
-    except (KeyError, ValueError):      # an object not here to compare with (a shallow clone): all whole
-        bases = {}
-    commits: list[bytes] = []
-    others: list[bytes] = []
-    raw = 0
-    for oid, (kind, data) in objects.items():
-        body = _delta(odb.read(bases[oid])[1], data, bases[oid]) if oid in bases else None
-        record = (f"{kind} {len(data)} {oid}\n".encode() + data if body is None
-                  else f"{kind + _DELTA} {len(body)} {oid}\n".encode() + body)
-        (commits if kind == _COMMIT else others).append(record)
-        raw += len(record)
-        if raw > _RAW_MAX:
-            return None
-    out = zlib.compressobj(6)
-    chunks, size = [], 0
-    for record in others + commits:
-        chunk = out.compress(record)
-        size += len(chunk)
-        if size > INLINE_BYTES:
-            return None
-        chunks.append(chunk)
-    packed = b"".join(chunks) + out.flush()
-    return packed if len(packed) <= INLINE_BYTES else None
-
-
-def _delta_bases(repo: Repo, objects: dict[str, tuple[int, bytes]]) -> dict[str, str]:
-    """For the trees and blobs of OBJECTS, the object at the same path in the tree of their commit's
-    first parent, where that one is not among OBJECTS (the receiver has it): a folder of a thousand
-    files that gained one is sent as that one entry, not as the whole folder again."""
-    odb = repo.pygit.odb
-    bases: dict[str, str] = {}
-    walked: set[str] = set()
-    for kind, data in objects.values():
-        lines = data.split(b"\n", 2)
-        if kind != _COMMIT or len(lines) < 2 or not lines[1].startswith(b"parent "):
-            continue
-        _, parent = odb.read(lines[1][7:].decode())
-        todo = [(lines[0][5:].decode(), parent.split(b"\n", 1)[0][5:].decode())]
-        while todo:
-            new, old = todo.pop()
-            if new in walked or new not in objects:
-                continue
-            walked.add(new)
-            if old not in objects:
-                bases[new] = old
-            if objects[new][0] != _TREE:
-                continue
-            old_kind, old_data = odb.read(old)
-            if old_kind != _TREE:
-                continue
-            before = {name: (mode, oid) for mode, name, oid in _entries(old_data)}
-            for mode, name, oid in _entries(objects[new][1]):
-                mode_then, then = before.get(name, (b"", ""))
-                if then and then != oid and (mode == _TREE_MODE) == (mode_then == _TREE_MODE):
-                    todo.append((oid, then))
-    return bases
-
-
-def _entries(tree: bytes) -> list[tuple[bytes, bytes, str]]:
-    """(mode, name, id) of each entry of a tree's raw data."""
-    out, at = [], 0
-    while at < len(tree):
-        space = tree.index(b" ", at)
-        nul = tree.index(b"\0", space)
-        out.append((tree[at:space], tree[space + 1:nul], tree[nul + 1:nul + 21].hex()))
-        at = nul + 21
-    return out
-
-
-def _delta(base: bytes, data: bytes, base_id: str) -> bytes | None:
-    """DATA as BASE_ID's bytes with their middle replaced (`<base> <prefix> <suffix>` and the new
-    middle); None when that saves less than half."""
-    most = min(len(base), len(data))
-    low, high = 0, most                     # the longest common prefix, by halving (each look a memcmp)
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if base[:mid] == data[:mid] else (low, mid - 1)
-    prefix = low
-    low, high = 0, most - prefix            # the longest common suffix beside it
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if base[len(base) - mid:] == data[len(data) - mid:] else (low, mid - 1)
-    suffix = low
-    body = f"{base_id} {prefix} {suffix}\n".encode() + data[prefix:len(data) - suffix]
-    return body if 2 * len(body) < len(data) else None
-
-
-class StartChain:
-    """The start commits sent lately, each with the objects it adds beyond the one before (computed
-    once, when it is new): a new start's payload is the segments back to the oldest start that fits in
-    INLINE_BYTES (the oldest: more workers have it). One thread's."""
-
-    def __init__(self, repo: Repo, *, keep: int) -> None:
-        self.repo = repo
-        self.keep = keep
-        self._chain: list[tuple[str, bytes | None]] = []    # (start, its objects beyond the one before)
-
-    def add(self, sha: str) -> tuple[str, str] | None:
-        """SHA is the newest start: (base, payload) for its request, or None (it goes through the remote)."""
-        before = self._chain[-1][0] if self._chain else None
-        self._chain = (self._chain + [(sha, None if before is None else _packed(self.repo, sha, before))])[-self.keep:]
-        segments: list[bytes] = []
-        base, size = None, 0
-        for i in range(len(self._chain) - 1, 0, -1):
-            segment = self._chain[i][1]
-            if segment is None or size + len(segment) > INLINE_BYTES:
-                break
-            segments.insert(0, segment)
-            size += len(segment)
-            base = self._chain[i - 1][0]
-        if base is None:
-            return None
-        return base, ".".join(base64.b64encode(s).decode() for s in segments)
-
-
-def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool:
-    """Write the objects of an `objects_since` or `StartChain` PAYLOAD here (each must hash to the id it
-    claims); True when commit SHA, in full, is one of the commits it carries and is here afterwards.
-    PACK_FROM objects or more not here yet go into one pack, fewer are written loose, commits last
-    (a commit present is one whose closure is). A payload larger than any a sender makes is refused unread."""
-    # The commit must come with the payload: a sender naming a commit this repository has, but it
-    # never saw (the user's stash; found by a prefix of its id), would have its branch set there.
-    if not is_full_id(sha) or len(payload) > _PAYLOAD_MAX:
-        return False
-    odb = repo.pygit.odb
-    budget = _UNPACKED_MAX
-    carried: set[str] = set()
-    seen: dict[str, tuple[int, bytes]] = {}            # the payload's objects, bases of later changes
-    missing: dict[str, tuple[int, bytes]] = {}
-    segments = payload.split(".")
-    for i, segment in enumerate(segments):
-        try:
-            raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
-        except (ValueError, zlib.error):
-            return False
-        budget -= len(raw)
-        if budget <= 0:
-            return False
-        records = _records(raw)
-        if records is None:
-            return False
-        # A segment before the last whose commit is here already is here whole (a commit present is one
-        # whose closure is): a payload reaches back many starts, and a receiver mostly has all but the
-        # last few. Nothing of it counts as carried.
-        if (i < len(segments) - 1 and records and records[-1][0] == _COMMIT and is_full_id(records[-1][1])
-                and records[-1][1] in odb):
-            continue
-        for number, claimed, data in records:
-            if number > _DELTA:
-                number -= _DELTA
-                whole = _undelta(data, number, seen, odb, budget)
-                if whole is None:
-                    return False
-                data, budget = whole[0], budget - whole[1]
-                if budget <= 0:
-                    return False
-            # Every object is what it claims before any is written. One this clone has already is not
-            # written again: libgit2 writes a temporary file even then. Whatever is written is hashed
-            # again by git, with collision detection.
-            if _sha1(number, data) != claimed:
-                return False
-            seen[claimed] = (number, data)
-            if claimed not in missing and claimed not in odb:
-                missing[claimed] = (number, data)
-            if number == _COMMIT:
-                carried.add(claimed)
-    if sha not in carried:
-        return False
-    if len(missing) >= pack_from:
-        try:
-            _index_pack(repo, list(missing.values()))
-        except CommandError:        # git refused it (a full disk, say): the start or branch comes another way
-            return False
-    else:
-        # Commits last, whatever order a sender chose: a commit here is one whose closure is.
-        for claimed, (number, data) in sorted(missing.items(), key=lambda item: item[1][0] == _COMMIT):
-            if str(odb.write(number, data)) != claimed:
-                return False
-    return has_commit(repo, sha)
-
-
-def _records(raw: bytes) -> list[tuple[int, str, bytes]] | None:
-    """A segment's records, (kind, claimed id, data) each; None when one is malformed."""
-    records = []
-    at = 0
-    while at < len(raw):
-        end = raw.find(b"\n", at)
-        try:
-            kind, size, claimed = raw[at:end].decode().split(" ")
-            data = raw[end + 1:end + 1 + int(size)]
-            number = int(kind)
-        except ValueError:
-            return None
-        if end < 0 or len(data) != int(size) or number not in (1, 2, 3, _DELTA + 2, _DELTA + 3):
-            return None
-        records.append((number, claimed, data))
-        at = end + 1 + int(size)
-    return records
-
-
-def _undelta(body: bytes, kind: int, seen: dict[str, tuple[int, bytes]], odb: pygit2.Odb,
-             budget: int) -> tuple[bytes, int] | None:
-    """The object a `_delta` BODY makes of its base (an object of the payload before it, or one here),
-    and the bytes that took; None when the body is malformed, the base is not here, is of another kind
-    than KIND, or would take more than BUDGET."""
-    import pygit2
-
-    end = body.find(b"\n")
-    try:
-        base_id, prefix_s, suffix_s = body[:end].decode().split(" ")
-        prefix, suffix = int(prefix_s), int(suffix_s)
-    except ValueError:
-        return None
-    if end < 0 or not is_full_id(base_id) or prefix < 0 or suffix < 0:
-        return None
-    got = seen.get(base_id)
-    if got is None:
-        try:
-            # Its kind and size first: a base of any size may be named (the largest file here), and it
-            # is read only when it and what it makes fit in the budget.
-            header_kind, size = odb.read_header(base_id)
-            if header_kind != kind or prefix + suffix > size or 2 * size + len(body) > budget:
-                return None
-            got = odb.read(base_id)
-        except (KeyError, ValueError, pygit2.GitError):
-            return None
-    base_kind, base = got
-    whole = base[:prefix] + body[end + 1:] + base[len(base) - suffix:]
-    if base_kind != kind or prefix + suffix > len(base) or len(base) + len(whole) > budget:
-        return None
-    return whole, len(base) + len(whole)
-
-
-def _index_pack(repo: Repo, objects: list[tuple[int, bytes]]) -> None:
-    """OBJECTS (kind, data) into one new pack, which git's index-pack checks and names: one file and its
-    index, where loose objects are a file each (~0.7 ms apiece here, several times that under load;
-    a worker receives the objects of every merge). The pack appears whole, once indexed."""
-    parts = [b"PACK", struct.pack(">II", 2, len(objects))]
-    for kind, data in objects:
-        size = len(data)
-        head = [(kind << 4) | (size & 0x0F)]
-        size >>= 4
-        while size:
-            head[-1] |= 0x80
-            head.append(size & 0x7F)
-            size >>= 7
-        parts += [bytes(head), zlib.compress(data, 1)]
-    pack = b"".join(parts)
-    proc.git_bytes("index-pack", "--stdin", cwd=repo.root, input=pack + hashlib.sha1(pack).digest())
-
-
-_KIND_NAMES = {1: b"commit", 2: b"tree", 3: b"blob"}
-
-
-def _sha1(kind: int, data: bytes) -> str:
-    """The id git gives an object of KIND and DATA in a SHA-1 repository."""
-    return hashlib.sha1(_KIND_NAMES[kind] + b" %d\0" % len(data) + data).hexdigest()
 
 
 def keep_ref(repo: Repo, ref: str, sha: str) -> None:
@@ -495,17 +177,6 @@ def clone(url: str, dest: Path) -> None:
 def origin_url(path: Path) -> str | None:
     res = proc.git("remote", "get-url", "origin", cwd=path, check=False)
     return res.stdout.strip() if res.returncode == 0 else None
-
-
-def has_commit(repo: Repo, sha: str) -> bool:
-    """Whether commit SHA is in REPO's object store (read in this process: no git process)."""
-    import pygit2
-
-    try:
-        obj = repo.pygit.get(sha)
-    except (ValueError, pygit2.GitError):
-        return False
-    return isinstance(obj, pygit2.Commit)
 
 
 def fetch_all(path: Path) -> None:

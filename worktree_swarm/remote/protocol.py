@@ -262,7 +262,7 @@ def _str(data: Mapping[str, Any], name: str) -> str:
 
 def outcome_body(run: str, token: str, worker: str, out: Outcome, *, log_tail: str = "",
                  objects: str | None = None) -> dict[str, Any]:
-    """OBJECTS: the branch head's objects beyond the start commit's (`gitwire.objects_since`), when
+    """OBJECTS: the branch head's objects beyond the start commit's (`inline.objects_since`), when
     they fit: then the branch was not pushed, and the integrator writes them instead of fetching."""
     body = {"run": run, "token": token, "worker": worker, "task": out.task.id, "n": out.n, "kind": out.kind,
             "branch": out.branch, "start": out.start, "head": out.head, "reason": out.reason,

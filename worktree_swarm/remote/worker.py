@@ -31,7 +31,7 @@ from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
-from worktree_swarm.remote import gitwire
+from worktree_swarm.remote import gitwire, inline
 from worktree_swarm.remote import protocol as p
 from worktree_swarm.remote.client import retrying
 from worktree_swarm.sandbox import Confinement, available as sandbox_available
@@ -293,7 +293,7 @@ class Worker:
             try:
                 # The branch's few new objects go with the outcome (the integrator has its start: it made
                 # it), which spares a push here and a fetch there; a branch bringing more is pushed.
-                held.objects = gitwire.objects_since(self.repo, out.head, req.start)
+                held.objects = inline.objects_since(self.repo, out.head, req.start)
                 if held.objects is None:
                     gitwire.push_task(self.repo, self.remote, a.run, req.task.id, req.n, req.branch)
                 # Named here too once the branch is gone: the next start, which merged it, is fetched
@@ -317,10 +317,10 @@ class Worker:
             lock = self._fetching.setdefault(start, threading.Lock())
         try:
             with lock:
-                if gitwire.has_commit(self.repo, start):
+                if inline.has_commit(self.repo, start):
                     return
-                if (objects is not None and gitwire.has_commit(self.repo, objects[0])
-                        and gitwire.apply_objects(self.repo, start, objects[1], pack_from=gitwire.PACK_FROM_WORKER)):
+                if (objects is not None and inline.has_commit(self.repo, objects[0])
+                        and inline.apply_objects(self.repo, start, objects[1], pack_from=inline.PACK_FROM_WORKER)):
                     gitwire.keep_ref(self.repo, p.start_ref(run, start), start)
                     fetched = True
                 else:
