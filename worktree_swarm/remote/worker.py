@@ -28,6 +28,7 @@ from worktree_swarm.agents.base import News
 from worktree_swarm.agents.registry import agent_for_task
 from worktree_swarm.config import Config
 from worktree_swarm.gate.cache import GateCache
+from worktree_swarm.git import residue
 from worktree_swarm.git.refs import encode
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.git.worktrees import WorktreePool
@@ -37,7 +38,7 @@ from worktree_swarm.remote.client import retrying
 from worktree_swarm.sandbox import Confinement, available as sandbox_available
 from worktree_swarm.store import layout
 from worktree_swarm.swarm import admission
-from worktree_swarm.swarm.attempt import AttemptRunner, Outcome
+from worktree_swarm.swarm.attempt import AttemptRunner, Outcome, converting_config
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError, WswarmError
 from worktree_swarm.util.redact import secret_env_values
@@ -111,6 +112,10 @@ class Worker:
         self.pool_root = layout.worktrees_dir(repo.state_dir)
         self.cache = GateCache(layout.gate_cache(repo.state_dir), enabled=config.gate.cache)
         self.secret_values = secret_env_values(os.environ)
+        # Kept from attempt to attempt, as a local run keeps them: the slots' last listings, and whether
+        # git's configuration here converts files (read once, like this worker's own configuration).
+        self.scanner = residue.Scanner()
+        self.converting = converting_config(repo)
         self.throttle = admission.Throttle(admission.Admission(config.limits, state_dir=repo.state_dir),
                                            lambda kind, data: say(f"{kind}: {data}"))
         self._held: dict[bytes, _Held] = {}
@@ -285,7 +290,8 @@ class Worker:
                                pool_root=self.pool_root, agent_for=lambda task: agent, cache=self.cache,
                                cancel=held.cancel, run_id=RunId(a.run), agent_timeout=self.config.agents.timeout,
                                secret_values=self.secret_values, confinement=confinement,
-                               report=lambda task_id, fields: self._phase(a, task_id, fields))
+                               report=lambda task_id, fields: self._phase(a, task_id, fields),
+                               scanner=self.scanner, converting=self.converting)
         runner.news[req.key] = held.news
         out = runner.run(req.task, req.n, req.branch, req.start, req.feedback, env=req.env,
                          dependencies=req.dependencies)

@@ -6,7 +6,6 @@ row should say, and the orchestrator settles each Outcome.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
@@ -91,7 +90,8 @@ class AttemptRunner:
                  agent_for: Callable[[Task], Agent], cache: GateCache, cancel: threading.Event, run_id: RunId,
                  agent_timeout: float, secret_values: list[str], confinement: Confinement = Confinement(),
                  report: Callable[[str, dict[str, Any]], None] = lambda task_id, fields: None,
-                 integration_head: Callable[[], Sha | None] = lambda: None) -> None:
+                 integration_head: Callable[[], Sha | None] = lambda: None,
+                 scanner: residue.Scanner | None = None, converting: bool | None = None) -> None:
         self.repo = repo
         self.config = config
         self.store = store
@@ -109,7 +109,10 @@ class AttemptRunner:
         self.integration_head = integration_head
         self.news: dict[tuple[str, int], News] = {}    # the news box of each attempt, set by its executor
         self.base_failing = BaseFailing(lambda kind, **data: store.event(kind, **data))
-        self.scanner = residue.Scanner()     # slots are walked attempt after attempt: it lists what changed
+        # Slots are walked attempt after attempt: the scanner lists only what changed (a worker, which
+        # makes a runner per attempt, passes its own, as it passes what `converting_config` said).
+        self.scanner = scanner or residue.Scanner()
+        self._converting = converting
 
     def run(self, task: Task, n: int, branch: BranchName, start: Sha, feedback: str | None, *,
             env: dict[str, str], dependencies: list[dict[str, Any]],
@@ -215,7 +218,9 @@ class AttemptRunner:
                              files=[redact_secrets(p) for p in _summary(generated)])
         # The gate judges the commit: what was left out of it does not stay for the checks to find.
         residue.remove(worktree, generated)
-        if found.attributes or self._converting_config:
+        if self._converting is None:
+            self._converting = converting_config(self.repo)
+        if found.attributes or self._converting:
             self._as_checked_out(worktree, admin, since_ns=started_ns)
         if not result.ok:
             out.kind = "timeout" if result.timed_out else "agent-failed"
@@ -404,18 +409,6 @@ class AttemptRunner:
         self.repo.update_ref(branch, commit, tip, reason=f"wswarm: commit what {task.id} left")
         return generated, commit
 
-    @functools.cached_property
-    def _converting_config(self) -> bool:
-        """Whether the user's side of git may convert files on add and checkout beyond the worktree's
-        own `.gitattributes`: an attributes file of the repository's or the user's, or line-end settings."""
-        if (self.repo.common_dir / "info" / "attributes").exists():
-            return True
-        home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        if (home / "git" / "attributes").exists():
-            return True
-        said = self.repo.git("config", "--get-regexp", r"^core\.(autocrlf|eol|attributesfile)$", check=False)
-        return bool(said.stdout.strip())
-
     def _as_checked_out(self, worktree: Path, admin: Path, *, since_ns: int) -> None:
         """The files the agent wrote become what a checkout of the commit holds. Attributes that convert
         content (ident, text and eol, filters, encodings) can make the bytes the agent left differ from
@@ -493,3 +486,15 @@ def _log_left_out(adir: Path, left_out: list[str]) -> None:
     fd = proc.open_regular(adir / "leftovers.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     with os.fdopen(fd, "a", encoding="utf-8", errors="replace") as log:
         log.write(text)
+
+
+def converting_config(repo: Repo) -> bool:
+    """Whether the user's side of git may convert files on add and checkout beyond a worktree's own
+    `.gitattributes`: an attributes file of the repository's or the user's, or line-end settings."""
+    if (repo.common_dir / "info" / "attributes").exists():
+        return True
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    if (home / "git" / "attributes").exists():
+        return True
+    said = repo.git("config", "--get-regexp", r"^core\.(autocrlf|eol|attributesfile)$", check=False)
+    return bool(said.stdout.strip())
