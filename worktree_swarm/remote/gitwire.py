@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.remote.inline import PACK_FROM_USER, apply_objects, has_commit
+from worktree_swarm.remote.inline import PACK_FROM_USER, apply_objects, complete, has_commit
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
@@ -135,23 +135,15 @@ def fetch_tasks(repo: Repo, remote: str, run: str, attempts: list[tuple[str, int
 def write_branches(repo: Repo, branches: list[tuple[BranchName, Sha, Sha, str]]) -> list[str | None]:
     """For each (branch, head, start, payload) of BRANCHES, the objects of an outcome's PAYLOAD written
     here (`apply_objects`, each checked against its id) and local BRANCH set to HEAD, when with them
-    HEAD's whole history and tree are here above START; for each, None or why not. One git process
-    checks them all (the starts are whole here: this repository made them), one sets the branches."""
+    HEAD's whole history and tree are here above START (whole here: this repository made it); for each,
+    None or why not."""
     errors: list[str | None] = [None if apply_objects(repo, head, payload, pack_from=PACK_FROM_USER) else
                                 f"its objects do not make commit {head}" for _, head, _, payload in branches]
-    whole = [(branch, head, start) for (branch, head, start, _), error in zip(branches, errors) if error is None]
-    if whole:
-        check = repo.git("rev-list", "--objects", "--quiet", *(h for _, h, _ in whole), "--not",
-                         *sorted({s for _, _, s in whole}), check=False)
-        if check.returncode != 0:       # which one: each alone (a forged or broken payload, not a usual case)
-            for i, (branch, head, start, _) in enumerate(branches):
-                if errors[i] is None and repo.git("rev-list", "--objects", "--quiet", head, "--not", start,
-                                                  check=False).returncode != 0:
-                    errors[i] = f"objects of commit {head} are missing"
-        updates = "".join(f"update refs/heads/{branch} {head}\n" for (branch, head, _, _), error
-                          in zip(branches, errors) if error is None)
-        if updates:
-            repo.git("update-ref", "--stdin", input=updates)
+    for i, (branch, head, start, _) in enumerate(branches):
+        if errors[i] is None and not complete(repo, head, start):
+            errors[i] = f"objects of commit {head} are missing"
+        if errors[i] is None:
+            repo.update_ref(branch, head, repo.branch_sha(branch), reason="wswarm: an attempt's outcome")
     return errors
 
 
