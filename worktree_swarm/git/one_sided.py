@@ -1,0 +1,149 @@
+"""The tree `git merge-tree` writes for a merge where no path needs merging, made in this process.
+
+With one merge base, a path that only one side changed (added, modified, removed) since the base
+takes that side's entry, whatever rename detection finds: a rename pairs a removal with an addition
+of the same side, and matters to the merge only where the other side changed the path renamed from,
+or added into a folder the first one removed whole (a folder rename) — paths both sides changed. So
+the merge is computed here only where, folder by folder, no entry was changed by both sides (folders
+changed by both are compared entry by entry); anything else is left to git.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from worktree_swarm.git.repo import Repo
+from worktree_swarm.util.types import Sha
+
+if TYPE_CHECKING:
+    import pygit2
+
+_TREE = 2
+_TREE_MODE = b"40000"
+# The modes git writes; a tree holding another (an old git's 100664) is rewritten by git's merge.
+_MODES = frozenset((b"100644", b"100755", b"120000", b"160000", _TREE_MODE))
+_CHAIN_MAX = 64      # commits of THEIRS above the merge base that are looked at
+_DEPTH_MAX = 100     # folders deep: a task's deeper folder changed on both sides is git's to merge
+Entry = tuple[bytes, bytes]          # (mode, raw id)
+
+
+class _Needed(Exception):
+    """A path needs git's merge (both sides changed it, or a tree is not as git writes trees)."""
+
+
+def one_sided(repo: Repo, ours: Sha, theirs: Sha) -> Sha | None:
+    """The tree git's merge of OURS and THEIRS writes, when no path needs merging and the merge base is
+    one (THEIRS a line of single-parent commits above it; the train's task branches are); else None."""
+    import pygit2
+
+    pg = repo.pygit
+    try:
+        found = pg.merge_base(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs))
+        if found is None or str(found) == theirs:
+            return None
+        # A line of commits from THEIRS down to the base: the common ancestors of the two are then
+        # the base's (a commit of the line that OURS had would be a later base), so the base is one,
+        # as git's merge finds it.
+        at = pg[pygit2.Oid(hex=theirs)].peel(pygit2.Commit)
+        for _ in range(_CHAIN_MAX):
+            parents = at.parent_ids
+            if len(parents) != 1:
+                return None
+            if parents[0] == found:
+                break
+            at = pg[parents[0]].peel(pygit2.Commit)
+        else:
+            return None
+        odb = pg.odb
+        base, mine, their = (pg[oid].peel(pygit2.Commit).tree_id.raw for oid in (found, pygit2.Oid(hex=ours),
+                                                                                   pygit2.Oid(hex=theirs)))
+        tree = _merge(odb, base, mine, their)
+    except (_Needed, KeyError, ValueError, pygit2.GitError):
+        return None
+    return Sha(tree.hex())
+
+
+def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int = 0) -> bytes:
+    """The id of the merged tree of trees BASE, OURS and THEIRS (raw ids), written; or raise _Needed."""
+    if ours == base:
+        return theirs
+    if theirs == base:
+        return ours
+    if ours == theirs or depth > _DEPTH_MAX:     # alike on both sides: a file both removed may be renamed two ways
+        raise _Needed(b"")
+    b, o, t = (_PARSED.get(odb, tree) for tree in (base, ours, theirs))
+    # Theirs' changes onto ours (a task's few onto a head's many): the entries compared in C.
+    out = dict(o)
+    for name in {name for name, entry in t.items() if b.get(name) != entry} | (b.keys() - t.keys()):
+        was, mine, their = b.get(name), o.get(name), t.get(name)
+        if mine == was:
+            got = their
+        elif was is not None and mine is not None and their is not None and was[0] == mine[0] == their[0] == _TREE_MODE:
+            got = (_TREE_MODE, _merge(odb, was[1], mine[1], their[1], depth + 1))
+        else:
+            raise _Needed(name)
+        if got is None:
+            del out[name]
+        else:
+            out[name] = got
+    if not out:         # a folder emptied by the two sides together: git drops it (and may say more)
+        raise _Needed(b"")
+    # git's order: a folder's name sorts as if it ended in "/"
+    data = b"".join(mode + b" " + name + b"\0" + oid
+                    for name, (mode, oid) in sorted(out.items(), key=lambda i: i[0] + b"/" if i[1][0] == _TREE_MODE
+                                                    else i[0]))
+    tree = odb.write(_TREE, data).raw
+    _PARSED.put(tree, out)          # the next merge's head, mostly
+    return tree
+
+
+class _Parsed:
+    """The entries of the trees read or written lately, by id: a merge's base and head are mostly trees
+    the merge before read or made (at 1,000 entries a tree takes ~0.8 ms to read and parse). An id
+    names its content, so one cache serves every repository and thread of the process."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._trees: OrderedDict[bytes, dict[bytes, Entry]] = OrderedDict()
+
+    def get(self, odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
+        """TREE's entries (not to be changed), or _Needed."""
+        with self._lock:
+            found = self._trees.get(tree)
+            if found is not None:
+                self._trees.move_to_end(tree)
+                return found
+        found = _entries(odb, tree)
+        self.put(tree, found)
+        return found
+
+    def put(self, tree: bytes, entries: dict[bytes, Entry]) -> None:
+        with self._lock:
+            self._trees[tree] = entries
+            while len(self._trees) > self._size:
+                self._trees.popitem(last=False)
+
+
+_PARSED = _Parsed(32)
+_ENTRY = re.compile(rb"([0-7]+) ([^\0/]+)\0(.{20})", re.S)
+_TREE_DATA = re.compile(rb"(?:[0-7]+ [^\0/]+\0.{20})*", re.S)
+
+
+def _entries(odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
+    """A tree's entries by name; _Needed for one git would not write as it is (mode, name, order)."""
+    import pygit2
+
+    kind, data = odb.read(pygit2.Oid(raw=tree))
+    if kind != _TREE or _TREE_DATA.fullmatch(data) is None:
+        raise _Needed(b"")
+    found = _ENTRY.findall(data)
+    out = {name: (mode, oid) for mode, name, oid in found}
+    keys = [name + b"/" if mode == _TREE_MODE else name for mode, name, _ in found]
+    if (len(out) != len(found) or keys != sorted(keys) or not {mode for mode, _, _ in found} <= _MODES
+            or b"." in out or b".." in out):
+        raise _Needed(b"")
+    return out
