@@ -99,3 +99,30 @@ def test_a_task_branch_holding_a_merge_is_left_to_git(repo: Repo) -> None:
 
     assert one_sided(wire(repo.path), Sha(ours), Sha(theirs)) is None
     assert merge_tree(wire(repo.path), Sha(ours), Sha(theirs)).tree == git_merge(repo.path, ours, theirs)[1]
+
+
+def test_a_huge_folder_is_not_kept_by_the_train_after_its_merge(repo: Repo) -> None:
+    """Task branches with huge folders must not pin memory in the long-running train: the trees parsed
+    for a merge are kept for the next only up to a bound, and never one past a quarter of it."""
+    import gc
+    import tracemalloc
+
+    pg = pygit2.Repository(str(repo.path))
+    blob = pg.create_blob(b"x\n").raw
+
+    def root(*extra: str) -> pygit2.Oid:
+        names = sorted([f"f{i:06d}".encode() for i in range(40_000)] + [e.encode() for e in extra])
+        return pg.odb.write(pygit2.GIT_OBJECT_TREE, b"".join(b"100644 " + n + b"\0" + blob for n in names))
+
+    base = commit(pg, root(), repo.git("rev-parse", "HEAD"))
+    ours = commit(pg, root("ours"), base)
+    theirs = commit(pg, root("theirs"), base)
+    tracemalloc.start()
+    try:
+        merged = one_sided(wire(repo.path), Sha(ours), Sha(theirs))
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert merged == git_merge(repo.path, ours, theirs)[1]
+    assert kept < 1_000_000, f"{kept} bytes kept after the merge"

@@ -68,12 +68,14 @@ def one_sided(repo: Repo, ours: Sha, theirs: Sha) -> Sha | None:
 
 def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int = 0) -> bytes:
     """The id of the merged tree of trees BASE, OURS and THEIRS (raw ids), written; or raise _Needed."""
-    if ours == base:
+    # A folder one side alone changed is that side's tree, as git keeps it; git writes the root afresh
+    # from the entries it read (a root git would not write so is rewritten, or refused).
+    if depth > 0 and ours == base:
         return theirs
-    if theirs == base:
+    if depth > 0 and theirs == base:
         return ours
-    if ours == theirs or depth > _DEPTH_MAX:     # alike on both sides: a file both removed may be renamed two ways
-        raise _Needed(b"")
+    if (ours == theirs != base) or depth > _DEPTH_MAX:     # alike on both sides: a file both removed may be
+        raise _Needed(b"")                                  # renamed two ways
     b, o, t = (_PARSED.get(odb, tree) for tree in (base, ours, theirs))
     # Theirs' changes onto ours (a task's few onto a head's many): the entries compared in C.
     out = dict(o)
@@ -103,10 +105,12 @@ def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int 
 class _Parsed:
     """The entries of the trees read or written lately, by id: a merge's base and head are mostly trees
     the merge before read or made (at 1,000 entries a tree takes ~0.8 ms to read and parse). An id
-    names its content, so one cache serves every repository and thread of the process."""
+    names its content, so one cache serves every repository and thread of the process. It holds
+    ENTRIES_MAX entries in all (~130 bytes each) and no tree larger than a quarter of that."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self, entries_max: int) -> None:
+        self._max = entries_max
+        self._held = 0
         self._lock = threading.Lock()
         self._trees: OrderedDict[bytes, dict[bytes, Entry]] = OrderedDict()
 
@@ -122,13 +126,17 @@ class _Parsed:
         return found
 
     def put(self, tree: bytes, entries: dict[bytes, Entry]) -> None:
+        if 4 * len(entries) > self._max:
+            return
         with self._lock:
-            self._trees[tree] = entries
-            while len(self._trees) > self._size:
-                self._trees.popitem(last=False)
+            if tree not in self._trees:
+                self._trees[tree] = entries
+                self._held += len(entries)
+            while self._held > self._max:
+                self._held -= len(self._trees.popitem(last=False)[1])
 
 
-_PARSED = _Parsed(32)
+_PARSED = _Parsed(100_000)      # ~13 MB at most
 _ENTRY = re.compile(rb"([0-7]+) ([^\0/]+)\0(.{20})", re.S)
 _TREE_DATA = re.compile(rb"(?:[0-7]+ [^\0/]+\0.{20})*", re.S)
 
