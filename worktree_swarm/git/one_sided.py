@@ -136,7 +136,7 @@ class _Parsed:
                 self._held -= len(self._trees.popitem(last=False)[1])
 
 
-_PARSED = _Parsed(100_000)      # ~13 MB at most
+_PARSED = _Parsed(20_000)       # ~3 MB at most
 _ENTRY = re.compile(rb"([0-7]+) ([^\0/]+)\0(.{20})", re.S)
 _TREE_DATA = re.compile(rb"(?:[0-7]+ [^\0/]+\0.{20})*", re.S)
 
