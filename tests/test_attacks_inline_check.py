@@ -85,3 +85,50 @@ def test_a_whole_outcome_is_complete_above_its_start_whatever_was_refused_before
     assert gitwire.write_branches(wire(integrator), [(BRANCH, Sha(head), Sha(start), whole)]) == [None]
     assert git(integrator, "rev-parse", f"refs/heads/{BRANCH}") == head
     git(integrator, "fsck", "--connectivity-only", "--no-dangling")
+
+
+def test_an_outcome_whose_folder_entry_names_a_blob_is_refused(repo: Repo, tmp_path: Path) -> None:
+    """A tree entry with a folder's mode naming a blob (git's own check, `rev-list --objects`, refuses
+    it): taken whole into a merge it would put a broken tree on the integration branch."""
+    import hashlib
+
+    import pygit2
+
+    repo.write("app/core.py", "VALUE = 10\n")
+    start = repo.commit_all("start")
+    integrator = tmp_path / "integrator"
+    git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(integrator))
+
+    def obj(kind: bytes, data: bytes) -> tuple[str, bytes, bytes]:
+        return hashlib.sha1(kind + b" %d\0" % len(data) + data).hexdigest(), kind, data
+
+    blob = obj(b"blob", b"not a folder\n")
+    pg = pygit2.Repository(str(repo.path))
+    root = pg[pygit2.Oid(hex=start)].peel(pygit2.Commit).tree
+    # the root as it was, its folder app/ naming the blob
+    tree = obj(b"tree", b"".join(f"{e.filemode:o} {e.name}".encode() + b"\0"
+                                 + (bytes.fromhex(blob[0]) if e.name == "app" else e.id.raw) for e in root))
+    commit = obj(b"commit", f"tree {tree[0]}\nparent {start}\nauthor A <a@b> 1700000000 +0000\n"
+                            f"committer A <a@b> 1700000000 +0000\n\nbroken\n".encode())
+    kinds = {b"blob": 3, b"tree": 2, b"commit": 1}
+    payload = payload_of([(f"{kinds[k]} {len(d)} {oid}".encode(), d) for oid, k, d in (blob, tree, commit)])
+
+    errors = gitwire.write_branches(wire(integrator), [(BRANCH, Sha(commit[0]), Sha(start), payload)])
+
+    assert errors[0] is not None
+    assert git(integrator, "for-each-ref", "--format=%(refname)", f"refs/heads/{BRANCH}") == ""
+    assert not inline.complete(wire(integrator), commit[0], start)
+
+
+def test_an_outcome_past_what_is_read_in_process_is_checked_by_git(repo: Repo, tmp_path: Path) -> None:
+    """An honest branch bringing more than the in-process check reads (a 20 MB file): git checks it,
+    whole, and the check still refuses a hole."""
+    repo.write("app/core.py", "VALUE = 10\n")
+    start = repo.commit_all("start")
+    (repo.path / "data.bin").write_bytes(bytes(range(256)) * (80 * 1024))
+    head = repo.commit_all("big")
+    assert inline.complete(wire(repo.path), head, start)
+    blob = git(repo.path, "rev-parse", f"{head}:data.bin")
+    loose = repo.path / ".git" / "objects" / blob[:2] / blob[2:]
+    loose.unlink()
+    assert not inline.complete(wire(repo.path), head, start)

@@ -30,6 +30,7 @@ _RAW_MAX = 16 * INLINE_BYTES     # send no more: this much would not compress in
 _READ_MAX = 16 * _RAW_MAX        # read no further: not even as changes of what the receiver has would it fit
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 _TREE = 2
+_BLOB = 3
 _TREE_MODE = b"40000"
 _GITLINK = b"160000"
 _DELTA = 10                      # a record of kind 10 + K: an object of kind K sent as a change of another
@@ -49,7 +50,10 @@ def objects_since(repo: Repo, sha: str, base: str) -> str | None:
 
 
 def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
-    objects = _between(repo, sha, base)
+    try:
+        objects = _between(repo, sha, base)
+    except _PastLimit:
+        return None
     if objects is None or [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
         return None
     odb = repo.pygit.odb
@@ -81,18 +85,26 @@ def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
 
 
 def complete(repo: Repo, sha: str, base: str) -> bool:
-    """Whether every object of commit SHA's closure is here, given that commit BASE's closure is (what
-    `git rev-list --objects --quiet SHA --not BASE` checks, in this process)."""
-    return _between(repo, sha, base, limit=None) is not None
+    """Whether every object of commit SHA's closure is here, of the kind its tree entry says, given that
+    commit BASE's closure is: what `git rev-list --objects --quiet SHA --not BASE` checks, in this
+    process for an outcome's usual few objects, by git past _READ_MAX bytes of them."""
+    try:
+        return _between(repo, sha, base) is not None
+    except _PastLimit:
+        return repo.git("rev-list", "--objects", "--quiet", sha, "--not", base, check=False).returncode == 0
 
 
-def _between(repo: Repo, sha: str, base: str, *, limit: int | None = _READ_MAX) -> dict[str, tuple[int, bytes]] | None:
+class _PastLimit(Exception):
+    """The objects read passed the bytes allowed."""
+
+
+def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | None:
     """The objects (kind, data by id) of the commits from BASE (excluded) to SHA, parents first, and of
     the trees and blobs each adds to its first parent's tree: `rev-list --objects SHA ^BASE` or a few
     more (an object back again after a change is sent again), in this process (that git process cost
-    ~4 ms of CPU a call at 5,000 files; this ~0.3). None when one is not here or they pass LIMIT bytes.
-    Complete: an object of a commit's tree left out is the one at its path in the first parent's tree,
-    which is BASE's closure or compared in its turn.
+    ~4 ms of CPU a call at 5,000 files; this ~0.3). None when one is not here or is not of the kind its
+    tree entry says; _PastLimit past _READ_MAX bytes. Complete: an object of a commit's tree left out is
+    the one at its path in the first parent's tree, which is BASE's closure or compared in its turn.
     Trees are compared as bytes: pygit2 keeps every name a tree is looked up by (`tree[name]`), which
     over a thousand-task run was hundreds of MB."""
     import pygit2
@@ -108,28 +120,31 @@ def _between(repo: Repo, sha: str, base: str, *, limit: int | None = _READ_MAX) 
         for commit in walker:
             commits.append(str(commit.id))
             parent = commit.parents[0].tree_id if commit.parent_ids else None
-            todo = [(str(commit.tree_id), None if parent is None else str(parent))]
+            todo = [(str(commit.tree_id), None if parent is None else str(parent), _TREE)]
             while todo:
-                new, old = todo.pop()
+                new, old, kind = todo.pop()
                 if new == old or new in objects:
                     continue
                 objects[new] = odb.read(new)
                 read += len(objects[new][1])
-                if limit is not None and read > limit:
+                if read > _READ_MAX:
+                    raise _PastLimit
+                if objects[new][0] != kind:         # a tree entry naming a blob, or the reverse
                     return None
-                if objects[new][0] != _TREE:
+                if kind != _TREE:
                     continue
                 before = {name: (mode, oid) for mode, name, oid in _entries(odb.read(old)[1])} if old else {}
                 for mode, name, oid in _entries(objects[new][1]):
                     if mode == _GITLINK or before.get(name, (b"", ""))[1] == oid:
                         continue        # a submodule's commit is not an object of this repository
                     mode_then, then = before.get(name, (b"", ""))
-                    todo.append((oid, then if mode == _TREE_MODE and mode_then == _TREE_MODE else None))
+                    todo.append((oid, then if mode == _TREE_MODE and mode_then == _TREE_MODE else None,
+                                 _TREE if mode == _TREE_MODE else _BLOB))
         for oid in commits:
             objects[oid] = odb.read(oid)
             read += len(objects[oid][1])
-            if limit is not None and read > limit:
-                return None
+            if read > _READ_MAX:
+                raise _PastLimit
     except (KeyError, ValueError, pygit2.GitError):   # not here (a shallow clone's edge; BASE unknown)
         return None
     return objects
