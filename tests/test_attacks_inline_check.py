@@ -37,14 +37,20 @@ def payload_of(parts: list[tuple[bytes, bytes]]) -> str:
     return base64.b64encode(zlib.compress(b"".join(head + b"\n" + data for head, data in parts))).decode()
 
 
-def test_a_commit_left_by_a_refused_outcome_does_not_vouch_for_the_next(repo: Repo, tmp_path: Path) -> None:
-    """Outcome 1 carries a commit and its new tree but not the new file's blob: refused, yet its commit
-    and tree are written. Outcome 2 carries only a child of that commit: every object it names is here,
-    and only a check that reads the whole history above the start finds the hole left by outcome 1."""
+def an_integrator(repo: Repo, tmp_path: Path) -> tuple[str, Path]:
+    """A start commit, and an integrator's store holding it (a bare clone)."""
     repo.write("app/core.py", "VALUE = 10\n")
     start = repo.commit_all("start")
     integrator = tmp_path / "integrator"
     git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(integrator))
+    return start, integrator
+
+
+def test_a_commit_left_by_a_refused_outcome_does_not_vouch_for_the_next(repo: Repo, tmp_path: Path) -> None:
+    """Outcome 1 carries a commit and its new tree but not the new file's blob: refused, yet its commit
+    and tree are written. Outcome 2 carries only a child of that commit: every object it names is here,
+    and only a check that reads the whole history above the start finds the hole left by outcome 1."""
+    start, integrator = an_integrator(repo, tmp_path)
     repo.write("app/secret_plan.py", "PLAN = 'a file the integrator never receives'\n")
     first = repo.commit_all("first")
     repo.write("app/core.py", "VALUE = 2\n")
@@ -71,10 +77,7 @@ def test_a_whole_outcome_is_complete_above_its_start_whatever_was_refused_before
                                                                                  tmp_path: Path) -> None:
     """The honest outcome after a refused one is written and its branch set: the check refuses holes,
     not outcomes."""
-    repo.write("app/core.py", "VALUE = 10\n")
-    start = repo.commit_all("start")
-    integrator = tmp_path / "integrator"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(integrator))
+    start, integrator = an_integrator(repo, tmp_path)
     repo.write("app/new/deep/file.py", "X = 1\n")
     head = repo.commit_all("head")
     whole = inline.objects_since(wire(repo.path), head, start)
@@ -94,10 +97,7 @@ def test_an_outcome_whose_folder_entry_names_a_blob_is_refused(repo: Repo, tmp_p
 
     import pygit2
 
-    repo.write("app/core.py", "VALUE = 10\n")
-    start = repo.commit_all("start")
-    integrator = tmp_path / "integrator"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(integrator))
+    start, integrator = an_integrator(repo, tmp_path)
 
     def obj(kind: bytes, data: bytes) -> tuple[str, bytes, bytes]:
         return hashlib.sha1(kind + b" %d\0" % len(data) + data).hexdigest(), kind, data
