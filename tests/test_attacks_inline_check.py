@@ -1,5 +1,5 @@
-"""A worker's outcome checked whole in process (`inline.complete`, in place of `git rev-list --objects`):
-objects a refused outcome left behind never vouch for a later one.
+"""A worker's outcome checked whole (`gitwire.write_branches`, git's `rev-list --objects`): objects a
+refused outcome left behind never vouch for a later one.
 
 Each test asserts the SAFE behaviour: it fails when the attack works. Real git, no mocks."""
 
@@ -70,7 +70,7 @@ def test_a_commit_left_by_a_refused_outcome_does_not_vouch_for_the_next(repo: Re
 
     assert errors[0] is not None and "missing" in errors[0]
     assert git(integrator, "for-each-ref", "--format=%(refname)", f"refs/heads/{BRANCH}") == ""
-    assert not inline.complete(wire(integrator), second, start)
+    assert not gitwire.complete(wire(integrator), [second], [start])
 
 
 def test_a_whole_outcome_is_complete_above_its_start_whatever_was_refused_before(repo: Repo,
@@ -117,18 +117,17 @@ def test_an_outcome_whose_folder_entry_names_a_blob_is_refused(repo: Repo, tmp_p
 
     assert errors[0] is not None
     assert git(integrator, "for-each-ref", "--format=%(refname)", f"refs/heads/{BRANCH}") == ""
-    assert not inline.complete(wire(integrator), commit[0], start)
+    assert not gitwire.complete(wire(integrator), [commit[0]], [start])
 
 
-def test_an_outcome_past_what_is_read_in_process_is_checked_by_git(repo: Repo, tmp_path: Path) -> None:
-    """An honest branch bringing more than the in-process check reads (a 20 MB file): git checks it,
-    whole, and the check still refuses a hole."""
+def test_an_outcome_of_a_large_file_is_checked_whole(repo: Repo, tmp_path: Path) -> None:
+    """An honest branch bringing a 20 MB file is whole; without that file's object it is not."""
     repo.write("app/core.py", "VALUE = 10\n")
     start = repo.commit_all("start")
     (repo.path / "data.bin").write_bytes(bytes(range(256)) * (80 * 1024))
     head = repo.commit_all("big")
-    assert inline.complete(wire(repo.path), head, start)
+    assert gitwire.complete(wire(repo.path), [head], [start])
     blob = git(repo.path, "rev-parse", f"{head}:data.bin")
     loose = repo.path / ".git" / "objects" / blob[:2] / blob[2:]
     loose.unlink()
-    assert not inline.complete(wire(repo.path), head, start)
+    assert not gitwire.complete(wire(repo.path), [head], [start])

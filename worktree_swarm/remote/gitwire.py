@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from worktree_swarm.git.repo import Repo
-from worktree_swarm.remote.inline import PACK_FROM_USER, apply_objects, complete, has_commit
+from worktree_swarm.remote.inline import PACK_FROM_USER, apply_objects, has_commit
 from worktree_swarm.remote.protocol import run_refs, start_ref, task_ref
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
@@ -139,12 +139,21 @@ def write_branches(repo: Repo, branches: list[tuple[BranchName, Sha, Sha, str]])
     None or why not."""
     errors: list[str | None] = [None if apply_objects(repo, head, payload, pack_from=PACK_FROM_USER) else
                                 f"its objects do not make commit {head}" for _, head, _, payload in branches]
-    for i, (branch, head, start, _) in enumerate(branches):
-        if errors[i] is None and not complete(repo, head, start):
-            errors[i] = f"objects of commit {head} are missing"
-        if errors[i] is None:
+    whole = [(head, start) for (_, head, start, _), error in zip(branches, errors) if error is None]
+    # git's own check of what is here now (modes, kinds, every tree read as git reads it), all at once
+    if whole and not complete(repo, [h for h, _ in whole], sorted({s for _, s in whole})):
+        for i, (_, head, start, _) in enumerate(branches):      # which: each alone (not a usual case)
+            if errors[i] is None and not complete(repo, [head], [start]):
+                errors[i] = f"objects of commit {head} are missing"
+    for (branch, head, _, _), error in zip(branches, errors):
+        if error is None:
             repo.update_ref(branch, head, repo.branch_sha(branch), reason="wswarm: an attempt's outcome")
     return errors
+
+
+def complete(repo: Repo, heads: list[str], starts: list[str]) -> bool:
+    """Whether every object of the HEADS' closures is here, given that the STARTS' closures are."""
+    return repo.git("rev-list", "--objects", "--quiet", *heads, "--not", *starts, check=False).returncode == 0
 
 
 def delete_run_refs(repo: Repo, remote: str, run: str) -> int:

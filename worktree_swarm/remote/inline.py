@@ -84,16 +84,6 @@ def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
     return packed if len(packed) <= INLINE_BYTES else None
 
 
-def complete(repo: Repo, sha: str, base: str) -> bool:
-    """Whether every object of commit SHA's closure is here, of the kind its tree entry says, given that
-    commit BASE's closure is: what `git rev-list --objects --quiet SHA --not BASE` checks, in this
-    process for an outcome's usual few objects, by git past _READ_MAX bytes of them."""
-    try:
-        return _between(repo, sha, base) is not None
-    except _PastLimit:
-        return repo.git("rev-list", "--objects", "--quiet", sha, "--not", base, check=False).returncode == 0
-
-
 class _PastLimit(Exception):
     """The objects read passed the bytes allowed."""
 
@@ -103,8 +93,9 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
     the trees and blobs each adds to its first parent's tree: `rev-list --objects SHA ^BASE` or a few
     more (an object back again after a change is sent again), in this process (that git process cost
     ~4 ms of CPU a call at 5,000 files; this ~0.3). None when one is not here or is not of the kind its
-    tree entry says; _PastLimit past _READ_MAX bytes. Complete: an object of a commit's tree left out is
-    the one at its path in the first parent's tree, which is BASE's closure or compared in its turn.
+    tree entry says; _PastLimit past _READ_MAX bytes read (the parents' trees compared with counted).
+    What a sender packs: the receiver's check is git's (`gitwire.write_branches`), which reads trees as
+    git does where this one does not (odd modes, an id cut short).
     Trees are compared as bytes: pygit2 keeps every name a tree is looked up by (`tree[name]`), which
     over a thousand-task run was hundreds of MB."""
     import pygit2
@@ -133,7 +124,9 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
                     return None
                 if kind != _TREE:
                     continue
-                before = {name: (mode, oid) for mode, name, oid in _entries(odb.read(old)[1])} if old else {}
+                then_data = odb.read(old)[1] if old else b""
+                read += len(then_data)
+                before = {name: (mode, oid) for mode, name, oid in _entries(then_data)}
                 for mode, name, oid in _entries(objects[new][1]):
                     if mode == _GITLINK or before.get(name, (b"", ""))[1] == oid:
                         continue        # a submodule's commit is not an object of this repository
