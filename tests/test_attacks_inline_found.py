@@ -84,15 +84,15 @@ def assert_refused(path: Path, head: str, start: str, objects: list[Obj]) -> Non
     assert not gitwire.complete(wire(path), [head], [start])
 
 
-# -- 1. an entry equal by id to the first parent's is skipped whatever the modes ----------------------
+# -- 1. an entry equal by id to the first parent's, under another mode ----------------------
 
 @pytest.mark.parametrize("mode", [b"100644", b"40000"])
 def test_a_submodule_entry_turned_into_a_file_or_folder_of_the_same_id_is_not_taken_as_present(
         tmp_path: Path, mode: bytes) -> None:
     """Commit P adds a submodule `sub` at id R (rightly not looked up: not an object of this repository);
-    its child H keeps id R at `sub` but as a file (or folder). `_between` skips any entry whose id equals
-    the first parent's entry of that name, without comparing modes: R is never read, and the branch is
-    set on a tree naming an object the integrator does not have (git: "missing blob object", fsck:
+    its child H keeps id R at `sub` but as a file (or folder). A walk skipping any entry whose id equals
+    the first parent's entry of that name, without comparing modes, never reads R, and would set the branch
+    on a tree naming an object the integrator does not have (git: "missing blob object", fsck:
     broken link). The same holds with no payload parent at all when START has a submodule."""
     path, start = integrator(tmp_path)
     missing = "ab" * 20
@@ -104,13 +104,13 @@ def test_a_submodule_entry_turned_into_a_file_or_folder_of_the_same_id_is_not_ta
     assert_refused(path, c2[0], start, [t1, c1, t2, c2])
 
 
-# -- 2. an object read once under one kind is never checked under the other ----------------------------
+# -- 2. one object under both kinds ----------------------------
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_one_id_under_both_a_folder_mode_and_a_file_mode_is_refused(tmp_path: Path, reverse: bool) -> None:
-    """One tree names the same id as a folder (`x`, 40000) and as a file (`y`, 100644). `_between` reads
-    it for the entry it pops first and checks that kind; for the other entry `new in objects` skips it
-    unchecked. So a folder entry naming a blob (or a file entry naming a tree) passes; git refuses it
+    """One tree names the same id as a folder (`x`, 40000) and as a file (`y`, 100644). A walk reading
+    it for the entry it pops first and checking that kind, then skipping it as seen for the other, lets
+    a folder entry naming a blob (or a file entry naming a tree) pass; git refuses it
     ("has tree mode, but is not a tree" / "is a blob, not a tree")."""
     path, start = integrator(tmp_path)
     blob = obj(b"blob", b"just a blob\n")
@@ -125,7 +125,7 @@ def test_one_id_under_both_a_folder_mode_and_a_file_mode_is_refused(tmp_path: Pa
     assert_refused(path, head[0], start, [*extra, root, head])
 
 
-# -- 3. trees git cannot parse, parsed leniently ------------------------------------------------------
+# -- 3. trees git cannot parse ------------------------------------------------------
 
 def _prefix_entry() -> bytes:
     # the last entry's id cut to 4 bytes: `_entries` yields 8 hex digits, and pygit2's odb.read looks
@@ -146,8 +146,8 @@ BROKEN = {
 
 @pytest.mark.parametrize("extra", list(BROKEN.values()), ids=list(BROKEN))
 def test_a_tree_git_reads_otherwise_is_refused(tmp_path: Path, extra: bytes) -> None:
-    """`_entries` takes any bytes before a space as a mode, any bytes before a NUL as a name and
-    whatever remains (even nothing) as an id; only the exact mode 40000 is a folder. git refuses these
+    """A lenient reader taking any bytes before a space as a mode, any bytes before a NUL as a name and
+    whatever remains (even nothing) as an id, and only the exact mode 40000 as a folder, accepts these. git refuses these
     trees ("too-short tree object", "empty filename", "malformed mode") or reads the mode as a folder
     (S_IFDIR bits: 040000, 40755) naming a blob."""
     path, start = integrator(tmp_path)
@@ -160,9 +160,9 @@ def test_a_tree_git_reads_otherwise_is_refused(tmp_path: Path, extra: bytes) -> 
 
 def test_many_small_commits_over_a_large_start_tree_are_checked_in_time_near_gits(tmp_path: Path) -> None:
     """A chain of ~950 merges, each with START as first parent and a distinct one-entry tree (~90 bytes
-    of payload each, within INLINE_BYTES): `_between` reads and parses START's root tree (20,000 files,
-    700 KB; reads of first-parent trees are not counted against _READ_MAX) once per commit: ~17 s in
-    process, where `git rev-list --objects` takes a few ms (START's trees are marked once)."""
+    of payload each, within INLINE_BYTES): a walk comparing each commit with its first parent reads and
+    parses START's root tree (20,000 files, 700 KB) once per commit, ~17 s in process, where
+    `git rev-list --objects` takes a few ms (START's trees are marked once)."""
     path = tmp_path / "integrator"
     git(tmp_path, "init", "-q", "--bare", str(path))
     blob = obj(b"blob", b"x\n")
