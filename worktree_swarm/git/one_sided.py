@@ -27,6 +27,9 @@ _TREE_MODE = b"40000"
 _MODES = frozenset((b"100644", b"100755", b"120000", b"160000", _TREE_MODE))
 _CHAIN_MAX = 64      # commits of THEIRS above the merge base that are looked at
 _DEPTH_MAX = 100     # folders deep: a task's deeper folder changed on both sides is git's to merge
+# A folder both sides changed costs ~0.8 ms per 1,000 entries here, and git's merge ~4 ms whatever its
+# size: past ~3,000 entries (~130 KB) git is the faster.
+_TREE_BYTES_MAX = 128 * 1024
 Entry = tuple[bytes, bytes]          # (mode, raw id)
 
 
@@ -146,7 +149,7 @@ def _entries(odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
     import pygit2
 
     kind, data = odb.read(pygit2.Oid(raw=tree))
-    if kind != _TREE or _TREE_DATA.fullmatch(data) is None:
+    if kind != _TREE or len(data) > _TREE_BYTES_MAX or _TREE_DATA.fullmatch(data) is None:
         raise _Needed(b"")
     found = _ENTRY.findall(data)
     out = {name: (mode, oid) for mode, name, oid in found}
