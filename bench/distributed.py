@@ -1,7 +1,7 @@
 """Distributed runs against local ones, on this machine: one run of each, same plan, same concurrency.
 
     python bench/distributed.py [--tasks N] [--workers W] [--agents K] [--files M] [--sleep MIN MAX]
-                                [--no-local] [--git-trace] [--json]
+                                [--no-local] [--git-trace] [--pin] [--json]
 
 The issue's shape: --tasks 1000 --workers 4 --agents 8 --files 5000 (the defaults are smaller).
 
@@ -16,8 +16,10 @@ integrator's merges per second of busy time, Redis commands per attempt (INFO co
 integrator's peak RSS, the 1-minute load average before and after each run, and what the workers'
 object stores grew by per attempt (what their fetches brought, plus their own commits). With
 --git-trace, every git process of the distributed side is recorded (GIT_TRACE2_EVENT) and its
-pushes and fetches are counted and timed, the integrator's apart from the workers'. Both
-integration trees must be equal and every task merged.
+pushes and fetches are counted and timed, the integrator's apart from the workers'. With --pin
+(Linux), the distributed run's integrator (and its git processes) has core 0 to itself and Redis, the
+workers and their agents share the others: its merges per second of busy time are then what one
+integrator does with a core of its own. Both integration trees must be equal and every task merged.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,17 +76,24 @@ def commands(port: int) -> int:
     return total
 
 
-def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+def run(argv: list[str], cwd: Path, env: dict[str, str], *,
+        cores: set[int] | None = None) -> tuple[float, float, float]:
     """Wall seconds, the peak RSS (MB) of the children waited for so far, and the CPU seconds (user and
-    system) ARGV took with every process it waited for (its git processes)."""
+    system) ARGV took with every process it waited for (its git processes); on CORES alone if given."""
     t = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         preexec_fn=on(cores))
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(argv[2:5])} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return time.monotonic() - t, after.ru_maxrss / 1024, cpu
+
+
+def on(cores: set[int] | None) -> Callable[[], None] | None:
+    """What a child runs before its program to be held to CORES (and its own children with it)."""
+    return None if cores is None else (lambda: os.sched_setaffinity(0, cores))
 
 
 def worker_cpu(proc: subprocess.Popen[bytes]) -> float:
@@ -206,6 +216,8 @@ def main() -> None:
                     help="seconds each agent sleeps, spread over [MIN, MAX) by task (default 0.5 2)")
     ap.add_argument("--no-local", action="store_true", help="skip the local run (no makespan ratio)")
     ap.add_argument("--git-trace", action="store_true", help="count and time the distributed side's pushes and fetches")
+    ap.add_argument("--pin", action="store_true",
+                    help="the integrator on core 0 alone, everything else on the other cores (Linux)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (repositories, logs, Redis)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -223,13 +235,16 @@ def main() -> None:
     env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "worktree_swarm")], env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    others = set(range(1, os.cpu_count() or 1)) if args.pin else None
+    if others is not None and not others:
+        raise SystemExit("--pin needs two cores or more")
     port = free_port()
     (tmp / "redis").mkdir()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp / "redis"),
                               "--appendonly", "yes", "--save", "",
                               # every XADD stays in the append-only file, read back for outcome times
                               "--auto-aof-rewrite-percentage", "0", "--aof-use-rdb-preamble", "no"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=on(others))
     workers: list[subprocess.Popen[bytes]] = []
     try:
         repo = tmp / "repo"
@@ -278,7 +293,7 @@ def main() -> None:
                                              f"file://{bare}", "--agents", str(args.agents), "--name", f"w{w}",
                                              "--dir", str(wdir / "clone"), "--agent-cmd", agent],
                                             cwd=wdir, env=wenv, stdout=subprocess.DEVNULL,
-                                            stderr=open(wdir / "stderr.log", "wb")))
+                                            stderr=open(wdir / "stderr.log", "wb"), preexec_fn=on(others)))
         deadline = time.monotonic() + 120
         while redis_cmd(port, "--scan", "--pattern", "wswarm:worker:*").count("wswarm:worker:") < args.workers:
             if time.monotonic() > deadline:
@@ -291,7 +306,7 @@ def main() -> None:
         workers_cpu = sum(worker_cpu(w) for w in workers)
         redis_cpu = worker_cpu(redis)
         dist_s, dist_rss, dist_cpu = run([*WSWARM, "start", "--plan", str(plan), "--redis", f"redis://127.0.0.1:{port}/0",
-                                "--agent-cmd", agent], repo, env)
+                                "--agent-cmd", agent], repo, env, cores={0} if args.pin else None)
         load_dist.append(os.getloadavg()[0])
         workers_cpu = sum(worker_cpu(w) for w in workers) - workers_cpu
         redis_cpu = worker_cpu(redis) - redis_cpu
