@@ -82,10 +82,15 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], *,
     system) ARGV took with every process it waited for (its git processes); on CORES alone if given."""
     t = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                         preexec_fn=on(cores))
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[2:5])} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    # Its output to a file, not a pipe: a line per event, and a pipe this process read late (its core
+    # busy with agents) would hold the run up at every write once full.
+    with tempfile.TemporaryFile() as out:
+        res = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             preexec_fn=on(cores))
+        if res.returncode != 0:
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(argv[2:5])} failed ({res.returncode}):\n{text[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return time.monotonic() - t, after.ru_maxrss / 1024, cpu
