@@ -59,7 +59,8 @@ def run(repo: Repo, tmp_path: Path, limits: str, tasks: int, env: dict[str, str]
 ])
 def test_a_limit_the_machine_cannot_meet_runs_one_agent_at_a_time_and_says_why(
         repo: Repo, tmp_path: Path, limits: str, limit: str) -> None:
-    events, spans = run(repo, tmp_path, limits, tasks=3)
+    # The machine's load is not the limit under test (a busy machine would be refused for it first).
+    events, spans = run(repo, tmp_path, "max_load = 1000\n" + limits, tasks=3)
     # Never two at once (the run still finished: one agent always starts when none runs).
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end
@@ -80,14 +81,15 @@ def test_limits_the_machine_meets_let_agents_run_side_by_side(repo: Repo, tmp_pa
 
 def test_the_throttle_reports_each_change_of_limit_once(tmp_path: Path) -> None:
     seen: list[tuple[str, dict[str, object]]] = []
-    impossible = Admission(LimitsConfig(min_free_memory_mb=1e12), state_dir=tmp_path)
+    impossible = Admission(LimitsConfig(min_free_memory_mb=1e12, max_load=None), state_dir=tmp_path)
     throttle = Throttle(impossible, lambda kind, data: seen.append((kind, data)))
     assert throttle.admit(running=0)                # nothing runs: one agent always starts
     assert seen == []
     assert not throttle.admit(running=1) and not throttle.admit(running=1)
     assert [k for k, _ in seen] == ["waiting-for-resources"]
     assert seen[0][1]["limit"] == "min_free_memory_mb" and seen[0][1]["running"] == 1
-    throttle.admission = Admission(LimitsConfig(min_free_disk_mb=1e12, min_free_memory_mb=0), state_dir=tmp_path)
+    throttle.admission = Admission(LimitsConfig(min_free_disk_mb=1e12, min_free_memory_mb=0, max_load=None),
+                                   state_dir=tmp_path)
     assert not throttle.admit(running=1)
     assert [d["limit"] for k, d in seen if k == "waiting-for-resources"] == ["min_free_memory_mb", "min_free_disk_mb"]
     throttle.admission = Admission(LimitsConfig(max_load=None, min_free_memory_mb=0, min_free_disk_mb=0),

@@ -113,6 +113,7 @@ Path("late.txt").write_text("late\\n")
 def test_a_replace_ref_does_not_carry_unjudged_content_onto_the_integration_branch(
         repo: Repo, tmp_path: Path, agent_script: Any) -> None:
     plan = write_plan(tmp_path / "plan.json", [task("early"), task("late")])
+    repo.write("wswarm.toml", "[limits]\nmax_load = 1000\n")     # late waits for early: both run at once
 
     wswarm(repo.path, "start", "--plan", str(plan), "--agents", "2", "--agent-cmd", agent_script(REPLACE_AGENT))
 
