@@ -158,11 +158,10 @@ def test_a_tree_git_reads_otherwise_is_refused(tmp_path: Path, extra: bytes) -> 
 
 # -- 4. each commit re-reads the start's largest tree -------------------------------------------------
 
-def test_many_small_commits_over_a_large_start_tree_are_checked_in_time_near_gits(tmp_path: Path) -> None:
-    """A chain of ~950 merges, each with START as first parent and a distinct one-entry tree (~90 bytes
-    of payload each, within INLINE_BYTES): a walk comparing each commit with its first parent reads and
-    parses START's root tree (20,000 files, 700 KB) once per commit, ~17 s in process, where
-    `git rev-list --objects` takes a few ms (START's trees are marked once)."""
+def merges_over_a_large_start(tmp_path: Path) -> tuple[Path, Obj, list[Obj]]:
+    """An integrator holding START, a root of 20,000 files (700 KB), and ~950 merges above it, each with
+    START as first parent and a distinct one-entry tree (~90 bytes of payload each): (its path, START,
+    the merges' trees and commits, the last commit last)."""
     path = tmp_path / "integrator"
     git(tmp_path, "init", "-q", "--bare", str(path))
     blob = obj(b"blob", b"x\n")
@@ -171,21 +170,26 @@ def test_many_small_commits_over_a_large_start_tree_are_checked_in_time_near_git
     store(path, blob, big, start)
     git(path, "update-ref", "refs/heads/main", start[0])
     objects: list[Obj] = []
-    prev: str | None = None
     for i in range(950):
         t = tree((b"100644", b"n%d" % i, blob[0]))
-        c = commit(t[0], start[0], *([prev] if prev else []))
-        objects += [t, c]
-        prev = c[0]
-    assert prev is not None
+        objects += [t, commit(t[0], start[0], *([objects[-1][0]] if objects else []))]
+    return path, start, objects
+
+
+def test_many_small_commits_over_a_large_start_tree_are_checked_in_time_near_gits(tmp_path: Path) -> None:
+    """The merges sent as one outcome (within INLINE_BYTES): a walk comparing each commit with its first
+    parent reads and parses START's root tree once per commit, ~17 s in process, where
+    `git rev-list --objects` takes a few ms (START's trees are marked once)."""
+    path, start, objects = merges_over_a_large_start(tmp_path)
+    head = objects[-1][0]
     sent = payload(objects)
     assert len(sent) <= inline._PAYLOAD_MAX
 
     began = time.monotonic()
-    errors = gitwire.write_branches(wire(path), [(BRANCH, Sha(prev), Sha(start[0]), sent)])
+    errors = gitwire.write_branches(wire(path), [(BRANCH, Sha(head), Sha(start[0]), sent)])
     took = time.monotonic() - began
     began = time.monotonic()
-    git(path, "rev-list", "--objects", "--quiet", prev, "--not", start[0])
+    git(path, "rev-list", "--objects", "--quiet", head, "--not", start[0])
     git_took = time.monotonic() - began
 
     assert errors == [None]       # an honest-looking outcome: accepted either way
@@ -196,21 +200,9 @@ def test_packing_many_small_commits_over_a_large_start_tree_stops_in_time(tmp_pa
     """The same history merged, the integrator packs the next start's objects for its requests: the walk
     counts the 700 KB start tree each commit is compared with, and gives up (the start then goes through
     the remote) instead of reading it a thousand times."""
-    path = tmp_path / "integrator"
-    git(tmp_path, "init", "-q", "--bare", str(path))
-    blob = obj(b"blob", b"x\n")
-    big = tree(*[(b"100644", b"f%06d" % i, blob[0]) for i in range(20000)])
-    start = commit(big[0], msg=b"start")
-    objects: list[Obj] = [blob, big, start]
-    prev: str | None = None
-    for i in range(950):
-        t = tree((b"100644", b"n%d" % i, blob[0]))
-        c = commit(t[0], start[0], *([prev] if prev else []))
-        objects += [t, c]
-        prev = c[0]
-    assert prev is not None
+    path, start, objects = merges_over_a_large_start(tmp_path)
     store(path, *objects)
 
     began = time.monotonic()
-    inline.objects_since(wire(path), prev, start[0])
+    inline.objects_since(wire(path), objects[-1][0], start[0])
     assert time.monotonic() - began < 2.0
