@@ -10,11 +10,11 @@ changed by both are compared entry by entry); anything else is left to git.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from worktree_swarm.git import trees
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util.types import Sha
 
@@ -22,9 +22,7 @@ if TYPE_CHECKING:
     import pygit2
 
 _TREE = 2
-_TREE_MODE = b"40000"
-# The modes git writes; a tree holding another (an old git's 100664) is rewritten by git's merge.
-_MODES = frozenset((b"100644", b"100755", b"120000", b"160000", _TREE_MODE))
+_TREE_MODE = trees.TREE_MODE
 _CHAIN_MAX = 64      # commits of THEIRS above the merge base that are looked at
 _DEPTH_MAX = 100     # folders deep: a task's deeper folder changed on both sides is git's to merge
 # A folder both sides changed costs ~0.8 ms per 1,000 entries here, and git's merge ~4 ms whatever its
@@ -140,21 +138,12 @@ class _Parsed:
 
 
 _PARSED = _Parsed(20_000)       # ~3 MB at most
-_ENTRY = re.compile(rb"([0-7]+) ([^\0/]+)\0(.{20})", re.S)
-_TREE_DATA = re.compile(rb"(?:[0-7]+ [^\0/]+\0.{20})*", re.S)
-
-
 def _entries(odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
     """A tree's entries by name; _Needed for one git would not write as it is (mode, name, order)."""
     import pygit2
 
     kind, data = odb.read(pygit2.Oid(raw=tree))
-    if kind != _TREE or len(data) > _TREE_BYTES_MAX or _TREE_DATA.fullmatch(data) is None:
+    found = trees.entries(data) if kind == _TREE and len(data) <= _TREE_BYTES_MAX else None
+    if found is None:
         raise _Needed(b"")
-    found = _ENTRY.findall(data)
-    out = {name: (mode, oid) for mode, name, oid in found}
-    keys = [name + b"/" if mode == _TREE_MODE else name for mode, name, _ in found]
-    if (len(out) != len(found) or keys != sorted(keys) or not {mode for mode, _, _ in found} <= _MODES
-            or b"." in out or b".." in out):
-        raise _Needed(b"")
-    return out
+    return {name: (mode, oid) for mode, name, oid in found}

@@ -10,6 +10,7 @@ import struct
 import zlib
 from typing import TYPE_CHECKING
 
+from worktree_swarm.git import trees
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.util import proc
 from worktree_swarm.util.errors import CommandError
@@ -31,7 +32,7 @@ _READ_MAX = 16 * _RAW_MAX        # read no further: not even as changes of what 
 _COMMIT = 1                      # libgit2's object type numbers: 1 commit, 2 tree, 3 blob
 _TREE = 2
 _BLOB = 3
-_TREE_MODE = b"40000"
+_TREE_MODE = trees.TREE_MODE
 _GITLINK = b"160000"
 _DELTA = 10                      # a record of kind 10 + K: an object of kind K sent as a change of another
 # Objects not here yet from which a payload is written as a pack: a worker's clone is wswarm's own (kept
@@ -177,14 +178,11 @@ def _delta_bases(repo: Repo, objects: dict[str, tuple[int, bytes]]) -> dict[str,
 
 
 def _entries(tree: bytes) -> list[tuple[bytes, bytes, str]]:
-    """(mode, name, id) of each entry of a tree's raw data."""
-    out, at = [], 0
-    while at < len(tree):
-        space = tree.index(b" ", at)
-        nul = tree.index(b"\0", space)
-        out.append((tree[at:space], tree[space + 1:nul], tree[nul + 1:nul + 21].hex()))
-        at = nul + 21
-    return out
+    """(mode, name, id) of each entry of a tree's raw data; ValueError for a tree git would not write so."""
+    found = trees.entries(tree)
+    if found is None:
+        raise ValueError("not a tree as git writes them")
+    return [(mode, name, oid.hex()) for mode, name, oid in found]
 
 
 def _delta(base: bytes, data: bytes, base_id: str) -> bytes | None:
