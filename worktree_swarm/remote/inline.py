@@ -52,16 +52,15 @@ def objects_since(repo: Repo, sha: str, base: str) -> str | None:
 
 def _packed(repo: Repo, sha: str, base: str) -> bytes | None:
     try:
-        objects = _between(repo, sha, base)
+        found = _between(repo, sha, base)
     except _PastLimit:
         return None
-    if objects is None or [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
+    if found is None:
+        return None
+    objects, bases = found
+    if [oid for oid, (kind, _) in objects.items() if kind == _COMMIT][-1:] != [sha]:
         return None
     odb = repo.pygit.odb
-    try:
-        bases = _delta_bases(repo, objects)
-    except (KeyError, ValueError):      # an object not here to compare with (a shallow clone): all whole
-        bases = {}
     commits: list[bytes] = []
     others: list[bytes] = []
     raw = 0
@@ -89,9 +88,11 @@ class _PastLimit(Exception):
     """The objects read passed the bytes allowed."""
 
 
-def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | None:
+def _between(repo: Repo, sha: str, base: str) -> tuple[dict[str, tuple[int, bytes]], dict[str, str]] | None:
     """The objects (kind, data by id) of the commits from BASE (excluded) to SHA, parents first, and of
-    the trees and blobs each adds to its first parent's tree: `rev-list --objects SHA ^BASE` or a few
+    the trees and blobs each adds to its first parent's tree; and for those trees and blobs, the object
+    of their kind at the same path in that tree, where it is not among them (the receiver has it: a folder
+    of a thousand files that gained one is sent as its change from that one, not whole again): `rev-list --objects SHA ^BASE` or a few
     more (an object back again after a change is sent again), in this process (that git process cost
     ~4 ms of CPU a call at 5,000 files; this ~0.3). None when one is not here or is not of the kind its
     tree entry says; _PastLimit past _READ_MAX bytes read (the parents' trees compared with counted).
@@ -104,6 +105,7 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
 
     odb = repo.pygit.odb
     objects: dict[str, tuple[int, bytes]] = {}
+    same_path: dict[str, str] = {}
     commits: list[str] = []
     read = 0
     try:
@@ -123,6 +125,8 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
                     raise _PastLimit
                 if objects[new][0] != kind:         # a tree entry naming a blob, or the reverse
                     return None
+                if old is not None:
+                    same_path[new] = old
                 if kind != _TREE:
                     continue
                 then_data = odb.read(old)[1] if old else b""
@@ -132,8 +136,8 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
                     if mode == _GITLINK or before.get(name, (b"", ""))[1] == oid:
                         continue        # a submodule's commit is not an object of this repository
                     mode_then, then = before.get(name, (b"", ""))
-                    todo.append((oid, then if mode == _TREE_MODE and mode_then == _TREE_MODE else None,
-                                 _TREE if mode == _TREE_MODE else _BLOB))
+                    alike = then and (mode == _TREE_MODE) == (mode_then == _TREE_MODE)
+                    todo.append((oid, then if alike else None, _TREE if mode == _TREE_MODE else _BLOB))
         for oid in commits:
             objects[oid] = odb.read(oid)
             read += len(objects[oid][1])
@@ -141,40 +145,7 @@ def _between(repo: Repo, sha: str, base: str) -> dict[str, tuple[int, bytes]] | 
                 raise _PastLimit
     except (KeyError, ValueError, pygit2.GitError):   # not here (a shallow clone's edge; BASE unknown)
         return None
-    return objects
-
-
-def _delta_bases(repo: Repo, objects: dict[str, tuple[int, bytes]]) -> dict[str, str]:
-    """For the trees and blobs of OBJECTS, the object at the same path in the tree of their commit's
-    first parent, where that one is not among OBJECTS (the receiver has it): a folder of a thousand
-    files that gained one is sent as that one entry, not as the whole folder again."""
-    odb = repo.pygit.odb
-    bases: dict[str, str] = {}
-    walked: set[str] = set()
-    for kind, data in objects.values():
-        lines = data.split(b"\n", 2)
-        if kind != _COMMIT or len(lines) < 2 or not lines[1].startswith(b"parent "):
-            continue
-        _, parent = odb.read(lines[1][7:].decode())
-        todo = [(lines[0][5:].decode(), parent.split(b"\n", 1)[0][5:].decode())]
-        while todo:
-            new, old = todo.pop()
-            if new in walked or new not in objects:
-                continue
-            walked.add(new)
-            if old not in objects:
-                bases[new] = old
-            if objects[new][0] != _TREE:
-                continue
-            old_kind, old_data = odb.read(old)
-            if old_kind != _TREE:
-                continue
-            before = {name: (mode, oid) for mode, name, oid in _entries(old_data)}
-            for mode, name, oid in _entries(objects[new][1]):
-                mode_then, then = before.get(name, (b"", ""))
-                if then and then != oid and (mode == _TREE_MODE) == (mode_then == _TREE_MODE):
-                    todo.append((oid, then))
-    return bases
+    return objects, {new: old for new, old in same_path.items() if old not in objects}
 
 
 def _entries(tree: bytes) -> list[tuple[bytes, bytes, str]]:
