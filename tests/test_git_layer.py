@@ -266,6 +266,48 @@ def test_merge_message_is_one_cut_line() -> None:
     assert merge_message("t", "y" * 150) == "wswarm: merge t — " + "y" * 99 + "…\n"
 
 
+def test_a_branch_built_on_a_merged_commit_merges_from_that_commit_as_git_does(repo: Repo, tmp_path: Path) -> None:
+    # The train finds a task's merge base from what its head reaches, without libgit2's walk: a branch
+    # whose line runs through a commit already merged has that commit as its base. Taking the run's base
+    # instead would bring back g.txt = 2, which task C reverted after A.
+    base = sha(repo, "HEAD")
+    repo.git("checkout", "-q", "-b", "g", base)
+    (repo.path / "g.txt").write_text("1\n")
+    base = Sha(repo.commit_all("g"))
+    repo.git("checkout", "-q", "main")
+    train = train_at(repo, tmp_path, base)
+
+    def reached() -> set[str]:      # what the train holds its head reaches, against git's own answer
+        assert train._reach() == {base, *repo.git("rev-list", train.head, "--not", base).split()}
+        return train._reach()
+
+    a = commit_on(repo, "a", base, {"g.txt": "2\n"}, "a")
+    assert train.merge(a, merge_message("a", "a")).merge_commit in reached()
+    c = commit_on(repo, "c", train.head, {"g.txt": "1\n"}, "c")
+    train.merge(c, merge_message("c", "c"))
+    b = commit_on(repo, "b", a, {"b.txt": "b\n"}, "b")
+    ours = train.head
+
+    result = train.merge(b, merge_message("b", "b"))
+
+    assert result.merge_commit is not None and b in reached()
+    assert repo.git("rev-parse", f"{result.merge_commit}^{{tree}}") == git_merge_tree_id(repo, tmp_path, ours, b)
+    assert repo.git("show", f"{result.merge_commit}:g.txt") == "1"
+    # A branch that merged the head into itself (news) is git's to merge; what the head reaches follows.
+    repo.git("checkout", "-q", "-b", "d", base)
+    (repo.path / "d.txt").write_text("d\n")
+    repo.commit_all("d")
+    repo.git("merge", "-q", "--no-edit", train.head)
+    d = sha(repo, "HEAD")
+    repo.git("checkout", "-q", "main")
+    train.merge(d, merge_message("d", "d"))
+    e = commit_on(repo, "e", base, {"e.txt": "e\n"}, "e")
+    ours = train.head
+    result = train.merge(e, merge_message("e", "e"))
+    assert d in reached() and repo.git("rev-parse", f"{result.merge_commit}^{{tree}}") == \
+        git_merge_tree_id(repo, tmp_path, ours, e)
+
+
 def test_a_conflicting_merge_leaves_the_branch_alone(repo: Repo, tmp_path: Path) -> None:
     base = sha(repo, "HEAD")
     ours = commit_on(repo, "ours", base, {"app/core.py": "VALUE = 2\n"}, "ours")

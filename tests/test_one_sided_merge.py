@@ -18,7 +18,7 @@ import pytest
 from conftest import git
 
 from worktree_swarm.git.merge_tree import merge_tree
-from worktree_swarm.git.one_sided import one_sided
+from worktree_swarm.git.one_sided import line_down, one_sided
 from worktree_swarm.git.repo import Repo as GitRepo
 from worktree_swarm.util.types import Sha
 
@@ -154,6 +154,14 @@ def test_an_in_process_merge_is_the_tree_git_merges_or_left_to_git(history: Path
         fast = one_sided(repo, Sha(ours), Sha(theirs))
         res = subprocess.run(["git", "merge-tree", "--write-tree", ours, theirs], cwd=history,
                              capture_output=True, text=True)
+        # The base found as the train finds it, from what OURS reaches above the common base commit
+        reached = {git(history, "rev-parse", "base"), *git(history, "rev-list", ours, "^base").split()}
+        line = line_down(repo, Sha(theirs), reached)
+        assert line is not None, f"seed {seed}: THEIRS is a line above the base"
+        if line[1]:
+            assert one_sided(repo, Sha(ours), Sha(theirs), base=line[0]) == fast, f"seed {seed}: another base"
+        else:       # both sides made the same commit: THEIRS is in OURS
+            assert fast is None and line[0] == theirs
         if fast is not None:
             answered += 1
             assert res.returncode == 0, f"seed {seed}: git's merge conflicts, the in-process one said {fast}"

@@ -28,9 +28,10 @@ class MergeTree:
         return self.tree is not None
 
 
-def merge_tree(repo: Repo, ours: Sha, theirs: Sha) -> MergeTree:
-    """Merge two commits without touching any working tree or index."""
-    tree = one_sided(repo, ours, theirs)
+def merge_tree(repo: Repo, ours: Sha, theirs: Sha, *, base: Sha | None = None) -> MergeTree:
+    """Merge two commits without touching any working tree or index. BASE: their one merge base, when
+    the caller knows it (git finds its own)."""
+    tree = one_sided(repo, ours, theirs, base=base)
     if tree is not None:
         return MergeTree(tree=tree)
     res = repo.git("merge-tree", "--write-tree", "-z", "--name-only", "--messages", ours, theirs,

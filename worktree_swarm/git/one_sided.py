@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from worktree_swarm.git import trees
@@ -35,36 +36,48 @@ class _Needed(Exception):
     """A path needs git's merge (both sides changed it, or a tree is not as git writes trees)."""
 
 
-def one_sided(repo: Repo, ours: Sha, theirs: Sha) -> Sha | None:
+def one_sided(repo: Repo, ours: Sha, theirs: Sha, *, base: Sha | None = None) -> Sha | None:
     """The tree git's merge of OURS and THEIRS writes, when no path needs merging and the merge base is
-    one (THEIRS a line of single-parent commits above it; the train's task branches are); else None."""
+    one (THEIRS a line of single-parent commits above it; the train's task branches are); else None.
+    BASE: the one merge base, when the caller knows it (`line_down` from THEIRS to what OURS reaches)."""
     import pygit2
 
     pg = repo.pygit
     try:
-        found = pg.merge_base(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs))
-        if found is None or str(found) == theirs:
-            return None
-        # A line of commits from THEIRS down to the base: the common ancestors of the two are then
-        # the base's (a commit of the line that OURS had would be a later base), so the base is one,
-        # as git's merge finds it.
-        at = pg[pygit2.Oid(hex=theirs)].peel(pygit2.Commit)
-        for _ in range(_CHAIN_MAX):
-            parents = at.parent_ids
-            if len(parents) != 1:
+        if base is None:
+            found = pg.merge_base(pygit2.Oid(hex=ours), pygit2.Oid(hex=theirs))
+            # A line of commits from THEIRS down to the base: the common ancestors of the two are then
+            # the base's (a commit of the line that OURS had would be a later base), so the base is one,
+            # as git's merge finds it.
+            if found is None or str(found) == theirs or line_down(repo, theirs, {str(found)}) is None:
                 return None
-            if parents[0] == found:
-                break
-            at = pg[parents[0]].peel(pygit2.Commit)
-        else:
-            return None
-        odb = pg.odb
-        base, mine, their = (pg[oid].peel(pygit2.Commit).tree_id.raw for oid in (found, pygit2.Oid(hex=ours),
-                                                                                   pygit2.Oid(hex=theirs)))
-        tree = _merge(odb, base, mine, their)
+            base = Sha(str(found))
+        was, mine, their = (pg[pygit2.Oid(hex=commit)].peel(pygit2.Commit).tree_id.raw
+                            for commit in (base, ours, theirs))
+        tree = _merge(pg.odb, was, mine, their)
     except (_Needed, KeyError, ValueError, pygit2.GitError):
         return None
     return Sha(tree.hex())
+
+
+def line_down(repo: Repo, theirs: Sha, stop: Container[str]) -> tuple[Sha, list[Sha]] | None:
+    """The first commit in STOP that THEIRS's line of single-parent commits reaches (THEIRS itself
+    included), and the commits of the line above it; None past a merge, a root or _CHAIN_MAX commits.
+    Where STOP is a commit B that OURS reaches and every commit OURS reaches that B does not, the commit
+    found is the one merge base of OURS and THEIRS (a line's commits above it are not OURS's)."""
+    import pygit2
+
+    line: list[Sha] = []
+    at = Sha(theirs)
+    for _ in range(_CHAIN_MAX + 1):
+        if at in stop:
+            return at, line
+        parents = repo.pygit[pygit2.Oid(hex=at)].peel(pygit2.Commit).parent_ids
+        if len(parents) != 1:
+            return None
+        line.append(at)
+        at = Sha(str(parents[0]))
+    return None
 
 
 def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int = 0) -> bytes:
