@@ -10,8 +10,6 @@ changed by both are compared entry by entry); anything else is left to git.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Container
 from typing import TYPE_CHECKING
 
@@ -29,7 +27,6 @@ _DEPTH_MAX = 100     # folders deep: a task's deeper folder changed on both side
 # A folder both sides changed costs ~0.8 ms per 1,000 entries here, and git's merge ~4 ms whatever its
 # size: past ~3,000 entries (~130 KB) git is the faster.
 _TREE_BYTES_MAX = 128 * 1024
-Entry = tuple[bytes, bytes]          # (mode, raw id)
 
 
 class _Needed(Exception):
@@ -90,7 +87,7 @@ def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int 
         return ours
     if (ours == theirs != base) or depth > _DEPTH_MAX:     # alike on both sides: a file both removed may be
         raise _Needed(b"")                                  # renamed two ways
-    b, o, t = (_PARSED.get(odb, tree) for tree in (base, ours, theirs))
+    b, o, t = (_entries(odb, tree) for tree in (base, ours, theirs))
     # Theirs' changes onto ours (a task's few onto a head's many): the entries compared in C.
     out = dict(o)
     for name in {name for name, entry in t.items() if b.get(name) != entry} | (b.keys() - t.keys()):
@@ -112,51 +109,14 @@ def _merge(odb: pygit2.Odb, base: bytes, ours: bytes, theirs: bytes, depth: int 
                     for name, (mode, oid) in sorted(out.items(), key=lambda i: i[0] + b"/" if i[1][0] == _TREE_MODE
                                                     else i[0]))
     tree = odb.write(_TREE, data).raw
-    _PARSED.put(tree, out)          # the next merge's head, mostly
+    trees.PARSED.put(tree, out, len(data))          # the next merge's head, mostly
     return tree
 
 
-class _Parsed:
-    """The entries of the trees read or written lately, by id: a merge's base and head are mostly trees
-    the merge before read or made (at 1,000 entries a tree takes ~0.8 ms to read and parse). An id
-    names its content, so one cache serves every repository and thread of the process. It holds
-    ENTRIES_MAX entries in all (~130 bytes each) and no tree larger than a quarter of that."""
-
-    def __init__(self, entries_max: int) -> None:
-        self._max = entries_max
-        self._held = 0
-        self._lock = threading.Lock()
-        self._trees: OrderedDict[bytes, dict[bytes, Entry]] = OrderedDict()
-
-    def get(self, odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
-        """TREE's entries (not to be changed), or _Needed."""
-        with self._lock:
-            found = self._trees.get(tree)
-            if found is not None:
-                self._trees.move_to_end(tree)
-                return found
-        found = _entries(odb, tree)
-        self.put(tree, found)
-        return found
-
-    def put(self, tree: bytes, entries: dict[bytes, Entry]) -> None:
-        if 4 * len(entries) > self._max:
-            return
-        with self._lock:
-            if tree not in self._trees:
-                self._trees[tree] = entries
-                self._held += len(entries)
-            while self._held > self._max:
-                self._held -= len(self._trees.popitem(last=False)[1])
-
-
-_PARSED = _Parsed(20_000)       # ~3 MB at most
-def _entries(odb: pygit2.Odb, tree: bytes) -> dict[bytes, Entry]:
-    """A tree's entries by name; _Needed for one git would not write as it is (mode, name, order)."""
-    import pygit2
-
-    kind, data = odb.read(pygit2.Oid(raw=tree))
-    found = trees.entries(data) if kind == _TREE and len(data) <= _TREE_BYTES_MAX else None
+def _entries(odb: pygit2.Odb, tree: bytes) -> dict[bytes, trees.Entry]:
+    """A tree's entries by name; _Needed for one git would not write as it is (mode, name, order), or
+    one git merges faster."""
+    found = trees.PARSED.get(odb, tree, most=_TREE_BYTES_MAX)
     if found is None:
         raise _Needed(b"")
-    return {name: (mode, oid) for mode, name, oid in found}
+    return found[0]

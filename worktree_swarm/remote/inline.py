@@ -129,15 +129,23 @@ def _between(repo: Repo, sha: str, base: str) -> tuple[dict[str, tuple[int, byte
                     same_path[new] = old
                 if kind != _TREE:
                     continue
-                then_data = odb.read(old)[1] if old else b""
-                read += len(then_data)
-                before = {name: (mode, oid) for mode, name, oid in _entries(then_data)}
-                for mode, name, oid in _entries(objects[new][1]):
-                    if mode == _GITLINK or before.get(name, (b"", ""))[1] == oid:
+                # Parsed once for the merge that wrote them, mostly (`trees.PARSED`)
+                before: dict[bytes, trees.Entry] = {}
+                if old is not None:
+                    was = trees.PARSED.get(odb, bytes.fromhex(old))
+                    if was is None:
+                        return None
+                    before, size = was
+                    read += size
+                now = trees.PARSED.get(odb, bytes.fromhex(new), data=objects[new][1])
+                if now is None:
+                    return None
+                for name, (mode, raw) in now[0].items():
+                    mode_then, then = before.get(name, (b"", b""))
+                    if mode == _GITLINK or then == raw:
                         continue        # a submodule's commit is not an object of this repository
-                    mode_then, then = before.get(name, (b"", ""))
                     alike = then and (mode == _TREE_MODE) == (mode_then == _TREE_MODE)
-                    todo.append((oid, then if alike else None, _TREE if mode == _TREE_MODE else _BLOB))
+                    todo.append((raw.hex(), then.hex() if alike else None, _TREE if mode == _TREE_MODE else _BLOB))
         for oid in commits:
             objects[oid] = odb.read(oid)
             read += len(objects[oid][1])
@@ -146,14 +154,6 @@ def _between(repo: Repo, sha: str, base: str) -> tuple[dict[str, tuple[int, byte
     except (KeyError, ValueError, pygit2.GitError):   # not here (a shallow clone's edge; BASE unknown)
         return None
     return objects, {new: old for new, old in same_path.items() if old not in objects}
-
-
-def _entries(tree: bytes) -> list[tuple[bytes, bytes, str]]:
-    """(mode, name, id) of each entry of a tree's raw data; ValueError for a tree git would not write so."""
-    found = trees.entries(tree)
-    if found is None:
-        raise ValueError("not a tree as git writes them")
-    return [(mode, name, oid.hex()) for mode, name, oid in found]
 
 
 def _delta(base: bytes, data: bytes, base_id: str) -> bytes | None:
