@@ -174,6 +174,35 @@ def test_a_plan_spread_over_three_workers_merges_each_task_once_like_a_local_run
     assert client.smembers(p.Names(p.repository_id([cluster.repo.git("rev-list", "--max-parents=0", "HEAD")])).runs) == set()
 
 
+def test_the_integrator_acknowledges_what_it_reads(cluster: Cluster, tmp_path: Path) -> None:
+    # Acknowledged with the reader's next read, off the way to a merge: while a later task runs, no
+    # outcome or event read before it is still pending in the integrator's group.
+    agent, marks = agent_cmd(tmp_path)
+    plan = write_plan(tmp_path / "plan.json", [
+        {"id": "a", "type": "feature", "description": "a"},
+        {"id": "b", "type": "feature", "description": "b", "dependencies": ["a"]}])
+    cluster.start_worker("w1", agent=agent)
+    (marks / "wait-b").write_text("")
+    integrator = subprocess.Popen([*WSWARM, "start", "--plan", str(plan), "--redis", cluster.redis.url,
+                                   "--agent-cmd", agent, "--lease", "5"], cwd=cluster.repo.path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    until(lambda: (marks / "b-1.pid").is_file(), what="b's agent started")
+    client = cluster.client()
+    names = p.Names(p.repository_id([cluster.repo.git("rev-list", "--max-parents=0", "HEAD")]))
+    [run] = [r.decode() for r in client.smembers(names.runs)]
+
+    def pending() -> dict[str, int]:
+        return {stream: {g["name"]: g for g in client.xinfo_groups(stream)}[p.INTEGRATOR_GROUP.encode()]["pending"]
+                for stream in (names.outcomes(run), names.events(run))}
+
+    until(lambda: pending() == {names.outcomes(run): 0, names.events(run): 0}, what="everything read acknowledged",
+          timeout=10)
+    assert client.xlen(names.outcomes(run)) == 1        # a's outcome was read, and acknowledged
+    (marks / "go").write_text("")
+    _, err = integrator.communicate(timeout=120)
+    assert integrator.returncode == 0, err.decode()
+
+
 def test_a_worker_killed_mid_attempt_is_reclaimed_and_not_charged(cluster: Cluster, tmp_path: Path) -> None:
     agent, marks = agent_cmd(tmp_path)
     plan = write_plan(tmp_path / "plan.json", [{"id": "slow", "type": "feature", "description": "slow one"}])

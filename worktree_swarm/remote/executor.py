@@ -354,11 +354,22 @@ class RedisExecutor(Executor):
 
     def _read_loop(self) -> None:
         """Read outcomes and events as they come; fetch the branches of the outcomes read together in
-        one fetch, then hand them to `wait`."""
+        one fetch, then hand them to `wait`. What was read is acknowledged with the next read, in its
+        round trip: not on the way from an outcome to its merge (a resumed run finds outcomes on the
+        stream, acknowledged or not)."""
         streams: dict[Any, Any] = {self.names.events(self.run): ">", self.names.outcomes(self.run): ">"}
+        read: dict[str, list[Any]] = {}
+
+        def acknowledge_and_read() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for name, ids in read.items():
+                pipe.xack(name, p.INTEGRATOR_GROUP, *ids)
+            pipe.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200, block=READ_BLOCK_MS)
+            return pipe.execute()[-1]
+
         while not self._closing:
-            got: Any = self._retrying(lambda: self.client.xreadgroup(p.INTEGRATOR_GROUP, CONSUMER, streams, count=200,
-                                                                      block=READ_BLOCK_MS))
+            got: Any = self._retrying(acknowledge_and_read)
+            read = {}
             found: list[inbound.Found] = []
             for stream, entries in got or []:
                 name = _text(stream)
@@ -367,9 +378,8 @@ class RedisExecutor(Executor):
                         self._event(fields)
                     elif (out := self._outcome(fields)) is not None:
                         found.append(out)
-                ids = [entry for entry, _ in entries]
-                if ids:
-                    self._retrying(lambda: self.client.xack(name, p.INTEGRATOR_GROUP, *ids))
+                if entries:
+                    read[name] = [entry for entry, _ in entries]
             self._deliver(found)
 
     # -- what comes back -------------------------------------------------------------------------
