@@ -303,3 +303,55 @@ def test_changes_of_a_big_object_cannot_make_a_small_payload_unpack_without_boun
     # each change reads the 2 MB base: 40 of them are past what a payload may unpack
     assert len(payload(40)) < 4000
     assert not inline.apply_objects(wire(worker), base, payload(40), pack_from=100)
+
+
+def test_a_task_line_whose_carried_objects_show_it_whole_needs_no_git_check(repo: Repo, tmp_path: Path) -> None:
+    # The integrator's check of an outcome, in process where the objects it carried show the branch whole:
+    # a line of commits above its start, every changed entry carried and of its mode's kind.
+    for i in range(30):
+        repo.write(f"src/d{i % 3}/f{i}.py", f"x = {i}\n")
+    base = repo.commit_all("base")
+    repo.write("src/d1/f1.py", "x = 'changed'\n")
+    repo.write("docs/new/page.md", "# new\n")
+    repo.write("src/d2/copy.py", "x = 2\n")          # a blob the start has, at another path
+    repo.commit_all("one")
+    (repo.path / "src/d0/f3.py").unlink()
+    os.symlink("f0.py", repo.path / "src/d0/link")
+    head = repo.commit_all("two")
+    there = worker_with(repo, tmp_path, base)
+    payload = inline.objects_since(wire(repo.path), head, base)
+    assert payload is not None
+    objects = inline.apply_objects(wire(there), head, payload, pack_from=100)
+
+    assert objects is not None and inline.whole_above(wire(there), objects, head, base)
+    assert git(there, "rev-list", "--objects", "--quiet", head, "--not", base) == ""
+    # What is here but was not carried vouches for nothing (a refused outcome's leftovers): git decides.
+    copied = git(repo.path, "rev-parse", f"{head}:src/d2/copy.py")
+    page = git(repo.path, "rev-parse", f"{head}:docs/new")
+    for dropped in (copied, page):
+        assert not inline.whole_above(wire(there), {k: v for k, v in objects.items() if k != dropped}, head, base)
+    # Not a line down to the start the attempt was given
+    assert not inline.whole_above(wire(there), objects, head, git(repo.path, "commit-tree", "-p", base, "-m", "x",
+                                                                  f"{base}^{{tree}}"))
+
+
+def test_a_carried_tree_entry_of_another_kind_than_its_mode_is_left_to_git(repo: Repo) -> None:
+    repo.write("a.txt", "a\n")
+    base = repo.commit_all("base")
+    pg = wire(repo.path).pygit
+    blob_data = b"not a folder\n"
+    blob = pg.odb.write(3, blob_data)
+    tree_data = b"100644 a.txt\0" + bytes.fromhex(git(repo.path, "rev-parse", "HEAD:a.txt")) + b"40000 dir\0" + blob.raw
+    tree = pg.odb.write(2, tree_data)
+    commit_data = (f"tree {tree}\nparent {base}\nauthor A <a@b> 1700000000 +0000\n"
+                   f"committer A <a@b> 1700000000 +0000\n\nodd\n").encode()
+    commit = pg.odb.write(1, commit_data)
+    objects = {str(commit): (1, commit_data), str(tree): (2, tree_data), str(blob): (3, blob_data)}
+
+    assert not inline.whole_above(wire(repo.path), objects, str(commit), base)
+    assert subprocess.run(["git", "rev-list", "--objects", "--quiet", str(commit), "--not", base],
+                          cwd=repo.path, capture_output=True).returncode != 0
+    # nor is a merge, even of carried commits alone
+    merge_data = commit_data.replace(b"\nauthor", f"\nparent {base}\nauthor".encode())
+    merge = pg.odb.write(1, merge_data)
+    assert not inline.whole_above(wire(repo.path), {**objects, str(merge): (1, merge_data)}, str(merge), base)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import struct
 import zlib
 from typing import TYPE_CHECKING
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 # round trips on the path of every dispatch (every merge). A payload is one or more segments joined by
 # "." (base64 never writes one), each the objects one commit adds beyond another, compressed alone.
 
+# What a receiver judges whole by the objects a payload carried, without git (`whole_above`): the line of
+# commits, the bytes of trees read (~30 ms of parsing) and the depth of folders.
+_WHOLE_LINE_MAX = 64
+_WHOLE_BYTES_MAX = 4 * 1024 * 1024
+_WHOLE_DEPTH_MAX = 100
+_COMMIT_HEAD = re.compile(rb"tree ([0-9a-f]{40})\nparent ([0-9a-f]{40})\n(?!parent )")
 INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
 _RAW_MAX = 16 * INLINE_BYTES     # send no more: this much would not compress into INLINE_BYTES
@@ -202,32 +209,36 @@ class StartChain:
         return base, ".".join(base64.b64encode(s).decode() for s in segments)
 
 
-def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool:
+Objects = dict[str, tuple[int, bytes]]      # (kind, data) by id
+
+
+def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> Objects | None:
     """Write the objects of an `objects_since` or `StartChain` PAYLOAD here (each must hash to the id it
-    claims); True when commit SHA, in full, is one of the commits it carries and is here afterwards.
+    claims); when commit SHA, in full, is one of the commits it carries and is here afterwards, the
+    objects it carried (but those of segments here already), else None.
     PACK_FROM objects or more not here yet go into one pack, fewer are written loose, commits last
     (a commit present is one whose closure is). A payload larger than any a sender makes is refused unread."""
     # The commit must come with the payload: a sender naming a commit this repository has, but it
     # never saw (the user's stash; found by a prefix of its id), would have its branch set there.
     if not is_full_id(sha) or len(payload) > _PAYLOAD_MAX:
-        return False
+        return None
     odb = repo.pygit.odb
     budget = _UNPACKED_MAX
     carried: set[str] = set()
-    seen: dict[str, tuple[int, bytes]] = {}            # the payload's objects, bases of later changes
-    missing: dict[str, tuple[int, bytes]] = {}
+    seen: Objects = {}            # the payload's objects, bases of later changes
+    missing: Objects = {}
     segments = payload.split(".")
     for i, segment in enumerate(segments):
         try:
             raw = zlib.decompressobj().decompress(base64.b64decode(segment, validate=True), budget)
         except (ValueError, zlib.error):
-            return False
+            return None
         budget -= len(raw)
         if budget <= 0:
-            return False
+            return None
         records = _records(raw)
         if records is None:
-            return False
+            return None
         # A segment before the last whose commit is here already is here whole (a commit present is one
         # whose closure is): a payload reaches back many starts, and a receiver mostly has all but the
         # last few. Nothing of it counts as carried.
@@ -239,33 +250,87 @@ def apply_objects(repo: Repo, sha: str, payload: str, *, pack_from: int) -> bool
                 number -= _DELTA
                 whole = _undelta(data, number, seen, odb, budget)
                 if whole is None:
-                    return False
+                    return None
                 data, budget = whole[0], budget - whole[1]
                 if budget <= 0:
-                    return False
+                    return None
             # Every object is what it claims before any is written. One this clone has already is not
             # written again: libgit2 writes a temporary file even then. Whatever is written is hashed
             # again by git, with collision detection.
             if _sha1(number, data) != claimed:
-                return False
+                return None
             seen[claimed] = (number, data)
             if claimed not in missing and claimed not in odb:
                 missing[claimed] = (number, data)
             if number == _COMMIT:
                 carried.add(claimed)
     if sha not in carried:
-        return False
+        return None
     if len(missing) >= pack_from:
         try:
             _index_pack(repo, list(missing.values()))
         except CommandError:        # git refused it (a full disk, say): the start or branch comes another way
-            return False
+            return None
     else:
         # Commits last, whatever order a sender chose: a commit here is one whose closure is.
         for claimed, (number, data) in sorted(missing.items(), key=lambda item: item[1][0] == _COMMIT):
             if str(odb.write(number, data)) != claimed:
+                return None
+    return seen if has_commit(repo, sha) else None
+
+
+def whole_above(repo: Repo, objects: Objects, head: str, start: str) -> bool:
+    """Whether HEAD's history and trees above START are here whole, as git reads them, by OBJECTS (what
+    a payload carried, written here) alone: a line of single-parent commits down to START, each of their
+    trees' entries as at its path in the parent commit's tree (START's closure is whole here) or carried,
+    of the kind its mode says, and read as git writes trees. False: not shown so (git's check decides),
+    for anything else or past _WHOLE_BYTES_MAX of trees read."""
+    import pygit2
+
+    trees_up: list[str] = []
+    at = head
+    while at != start:
+        kind, data = objects.get(at, (0, b""))
+        found = _COMMIT_HEAD.match(data) if kind == _COMMIT and len(trees_up) < _WHOLE_LINE_MAX else None
+        if found is None:
+            return False
+        trees_up.append(found[1].decode())
+        at = found[2].decode()
+    try:
+        below = str(repo.pygit[pygit2.Oid(hex=start)].peel(pygit2.Commit).tree_id)
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+    budget = [_WHOLE_BYTES_MAX]
+    for tree in reversed(trees_up):
+        if tree != below and not _whole_tree(repo.pygit.odb, objects, tree, below, budget, 0):
+            return False
+        below = tree
+    return True
+
+
+def _whole_tree(odb: pygit2.Odb, objects: Objects, tree: str, then: str | None, budget: list[int], depth: int) -> bool:
+    """`whole_above` for carried TREE, whose path held tree THEN (whole here) in the parent commit."""
+    kind, data = objects.get(tree, (0, b""))
+    budget[0] -= len(data)
+    if kind != _TREE or depth > _WHOLE_DEPTH_MAX or budget[0] < 0:
+        return False
+    found = trees.entries(data)
+    before = trees.PARSED.get(odb, bytes.fromhex(then), most=budget[0]) if then is not None else ({}, 0)
+    if found is None or before is None:
+        return False
+    budget[0] -= before[1]
+    for mode, name, raw in found:
+        was = before[0].get(name)
+        if was == (mode, raw) or mode == _GITLINK:      # git looks for no object of a submodule's commit
+            continue
+        oid = raw.hex()
+        if mode == _TREE_MODE:
+            if not _whole_tree(odb, objects, oid, was[1].hex() if was is not None and was[0] == _TREE_MODE else None,
+                               budget, depth + 1):
                 return False
-    return has_commit(repo, sha)
+        elif objects.get(oid, (0, b""))[0] != _BLOB:
+            return False
+    return True
 
 
 def _records(raw: bytes) -> list[tuple[int, str, bytes]] | None:

@@ -326,7 +326,8 @@ class Worker:
                 if inline.has_commit(self.repo, start):
                     return
                 if (objects is not None and inline.has_commit(self.repo, objects[0])
-                        and inline.apply_objects(self.repo, start, objects[1], pack_from=inline.PACK_FROM_WORKER)):
+                        and inline.apply_objects(self.repo, start, objects[1],
+                                                 pack_from=inline.PACK_FROM_WORKER) is not None):
                     gitwire.keep_ref(self.repo, p.start_ref(run, start), start)
                     fetched = True
                 else:
