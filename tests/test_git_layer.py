@@ -375,6 +375,57 @@ def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo
     assert again.recover() and again.head == new == train.store.run().integration_head
 
 
+def test_outcomes_merged_together_move_the_branch_once(repo: Repo, tmp_path: Path) -> None:
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    a = commit_on(repo, "a", base, {"app/core.py": "VALUE = 2\n"}, "a")
+    b = commit_on(repo, "b", base, {"app/core.py": "VALUE = 3\n"}, "b")      # conflicts with a
+    c = commit_on(repo, "c", base, {"c.txt": "c\n"}, "c")
+    reflog = repo.git("reflog", "show", "--format=%H", train.branch).split()
+
+    results, error = train.merge_all([(a, merge_message("a", "d")), (b, merge_message("b", "d")),
+                                      (c, merge_message("c", "d"))])
+
+    assert error is None and [r.merge_commit is not None for r in results] == [True, False, True]
+    merge_a, merge_c = results[0].merge_commit, results[2].merge_commit
+    # each onto the one before; the conflicting one onto a's merge, which the next one took too
+    assert [r.integration_head for r in results] == [base, merge_a, merge_a] and results[1].conflicts == ["app/core.py"]
+    assert repo.git("rev-list", "--parents", "-n", "1", str(merge_c)).split() == [merge_c, merge_a, c]
+    assert sha(repo, train.branch) == merge_c == train.head == train.store.run().integration_head
+    assert repo.git("rev-parse", f"{merge_c}^{{tree}}") == git_merge_tree_id(repo, tmp_path, str(merge_a), c)
+    # one move: one entry in the branch's log, naming the last merge and how many came before it
+    assert repo.git("reflog", "show", "--format=%H", train.branch).split() == [merge_c, *reflog]
+    assert repo.git("reflog", "-1", "--format=%gs", train.branch) == "wswarm: merge c — d (and 1 merges before it)"
+
+
+def test_a_move_of_several_merges_a_crash_interrupted_is_checked_merge_by_merge(repo: Repo, tmp_path: Path) -> None:
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    heads = [commit_on(repo, f"t{i}", base, {f"t{i}.txt": "t\n"}, f"t{i}") for i in range(3)]
+    chain, at = [], base
+    for i, theirs in enumerate(heads):
+        train.store.start_attempt(f"t{i}", 1, branch=f"t{i}", start=base)
+        train.store.finish_attempt(f"t{i}", 1, outcome="gated", head=theirs)
+        merged = merge_tree(train.repo, Sha(at), theirs)
+        assert merged.tree is not None
+        at = train.repo.commit(merged.tree, [at, theirs], merge_message(f"t{i}", "d"))
+        chain.append(at)
+    # the ref moved to the last of three merges, then the process died before confirming it
+    train.store.set_run(integration_pending=chain[-1])
+    repo.git("update-ref", f"refs/heads/{train.branch}", chain[-1], base)
+    again = Integration(train.repo, train.store)
+    assert again.recover() and again.head == chain[-1] == train.store.run().integration_head
+    # one merge in the line of an attempt that never passed its gate: the whole claim is refused
+    repo.git("update-ref", f"refs/heads/{train.branch}", base)
+    train.store.set_run(integration_head=base)
+    train.store.finish_attempt("t1", 1, outcome="failed", head=heads[1])
+    train.store.set_run(integration_pending=chain[-1])
+    repo.git("update-ref", f"refs/heads/{train.branch}", chain[-1], base)
+    with pytest.raises(IntegrationMovedError):
+        Integration(train.repo, train.store).recover()
+    assert train.store.run().integration_head == base
+
+
 def test_a_pending_move_is_a_claim_that_git_must_bear_out(repo: Repo, tmp_path: Path) -> None:
     # Something that can write the state file records its own commit as "pending" and moves the ref.
     base = sha(repo, "HEAD")

@@ -26,14 +26,13 @@ from worktree_swarm.swarm.forecast import Forecaster
 from worktree_swarm.swarm.forecast_reply import ForecastReply
 from worktree_swarm.swarm.shared_state import SharedStateWatch
 from worktree_swarm.config import Config
-from worktree_swarm.util.errors import CommandError
 from worktree_swarm.util.redact import redact_secrets, secret_env_values
 from worktree_swarm.gate.cache import GateCache
 from worktree_swarm.gate.probe import Prober
 from worktree_swarm.git.refs import run_prefix, task_branch
 from worktree_swarm.git.repo import Repo
 from worktree_swarm.swarm.guard import Guard
-from worktree_swarm.train.integration import Integration, merge_message
+from worktree_swarm.train.integration import Integration, TrainResult, merge_message
 from worktree_swarm.train.result_gate import judge
 from worktree_swarm.plan import Plan, Task
 from worktree_swarm.sandbox import Confinement
@@ -155,10 +154,10 @@ class Swarm:
         return self.merge_gate != "failed" and self.sched.all_merged()
 
     def _drive(self) -> None:
-        while self._recovered:
-            a = self._recovered.pop(0)
+        recovered, self._recovered = self._recovered, []
+        for a in recovered:
             self.store.event(EventKind.MERGE_RECOVERED, a.task_id, attempt=a.n)
-            self._settle(recovery.recovered_outcome(self.store, self.plan, a, secrets=self.secret_values))
+        self._settle([recovery.recovered_outcome(self.store, self.plan, a, secrets=self.secret_values) for a in recovered])
         forecaster = (Forecaster(self.repo, running=self.executor.worktrees, head=lambda: self.train.head)
                       if self.config.scheduler.forecast else None)
         if forecaster is not None:
@@ -178,8 +177,7 @@ class Swarm:
                     break
                 done = self.executor.wait(0.5)
                 self._take_phases()
-                for outcome in done:
-                    self._settle(outcome)
+                self._settle(done)
         except BaseException as first:
             self._stopping = True
             if forecaster is not None:
@@ -190,7 +188,7 @@ class Swarm:
                 first.add_note(f"while stopping the other attempts: {type(error).__name__}: {error}")
             for outcome in outcomes:
                 try:
-                    self._settle(outcome)
+                    self._settle([outcome])
                 except Exception as later:
                     first.add_note(f"while stopping the other attempts: {type(later).__name__}: {later}")
             raise
@@ -312,7 +310,30 @@ class Swarm:
             self._live.discard((out.task.id, out.n))
         self.watch.check(out, self._live)
 
-    def _settle(self, out: Outcome) -> None:
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        """Settle OUTCOMES; those that passed their gate merge together (`Integration.merge_all`: under
+        load outcomes arrive together, and a slow disk's synced write is paid once for all of them)."""
+        gated = [out for out in outcomes if self._judge(out)]
+        if not gated:
+            return
+        items = []
+        for out in gated:
+            assert out.head is not None and out.report is not None
+            body = f"Task {out.task.id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
+            items.append((out.head, merge_message(out.task.id, out.task.description, body)))
+        results, error = self.train.merge_all(items)
+        for out, merged in zip(gated, results):
+            self._merged(out, merged)
+        if error is not None:
+            out = gated[len(results)]
+            self.sched.finish(out.task.id, out.n, AttemptKind.ERROR)
+            self.store.finish_attempt(out.task.id, out.n, outcome=AttemptKind.ERROR, head=out.head, reason=str(error),
+                                      **out.stats())
+            raise error
+
+    def _judge(self, out: Outcome) -> bool:
+        """Settle OUT, unless it passed its gate: then it is recorded as such (before the branch moves,
+        so a crash in between is recoverable) and True, for the merge train."""
         self._watch_shared_state(out)
         task_id = out.task.id
         self._ports.pop((task_id, out.n), None)
@@ -343,7 +364,7 @@ class Swarm:
             self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, reason=out.reason, **stats)
             self._record(task_id, reason=out.reason if restarted else "interrupted; will start again")
             self._release(out, keep=False)
-            return
+            return False
         report_json = out.report.to_json() if out.report else None
         if kind != AttemptKind.GATED:
             decision = self.sched.finish(task_id, out.n, kind, now=time.monotonic())
@@ -352,20 +373,18 @@ class Swarm:
             self.store.event(EventKind(kind), task_id, attempt=out.n, reason=out.reason,
                              agent=self.agent_for(out.task).name, gate=out.report.summary() if out.report else None)
             self._retry_or_fail(out, decision, out.feedback)
-            return
-        # The head is on record before the ref moves, so a crash in between is recoverable.
+            return False
         self.sched.finish(task_id, out.n, kind)
         self.store.finish_attempt(task_id, out.n, outcome=kind, head=out.head, gate=report_json, **stats)
         self._record(task_id)
-        assert out.head is not None and out.report is not None
-        body = f"Task {task_id} ({out.task.type}), attempt {out.n}.\n{out.report.summary()}"
-        try:
-            merged = self.train.merge(out.head, merge_message(task_id, out.task.description, body))
-        except CommandError as exc:
-            self.sched.finish(task_id, out.n, AttemptKind.ERROR)
-            self.store.finish_attempt(task_id, out.n, outcome=AttemptKind.ERROR, head=out.head, reason=str(exc),
-                                      **stats)
-            raise
+        return True
+
+    def _merged(self, out: Outcome, merged: TrainResult) -> None:
+        """Settle OUT, which passed its gate, by what the train did with it: merged, or conflicting."""
+        task_id = out.task.id
+        assert out.report is not None
+        stats = out.stats()
+        report_json = out.report.to_json()
         if merged.merge_commit is None:
             out.reason = reason = "merge conflict in " + ", ".join(merged.conflicts)
             decision = self.sched.finish(task_id, out.n, AttemptKind.CONFLICT, now=time.monotonic())

@@ -3,12 +3,11 @@ move of the ref, each from the head the run recorded and never from wherever the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pygit2
 
-from worktree_swarm.util.errors import EXIT_TASKS_FAILED, RefMovedError
+from worktree_swarm.util.errors import EXIT_TASKS_FAILED, CommandError, RefMovedError
 from worktree_swarm.git.merge_tree import merge_tree
 from worktree_swarm.git.one_sided import line_down
 from worktree_swarm.git.repo import Repo
@@ -70,19 +69,27 @@ class Integration:
         return done
 
     def _our_merge(self, commit: Sha) -> bool:
-        """Whether COMMIT is a merge the train would have made: on the recorded head, of the head of
-        an attempt that passed its gate, with the tree merge-tree makes of the two. A pending value
-        is only a claim (the state file is writable by anything running as the user); git's objects
-        are checked instead of it being believed."""
-        try:
-            parents = [Sha(str(p)) for p in self.repo.pygit[commit].peel(pygit2.Commit).parent_ids]
-        except (KeyError, ValueError):
-            return False
+        """Whether COMMIT is a line of merges the train would have made (one move may make several): on
+        the recorded head, each of the head of an attempt that passed its gate onto the one before,
+        with the tree merge-tree makes of the two. A pending value is only a claim (the state file is
+        writable by anything running as the user); git's objects are checked instead of it being believed."""
         gated = {a.head for a in self.store.attempts() if a.outcome in ("gated", "merged") and a.head}
-        if len(parents) != 2 or parents[0] != self.head or parents[1] not in gated:
-            return False
-        merged = merge_tree(self.repo, parents[0], parents[1])
-        return merged.tree is not None and merged.tree == self.repo.tree_of(commit)
+        chain: list[tuple[Sha, Sha, Sha]] = []      # (merge, ours, theirs), newest first
+        at = commit
+        while at != self.head:
+            try:
+                parents = [Sha(str(p)) for p in self.repo.pygit[at].peel(pygit2.Commit).parent_ids]
+            except (KeyError, ValueError):
+                return False
+            if len(parents) != 2 or parents[1] not in gated or len(chain) >= len(gated):
+                return False
+            chain.append((at, parents[0], parents[1]))
+            at = parents[0]
+        for merge, ours, theirs in reversed(chain):
+            merged = merge_tree(self.repo, ours, theirs)
+            if merged.tree is None or merged.tree != self.repo.tree_of(merge):
+                return False
+        return bool(chain)
 
     def verify(self) -> None:
         """The ref is where the run left it; a deleted one is recreated from the recorded head."""
@@ -109,9 +116,9 @@ class Integration:
             self._reached = {self._base, *listed}
         return self._reached
 
-    def move(self, new: Sha, *, reason: str, reached: Iterable[str] | None = None) -> None:
+    def move(self, new: Sha, *, reason: str, reaches: set[str] | None = None) -> None:
         """Move the branch from the recorded head to NEW (compare-and-swap), recording it first.
-        REACHED: the commits NEW reaches that the recorded head does not, beside NEW, when known."""
+        REACHES: what `_reach` would find from NEW, when known."""
         self.verify()
         # On disk before the ref moves (git may make the move durable): a machine crash in between
         # must leave a claim `recover` can check, never a branch the run does not know it moved.
@@ -123,26 +130,48 @@ class Integration:
             self.verify()       # names what moved it
             raise
         self.head = new
-        if reached is not None and self._reached is not None:
-            self._reached.update(reached)
-            self._reached.add(new)
-        else:
-            self._reached = None
+        self._reached = reaches
         self.store.set_run(integration_head=new, integration_pending=None)
 
     def merge(self, theirs: Sha, message: str) -> TrainResult:
         """Merge THEIRS onto the recorded head with one merge commit; a conflict moves nothing."""
+        [result], error = self.merge_all([(theirs, message)])
+        if error is not None:
+            raise error
+        return result
+
+    def merge_all(self, items: list[tuple[Sha, str]]) -> tuple[list[TrainResult], CommandError | None]:
+        """Merge each (THEIRS, MESSAGE) of ITEMS in turn, each onto the merge before it (a conflicting
+        one onto the same head as the next), with one move of the branch to the last merge: the outcomes
+        that arrive together cost one synced state write and one ref update. The results of the items
+        merged before git failed on one, and that failure (nothing after it is merged)."""
         self.verify()
-        ours = self.head
-        try:
-            line = line_down(self.repo, theirs, self._reach())
-        except (KeyError, ValueError, pygit2.GitError):
-            line = None
-        merged = merge_tree(self.repo, ours, theirs, base=line[0] if line is not None and line[1] else None)
-        if merged.tree is None:
-            return TrainResult(None, ours, merged.conflicts, merged.messages)
-        # What the new head reaches beyond the old: THEIRS's line above its base, or git's word.
-        beyond = line[1] if line is not None else self.repo.git("rev-list", theirs, "--not", ours).stdout.split()
-        commit = self.repo.commit(merged.tree, [ours, theirs], message)
-        self.move(commit, reason=message.splitlines()[0], reached=beyond)
-        return TrainResult(commit, ours, messages=merged.messages)
+        head = self.head
+        reaches = set(self._reach())
+        results: list[TrainResult] = []
+        error: CommandError | None = None
+        for theirs, message in items:
+            try:
+                line = line_down(self.repo, theirs, reaches)
+            except (KeyError, ValueError, pygit2.GitError):
+                line = None
+            try:
+                merged = merge_tree(self.repo, head, theirs, base=line[0] if line is not None and line[1] else None)
+                if merged.tree is None:
+                    results.append(TrainResult(None, head, merged.conflicts, merged.messages))
+                    continue
+                # What the new head reaches beyond the last: THEIRS's line above its base, or git's word.
+                beyond = line[1] if line is not None else self.repo.git("rev-list", theirs, "--not", head).stdout.split()
+                commit = self.repo.commit(merged.tree, [head, theirs], message)
+            except CommandError as exc:
+                error = exc
+                break
+            results.append(TrainResult(commit, head, messages=merged.messages))
+            reaches.update(beyond)
+            reaches.add(commit)
+            head = commit
+        if head != self.head:
+            made = [message.splitlines()[0] for r, (_, message) in zip(results, items) if r.merge_commit is not None]
+            reason = made[-1] if len(made) == 1 else f"{made[-1]} (and {len(made) - 1} merges before it)"
+            self.move(head, reason=reason, reaches=reaches)
+        return results, error
