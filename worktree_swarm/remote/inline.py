@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 _WHOLE_LINE_MAX = 64
 _WHOLE_BYTES_MAX = 4 * 1024 * 1024
 _WHOLE_DEPTH_MAX = 100
-_COMMIT_HEAD = re.compile(rb"tree ([0-9a-f]{40})\nparent ([0-9a-f]{40})\n(?!parent )")
+_WHOLE_VISIT_BYTES = 256        # what looking at a tree costs at least, however small (an empty one is 0 bytes)
+# A commit of one parent as wswarm and git write them (git refuses one ending after its parent line).
+_COMMIT_HEAD = re.compile(rb"tree ([0-9a-f]{40})\nparent ([0-9a-f]{40})\n(?=author )")
 INLINE_BYTES = 64 * 1024        # compressed, per payload; a commit bringing more goes through the remote alone
 _UNPACKED_MAX = 64 * 1024 * 1024
 _RAW_MAX = 16 * INLINE_BYTES     # send no more: this much would not compress into INLINE_BYTES
@@ -297,40 +299,55 @@ def whole_above(repo: Repo, objects: Objects, head: str, start: str) -> bool:
         trees_up.append(found[1].decode())
         at = found[2].decode()
     try:
-        below = str(repo.pygit[pygit2.Oid(hex=start)].peel(pygit2.Commit).tree_id)
-    except (KeyError, ValueError, pygit2.GitError):
-        return False
-    budget = [_WHOLE_BYTES_MAX]
-    for tree in reversed(trees_up):
-        if tree != below and not _whole_tree(repo.pygit.odb, objects, tree, below, budget, 0):
+        below_commit = repo.pygit[pygit2.Oid(hex=start)]
+        if not isinstance(below_commit, pygit2.Commit):        # git takes no tag for a parent
             return False
-        below = tree
-    return True
-
-
-def _whole_tree(odb: pygit2.Odb, objects: Objects, tree: str, then: str | None, budget: list[int], depth: int) -> bool:
-    """`whole_above` for carried TREE, whose path held tree THEN (whole here) in the parent commit."""
-    kind, data = objects.get(tree, (0, b""))
-    budget[0] -= len(data)
-    if kind != _TREE or depth > _WHOLE_DEPTH_MAX or budget[0] < 0:
-        return False
-    found = trees.entries(data)
-    before = trees.PARSED.get(odb, bytes.fromhex(then), most=budget[0]) if then is not None else ({}, 0)
-    if found is None or before is None:
-        return False
-    budget[0] -= before[1]
-    for mode, name, raw in found:
-        was = before[0].get(name)
-        if was == (mode, raw) or mode == _GITLINK:      # git looks for no object of a submodule's commit
-            continue
-        oid = raw.hex()
-        if mode == _TREE_MODE:
-            if not _whole_tree(odb, objects, oid, was[1].hex() if was is not None and was[0] == _TREE_MODE else None,
-                               budget, depth + 1):
+        below = str(below_commit.tree_id)
+        judge = _Whole(repo.pygit.odb, objects)
+        for tree in reversed(trees_up):
+            if tree != below and not judge.tree(tree, below, 0):
                 return False
-        elif objects.get(oid, (0, b""))[0] != _BLOB:
-            return False
+            below = tree
+    except (KeyError, ValueError, pygit2.GitError):     # START's closure is not here whole after all
+        return False
     return True
+
+
+class _Whole:
+    """`whole_above`'s look at carried trees: each (tree, what its path held in the parent commit) once,
+    within _WHOLE_BYTES_MAX of trees read, each look costing at least _WHOLE_VISIT_BYTES."""
+
+    def __init__(self, odb: pygit2.Odb, objects: Objects) -> None:
+        self.odb = odb
+        self.objects = objects
+        self.budget = _WHOLE_BYTES_MAX
+        self.judged: set[tuple[str, str | None]] = set()
+
+    def tree(self, tree: str, then: str | None, depth: int) -> bool:
+        """Whether carried TREE, whose path held tree THEN (whole here) before, is whole."""
+        if (tree, then) in self.judged:
+            return True
+        kind, data = self.objects.get(tree, (0, b""))
+        self.budget -= max(len(data), _WHOLE_VISIT_BYTES)
+        if kind != _TREE or depth > _WHOLE_DEPTH_MAX or self.budget < 0:
+            return False
+        found = trees.entries(data)
+        before = trees.PARSED.get(self.odb, bytes.fromhex(then), most=self.budget) if then is not None else ({}, 0)
+        if found is None or before is None:
+            return False
+        self.budget -= before[1]
+        for mode, name, raw in found:
+            was = before[0].get(name)
+            if was == (mode, raw) or mode == _GITLINK:      # git looks for no object of a submodule's commit
+                continue
+            oid = raw.hex()
+            if mode == _TREE_MODE:
+                if not self.tree(oid, was[1].hex() if was is not None and was[0] == _TREE_MODE else None, depth + 1):
+                    return False
+            elif self.objects.get(oid, (0, b""))[0] != _BLOB:
+                return False
+        self.judged.add((tree, then))
+        return True
 
 
 def _records(raw: bytes) -> list[tuple[int, str, bytes]] | None:
