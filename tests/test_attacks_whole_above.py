@@ -27,6 +27,7 @@ from conftest import Repo, git
 
 from worktree_swarm.git import trees
 from worktree_swarm.git.repo import Repo as GitRepo
+from test_attacks_inline_check import payload_of, records
 from worktree_swarm.remote import gitwire, inline
 from worktree_swarm.util.types import BranchName, Sha
 
@@ -79,6 +80,17 @@ def payload(objects: list[Obj]) -> str:
                                                    for oid, kind, data in objects))).decode()
 
 
+def changed(entries: dict[bytes, tuple[bytes, bytes, str]], changes: dict[str, tuple[bytes, str] | None]) -> Obj:
+    """A tree of ENTRIES with those named in CHANGES changed (mode, id) or removed (None); `_` is `.`."""
+    for name, change in changes.items():
+        key = name.replace("_", ".").encode()
+        if change is None:
+            entries.pop(key, None)
+        else:
+            entries[key] = (change[0], key, change[1])
+    return tree(*entries.values())
+
+
 @dataclass
 class Start:
     """A bare integrator repository holding one trusted commit, START, and its closure:
@@ -102,26 +114,12 @@ class Start:
 
     def root_with(self, **changes: tuple[bytes, str] | None) -> Obj:
         """START's root with the entries named changed (mode, id) or removed (None)."""
-        entries = self.root_entries()
-        for name, change in changes.items():
-            key = name.replace("_", ".").encode()
-            if change is None:
-                entries.pop(key, None)
-            else:
-                entries[key] = (change[0], key, change[1])
-        return tree(*entries.values())
+        return changed(self.root_entries(), changes)
 
     def pkg_with(self, **changes: tuple[bytes, str] | None) -> Obj:
         listed = trees.entries(self.pg.odb.read(self.trees[b"pkg"])[1])
         assert listed is not None
-        entries = {name: (mode, name, raw.hex()) for mode, name, raw in listed}
-        for name, change in changes.items():
-            key = name.replace("_", ".").encode()
-            if change is None:
-                entries.pop(key, None)
-            else:
-                entries[key] = (change[0], key, change[1])
-        return tree(*entries.values())
+        return changed({name: (mode, name, raw.hex()) for mode, name, raw in listed}, changes)
 
 
 def integrator(tmp_path: Path) -> Start:
@@ -786,20 +784,6 @@ def an_integrator(repo: Repo, tmp_path: Path) -> tuple[str, Path]:
     integrator_path = tmp_path / "integrator"
     git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(integrator_path))
     return start, integrator_path
-
-
-def records(sent: str) -> list[tuple[bytes, bytes]]:
-    raw, at, out = zlib.decompress(base64.b64decode(sent)), 0, []
-    while at < len(raw):
-        end = raw.index(b"\n", at)
-        size = int(raw[at:end].split(b" ")[1])
-        out.append((raw[at:end], raw[end + 1:end + 1 + size]))
-        at = end + 1 + size
-    return out
-
-
-def payload_of(parts: list[tuple[bytes, bytes]]) -> str:
-    return base64.b64encode(zlib.compress(b"".join(head + b"\n" + data for head, data in parts))).decode()
 
 
 def test_an_honest_branch_sent_inline_takes_the_fast_path_and_is_set(repo: Repo, tmp_path: Path) -> None:
