@@ -375,6 +375,14 @@ def test_a_move_a_crash_interrupted_is_settled_by_where_git_says_the_ref_is(repo
     assert again.recover() and again.head == new == train.store.run().integration_head
 
 
+def test_a_merge_git_fails_on_raises_its_error_and_moves_nothing(repo: Repo, tmp_path: Path) -> None:
+    base = sha(repo, "HEAD")
+    train = train_at(repo, tmp_path, base)
+    with pytest.raises(CommandError):
+        train.merge(Sha("1" * 40), merge_message("t", "d"))
+    assert sha(repo, train.branch) == base == train.head
+
+
 def test_outcomes_merged_together_move_the_branch_once(repo: Repo, tmp_path: Path) -> None:
     base = sha(repo, "HEAD")
     train = train_at(repo, tmp_path, base)

@@ -135,10 +135,10 @@ class Integration:
 
     def merge(self, theirs: Sha, message: str) -> TrainResult:
         """Merge THEIRS onto the recorded head with one merge commit; a conflict moves nothing."""
-        [result], error = self.merge_all([(theirs, message)])
+        results, error = self.merge_all([(theirs, message)])
         if error is not None:
             raise error
-        return result
+        return results[0]
 
     def merge_all(self, items: list[tuple[Sha, str]]) -> tuple[list[TrainResult], CommandError | None]:
         """Merge each (THEIRS, MESSAGE) of ITEMS in turn, each onto the merge before it (a conflicting
